@@ -1,0 +1,569 @@
+//! The registration rules as a test suite that runs against any [`Store`], so that
+//! every backend is held to the same behaviour (the in-memory store here, SQLite and
+//! PostgreSQL in their crates).
+//!
+//! A backend implements [`Fixture`] (the few operator operations the suite needs) and
+//! calls [`conformance_tests!`](crate::conformance_tests) in a test file, which expands
+//! to one `#[tokio::test]` per rule.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use dynreg_proto::{RegisterRequest, Status};
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use crate::{
+    Device, MacRange, NewTriplet, Product, Registrar, Secret, SourceMode, Store, TripletState,
+};
+
+/// Polls all futures concurrently on the current task and collects their outputs in
+/// order (a dependency-free `join_all`; fine for tests).
+pub async fn join_all<T, Fut: Future<Output = T>>(
+    futures: impl IntoIterator<Item = Fut>,
+) -> Vec<T> {
+    let mut futures: Vec<Pin<Box<Fut>>> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(move |cx| {
+        let mut pending = false;
+        for (f, o) in futures.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *o = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(out.iter_mut().filter_map(Option::take).collect())
+        }
+    })
+    .await
+}
+
+/// What the suite needs from a backend besides [`Store`].
+pub trait Fixture: Store + Sized {
+    /// Adds a product exactly as given (secret included).
+    fn put_product(&self, product: Product);
+    /// Adds free triplets to a pool.
+    fn add_pool(&self, pid: &str, triplets: Vec<NewTriplet>);
+    /// Revokes a device.
+    fn revoke(&self, key_pid: &str, unique: &str, now: u64);
+    /// Resets a revoked device.
+    fn reset(&self, key_pid: &str, unique: &str);
+    /// (free, bound, revoked) triplet counts of a product.
+    fn pool_counts(&self, pid: &str) -> (u64, u64, u64);
+}
+
+impl<F: Fixture> Fixture for Arc<F> {
+    fn put_product(&self, product: Product) {
+        (**self).put_product(product);
+    }
+    fn add_pool(&self, pid: &str, triplets: Vec<NewTriplet>) {
+        (**self).add_pool(pid, triplets);
+    }
+    fn revoke(&self, key_pid: &str, unique: &str, now: u64) {
+        (**self).revoke(key_pid, unique, now);
+    }
+    fn reset(&self, key_pid: &str, unique: &str) {
+        (**self).reset(key_pid, unique);
+    }
+    fn pool_counts(&self, pid: &str) -> (u64, u64, u64) {
+        (**self).pool_counts(pid)
+    }
+}
+
+const NOW: u64 = 1_700_000_000;
+
+/// A product with secret `secret-of-<pid>`, enabled, window 900 s.
+pub fn product(pid: &str, mode: SourceMode) -> Product {
+    Product {
+        pid: pid.into(),
+        name: format!("product {pid}"),
+        secret: Secret::new(format!("secret-of-{pid}")),
+        enabled: true,
+        mode,
+        mac_range: None,
+        ts_window: 900,
+        created_at: NOW,
+    }
+}
+
+/// `n` triplets `<prefix>-u<i>` with secrets `<prefix>-s<i>`, macs and barcodes alike.
+pub fn pool(prefix: &str, n: usize) -> Vec<NewTriplet> {
+    (0..n)
+        .map(|i| NewTriplet {
+            uuid: format!("{prefix}-u{i}"),
+            secret: Secret::new(format!("{prefix}-s{i}")),
+            mac: format!("{prefix}-m{i}"),
+            barcode: format!("{prefix}-b{i}"),
+        })
+        .collect()
+}
+
+fn setup<F: Fixture>(store: F) -> Registrar<F> {
+    store.put_product(product("P", SourceMode::Pool));
+    store.add_pool("P", pool("P", 3));
+    Registrar::new(store)
+}
+
+fn dev<'a>(unique: &'a str) -> Device<'a> {
+    Device { pid: "P", unique }
+}
+
+fn req() -> RegisterRequest {
+    RegisterRequest::new("m1", NOW)
+}
+
+fn with(f: impl FnOnce(&mut RegisterRequest)) -> RegisterRequest {
+    let mut r = req();
+    f(&mut r);
+    r
+}
+
+/// Rule test.
+pub async fn pool_binds_free_triplets_and_is_idempotent<F: Fixture>(store: F) {
+    let r = setup(store);
+    let a = r.decide(NOW, dev("a"), &req()).await.unwrap();
+    assert!(a.fresh);
+    assert_eq!(a.pid, "P");
+    assert_eq!(a.triplet.uuid, "P-u0");
+    assert_eq!(a.triplet.state, TripletState::Bound);
+    let again = r.decide(NOW + 5, dev("a"), &req()).await.unwrap();
+    assert!(!again.fresh);
+    assert_eq!(again.triplet.uuid, "P-u0");
+    let b = r.decide(NOW, dev("b"), &req()).await.unwrap();
+    assert_eq!(b.triplet.uuid, "P-u1");
+    assert_eq!(r.store().pool_counts("P"), (1, 2, 0));
+}
+
+/// Rule test.
+pub async fn empty_pool_is_exhausted<F: Fixture>(store: F) {
+    let r = setup(store);
+    for u in ["a", "b", "c"] {
+        r.decide(NOW, dev(u), &req()).await.unwrap();
+    }
+    assert_eq!(
+        r.decide(NOW, dev("d"), &req()).await,
+        Err(Status::PoolExhausted)
+    );
+    // A registered device still gets its triplet back.
+    assert_eq!(
+        r.decide(NOW, dev("a"), &req()).await.unwrap().triplet.uuid,
+        "P-u0"
+    );
+}
+
+/// Rule test.
+pub async fn reply_carries_triplet_and_echoes<F: Fixture>(store: F) {
+    let r = setup(store);
+    let reply = r.register(NOW, dev("a"), &req()).await;
+    assert_eq!(reply.res, 0);
+    assert_eq!(
+        (reply.id.as_str(), reply.code.as_str(), reply.ts),
+        ("m1", "register", NOW)
+    );
+    assert_eq!(reply.data.uuid.as_deref(), Some("P-u0"));
+    assert_eq!(reply.data.secret.as_deref(), Some("P-s0"));
+    assert_eq!(reply.data.mac.as_deref(), Some("P-m0"));
+    assert_eq!(reply.data.pid.as_deref(), Some("P"));
+    let bad = r
+        .register(
+            NOW,
+            Device {
+                pid: "nope",
+                unique: "a",
+            },
+            &req(),
+        )
+        .await;
+    assert_eq!(bad.res, Status::ProductUnknown.code());
+    assert_eq!(bad.data, Default::default());
+}
+
+/// Rule test.
+pub async fn payload_handling_ack_and_malformed<F: Fixture>(store: F) {
+    let r = setup(store);
+    let none = r
+        .register_payload(NOW, dev("a"), br#"{"id":"1","code":"register","ack":0}"#)
+        .await;
+    assert!(none.is_none(), "ack=0 gets no reply");
+    // ...but the registration happened.
+    assert!(!r.decide(NOW, dev("a"), &req()).await.unwrap().fresh);
+    let bad = r
+        .register_payload(NOW, dev("b"), b"{not json")
+        .await
+        .unwrap();
+    assert_eq!(bad.res, Status::MalformedRequest.code());
+    let bad = r
+        .register_payload(NOW, dev("b"), br#"{"id":"9","code":"register","ack":"x"}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        (bad.res, bad.id.as_str()),
+        (Status::MalformedRequest.code(), "9")
+    );
+    let wrong = r
+        .register_payload(NOW, dev("b"), br#"{"id":"9","code":"unregister"}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        (wrong.res, wrong.code.as_str()),
+        (Status::UnknownEventCode.code(), "unregister")
+    );
+    assert_eq!(
+        r.store().pool_counts("P"),
+        (2, 1, 0),
+        "refusals bind nothing"
+    );
+}
+
+/// Rule test.
+pub async fn generate_mode_with_and_without_mac_range<F: Fixture>(store: F) {
+    store.put_product(product("G", SourceMode::Generate));
+    let mut m = product("M", SourceMode::Generate);
+    m.mac_range = Some(
+        "02:00:00:00:00:fe-02:00:00:00:00:ff"
+            .parse::<MacRange>()
+            .unwrap(),
+    );
+    store.put_product(m);
+    let r = Registrar::new(store);
+    let g = r
+        .decide(
+            NOW,
+            Device {
+                pid: "G",
+                unique: "x",
+            },
+            &req(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(g.triplet.mac, "");
+    assert_eq!(g.triplet.secret.expose().len(), 32);
+    assert!(g.triplet.uuid.starts_with('d') && !g.triplet.uuid.contains('_'));
+    let g2 = r
+        .decide(
+            NOW,
+            Device {
+                pid: "G",
+                unique: "y",
+            },
+            &req(),
+        )
+        .await
+        .unwrap();
+    assert_ne!(g.triplet.uuid, g2.triplet.uuid);
+    assert_ne!(g.triplet.secret, g2.triplet.secret);
+    let same = r
+        .decide(
+            NOW,
+            Device {
+                pid: "G",
+                unique: "x",
+            },
+            &req(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(same.triplet, g.triplet);
+
+    let m1 = r
+        .decide(
+            NOW,
+            Device {
+                pid: "M",
+                unique: "1",
+            },
+            &req(),
+        )
+        .await
+        .unwrap();
+    let m2 = r
+        .decide(
+            NOW,
+            Device {
+                pid: "M",
+                unique: "2",
+            },
+            &req(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (m1.triplet.mac.as_str(), m2.triplet.mac.as_str()),
+        ("02:00:00:00:00:FE", "02:00:00:00:00:FF")
+    );
+    assert_eq!(
+        r.decide(
+            NOW,
+            Device {
+                pid: "M",
+                unique: "3"
+            },
+            &req()
+        )
+        .await,
+        Err(Status::PoolExhausted),
+        "a used-up MAC range stops generation"
+    );
+}
+
+/// Rule test.
+pub async fn pool_then_generate<F: Fixture>(store: F) {
+    store.put_product(product("T", SourceMode::PoolThenGenerate));
+    store.add_pool("T", pool("T", 1));
+    let r = Registrar::new(store);
+    let a = r
+        .decide(
+            NOW,
+            Device {
+                pid: "T",
+                unique: "a",
+            },
+            &req(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.triplet.uuid, "T-u0");
+    let b = r
+        .decide(
+            NOW,
+            Device {
+                pid: "T",
+                unique: "b",
+            },
+            &req(),
+        )
+        .await
+        .unwrap();
+    assert!(b.triplet.uuid.starts_with('d'));
+    assert_eq!(r.store().pool_counts("T"), (0, 2, 0));
+}
+
+/// Rule test.
+pub async fn barcode_overwrites_moves_and_refuses<F: Fixture>(store: F) {
+    let r = setup(store);
+    // New device with a new barcode: the pool triplet's barcode is overwritten.
+    let a = r
+        .decide(NOW, dev("a"), &with(|q| q.data.barcode = "BC-A".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.triplet.uuid.as_str(), a.triplet.barcode.as_str()),
+        ("P-u0", "BC-A")
+    );
+    // Re-registration applies a new barcode too.
+    let a2 = r
+        .decide(NOW, dev("a"), &with(|q| q.data.barcode = "BC-A2".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (a2.triplet.uuid.as_str(), a2.triplet.barcode.as_str()),
+        ("P-u0", "BC-A2")
+    );
+    // A barcode bound to another device is refused, for new and for known devices.
+    assert_eq!(
+        r.decide(NOW, dev("b"), &with(|q| q.data.barcode = "BC-A2".into()))
+            .await,
+        Err(Status::BarcodeTaken)
+    );
+    r.decide(NOW, dev("b"), &req()).await.unwrap();
+    assert_eq!(
+        r.decide(NOW, dev("b"), &with(|q| q.data.barcode = "BC-A2".into()))
+            .await,
+        Err(Status::BarcodeTaken)
+    );
+    // A barcode printed on a free pool triplet moves to the registering device's triplet.
+    let c = r
+        .decide(NOW, dev("c"), &with(|q| q.data.barcode = "P-b2".into()))
+        .await
+        .unwrap();
+    assert_eq!(c.triplet.barcode, "P-b2");
+    // Same barcode again by the same device: fine.
+    assert!(
+        r.decide(NOW, dev("c"), &with(|q| q.data.barcode = "P-b2".into()))
+            .await
+            .is_ok()
+    );
+    // The refused requests bound nothing.
+    assert_eq!(r.store().pool_counts("P"), (0, 3, 0));
+}
+
+/// Rule test.
+pub async fn replace_pid_rules<F: Fixture>(store: F) {
+    store.put_product(product("P", SourceMode::Pool));
+    store.put_product(product("Q", SourceMode::Generate));
+    let mut off = product("OFF", SourceMode::Generate);
+    off.enabled = false;
+    store.put_product(off);
+    let r = Registrar::new(store);
+    let rp = |pid: &str, secret: &str| {
+        with(|q| {
+            q.data.replace_pid = pid.into();
+            q.data.secret = secret.into();
+        })
+    };
+    assert_eq!(
+        r.decide(NOW, dev("a"), &rp("Q", "")).await,
+        Err(Status::ReplacePidSecretMissing)
+    );
+    assert_eq!(
+        r.decide(NOW, dev("a"), &rp("Z", "x")).await,
+        Err(Status::ReplacePidUnknown)
+    );
+    assert_eq!(
+        r.decide(NOW, dev("a"), &rp("Q", "secret-of-P")).await,
+        Err(Status::ReplacePidSecretWrong)
+    );
+    assert_eq!(
+        r.decide(NOW, dev("a"), &rp("Q", "secret-of-Q ")).await,
+        Err(Status::ReplacePidSecretWrong)
+    );
+    assert_eq!(
+        r.decide(NOW, dev("a"), &rp("OFF", "secret-of-OFF")).await,
+        Err(Status::ReplacePidDisabled)
+    );
+    let moved = r
+        .decide(NOW, dev("a"), &rp("Q", "secret-of-Q"))
+        .await
+        .unwrap();
+    assert_eq!(moved.pid, "Q");
+    assert_eq!(moved.triplet.pid, "Q");
+    let reply = r.register(NOW, dev("a"), &rp("Q", "secret-of-Q")).await;
+    assert_eq!(
+        reply.data.pid.as_deref(),
+        Some("Q"),
+        "the reply carries the new pid"
+    );
+    assert_eq!(
+        reply.data.uuid.as_deref(),
+        Some(moved.triplet.uuid.as_str()),
+        "idempotent"
+    );
+    // The record remembers where it came from.
+    let reg = r
+        .store()
+        .transact(|tx| tx.registration("P", "a"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((reg.pid.as_str(), reg.from_pid()), ("Q", Some("P")));
+    // A retry without replacePid still finds it (keyed by the authenticated identity).
+    assert_eq!(r.decide(NOW, dev("a"), &req()).await.unwrap().pid, "Q");
+}
+
+/// Rule test.
+pub async fn disabled_revoked_and_reset<F: Fixture>(store: F) {
+    let mut p = product("P", SourceMode::Generate);
+    store.put_product(p.clone());
+    let r = Registrar::new(store);
+    let first = r.decide(NOW, dev("a"), &req()).await.unwrap();
+    r.store().revoke("P", "a", NOW + 1);
+    assert_eq!(
+        r.decide(NOW, dev("a"), &req()).await,
+        Err(Status::DeviceRevoked)
+    );
+    r.store().reset("P", "a");
+    let fresh = r.decide(NOW, dev("a"), &req()).await.unwrap();
+    assert!(fresh.fresh);
+    assert_ne!(
+        fresh.triplet.uuid, first.triplet.uuid,
+        "a reset device gets a fresh triplet"
+    );
+    p.enabled = false;
+    r.store().put_product(p);
+    assert_eq!(
+        r.decide(NOW, dev("a"), &req()).await,
+        Err(Status::RegistrationDisabled)
+    );
+    assert_eq!(
+        r.decide(NOW, dev("new"), &req()).await,
+        Err(Status::RegistrationDisabled)
+    );
+}
+
+/// Rule test.
+pub async fn reset_pool_triplet_is_never_reused<F: Fixture>(store: F) {
+    let r = setup(store);
+    let a = r.decide(NOW, dev("a"), &req()).await.unwrap();
+    r.store().revoke("P", "a", NOW);
+    r.store().reset("P", "a");
+    let again = r.decide(NOW, dev("a"), &req()).await.unwrap();
+    assert_ne!(again.triplet.uuid, a.triplet.uuid);
+    assert_eq!(r.store().pool_counts("P"), (1, 1, 1));
+}
+
+/// Rule test.
+pub async fn many_devices_never_share_a_triplet<F: Fixture>(store: F) {
+    store.put_product(product("P", SourceMode::PoolThenGenerate));
+    store.add_pool("P", pool("P", 50));
+    let r = Registrar::new(store);
+    let tasks = (0..100).map(|i| {
+        let r = &r;
+        async move {
+            let u = format!("u{i}");
+            let t = r
+                .decide(
+                    NOW,
+                    Device {
+                        pid: "P",
+                        unique: &u,
+                    },
+                    &req(),
+                )
+                .await
+                .unwrap();
+            let again = r
+                .decide(
+                    NOW,
+                    Device {
+                        pid: "P",
+                        unique: &u,
+                    },
+                    &req(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(t.triplet, again.triplet);
+            t.triplet.uuid
+        }
+    });
+    let uuids: HashSet<String> = join_all(tasks).await.into_iter().collect();
+    assert_eq!(uuids.len(), 100);
+    assert_eq!(r.store().pool_counts("P"), (0, 100, 0));
+}
+
+/// Expands to one `#[tokio::test]` per rule of the suite, each running against a fresh
+/// store made by `$make` (an expression giving a [`Fixture`]).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@each $make;
+            pool_binds_free_triplets_and_is_idempotent,
+            empty_pool_is_exhausted,
+            reply_carries_triplet_and_echoes,
+            payload_handling_ack_and_malformed,
+            generate_mode_with_and_without_mac_range,
+            pool_then_generate,
+            barcode_overwrites_moves_and_refuses,
+            replace_pid_rules,
+            disabled_revoked_and_reset,
+            reset_pool_triplet_is_never_reused,
+            many_devices_never_share_a_triplet
+        );
+    };
+    (@each $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::conformance::$name($make).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,288 @@
+//! An in-memory [`Store`], for tests of the rules and for examples. Nothing is durable.
+//! Its operator operations are those of the [`Fixture`] trait.
+//!
+//! Each transaction runs under one lock on a copy of the state that replaces the state
+//! only when the closure succeeds, so a failed closure leaves no trace, as in a real
+//! store.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::conformance::Fixture;
+use crate::model::{MacRange, NewTriplet, Product, Registration, Triplet, TripletId, TripletState};
+use crate::store::{Store, StoreError, Tx};
+
+#[derive(Debug, Clone)]
+struct Row {
+    pid: String,
+    triplet: TripletId,
+    registered_at: u64,
+    last_seen_at: u64,
+    revoked_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct State {
+    products: HashMap<String, Arc<Product>>,
+    mac_next: HashMap<String, u64>,
+    /// Triplet ids are indices + 1.
+    triplets: Vec<Triplet>,
+    registrations: HashMap<(String, String), Row>,
+}
+
+/// An in-memory store.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn index(id: TripletId) -> usize {
+    usize::try_from(id - 1).unwrap_or(usize::MAX)
+}
+
+struct MemTx<'a> {
+    s: &'a mut State,
+}
+
+impl Tx for MemTx<'_> {
+    fn registration(
+        &mut self,
+        key_pid: &str,
+        unique: &str,
+    ) -> Result<Option<Registration>, StoreError> {
+        let key = (key_pid.to_owned(), unique.to_owned());
+        Ok(self.s.registrations.get(&key).map(|row| Registration {
+            key_pid: key_pid.to_owned(),
+            unique: unique.to_owned(),
+            pid: row.pid.clone(),
+            triplet: self.s.triplets[index(row.triplet)].clone(),
+            registered_at: row.registered_at,
+            last_seen_at: row.last_seen_at,
+            revoked_at: row.revoked_at,
+        }))
+    }
+
+    fn free_triplet(&mut self, pid: &str) -> Result<Option<Triplet>, StoreError> {
+        Ok(self
+            .s
+            .triplets
+            .iter()
+            .find(|t| t.pid == pid && t.state == TripletState::Free)
+            .cloned())
+    }
+
+    fn next_mac(&mut self, pid: &str) -> Result<Option<String>, StoreError> {
+        let range: MacRange = self
+            .s
+            .products
+            .get(pid)
+            .and_then(|p| p.mac_range)
+            .ok_or_else(|| StoreError::Invalid(format!("product {pid} has no MAC range")))?;
+        let next = self.s.mac_next.entry(pid.to_owned()).or_insert(range.start);
+        if *next > range.end {
+            return Ok(None);
+        }
+        let mac = MacRange::format(*next);
+        *next += 1;
+        Ok(Some(mac))
+    }
+
+    fn insert_triplet(
+        &mut self,
+        pid: &str,
+        t: &NewTriplet,
+        state: TripletState,
+    ) -> Result<Triplet, StoreError> {
+        if self.s.triplets.iter().any(|x| x.uuid == t.uuid) {
+            return Err(StoreError::Conflict(format!("uuid {} exists", t.uuid)));
+        }
+        if !t.barcode.is_empty()
+            && self
+                .s
+                .triplets
+                .iter()
+                .any(|x| x.pid == pid && x.barcode == t.barcode)
+        {
+            return Err(StoreError::Conflict(format!(
+                "barcode {} exists",
+                t.barcode
+            )));
+        }
+        let triplet = Triplet {
+            id: TripletId::try_from(self.s.triplets.len() + 1).unwrap_or(TripletId::MAX),
+            pid: pid.to_owned(),
+            uuid: t.uuid.clone(),
+            secret: t.secret.clone(),
+            mac: t.mac.clone(),
+            barcode: t.barcode.clone(),
+            state,
+        };
+        self.s.triplets.push(triplet.clone());
+        Ok(triplet)
+    }
+
+    fn barcode_holder(
+        &mut self,
+        pid: &str,
+        barcode: &str,
+    ) -> Result<Option<(TripletId, TripletState)>, StoreError> {
+        Ok(self
+            .s
+            .triplets
+            .iter()
+            .find(|t| t.pid == pid && t.barcode == barcode)
+            .map(|t| (t.id, t.state)))
+    }
+
+    fn set_barcode(&mut self, triplet: TripletId, barcode: &str) -> Result<(), StoreError> {
+        let pid = self.s.triplets[index(triplet)].pid.clone();
+        if !barcode.is_empty()
+            && self
+                .s
+                .triplets
+                .iter()
+                .any(|t| t.id != triplet && t.pid == pid && t.barcode == barcode)
+        {
+            return Err(StoreError::Conflict(format!("barcode {barcode} exists")));
+        }
+        barcode.clone_into(&mut self.s.triplets[index(triplet)].barcode);
+        Ok(())
+    }
+
+    fn insert_registration(
+        &mut self,
+        key_pid: &str,
+        unique: &str,
+        pid: &str,
+        triplet: TripletId,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let key = (key_pid.to_owned(), unique.to_owned());
+        if self.s.registrations.contains_key(&key) {
+            return Err(StoreError::Conflict(format!(
+                "device {key_pid}/{unique} exists"
+            )));
+        }
+        let t = &mut self.s.triplets[index(triplet)];
+        if t.state != TripletState::Free && t.state != TripletState::Bound {
+            return Err(StoreError::Conflict(format!(
+                "triplet {} is {}",
+                t.uuid, t.state
+            )));
+        }
+        if self.s.registrations.values().any(|r| r.triplet == triplet) {
+            return Err(StoreError::Conflict("triplet already bound".into()));
+        }
+        self.s.triplets[index(triplet)].state = TripletState::Bound;
+        self.s.registrations.insert(
+            key,
+            Row {
+                pid: pid.to_owned(),
+                triplet,
+                registered_at: now,
+                last_seen_at: now,
+                revoked_at: None,
+            },
+        );
+        Ok(())
+    }
+
+    fn touch_registration(
+        &mut self,
+        key_pid: &str,
+        unique: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        if let Some(r) = self
+            .s
+            .registrations
+            .get_mut(&(key_pid.to_owned(), unique.to_owned()))
+        {
+            r.last_seen_at = now;
+        }
+        Ok(())
+    }
+}
+
+impl Store for MemoryStore {
+    fn product(&self, pid: &str) -> Result<Option<Arc<Product>>, StoreError> {
+        Ok(self.lock().products.get(pid).cloned())
+    }
+
+    fn transact<T, F>(&self, work: F) -> impl Future<Output = Result<T, StoreError>> + Send
+    where
+        F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let result = {
+            let mut s = self.lock();
+            let mut copy = s.clone();
+            let r = work(&mut MemTx { s: &mut copy });
+            if r.is_ok() {
+                *s = copy;
+            }
+            r
+        };
+        std::future::ready(result)
+    }
+}
+
+impl Fixture for MemoryStore {
+    fn put_product(&self, product: Product) {
+        let mut s = self.lock();
+        if let Some(r) = product.mac_range {
+            s.mac_next.entry(product.pid.clone()).or_insert(r.start);
+        }
+        s.products.insert(product.pid.clone(), Arc::new(product));
+    }
+
+    fn add_pool(&self, pid: &str, triplets: Vec<NewTriplet>) {
+        let mut s = self.lock();
+        let mut tx = MemTx { s: &mut s };
+        for t in triplets {
+            tx.insert_triplet(pid, &t, TripletState::Free)
+                .expect("pool triplets are unique");
+        }
+    }
+
+    fn revoke(&self, key_pid: &str, unique: &str, now: u64) {
+        let mut s = self.lock();
+        let key = (key_pid.to_owned(), unique.to_owned());
+        let row = s.registrations.get_mut(&key).expect("device is registered");
+        row.revoked_at = Some(now);
+        let id = row.triplet;
+        s.triplets[index(id)].state = TripletState::Revoked;
+    }
+
+    fn reset(&self, key_pid: &str, unique: &str) {
+        let mut s = self.lock();
+        let key = (key_pid.to_owned(), unique.to_owned());
+        let row = s.registrations.remove(&key).expect("device is registered");
+        assert!(row.revoked_at.is_some(), "only a revoked device is reset");
+    }
+
+    fn pool_counts(&self, pid: &str) -> (u64, u64, u64) {
+        let s = self.lock();
+        let mut c = (0, 0, 0);
+        for t in s.triplets.iter().filter(|t| t.pid == pid) {
+            match t.state {
+                TripletState::Free => c.0 += 1,
+                TripletState::Bound => c.1 += 1,
+                TripletState::Revoked => c.2 += 1,
+            }
+        }
+        c
+    }
+}

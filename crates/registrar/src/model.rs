@@ -1,0 +1,337 @@
+//! Domain types: products, triplets, registrations, and the values they are made of.
+
+use std::fmt;
+use std::str::FromStr;
+
+use subtle::ConstantTimeEq;
+
+/// A secret string (product or device secret). Its `Debug` and `Display` never show
+/// the value, and it compares in constant time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret value. Call only where the value must leave the process (a reply to
+    /// the device it belongs to, an operator's explicit reveal, an encrypted column).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Constant-time comparison with `other` (the lengths are not secret).
+    pub fn ct_eq(&self, other: &[u8]) -> bool {
+        self.0.as_bytes().ct_eq(other).into()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Where a product's triplets come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceMode {
+    /// Only from the pre-generated or imported pool; an empty pool refuses.
+    Pool,
+    /// Generated on the spot for every new device.
+    Generate,
+    /// From the pool while it lasts, then generated on the spot.
+    PoolThenGenerate,
+}
+
+impl SourceMode {
+    /// The name used in the CLI, config and database.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Pool => "pool",
+            Self::Generate => "generate",
+            Self::PoolThenGenerate => "pool-then-generate",
+        }
+    }
+
+    /// Whether a free pool triplet is tried first.
+    pub const fn uses_pool(self) -> bool {
+        matches!(self, Self::Pool | Self::PoolThenGenerate)
+    }
+
+    /// Whether a triplet may be generated on the spot.
+    pub const fn generates(self) -> bool {
+        matches!(self, Self::Generate | Self::PoolThenGenerate)
+    }
+}
+
+impl FromStr for SourceMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pool" => Ok(Self::Pool),
+            "generate" => Ok(Self::Generate),
+            "pool-then-generate" => Ok(Self::PoolThenGenerate),
+            _ => Err(format!(
+                "unknown mode `{s}` (expected pool, generate or pool-then-generate)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for SourceMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An inclusive range of 48-bit MAC addresses that generated triplets draw from, in
+/// order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MacRange {
+    /// The first address, as a 48-bit number.
+    pub start: u64,
+    /// The last address (inclusive), as a 48-bit number.
+    pub end: u64,
+}
+
+/// The largest 48-bit MAC address.
+pub const MAC_MAX: u64 = (1 << 48) - 1;
+
+impl MacRange {
+    /// How many addresses the range holds.
+    pub fn len(&self) -> u64 {
+        self.end - self.start + 1
+    }
+
+    /// Always false: a range holds at least its start.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Formats a 48-bit number as `AA:BB:CC:DD:EE:FF`.
+    pub fn format(mac: u64) -> String {
+        let b = mac.to_be_bytes();
+        format!(
+            "{:02X}:{:02X}:{:02X}:{:02X}:{:02X}:{:02X}",
+            b[2], b[3], b[4], b[5], b[6], b[7]
+        )
+    }
+
+    /// Parses one address: six hex pairs separated by `:` (or written without
+    /// separators as 12 hex digits).
+    pub fn parse_mac(s: &str) -> Result<u64, String> {
+        let digits: String = s.chars().filter(|c| *c != ':').collect();
+        let well_formed = digits.len() == 12
+            && digits.chars().all(|c| c.is_ascii_hexdigit())
+            && (s.len() == 12 || (s.len() == 17 && s.split(':').all(|p| p.len() == 2)));
+        if !well_formed {
+            return Err(format!(
+                "`{s}` is not a MAC address (expected AA:BB:CC:DD:EE:FF)"
+            ));
+        }
+        u64::from_str_radix(&digits, 16).map_err(|e| format!("`{s}`: {e}"))
+    }
+}
+
+impl FromStr for MacRange {
+    type Err = String;
+    /// Parses `START-END`, e.g. `AA:BB:CC:00:00:00-AA:BB:CC:00:FF:FF`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("MAC range `{s}` is not START-END"))?;
+        let (start, end) = (Self::parse_mac(a.trim())?, Self::parse_mac(b.trim())?);
+        if start > end {
+            return Err(format!("MAC range `{s}` ends before it starts"));
+        }
+        Ok(Self { start, end })
+    }
+}
+
+impl fmt::Display for MacRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", Self::format(self.start), Self::format(self.end))
+    }
+}
+
+/// The longest product name accepted, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Whether `pid` is acceptable for a new product: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+///
+/// This is stricter than the wire contract (which allows any topic-level-safe text) so
+/// that pids are easy to type, print on labels and put in URLs, and never contain the
+/// `|` that ends the pid in a username.
+pub fn is_valid_pid(pid: &str) -> bool {
+    !pid.is_empty()
+        && pid.len() <= dynreg_proto::MAX_ID_LEN
+        && pid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A product: what a family of devices shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Product {
+    /// The product id.
+    pub pid: String,
+    /// A human name.
+    pub name: String,
+    /// The dynamic-registration secret shared by the product's devices.
+    pub secret: Secret,
+    /// Whether devices may register.
+    pub enabled: bool,
+    /// Where triplets come from.
+    pub mode: SourceMode,
+    /// The MAC addresses generated triplets draw from; `None`: generated MACs are empty.
+    pub mac_range: Option<MacRange>,
+    /// The CONNECT ts skew window, in seconds.
+    pub ts_window: u64,
+    /// When the product was created (Unix seconds).
+    pub created_at: u64,
+}
+
+/// A triplet's row id in the store.
+pub type TripletId = i64;
+
+/// The life of a triplet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TripletState {
+    /// In the pool, not yet handed out.
+    Free,
+    /// Handed to exactly one device.
+    Bound,
+    /// Its device was revoked; it is never handed out again.
+    Revoked,
+}
+
+impl TripletState {
+    /// The name used in output and the database.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Free => "free",
+            Self::Bound => "bound",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
+impl fmt::Display for TripletState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A device triplet, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Triplet {
+    /// Row id.
+    pub id: TripletId,
+    /// The product it belongs to.
+    pub pid: String,
+    /// The device uuid, unique over the whole store.
+    pub uuid: String,
+    /// The device secret.
+    pub secret: Secret,
+    /// The MAC address; may be empty.
+    pub mac: String,
+    /// The barcode; may be empty.
+    pub barcode: String,
+    /// Free, bound or revoked.
+    pub state: TripletState,
+}
+
+/// A triplet about to be stored (generated or imported).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTriplet {
+    /// The device uuid.
+    pub uuid: String,
+    /// The device secret.
+    pub secret: Secret,
+    /// The MAC address; may be empty.
+    pub mac: String,
+    /// The barcode; may be empty.
+    pub barcode: String,
+}
+
+/// A device's registration: its identity bound to a triplet.
+///
+/// A registration is keyed by the identity the device authenticates with,
+/// (`key_pid`, `unique`), so that a retry finds it whatever `replacePid` said. `pid` is
+/// the product it is registered under: `key_pid` itself, or the replacement product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// The pid the device authenticates with (its clientId's pid).
+    pub key_pid: String,
+    /// The device's unique.
+    pub unique: String,
+    /// The product the device is registered under.
+    pub pid: String,
+    /// The triplet it was given.
+    pub triplet: Triplet,
+    /// When it first registered (Unix seconds).
+    pub registered_at: u64,
+    /// When it last registered or retried (Unix seconds).
+    pub last_seen_at: u64,
+    /// When the operator revoked it, if they did.
+    pub revoked_at: Option<u64>,
+}
+
+impl Registration {
+    /// The pid the device came from when `replacePid` moved it, else `None`.
+    pub fn from_pid(&self) -> Option<&str> {
+        (self.key_pid != self.pid).then_some(self.key_pid.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_range_parse_and_format() {
+        let r: MacRange = "AA:BB:CC:00:00:00-aa:bb:cc:00:00:ff".parse().unwrap();
+        assert_eq!(r.len(), 256);
+        assert_eq!(MacRange::format(r.end), "AA:BB:CC:00:00:FF");
+        assert_eq!(r.to_string(), "AA:BB:CC:00:00:00-AA:BB:CC:00:00:FF");
+        assert!(
+            "AA:BB:CC:00:00:01-AA:BB:CC:00:00:00"
+                .parse::<MacRange>()
+                .is_err()
+        );
+        assert!(
+            "AA:BB:CC:00:00-AA:BB:CC:00:00:00"
+                .parse::<MacRange>()
+                .is_err()
+        );
+        assert!("AABBCC000000-AABBCC0000FF".parse::<MacRange>().is_ok());
+        assert!(
+            "A:ABB:CC:00:00:00-AA:BB:CC:00:00:00"
+                .parse::<MacRange>()
+                .is_err()
+        );
+        assert!("nonsense".parse::<MacRange>().is_err());
+    }
+
+    #[test]
+    fn pids_and_secrets() {
+        assert!(is_valid_pid("p7kq2x9d"));
+        assert!(is_valid_pid("my_pid-1.2"));
+        assert!(!is_valid_pid(""));
+        assert!(!is_valid_pid("a|b"));
+        assert!(!is_valid_pid("a/b"));
+        assert!(!is_valid_pid(&"x".repeat(65)));
+        let s = Secret::new("abc");
+        assert!(s.ct_eq(b"abc"));
+        assert!(!s.ct_eq(b"abd"));
+        assert!(!s.ct_eq(b"ab"));
+        assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
+        assert_eq!(
+            "pool-then-generate".parse::<SourceMode>(),
+            Ok(SourceMode::PoolThenGenerate)
+        );
+        assert!("pools".parse::<SourceMode>().is_err());
+    }
+}

@@ -1,0 +1,125 @@
+//! The storage boundary: what the registrar needs from a store, and nothing more.
+//!
+//! A [`Store`] serves product lookups (which may be cached for a few seconds) and runs
+//! registration work in [`Store::transact`]: the closure gets a [`Tx`] whose operations
+//! are all part of one atomic unit, and the returned future resolves only after that
+//! unit is durably committed. A closure that returns `Err` leaves no trace. Stores may
+//! run several closures in one physical transaction (group commit), each isolated by a
+//! savepoint, so that concurrent registrations share an fsync.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::model::{NewTriplet, Product, Registration, Triplet, TripletId, TripletState};
+
+/// A storage failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A uniqueness rule refused the write (duplicate uuid, barcode, pid...).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A named record does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The input is not acceptable to the store (says which and why).
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The store cannot serve now (shutting down, database busy or unreachable); the
+    /// caller may retry.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data could not be read back: corruption or the wrong master key.
+    #[error("stored data unreadable: {0}")]
+    Corrupt(String),
+    /// Any other failure of the storage backend.
+    #[error("storage error: {0}")]
+    Backend(String),
+}
+
+/// The operations of one registration transaction.
+///
+/// Every method is part of the same atomic unit; nothing is visible to others, nor
+/// durable, until the unit commits.
+pub trait Tx {
+    /// The registration keyed by the identity a device authenticates with.
+    fn registration(
+        &mut self,
+        key_pid: &str,
+        unique: &str,
+    ) -> Result<Option<Registration>, StoreError>;
+
+    /// The oldest free triplet of `pid`'s pool, if any. It stays free until
+    /// [`Tx::insert_registration`] binds it.
+    fn free_triplet(&mut self, pid: &str) -> Result<Option<Triplet>, StoreError>;
+
+    /// Allocates the next MAC address of `pid`'s MAC range (formatted), or `None` when
+    /// the range is used up. Only called for products that have a range.
+    fn next_mac(&mut self, pid: &str) -> Result<Option<String>, StoreError>;
+
+    /// Stores a new triplet for `pid` in `state`. A uuid that exists anywhere in the store
+    /// gives [`StoreError::Conflict`].
+    fn insert_triplet(
+        &mut self,
+        pid: &str,
+        triplet: &NewTriplet,
+        state: TripletState,
+    ) -> Result<Triplet, StoreError>;
+
+    /// The triplet of `pid` that carries `barcode`, if any: its id and state.
+    fn barcode_holder(
+        &mut self,
+        pid: &str,
+        barcode: &str,
+    ) -> Result<Option<(TripletId, TripletState)>, StoreError>;
+
+    /// Sets a triplet's barcode; the empty string clears it.
+    fn set_barcode(&mut self, triplet: TripletId, barcode: &str) -> Result<(), StoreError>;
+
+    /// Binds `triplet` (which becomes [`TripletState::Bound`]) to the device
+    /// (`key_pid`, `unique`), registered under `pid`, at `now`.
+    fn insert_registration(
+        &mut self,
+        key_pid: &str,
+        unique: &str,
+        pid: &str,
+        triplet: TripletId,
+        now: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Records that the device came back at `now`.
+    fn touch_registration(
+        &mut self,
+        key_pid: &str,
+        unique: &str,
+        now: u64,
+    ) -> Result<(), StoreError>;
+}
+
+/// A durable store of products, triplets and registrations.
+pub trait Store: Send + Sync + 'static {
+    /// The product `pid`, if it exists. May be served from a cache that lags writes by
+    /// other processes by a few seconds.
+    fn product(&self, pid: &str) -> Result<Option<Arc<Product>>, StoreError>;
+
+    /// Runs `work` as one atomic unit and resolves once it is durably committed (or
+    /// rolled back, when `work` returns `Err`).
+    fn transact<T, F>(&self, work: F) -> impl Future<Output = Result<T, StoreError>> + Send
+    where
+        F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static;
+}
+
+impl<S: Store> Store for Arc<S> {
+    fn product(&self, pid: &str) -> Result<Option<Arc<Product>>, StoreError> {
+        (**self).product(pid)
+    }
+
+    fn transact<T, F>(&self, work: F) -> impl Future<Output = Result<T, StoreError>> + Send
+    where
+        F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        (**self).transact(work)
+    }
+}

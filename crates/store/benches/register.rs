@@ -1,0 +1,172 @@
+//! Durable registrations per second through the registrar and the SQLite store, with
+//! 64 concurrent callers, on an empty store and with 1,000,000 devices already stored.
+//!
+//! Run: `cargo bench -p dynreg-store --bench register`
+//! (`BENCH_N` registrations per round, 3 rounds per figure, default 100,000; `BENCH_PRELOAD` devices
+//! loaded before the second measurement, default 1,000,000).
+//!
+//! Each registration is acknowledged only after its transaction is committed with
+//! `synchronous = FULL` (fsync), exactly as `dynreg serve` replies.
+
+#![allow(missing_docs)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dynreg_proto::RegisterRequest;
+use dynreg_registrar::conformance::product;
+use dynreg_registrar::{Device, Registrar, SourceMode};
+use dynreg_store::{SqliteConfig, SqliteStore};
+
+const CALLERS: usize = 64;
+const NOW: u64 = 1_700_000_000;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Registers `n` new devices of `pid` (uniques `<tag>-<i>`) from 64 concurrent callers.
+async fn measure(
+    r: &Arc<Registrar<SqliteStore>>,
+    pid: &str,
+    tag: &str,
+    n: usize,
+) -> (Duration, f64) {
+    let before = r.store().writer_stats();
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for c in 0..CALLERS {
+        let r = r.clone();
+        let (pid, tag) = (pid.to_owned(), tag.to_owned());
+        handles.push(tokio::spawn(async move {
+            let req = RegisterRequest::new("1", NOW);
+            let mut i = c;
+            while i < n {
+                let unique = format!("{tag}-{i}");
+                r.decide(
+                    NOW,
+                    Device {
+                        pid: &pid,
+                        unique: &unique,
+                    },
+                    &req,
+                )
+                .await
+                .expect("registration succeeds");
+                i += CALLERS;
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let took = start.elapsed();
+    let after = r.store().writer_stats();
+    let batch = (after.jobs - before.jobs) as f64 / (after.batches - before.batches).max(1) as f64;
+    (took, batch)
+}
+
+/// Runs `ROUNDS` measurements of `n` fresh registrations each and prints the median,
+/// min and max rate; returns the median.
+fn rounds(
+    rt: &tokio::runtime::Runtime,
+    r: &Arc<Registrar<SqliteStore>>,
+    pid: &str,
+    tag: &str,
+    n: usize,
+    label: &str,
+) -> f64 {
+    let mut rates = Vec::new();
+    let mut batches = Vec::new();
+    for round in 0..ROUNDS {
+        let (took, batch) = rt.block_on(measure(r, pid, &format!("{tag}-{round}"), n));
+        rates.push(n as f64 / took.as_secs_f64());
+        batches.push(batch);
+    }
+    rates.sort_by(f64::total_cmp);
+    let median = rates[rates.len() / 2];
+    println!(
+        "{label:<40} median {median:>7.0} reg/s  (min {:>7.0}, max {:>7.0}; {ROUNDS} x {n} regs; mean group commit {:.1} regs/fsync)",
+        rates[0],
+        rates[rates.len() - 1],
+        batches.iter().sum::<f64>() / batches.len() as f64
+    );
+    median
+}
+
+const ROUNDS: usize = 3;
+
+fn main() {
+    // `cargo bench` passes `--bench`; ignore arguments.
+    let n = env_u64("BENCH_N", 100_000) as usize;
+    let preload = env_u64("BENCH_PRELOAD", 1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("data"))).unwrap();
+    store
+        .insert_product(&product("G", SourceMode::Generate))
+        .unwrap();
+    store
+        .insert_product(&product("P", SourceMode::Pool))
+        .unwrap();
+    let t = Instant::now();
+    let pool = (2 * ROUNDS * n) as u64;
+    store
+        .generate_pool("P", pool, "", Arc::new(|_| {}))
+        .unwrap();
+    println!(
+        "setup: pool of {pool} triplets generated in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = Arc::new(Registrar::new(store.clone()));
+    println!(
+        "{CALLERS} concurrent callers, durable (WAL, synchronous=FULL), 2 tokio workers + 1 writer thread"
+    );
+    let empty_g = rounds(&rt, &r, "G", "empty-g", n, "generate mode, empty store");
+    let empty_p = rounds(&rt, &r, "P", "empty-p", n, "pool mode, empty store");
+
+    let t = Instant::now();
+    let half = preload / 2;
+    store
+        .bulk_load("G", 0, half, NOW, &|_| {})
+        .unwrap();
+    store
+        .bulk_load("P", half, preload - half, NOW, &|_| {})
+        .unwrap();
+    let total = store.pool_stats("G").unwrap().devices + store.pool_stats("P").unwrap().devices;
+    println!(
+        "setup: bulk-loaded {preload} devices in {:.1} s ({total} devices now stored)",
+        t.elapsed().as_secs_f64()
+    );
+
+    let full_g = rounds(
+        &rt,
+        &r,
+        "G",
+        "full-g",
+        n,
+        &format!("generate mode, {total} stored"),
+    );
+    let full_p = rounds(
+        &rt,
+        &r,
+        "P",
+        "full-p",
+        n,
+        &format!("pool mode, {total} stored"),
+    );
+    println!(
+        "ratio full/empty: generate {:.2}, pool {:.2}",
+        full_g / empty_g,
+        full_p / empty_p
+    );
+    store.close().unwrap();
+}

@@ -1,0 +1,65 @@
+//! # dynreg-store: durable storage for dynreg
+//!
+//! The embedded default store: one SQLite database file in the data dir, in WAL mode
+//! with `synchronous = FULL` (a commit is on disk before it returns), schema migrations
+//! embedded in the binary, and group commit: concurrent registrations are run by one
+//! writer thread, each in its own savepoint, and committed together so that they share
+//! one fsync. Product and device secrets are encrypted at rest ([`crypto`]).
+//!
+//! ## Layout
+//! - [`crypto`]: the master key and the sealing of secrets.
+//! - [`sqlite`]: [`SqliteStore`]: the [`dynreg_registrar::Store`] implementation and the
+//!   operator's operations (products, pools, devices).
+
+pub mod crypto;
+pub mod sqlite;
+
+pub use crypto::{KeySource, MasterKey};
+pub use sqlite::{
+    DeviceFilter, NewProduct, PoolStats, ProductSummary, Progress, SqliteConfig, SqliteStore,
+    WriterStats,
+};
+
+use dynreg_registrar::StoreError;
+
+/// An error of the store's operator-facing operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The data dir or master key cannot be used (the message names which and why).
+    #[error("{0}")]
+    Config(String),
+    /// Stored secrets do not decrypt: the master key is not the one they were sealed with.
+    #[error(
+        "stored secrets do not decrypt with the master key from {0}: wrong key, or corrupt data"
+    )]
+    WrongKey(String),
+    /// A named record does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The input is not acceptable (the message says which and why).
+    #[error("{0}")]
+    Invalid(String),
+    /// A uniqueness rule refused the write (the message names the value).
+    #[error("{0}")]
+    Conflict(String),
+    /// The store is shutting down or the database stayed locked.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Any other SQLite failure.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+impl From<Error> for StoreError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Conflict(m) => StoreError::Conflict(m),
+            Error::NotFound(m) => StoreError::NotFound(m),
+            Error::Invalid(m) | Error::Config(m) => StoreError::Invalid(m),
+            Error::Unavailable(m) => StoreError::Unavailable(m),
+            Error::WrongKey(_) => StoreError::Corrupt(e.to_string()),
+            Error::Sqlite(e) => sqlite::classify(&e),
+        }
+    }
+}

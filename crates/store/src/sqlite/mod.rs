@@ -1,0 +1,369 @@
+//! The SQLite store: one database file, WAL, group commit, secrets sealed at rest.
+//!
+//! - Writes (registrations and operator changes) go through one writer thread that owns
+//!   the write connection ([`writer`]). It takes every job waiting in its queue, runs
+//!   each in its own savepoint inside one transaction, commits once, and only then
+//!   answers the jobs: durable before reply, one fsync per batch.
+//! - Reads (product lookups, listings) use a separate read connection; WAL lets them
+//!   run while the writer commits.
+//! - Product lookups are cached for [`SqliteConfig::product_cache_ttl`] so that the hot
+//!   path does not decrypt a product secret per request; changes made by another process
+//!   (the CLI while `dynreg serve` runs) are seen within that time, changes made through
+//!   this store at once.
+
+mod admin;
+mod schema;
+mod tx;
+mod writer;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use dynreg_registrar::{Product, Store, StoreError, Tx};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+pub use admin::{
+    DeviceFilter, MAX_DEVICE_SECRET_LEN, MAX_FIELD_LEN, MAX_POOL_BATCH, NewProduct, PoolStats,
+    ProductSummary, Progress,
+};
+
+use crate::Error;
+use crate::crypto::{KeySource, MasterKey};
+use writer::Writer;
+
+/// The database file name inside the data dir.
+pub const DB_FILE_NAME: &str = "dynreg.sqlite3";
+
+/// How to open a [`SqliteStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// The data dir; created (mode 0700) when missing.
+    pub data_dir: PathBuf,
+    /// Where the master key comes from.
+    pub key: KeySource,
+    /// How long a product lookup may be served from the cache.
+    pub product_cache_ttl: Duration,
+    /// The most jobs committed together in one transaction.
+    pub max_batch: usize,
+}
+
+impl SqliteConfig {
+    /// The defaults for `data_dir`: key in the data dir, 2 s product cache, batches of
+    /// up to 512 jobs.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            key: KeySource::DataDir,
+            product_cache_ttl: Duration::from_secs(2),
+            max_batch: 512,
+        }
+    }
+}
+
+/// Counters of the group-commit writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriterStats {
+    /// Transactions (each one fsync).
+    pub batches: u64,
+    /// Jobs run in them.
+    pub jobs: u64,
+}
+
+type CacheEntry = (Option<Arc<Product>>, Instant);
+
+pub(crate) struct Inner {
+    key: Arc<MasterKey>,
+    reader: Mutex<Connection>,
+    writer: Writer,
+    cache: RwLock<HashMap<String, CacheEntry>>,
+    ttl: Duration,
+    path: PathBuf,
+}
+
+/// The embedded SQLite store. Cheap to clone (all clones share one database).
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps a SQLite error to the registrar's view of it.
+pub(crate) fn classify(e: &rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
+    match e.sqlite_error_code() {
+        Some(ErrorCode::ConstraintViolation) => StoreError::Conflict(e.to_string()),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+fn create_data_dir(dir: &Path) -> Result<(), Error> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+        .map_err(|e| Error::Config(format!("cannot create data dir {}: {e}", dir.display())))
+}
+
+fn open_connection(path: &Path) -> Result<Connection, Error> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| Error::Config(format!("cannot open database {}: {e}", path.display())))?;
+    schema::configure(&conn)?;
+    Ok(conn)
+}
+
+/// The associated data that binds a product secret to its row.
+pub(crate) fn product_aad(pid: &str) -> Vec<u8> {
+    [b"product:".as_slice(), pid.as_bytes()].concat()
+}
+
+/// The associated data that binds a device secret to its row.
+pub(crate) fn triplet_aad(uuid: &str) -> Vec<u8> {
+    [b"triplet:".as_slice(), uuid.as_bytes()].concat()
+}
+
+/// A stored time or counter (SQLite integers are signed; ours are never negative).
+pub(crate) fn u64_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// A time or counter to store (saturating at `i64::MAX`, far beyond any real value).
+pub(crate) fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+const KEY_CHECK: &[u8] = b"dynreg master key check";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `config.data_dir`: creates the dir, loads
+    /// or generates the master key, applies migrations, checks that the key is the one
+    /// the database was written with, and starts the writer thread.
+    pub fn open(config: &SqliteConfig) -> Result<Self, Error> {
+        create_data_dir(&config.data_dir)?;
+        let path = config.data_dir.join(DB_FILE_NAME);
+        let existed = path.exists();
+        let (key, _) = MasterKey::load(&config.key, &config.data_dir, !existed)?;
+        let mut write_conn = open_connection(&path)?;
+        schema::migrate(&mut write_conn)?;
+
+        // A key check value tells "wrong key" apart from corruption before any secret is
+        // needed, and stops a fresh key from being paired with an existing database.
+        let check: Option<Vec<u8>> = write_conn
+            .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match check {
+            Some(sealed) => {
+                key.open(b"meta:key_check", &sealed)?;
+            }
+            None => {
+                write_conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('key_check', ?1)",
+                    [key.seal(b"meta:key_check", KEY_CHECK)],
+                )?;
+            }
+        }
+        let reader = open_connection(&path)?;
+        let key = Arc::new(key);
+        let writer = Writer::start(
+            write_conn,
+            open_connection(&path)?,
+            key.clone(),
+            config.max_batch.max(1),
+        )?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                key,
+                reader: Mutex::new(reader),
+                writer,
+                cache: RwLock::new(HashMap::new()),
+                ttl: config.product_cache_ttl,
+                path,
+            }),
+        })
+    }
+
+    /// How many write transactions the writer has committed and how many jobs
+    /// (registrations, operator changes) they held: their ratio is the group-commit
+    /// batch size.
+    pub fn writer_stats(&self) -> WriterStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = self.inner.writer.counters();
+        WriterStats {
+            batches: c.batches.load(Relaxed),
+            jobs: c.jobs.load(Relaxed),
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Stops the writer after the jobs already queued, checkpoints the WAL into the
+    /// database file, and waits for both. Later writes fail with `Unavailable`.
+    pub fn close(&self) -> Result<(), Error> {
+        self.inner.writer.close()?;
+        let reader = self.reader();
+        reader.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+        Ok(())
+    }
+
+    pub(crate) fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.inner
+            .reader
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn key(&self) -> &MasterKey {
+        &self.inner.key
+    }
+
+    /// Runs `work` on the writer thread in its own savepoint of the next batch, and
+    /// waits (blocking) until it is committed. For operator operations; do not call from
+    /// an async task.
+    pub(crate) fn write_blocking<T, F>(&self, work: F) -> Result<T, Error>
+    where
+        F: FnOnce(&Connection, &MasterKey) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.inner.writer.submit(Box::new(move |db| {
+            let r = match db {
+                Some((conn, key)) => work(conn, key),
+                None => Err(Error::Unavailable(
+                    "no write transaction could be opened".into(),
+                )),
+            };
+            let ok = r.is_ok();
+            let done: writer::Completion = Box::new(move |commit| {
+                let out = match commit {
+                    Some(e) => Err(Error::from_store(e)),
+                    None => r,
+                };
+                let _ = tx.send(out);
+            });
+            (ok, done)
+        }))?;
+        rx.recv()
+            .map_err(|_| Error::Unavailable("the writer stopped".into()))?
+    }
+
+    /// Drops cached lookups of `pid` (after a change made through this store).
+    pub(crate) fn invalidate(&self, pid: &str) {
+        self.inner
+            .cache
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(pid);
+    }
+
+    /// Reads a product from the database, bypassing the cache.
+    pub fn load_product(&self, pid: &str) -> Result<Option<Product>, Error> {
+        let conn = self.reader();
+        admin::read_product(&conn, self.key(), pid)
+    }
+}
+
+impl Error {
+    /// The operator-facing form of a storage error.
+    pub(crate) fn from_store(e: &StoreError) -> Self {
+        match e {
+            StoreError::Conflict(m) => Self::Conflict(m.clone()),
+            StoreError::NotFound(m) => Self::NotFound(m.clone()),
+            StoreError::Invalid(m) => Self::Invalid(m.clone()),
+            StoreError::Unavailable(m) => Self::Unavailable(m.clone()),
+            StoreError::Corrupt(m) | StoreError::Backend(m) => Self::Unavailable(m.clone()),
+            _ => Self::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl Store for SqliteStore {
+    fn product(&self, pid: &str) -> Result<Option<Arc<Product>>, StoreError> {
+        if let Some((p, at)) = self
+            .inner
+            .cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(pid)
+        {
+            if at.elapsed() < self.inner.ttl {
+                return Ok(p.clone());
+            }
+        }
+        let product = self
+            .load_product(pid)
+            .map_err(StoreError::from)?
+            .map(Arc::new);
+        let mut cache = self
+            .inner
+            .cache
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Unknown pids are cached too, so that a flood of them does not reach the
+        // database; the map is bounded so that such a flood cannot grow it forever.
+        if cache.len() >= 100_000 {
+            cache.retain(|_, (_, at)| at.elapsed() < self.inner.ttl);
+        }
+        if cache.len() < 100_000 {
+            cache.insert(pid.to_owned(), (product.clone(), Instant::now()));
+        }
+        Ok(product)
+    }
+
+    fn transact<T, F>(&self, work: F) -> impl Future<Output = Result<T, StoreError>> + Send
+    where
+        F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let submitted = self.inner.writer.submit(Box::new(move |db| {
+            let r = match db {
+                Some((conn, key)) => work(&mut tx::SqliteTx::new(conn, key)),
+                None => Err(StoreError::Unavailable(
+                    "no write transaction could be opened".into(),
+                )),
+            };
+            let ok = r.is_ok();
+            let done: writer::Completion = Box::new(move |commit| {
+                let _ = tx.send(match commit {
+                    Some(e) => Err(e.clone()),
+                    None => r,
+                });
+            });
+            (ok, done)
+        }));
+        async move {
+            submitted.map_err(StoreError::from)?;
+            rx.await
+                .map_err(|_| StoreError::Unavailable("the store's writer stopped".into()))?
+        }
+    }
+}

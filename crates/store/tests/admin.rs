@@ -1,0 +1,276 @@
+//! The operator's operations on the SQLite store.
+
+use std::sync::Arc;
+
+use dynreg_registrar::{MacRange, NewTriplet, Secret, SourceMode, Store};
+use dynreg_store::{DeviceFilter, Error, KeySource, NewProduct, SqliteConfig, SqliteStore};
+
+fn open(dir: &std::path::Path) -> SqliteStore {
+    SqliteStore::open(&SqliteConfig::new(dir)).unwrap()
+}
+
+fn new_product(pid: Option<&str>, mode: SourceMode, mac: Option<&str>) -> NewProduct {
+    NewProduct {
+        pid: pid.map(str::to_owned),
+        name: "Lamp".into(),
+        mode,
+        mac_range: mac.map(|m| m.parse::<MacRange>().unwrap()),
+        ts_window: 900,
+    }
+}
+
+fn none() -> dynreg_store::Progress {
+    Arc::new(|_| {})
+}
+
+#[test]
+fn products_create_list_enable_rotate() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let p = s
+        .create_product(new_product(None, SourceMode::Generate, None), 10)
+        .unwrap();
+    assert!(p.pid.starts_with('p'));
+    assert_eq!(p.secret.expose().len(), 32);
+    let q = s
+        .create_product(new_product(Some("lamp-1"), SourceMode::Pool, None), 11)
+        .unwrap();
+    assert!(matches!(
+        s.create_product(new_product(Some("lamp-1"), SourceMode::Pool, None), 12),
+        Err(Error::Conflict(_))
+    ));
+    assert!(matches!(
+        s.create_product(new_product(Some("bad|pid"), SourceMode::Pool, None), 12),
+        Err(Error::Invalid(_))
+    ));
+    let list = s.list_products().unwrap();
+    assert_eq!(list.len(), 2);
+    assert!(list.iter().any(|x| x.pid == "lamp-1" && x.enabled));
+
+    s.set_enabled("lamp-1", false).unwrap();
+    assert!(
+        !s.product("lamp-1").unwrap().unwrap().enabled,
+        "visible at once through the same store"
+    );
+    assert!(matches!(
+        s.set_enabled("nope", true),
+        Err(Error::NotFound(_))
+    ));
+
+    let new_secret = s.rotate_secret("lamp-1").unwrap();
+    assert_ne!(new_secret, q.secret);
+    assert_eq!(
+        s.load_product("lamp-1").unwrap().unwrap().secret,
+        new_secret
+    );
+    assert_eq!(s.product("lamp-1").unwrap().unwrap().secret, new_secret);
+}
+
+#[test]
+fn pool_generate_with_mac_range_and_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create_product(
+        new_product(
+            Some("m"),
+            SourceMode::Pool,
+            Some("02:00:00:00:00:00-02:00:00:00:00:09"),
+        ),
+        1,
+    )
+    .unwrap();
+    let got = s.generate_pool("m", 4, "BC", none()).unwrap();
+    assert_eq!(got.len(), 4);
+    assert_eq!(got[0].mac, "02:00:00:00:00:00");
+    assert_eq!(got[3].mac, "02:00:00:00:00:03");
+    assert!(
+        got.iter()
+            .all(|t| t.barcode.starts_with("BC") && t.barcode.len() == 14)
+    );
+    let err = s.generate_pool("m", 7, "BC", none()).unwrap_err();
+    assert!(err.to_string().contains("MAC range overflow"), "{err}");
+    assert_eq!(
+        s.pool_stats("m").unwrap().free,
+        4,
+        "a refused generation adds nothing"
+    );
+    assert_eq!(s.pool_stats("m").unwrap().mac_left, Some(6));
+    assert!(
+        s.generate_pool("m", 0, "", none())
+            .unwrap_err()
+            .to_string()
+            .contains("out of range")
+    );
+    assert!(matches!(
+        s.generate_pool("zz", 1, "", none()),
+        Err(Error::NotFound(_))
+    ));
+}
+
+#[test]
+fn import_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create_product(new_product(Some("p"), SourceMode::Pool, None), 1)
+        .unwrap();
+    let t = |u: &str, b: &str| NewTriplet {
+        uuid: u.into(),
+        secret: Secret::new(format!("sec-{u}")),
+        mac: String::new(),
+        barcode: b.into(),
+    };
+    assert_eq!(
+        s.import_pool("p", vec![t("a", "1"), t("b", "2")], none())
+            .unwrap(),
+        2
+    );
+    // The third item repeats a stored uuid: nothing of this file is imported.
+    let err = s
+        .import_pool("p", vec![t("c", "3"), t("d", "4"), t("a", "5")], none())
+        .unwrap_err();
+    assert!(err.to_string().starts_with("item 2: uuid `a`"), "{err}");
+    let err = s.import_pool("p", vec![t("e", "2")], none()).unwrap_err();
+    assert!(err.to_string().contains("barcode `2`"), "{err}");
+    let err = s
+        .import_pool("p", vec![t("f", ""), t("g\n", "")], none())
+        .unwrap_err();
+    assert!(err.to_string().starts_with("item 1:"), "{err}");
+    assert_eq!(s.pool_stats("p").unwrap().free, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_revoke_reset_and_listing() {
+    use dynreg_proto::RegisterRequest;
+    use dynreg_registrar::{Device, Registrar};
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let p = tokio::task::block_in_place(|| {
+        s.create_product(new_product(Some("g"), SourceMode::Generate, None), 1)
+            .unwrap()
+    });
+    let r = Registrar::new(s.clone());
+    for u in ["a", "b", "c"] {
+        r.decide(
+            100,
+            Device {
+                pid: &p.pid,
+                unique: u,
+            },
+            &RegisterRequest::new("1", 100),
+        )
+        .await
+        .unwrap();
+    }
+    tokio::task::block_in_place(|| {
+        assert_eq!(
+            s.list_devices(&DeviceFilter {
+                pid: Some("g".into()),
+                ..Default::default()
+            })
+            .unwrap()
+            .len(),
+            3
+        );
+        let a = s.device("g", "a").unwrap().unwrap();
+        assert_eq!(
+            s.device_by_uuid(&a.triplet.uuid).unwrap().unwrap().unique,
+            "a"
+        );
+        assert!(
+            matches!(s.reset("g", "a"), Err(Error::Conflict(_))),
+            "reset needs a revoked device"
+        );
+        s.revoke("g", "a", 200).unwrap();
+        assert!(matches!(s.revoke("g", "a", 200), Err(Error::Conflict(_))));
+        assert!(matches!(s.revoke("g", "zz", 200), Err(Error::NotFound(_))));
+        let revoked = s
+            .list_devices(&DeviceFilter {
+                revoked_only: true,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(revoked.len(), 1);
+        assert_eq!(revoked[0].revoked_at, Some(200));
+        s.reset("g", "a").unwrap();
+        assert!(s.device("g", "a").unwrap().is_none());
+        let stats = s.pool_stats("g").unwrap();
+        assert_eq!((stats.bound, stats.revoked, stats.devices), (2, 1, 2));
+        assert_eq!(
+            s.list_devices(&DeviceFilter {
+                limit: 1,
+                ..Default::default()
+            })
+            .unwrap()
+            .len(),
+            1
+        );
+    });
+}
+
+#[test]
+fn secrets_are_encrypted_at_rest_and_the_key_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let s = open(&data);
+    let p = s
+        .create_product(new_product(Some("p"), SourceMode::Pool, None), 1)
+        .unwrap();
+    let pool = s.generate_pool("p", 50, "", none()).unwrap();
+    s.close().unwrap();
+    drop(s);
+    let mut bytes = Vec::new();
+    for f in std::fs::read_dir(&data).unwrap() {
+        let f = f.unwrap().path();
+        if f.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("dynreg.sqlite3")
+        {
+            bytes.extend(std::fs::read(&f).unwrap());
+        }
+    }
+    assert!(bytes.len() > 4096);
+    let contains = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(
+        !contains(p.secret.expose()),
+        "product secret in the database file"
+    );
+    for t in &pool {
+        assert!(
+            contains(&t.uuid),
+            "uuids are stored in clear (sanity check of the scan)"
+        );
+        assert!(
+            !contains(t.secret.expose()),
+            "device secret in the database file"
+        );
+    }
+    // Another key is refused before anything is served.
+    let cfg = SqliteConfig {
+        key: KeySource::Hex("11".repeat(32)),
+        ..SqliteConfig::new(&data)
+    };
+    assert!(matches!(SqliteStore::open(&cfg), Err(Error::WrongKey(_))));
+    // A lost key file is not silently replaced.
+    std::fs::remove_file(data.join("master.key")).unwrap();
+    let err = SqliteStore::open(&SqliteConfig::new(&data)).unwrap_err();
+    assert!(
+        err.to_string().contains("master key") && err.to_string().contains("is missing"),
+        "{err}"
+    );
+    assert!(
+        !data.join("master.key").exists(),
+        "no new key was generated beside the old data"
+    );
+}
+
+#[test]
+fn bulk_load_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create_product(new_product(Some("b"), SourceMode::Generate, None), 1)
+        .unwrap();
+    assert_eq!(s.bulk_load("b", 0, 1234, 5, &|_| {}).unwrap(), 1234);
+    assert_eq!(s.pool_stats("b").unwrap().devices, 1234);
+    assert!(s.device("b", "bulk-1233").unwrap().is_some());
+}

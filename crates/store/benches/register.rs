@@ -135,9 +135,7 @@ fn main() {
 
     let t = Instant::now();
     let half = preload / 2;
-    store
-        .bulk_load("G", 0, half, NOW, &|_| {})
-        .unwrap();
+    store.bulk_load("G", 0, half, NOW, &|_| {}).unwrap();
     store
         .bulk_load("P", half, preload - half, NOW, &|_| {})
         .unwrap();

@@ -43,6 +43,14 @@ pub enum Error {
     /// A uniqueness rule refused the write (the message names the value).
     #[error("{0}")]
     Conflict(String),
+    /// One item of a multi-item operation (an import) was refused; nothing was written.
+    #[error("item {index}: {message}")]
+    Item {
+        /// The 0-based position of the item.
+        index: usize,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The store is shutting down or the database stayed locked.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -57,6 +65,7 @@ impl From<Error> for StoreError {
             Error::Conflict(m) => StoreError::Conflict(m),
             Error::NotFound(m) => StoreError::NotFound(m),
             Error::Invalid(m) | Error::Config(m) => StoreError::Invalid(m),
+            Error::Item { .. } => StoreError::Invalid(e.to_string()),
             Error::Unavailable(m) => StoreError::Unavailable(m),
             Error::WrongKey(_) => StoreError::Corrupt(e.to_string()),
             Error::Sqlite(e) => sqlite::classify(&e),

@@ -128,6 +128,7 @@ fn import_is_all_or_nothing() {
     let err = s
         .import_pool("p", vec![t("c", "3"), t("d", "4"), t("a", "5")], none())
         .unwrap_err();
+    assert!(matches!(err, Error::Item { index: 2, .. }), "{err}");
     assert!(err.to_string().starts_with("item 2: uuid `a`"), "{err}");
     let err = s.import_pool("p", vec![t("e", "2")], none()).unwrap_err();
     assert!(err.to_string().contains("barcode `2`"), "{err}");

@@ -8,11 +8,15 @@ use std::sync::Arc;
 
 use dynreg_registrar::model::{MAX_NAME_LEN, is_valid_pid};
 use dynreg_registrar::{
-    MacRange, NewTriplet, Product, Registration, Secret, SourceMode, TripletState, generate,
+    MacRange, NewTriplet, Product, Registration, Secret, SourceMode, Triplet, TripletState,
+    generate,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::tx::{REGISTRATION_SELECT, SealedRegistration, insert_triplet};
+use super::tx::{
+    REGISTRATION_SELECT, SealedRegistration, SealedTriplet, TRIPLET_COLUMNS, insert_triplet,
+    state_code,
+};
 use super::{SqliteStore, i64_of, product_aad, u64_of};
 use crate::Error;
 use crate::crypto::MasterKey;
@@ -422,7 +426,7 @@ impl SqliteStore {
             )));
         }
         for (i, t) in triplets.iter().enumerate() {
-            validate_import(t).map_err(|m| Error::Invalid(format!("item {i}: {m}")))?;
+            validate_import(t).map_err(|message| Error::Item { index: i, message })?;
         }
         require_product(&self.reader(), pid)?;
         let key = self.inner.key.clone();
@@ -436,16 +440,19 @@ impl SqliteStore {
             let mut without_mac_at: Vec<usize> = Vec::new();
             for (i, t) in triplets.into_iter().enumerate() {
                 if uuid_exists.exists([&t.uuid])? {
-                    return Err(Error::Conflict(format!(
-                        "item {i}: uuid `{}` already exists in the store",
-                        t.uuid
-                    )));
+                    return Err(Error::Item {
+                        index: i,
+                        message: format!("uuid `{}` already exists in the store", t.uuid),
+                    });
                 }
                 if !t.barcode.is_empty() && barcode_exists.exists(params![pid, t.barcode])? {
-                    return Err(Error::Conflict(format!(
-                        "item {i}: barcode `{}` already exists in product `{pid}`",
-                        t.barcode
-                    )));
+                    return Err(Error::Item {
+                        index: i,
+                        message: format!(
+                            "barcode `{}` already exists in product `{pid}`",
+                            t.barcode
+                        ),
+                    });
                 }
                 if t.mac.is_empty() {
                     without_mac.push((t, Vec::new()));
@@ -465,6 +472,26 @@ impl SqliteStore {
             }
             Ok(count)
         })
+    }
+
+    /// Calls `f` for each triplet of `pid`'s pool (optionally only those in `state`), in
+    /// creation order, secrets opened: re-exporting a factory CSV.
+    pub fn for_each_triplet(
+        &self,
+        pid: &str,
+        state: Option<TripletState>,
+        mut f: impl FnMut(Triplet) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let conn = self.reader();
+        require_product(&conn, pid)?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {TRIPLET_COLUMNS} FROM triplets t WHERE t.pid = ?1 AND (?2 IS NULL OR t.state = ?2) ORDER BY t.id"
+        ))?;
+        let mut rows = stmt.query(params![pid, state.map(state_code)])?;
+        while let Some(row) = rows.next()? {
+            f(SealedTriplet::read(row, 0)?.open(self.key())?)?;
+        }
+        Ok(())
     }
 
     /// Devices, newest first.
@@ -615,10 +642,13 @@ impl SqliteStore {
 
 fn conflict_at(i: usize, t: &NewTriplet, e: rusqlite::Error) -> Error {
     match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::ConstraintViolation) => Error::Conflict(format!(
-            "item {i}: uuid `{}` or barcode `{}` already exists",
-            t.uuid, t.barcode
-        )),
+        Some(rusqlite::ErrorCode::ConstraintViolation) => Error::Item {
+            index: i,
+            message: format!(
+                "uuid `{}` or barcode `{}` appears twice (in the file or the store)",
+                t.uuid, t.barcode
+            ),
+        },
         _ => Error::Sqlite(e),
     }
 }

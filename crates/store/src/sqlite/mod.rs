@@ -124,6 +124,21 @@ fn create_data_dir(dir: &Path) -> Result<(), Error> {
         .map_err(|e| Error::Config(format!("cannot create data dir {}: {e}", dir.display())))
 }
 
+/// Creates an empty database file readable by its owner only; SQLite gives the WAL and
+/// shared-memory files the same mode.
+fn create_private_file(path: &Path) -> Result<(), Error> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)
+        .map(drop)
+        .map_err(|e| Error::Config(format!("cannot create database {}: {e}", path.display())))
+}
+
 fn open_connection(path: &Path) -> Result<Connection, Error> {
     let conn = Connection::open_with_flags(
         path,
@@ -166,6 +181,9 @@ impl SqliteStore {
         create_data_dir(&config.data_dir)?;
         let path = config.data_dir.join(DB_FILE_NAME);
         let existed = path.exists();
+        if !existed {
+            create_private_file(&path)?;
+        }
         let (key, _) = MasterKey::load(&config.key, &config.data_dir, !existed)?;
         let mut write_conn = open_connection(&path)?;
         schema::migrate(&mut write_conn)?;

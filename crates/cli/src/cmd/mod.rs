@@ -1,0 +1,5 @@
+//! The operator subcommands, one module per noun.
+
+pub(crate) mod device;
+pub(crate) mod pool;
+pub(crate) mod product;

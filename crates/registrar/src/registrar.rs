@@ -159,7 +159,7 @@ impl<S: Store> Registrar<S> {
             // Drawn outside the transaction so the store's writer does less; pool mode
             // never needs one, and pool-then-generate draws one only when the pool is dry.
             candidate: (target.mode == SourceMode::Generate)
-                .then(|| generate::triplet(String::new(), String::new())),
+                .then(|| generate::triplet(now, String::new(), String::new())),
         };
         match self.store.transact(move |tx| plan.run(tx)).await {
             Ok(outcome) => outcome,
@@ -260,7 +260,7 @@ impl Plan {
         for _ in 0..UUID_ATTEMPTS {
             let mut t = candidate
                 .take()
-                .unwrap_or_else(|| generate::triplet(String::new(), String::new()));
+                .unwrap_or_else(|| generate::triplet(self.now, String::new(), String::new()));
             t.mac.clone_from(&mac);
             match tx.insert_triplet(&self.pid, &t, TripletState::Bound) {
                 Ok(stored) => return Ok(Some(stored)),

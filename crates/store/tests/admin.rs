@@ -79,7 +79,9 @@ fn pool_generate_with_mac_range_and_overflow() {
         1,
     )
     .unwrap();
-    let got = s.generate_pool("m", 4, "BC", none()).unwrap();
+    let got = s
+        .generate_pool("m", 4, "BC", 1_700_000_000, none())
+        .unwrap();
     assert_eq!(got.len(), 4);
     assert_eq!(got[0].mac, "02:00:00:00:00:00");
     assert_eq!(got[3].mac, "02:00:00:00:00:03");
@@ -87,7 +89,9 @@ fn pool_generate_with_mac_range_and_overflow() {
         got.iter()
             .all(|t| t.barcode.starts_with("BC") && t.barcode.len() == 14)
     );
-    let err = s.generate_pool("m", 7, "BC", none()).unwrap_err();
+    let err = s
+        .generate_pool("m", 7, "BC", 1_700_000_000, none())
+        .unwrap_err();
     assert!(err.to_string().contains("MAC range overflow"), "{err}");
     assert_eq!(
         s.pool_stats("m").unwrap().free,
@@ -96,13 +100,13 @@ fn pool_generate_with_mac_range_and_overflow() {
     );
     assert_eq!(s.pool_stats("m").unwrap().mac_left, Some(6));
     assert!(
-        s.generate_pool("m", 0, "", none())
+        s.generate_pool("m", 0, "", 1_700_000_000, none())
             .unwrap_err()
             .to_string()
             .contains("out of range")
     );
     assert!(matches!(
-        s.generate_pool("zz", 1, "", none()),
+        s.generate_pool("zz", 1, "", 1_700_000_000, none()),
         Err(Error::NotFound(_))
     ));
 }
@@ -216,7 +220,7 @@ fn secrets_are_encrypted_at_rest_and_the_key_is_checked() {
     let p = s
         .create_product(new_product(Some("p"), SourceMode::Pool, None), 1)
         .unwrap();
-    let pool = s.generate_pool("p", 50, "", none()).unwrap();
+    let pool = s.generate_pool("p", 50, "", 1_700_000_000, none()).unwrap();
     s.close().unwrap();
     drop(s);
     let mut bytes = Vec::new();

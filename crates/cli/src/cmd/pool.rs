@@ -15,7 +15,7 @@ use dynreg_registrar::{NewTriplet, Secret, TripletState};
 use serde_json::json;
 
 use crate::progress::Bar;
-use crate::{Global, output};
+use crate::{Global, now, output};
 
 /// The factory CSV header.
 pub(crate) const CSV_HEADER: [&str; 4] = ["uuid", "secret", "mac", "barcode"];
@@ -224,8 +224,13 @@ pub(crate) fn run(g: &Global, cmd: PoolCmd) -> anyhow::Result<()> {
             let mut csv = CsvOut::create(out.as_deref())?;
             let bar = Arc::new(Bar::new("generating", count));
             let b = bar.clone();
-            let triplets =
-                store.generate_pool(&pid, count, &barcode_prefix, Arc::new(move |n| b.set(n)))?;
+            let triplets = store.generate_pool(
+                &pid,
+                count,
+                &barcode_prefix,
+                now(),
+                Arc::new(move |n| b.set(n)),
+            )?;
             bar.finish();
             csv.row(CSV_HEADER)?;
             for t in &triplets {

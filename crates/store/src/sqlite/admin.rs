@@ -350,12 +350,14 @@ impl SqliteStore {
 
     /// Generates `count` free triplets for `pid` (MACs from its range when it has one;
     /// barcodes `prefix` + a 12-digit serial unique in the store) in one transaction,
-    /// and returns them, secrets included, for the factory CSV.
+    /// and returns them, secrets included, for the factory CSV. `now` (Unix seconds)
+    /// goes into the generated uuids.
     pub fn generate_pool(
         &self,
         pid: &str,
         count: u64,
         barcode_prefix: &str,
+        now: u64,
         progress: Progress,
     ) -> Result<Vec<NewTriplet>, Error> {
         if count == 0 || count > MAX_POOL_BATCH {
@@ -373,7 +375,7 @@ impl SqliteStore {
         let n = usize::try_from(count).unwrap_or(usize::MAX);
         let mut items = Vec::with_capacity(n);
         for i in 0..n {
-            let t = generate::triplet(String::new(), String::new());
+            let t = generate::triplet(now, String::new(), String::new());
             let sealed = key.seal(&super::triplet_aad(&t.uuid), t.secret.expose().as_bytes());
             items.push((t, sealed));
             if i % 4096 == 0 {
@@ -615,7 +617,7 @@ impl SqliteStore {
             let key = self.inner.key.clone();
             let items: Vec<(String, Vec<u8>)> = (0..n)
                 .map(|_| {
-                    let t = generate::triplet(String::new(), String::new());
+                    let t = generate::triplet(now, String::new(), String::new());
                     let sealed =
                         key.seal(&super::triplet_aad(&t.uuid), t.secret.expose().as_bytes());
                     (t.uuid, sealed)

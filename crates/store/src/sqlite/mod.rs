@@ -247,8 +247,15 @@ impl SqliteStore {
     /// database file, and waits for both. Later writes fail with `Unavailable`.
     pub fn close(&self) -> Result<(), Error> {
         self.inner.writer.close()?;
-        let reader = self.reader();
-        reader.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+        self.checkpoint()
+    }
+
+    /// Copies every committed WAL frame into the database file and truncates the WAL,
+    /// waiting for readers to move on if it must. Useful after a large import, so that
+    /// the background checkpointer does not spend the next minutes catching up.
+    pub fn checkpoint(&self) -> Result<(), Error> {
+        self.reader()
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
         Ok(())
     }
 

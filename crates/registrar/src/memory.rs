@@ -166,9 +166,10 @@ impl Tx for MemTx<'_> {
         key_pid: &str,
         unique: &str,
         pid: &str,
-        triplet: TripletId,
+        triplet: &Triplet,
         now: u64,
     ) -> Result<(), StoreError> {
+        let triplet = triplet.id;
         let key = (key_pid.to_owned(), unique.to_owned());
         if self.s.registrations.contains_key(&key) {
             return Err(StoreError::Conflict(format!(
@@ -221,9 +222,9 @@ impl Store for MemoryStore {
         Ok(self.lock().products.get(pid).cloned())
     }
 
-    fn transact<T, F>(&self, work: F) -> impl Future<Output = Result<T, StoreError>> + Send
+    fn transact<T, F>(&self, mut work: F) -> impl Future<Output = Result<T, StoreError>> + Send
     where
-        F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
         let result = {

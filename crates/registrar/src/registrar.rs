@@ -191,17 +191,17 @@ struct Plan {
 impl Plan {
     /// The transaction body. Domain refusals come before any write, so that returning
     /// `Ok(Err(status))` commits nothing.
-    fn run(self, tx: &mut dyn Tx) -> Result<Result<Registered, Status>, StoreError> {
+    fn run(&self, tx: &mut dyn Tx) -> Result<Result<Registered, Status>, StoreError> {
         if let Some(reg) = tx.registration(&self.key_pid, &self.unique)? {
             if reg.revoked_at.is_some() {
                 return Ok(Err(Status::DeviceRevoked));
             }
             let mut triplet = reg.triplet;
-            if let Some(barcode) = self.barcode.filter(|b| *b != triplet.barcode) {
-                if let Err(status) = claim_barcode(tx, &reg.pid, triplet.id, &barcode)? {
+            if let Some(barcode) = self.barcode.as_ref().filter(|b| **b != triplet.barcode) {
+                if let Err(status) = claim_barcode(tx, &reg.pid, triplet.id, barcode)? {
                     return Ok(Err(status));
                 }
-                triplet.barcode = barcode;
+                triplet.barcode.clone_from(barcode);
             }
             tx.touch_registration(&self.key_pid, &self.unique, self.now)?;
             return Ok(Ok(Registered {
@@ -228,18 +228,18 @@ impl Plan {
         let Some(mut triplet) = triplet else {
             return Ok(Err(Status::PoolExhausted));
         };
-        if let Some(barcode) = self.barcode {
-            if barcode != triplet.barcode {
-                if let Err(status) = claim_barcode(tx, &self.pid, triplet.id, &barcode)? {
+        if let Some(barcode) = &self.barcode {
+            if *barcode != triplet.barcode {
+                if let Err(status) = claim_barcode(tx, &self.pid, triplet.id, barcode)? {
                     return Ok(Err(status));
                 }
-                triplet.barcode = barcode;
+                triplet.barcode.clone_from(barcode);
             }
         }
-        tx.insert_registration(&self.key_pid, &self.unique, &self.pid, triplet.id, self.now)?;
+        tx.insert_registration(&self.key_pid, &self.unique, &self.pid, &triplet, self.now)?;
         triplet.state = TripletState::Bound;
         Ok(Ok(Registered {
-            pid: self.pid,
+            pid: self.pid.clone(),
             triplet,
             fresh: true,
         }))

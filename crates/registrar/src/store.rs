@@ -4,8 +4,10 @@
 //! registration work in [`Store::transact`]: the closure gets a [`Tx`] whose operations
 //! are all part of one atomic unit, and the returned future resolves only after that
 //! unit is durably committed. A closure that returns `Err` leaves no trace. Stores may
-//! run several closures in one physical transaction (group commit), each isolated by a
-//! savepoint, so that concurrent registrations share an fsync.
+//! run several closures in one physical transaction (group commit) so that concurrent
+//! registrations share an fsync; to keep that cheap, a store may run a closure more
+//! than once (rolling back its writes in between), so a closure must have no effect
+//! outside the [`Tx`] it is given.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -76,14 +78,16 @@ pub trait Tx {
     /// Sets a triplet's barcode; the empty string clears it.
     fn set_barcode(&mut self, triplet: TripletId, barcode: &str) -> Result<(), StoreError>;
 
-    /// Binds `triplet` (which becomes [`TripletState::Bound`]) to the device
-    /// (`key_pid`, `unique`), registered under `pid`, at `now`.
+    /// Binds `triplet` to the device (`key_pid`, `unique`), registered under `pid`, at
+    /// `now`. `triplet` is one this transaction got from [`Tx::free_triplet`] (it then
+    /// becomes [`TripletState::Bound`]) or stored with [`Tx::insert_triplet`] as bound.
+    /// A triplet held by another device, or revoked, gives [`StoreError::Conflict`].
     fn insert_registration(
         &mut self,
         key_pid: &str,
         unique: &str,
         pid: &str,
-        triplet: TripletId,
+        triplet: &Triplet,
         now: u64,
     ) -> Result<(), StoreError>;
 
@@ -103,10 +107,11 @@ pub trait Store: Send + Sync + 'static {
     fn product(&self, pid: &str) -> Result<Option<Arc<Product>>, StoreError>;
 
     /// Runs `work` as one atomic unit and resolves once it is durably committed (or
-    /// rolled back, when `work` returns `Err`).
+    /// rolled back, when `work` returns `Err`). `work` may be called more than once,
+    /// its writes rolled back in between; the result of the last call is returned.
     fn transact<T, F>(&self, work: F) -> impl Future<Output = Result<T, StoreError>> + Send
     where
-        F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static;
 }
 
@@ -117,7 +122,7 @@ impl<S: Store> Store for Arc<S> {
 
     fn transact<T, F>(&self, work: F) -> impl Future<Output = Result<T, StoreError>> + Send
     where
-        F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
         (**self).transact(work)

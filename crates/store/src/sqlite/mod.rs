@@ -70,6 +70,8 @@ pub struct WriterStats {
     pub batches: u64,
     /// Jobs run in them.
     pub jobs: u64,
+    /// Batches run a second time, job by job in savepoints, because one job failed.
+    pub reruns: u64,
 }
 
 type CacheEntry = (Option<Arc<Product>>, Instant);
@@ -235,6 +237,7 @@ impl SqliteStore {
         WriterStats {
             batches: c.batches.load(Relaxed),
             jobs: c.jobs.load(Relaxed),
+            reruns: c.reruns.load(Relaxed),
         }
     }
 
@@ -279,22 +282,10 @@ impl SqliteStore {
         T: Send + 'static,
     {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.inner.writer.submit(Box::new(move |db| {
-            let r = match db {
-                Some((conn, key)) => work(conn, key),
-                None => Err(Error::Unavailable(
-                    "no write transaction could be opened".into(),
-                )),
-            };
-            let ok = r.is_ok();
-            let done: writer::Completion = Box::new(move |commit| {
-                let out = match commit {
-                    Some(e) => Err(Error::from_store(e)),
-                    None => r,
-                };
-                let _ = tx.send(out);
-            });
-            (ok, done)
+        self.inner.writer.submit(Box::new(OnceJob {
+            work: Some(work),
+            result: None,
+            reply: tx,
         }))?;
         rx.recv()
             .map_err(|_| Error::Unavailable("the writer stopped".into()))?
@@ -327,6 +318,76 @@ impl Error {
             StoreError::Corrupt(m) | StoreError::Backend(m) => Self::Unavailable(m.clone()),
             _ => Self::Unavailable(e.to_string()),
         }
+    }
+}
+
+/// A registration transaction: repeatable, answered through a oneshot channel.
+struct TxJob<F, T> {
+    work: F,
+    result: Option<Result<T, StoreError>>,
+    reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<F, T> writer::Job for TxJob<F, T>
+where
+    F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    fn run(&mut self, conn: &Connection, key: &MasterKey) -> bool {
+        let r = (self.work)(&mut tx::SqliteTx::new(conn, key));
+        let ok = r.is_ok();
+        self.result = Some(r);
+        ok
+    }
+
+    fn repeatable(&self) -> bool {
+        true
+    }
+
+    fn complete(self: Box<Self>, commit: Option<&StoreError>) {
+        let out = match (commit, self.result) {
+            (Some(e), _) => Err(e.clone()),
+            (None, Some(r)) => r,
+            (None, None) => Err(StoreError::Unavailable("the job did not run".into())),
+        };
+        let _ = self.reply.send(out);
+    }
+}
+
+/// An operator change: runs once, alone in its transaction, answered to a blocked
+/// thread.
+struct OnceJob<F, T> {
+    work: Option<F>,
+    result: Option<Result<T, Error>>,
+    reply: std::sync::mpsc::SyncSender<Result<T, Error>>,
+}
+
+impl<F, T> writer::Job for OnceJob<F, T>
+where
+    F: FnOnce(&Connection, &MasterKey) -> Result<T, Error> + Send + 'static,
+    T: Send + 'static,
+{
+    fn run(&mut self, conn: &Connection, key: &MasterKey) -> bool {
+        let r = match self.work.take() {
+            Some(work) => work(conn, key),
+            None => Err(Error::Unavailable("the job ran twice".into())),
+        };
+        let ok = r.is_ok();
+        self.result = Some(r);
+        ok
+    }
+
+    fn repeatable(&self) -> bool {
+        false
+    }
+
+    fn complete(self: Box<Self>, commit: Option<&StoreError>) {
+        let out = match (commit, self.result) {
+            (Some(e), _) => Err(Error::from_store(e)),
+            (None, Some(r)) => r,
+            (None, None) => Err(Error::Unavailable("the job did not run".into())),
+        };
+        let _ = self.reply.send(out);
     }
 }
 
@@ -365,25 +426,14 @@ impl Store for SqliteStore {
 
     fn transact<T, F>(&self, work: F) -> impl Future<Output = Result<T, StoreError>> + Send
     where
-        F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let submitted = self.inner.writer.submit(Box::new(move |db| {
-            let r = match db {
-                Some((conn, key)) => work(&mut tx::SqliteTx::new(conn, key)),
-                None => Err(StoreError::Unavailable(
-                    "no write transaction could be opened".into(),
-                )),
-            };
-            let ok = r.is_ok();
-            let done: writer::Completion = Box::new(move |commit| {
-                let _ = tx.send(match commit {
-                    Some(e) => Err(e.clone()),
-                    None => r,
-                });
-            });
-            (ok, done)
+        let submitted = self.inner.writer.submit(Box::new(TxJob {
+            work,
+            result: None,
+            reply: tx,
         }));
         async move {
             submitted.map_err(StoreError::from)?;

@@ -249,33 +249,35 @@ impl Tx for SqliteTx<'_> {
         key_pid: &str,
         unique: &str,
         pid: &str,
-        triplet: TripletId,
+        triplet: &Triplet,
         now: u64,
     ) -> Result<(), StoreError> {
-        // A pool triplet goes from free to bound here. A generated one was inserted as
-        // bound by this transaction, so the update finds nothing and a primary-key
-        // lookup confirms it (cheaper than rewriting the row and its state indexes).
-        // A revoked triplet is never bound again. The UNIQUE triplet_id column refuses
-        // a second holder whatever happens.
-        let mut bind = self
-            .conn
-            .prepare_cached("UPDATE triplets SET state = 1 WHERE id = ?1 AND state = 0")
-            .map_err(sql)?;
-        if bind.execute(params![triplet]).map_err(sql)? != 1 {
-            let mut state = self
-                .conn
-                .prepare_cached("SELECT state FROM triplets WHERE id = ?1")
-                .map_err(sql)?;
-            let st: Option<i64> = state
-                .query_row(params![triplet], |r| r.get(0))
-                .optional()
-                .map_err(sql)?;
-            if st != Some(1) {
+        // A pool triplet goes from free to bound here; one this transaction generated
+        // is bound already (rewriting it would only churn the state indexes). A
+        // revoked triplet is never bound again, and the UNIQUE triplet_id column
+        // refuses a second holder whatever happens.
+        match triplet.state {
+            TripletState::Free => {
+                let mut bind = self
+                    .conn
+                    .prepare_cached("UPDATE triplets SET state = 1 WHERE id = ?1 AND state = 0")
+                    .map_err(sql)?;
+                if bind.execute(params![triplet.id]).map_err(sql)? != 1 {
+                    return Err(StoreError::Conflict(format!(
+                        "triplet {} is no longer free",
+                        triplet.uuid
+                    )));
+                }
+            }
+            TripletState::Bound => {}
+            TripletState::Revoked => {
                 return Err(StoreError::Conflict(format!(
-                    "triplet {triplet} cannot be bound (state {st:?})"
+                    "triplet {} is revoked",
+                    triplet.uuid
                 )));
             }
         }
+        let triplet = triplet.id;
         let mut stmt = self
             .conn
             .prepare_cached(

@@ -30,7 +30,7 @@ impl Store for TempStore {
 
     fn transact<T, F>(&self, work: F) -> impl Future<Output = Result<T, StoreError>> + Send
     where
-        F: FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
         self.store.transact(work)

@@ -38,7 +38,7 @@ pub(crate) struct Global {
         default_value = "dynreg-data"
     )]
     pub(crate) data_dir: PathBuf,
-    /// A file holding the master key (64 hex digits). Default: <data-dir>/master.key,
+    /// A file holding the master key (64 hex digits). Default: DATA_DIR/master.key,
     /// generated on first use. The key itself may instead be given in DYNREG_MASTER_KEY.
     #[arg(long, global = true, env = "DYNREG_MASTER_KEY_FILE")]
     pub(crate) master_key_file: Option<PathBuf>,

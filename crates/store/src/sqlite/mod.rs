@@ -1,9 +1,11 @@
 //! The SQLite store: one database file, WAL, group commit, secrets sealed at rest.
 //!
 //! - Writes (registrations and operator changes) go through one writer thread that owns
-//!   the write connection ([`writer`]). It takes every job waiting in its queue, runs
-//!   each in its own savepoint inside one transaction, commits once, and only then
-//!   answers the jobs: durable before reply, one fsync per batch.
+//!   the write connection (module `writer`). It takes every job waiting in its queue,
+//!   runs them in one transaction, commits once, and only then answers the jobs:
+//!   durable before reply, one fsync per batch. A job that fails makes the batch run
+//!   again with each job in its own savepoint, so that only the failing job's writes
+//!   are undone.
 //! - Reads (product lookups, listings) use a separate read connection; WAL lets them
 //!   run while the writer commits.
 //! - Product lookups are cached for [`SqliteConfig::product_cache_ttl`] so that the hot

@@ -49,8 +49,8 @@ pub(crate) struct Global {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the registration service (embedded MQTT endpoint + SQLite store).
-    Serve,
+    /// Run the registration service: the embedded MQTT endpoint on the SQLite store.
+    Serve(cmd::serve::ServeArgs),
     /// Create, list, show, enable, disable products; rotate their secrets.
     #[command(subcommand)]
     Product(cmd::product::ProductCmd),
@@ -88,15 +88,7 @@ pub(crate) fn now() -> u64 {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve => {
-            eprintln!(
-                "dynreg {}: the registration endpoint (`dynreg serve`) is not built yet; \
-                 it arrives with the MQTT endpoint. Products, pools and devices can be \
-                 managed now: see `dynreg --help`.",
-                env!("CARGO_PKG_VERSION")
-            );
-            std::process::exit(2);
-        }
+        Command::Serve(args) => cmd::serve::run(&cli.global, &args),
         Command::Product(c) => cmd::product::run(&cli.global, c),
         Command::Pool(c) => cmd::pool::run(&cli.global, c),
         Command::Device(c) => cmd::device::run(&cli.global, c),

@@ -98,25 +98,31 @@ pub enum Refusal {
     ClientIdNotValid,
     /// A rate limit refused the connection.
     QuotaExceeded,
+    /// The service could not check the credentials now (storage unavailable).
+    ServerUnavailable,
 }
 
 impl Refusal {
-    /// The MQTT 3.1.1 CONNACK return code: 4 (bad user name or password) or
-    /// 5 (not authorized). 3.1.1 has no quota code; rate limits answer 5.
+    /// The MQTT 3.1.1 CONNACK return code: 4 (bad user name or password),
+    /// 5 (not authorized), or 3 (server unavailable, when the credentials could not be
+    /// checked at all). 3.1.1 has no quota code; rate limits answer 5.
     pub const fn v3_return_code(self) -> u8 {
         match self {
             Self::BadCredentials | Self::ClientIdNotValid => 4,
             Self::NotAuthorized | Self::QuotaExceeded => 5,
+            Self::ServerUnavailable => 3,
         }
     }
 
-    /// The MQTT 5 CONNACK reason code: 0x86, 0x87, 0x85 or 0x97.
+    /// The MQTT 5 CONNACK reason code: 0x86, 0x87, 0x85, 0x97, or 0x88 (server
+    /// unavailable).
     pub const fn v5_reason_code(self) -> u8 {
         match self {
             Self::BadCredentials => 0x86,
             Self::NotAuthorized => 0x87,
             Self::ClientIdNotValid => 0x85,
             Self::QuotaExceeded => 0x97,
+            Self::ServerUnavailable => 0x88,
         }
     }
 }

@@ -3,3 +3,4 @@
 pub(crate) mod device;
 pub(crate) mod pool;
 pub(crate) mod product;
+pub(crate) mod serve;

@@ -1,0 +1,17 @@
+//! # dynreg-endpoint: the embedded MQTT registration endpoint
+//!
+//! A purpose-built registration endpoint, not a general broker: it routes nothing
+//! between clients, so no device can ever see another's messages.
+//!
+//! ## Layout
+//! - [`wire`]: version-independent packets ([`wire::In`], [`wire::Out`]) and their
+//!   translation from and to the `rmqtt-codec` MQTT 3.1.1 / 5 packets.
+//! - [`session`]: the per-connection state machine, with no IO and no clock.
+//! - [`server`]: the tokio accept loop and the IO task that drives a session.
+
+pub mod server;
+pub mod session;
+pub mod wire;
+
+pub use server::{Endpoint, EndpointConfig};
+pub use session::{Action, CloseReason, Session, SessionConfig};

@@ -163,7 +163,7 @@ async fn exchange(
 /// One exchange with a rumqttc client; the MQTT 3.1.1 and 5 clients have the same
 /// shape in different modules, so one body serves both.
 macro_rules! rumqttc_exchange {
-    ($name:ident, $client:path, $options:path, $event:path, $packet:path, $qos:path, $error:path, $timeout:expr) => {
+    ($name:ident, $client:path, $options:path, $event:path, $packet:path, $qos:path, $error:path, $before:expr, $after:expr) => {
         async fn $name(
             addr: SocketAddr,
             dev: &Dev,
@@ -186,9 +186,11 @@ macro_rules! rumqttc_exchange {
             let mut opts = MqttOptions::new(dev.client_id(), addr.ip().to_string(), addr.port());
             opts.set_credentials(dev.username(), dev.password());
             opts.set_keep_alive(Duration::from_secs(30));
+            #[allow(clippy::redundant_closure_call)]
+            ($before)(&mut opts, wait);
             let (client, mut events) = Client::new(opts, 16);
             #[allow(clippy::redundant_closure_call)]
-            ($timeout)(&mut events, wait);
+            ($after)(&mut events, wait);
             let mut replies = Vec::new();
             let deadline = tokio::time::Instant::now() + wait;
             loop {
@@ -232,6 +234,7 @@ rumqttc_exchange!(
     rumqttc::Packet,
     rumqttc::QoS,
     rumqttc::ConnectionError,
+    |_: &mut rumqttc::MqttOptions, _: Duration| {},
     |events: &mut rumqttc::EventLoop, wait: Duration| {
         let mut network = rumqttc::NetworkOptions::new();
         network.set_connection_timeout(wait.as_secs().max(1));
@@ -247,9 +250,12 @@ rumqttc_exchange!(
     rumqttc::v5::mqttbytes::v5::Packet,
     rumqttc::v5::mqttbytes::QoS,
     rumqttc::v5::ConnectionError,
-    |events: &mut rumqttc::v5::EventLoop, wait: Duration| {
-        events.options.set_connection_timeout(wait.as_secs().max(1));
-    }
+    |opts: &mut rumqttc::v5::MqttOptions, wait: Duration| {
+        opts.set_connection_timeout(wait.as_secs().max(1));
+        // rumqttc's default (65,535) preallocates ~13 MB of inflight slots per client.
+        opts.set_outgoing_inflight_upper_limit(16);
+    },
+    |_: &mut rumqttc::v5::EventLoop, _: Duration| {}
 );
 
 const WAIT: Duration = Duration::from_secs(5);

@@ -8,10 +8,13 @@
 //!   translation from and to the `rmqtt-codec` MQTT 3.1.1 / 5 packets.
 //! - [`session`]: the per-connection state machine, with no IO and no clock.
 //! - [`server`]: the tokio accept loop and the IO task that drives a session.
+//! - [`limit`]: token-bucket rate limits (new connections per source IP, registrations
+//!   per pid).
 
+pub mod limit;
 pub mod server;
 pub mod session;
 pub mod wire;
 
-pub use server::{Endpoint, EndpointConfig};
+pub use server::{Endpoint, EndpointConfig, TlsSettings};
 pub use session::{Action, CloseReason, Session, SessionConfig};

@@ -67,6 +67,8 @@ pub enum RefusalCause {
     DisabledProduct,
     /// The product could not be looked up.
     StoreUnavailable,
+    /// The source address opened connections faster than allowed.
+    RateLimited,
 }
 
 impl fmt::Display for CloseReason {
@@ -85,6 +87,9 @@ impl fmt::Display for CloseReason {
             }
             Self::Refused(RefusalCause::StoreUnavailable) => {
                 f.write_str("CONNECT refused: product lookup failed")
+            }
+            Self::Refused(RefusalCause::RateLimited) => {
+                f.write_str("CONNECT refused: too many new connections from this address")
             }
             Self::KeepAlive => f.write_str("keepalive expired"),
             Self::Idle => f.write_str("idle timeout"),
@@ -153,6 +158,9 @@ pub struct Session {
     /// Last packet other than PINGREQ (idle timeout).
     last_activity: u64,
     next_packet_id: u16,
+    /// Refuse the CONNECT with "quota exceeded" (set when the connection was over a
+    /// rate limit at accept).
+    over_quota: bool,
 }
 
 impl Session {
@@ -166,7 +174,16 @@ impl Session {
             last_packet: now_ms,
             last_activity: now_ms,
             next_packet_id: 1,
+            over_quota: false,
         }
+    }
+
+    /// Marks the connection as over a rate limit: its CONNECT will be refused with
+    /// "quota exceeded" (MQTT 5 0x97; 3.1.1: 5).
+    #[must_use]
+    pub fn over_quota(mut self) -> Self {
+        self.over_quota = true;
+        self
     }
 
     /// The MQTT version of the connection.
@@ -251,6 +268,9 @@ impl Session {
         match &mut self.state {
             State::Closed => {}
             State::AwaitConnect => match packet {
+                In::Connect { .. } if self.over_quota => {
+                    self.refuse(&mut out, Refusal::QuotaExceeded, RefusalCause::RateLimited);
+                }
                 In::Connect {
                     client_id,
                     username,
@@ -746,6 +766,20 @@ mod tests {
         }
         let a = s.on_tick(120_001);
         assert_eq!(a.last(), Some(&Action::Close(CloseReason::Idle)));
+    }
+
+    #[test]
+    fn over_quota_is_refused_at_connect() {
+        let mut s = Session::new(0, Version::V5, CFG).over_quota();
+        let a = s.on_packet(1, connect(NOW, "sekret"));
+        assert_eq!(
+            a[0],
+            Action::Send(Out::ConnAck(Some(Refusal::QuotaExceeded)))
+        );
+        assert_eq!(
+            a[1],
+            Action::Close(CloseReason::Refused(RefusalCause::RateLimited))
+        );
     }
 
     #[test]

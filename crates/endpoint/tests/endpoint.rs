@@ -24,6 +24,7 @@ fn unix_now() -> u64 {
 
 struct Server {
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     store: SqliteStore,
     stop: Option<oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
@@ -67,12 +68,14 @@ async fn server(config: EndpointConfig) -> Server {
     )
     .unwrap();
     let addr = endpoint.local_addr().unwrap();
+    let tls_addr = endpoint.tls_local_addr().map(Result::unwrap);
     let (tx, rx) = oneshot::channel();
     tokio::spawn(endpoint.run(async move {
         let _ = rx.await;
     }));
     Server {
         addr,
+        tls_addr,
         store,
         stop: Some(tx),
         _dir: dir,
@@ -88,6 +91,8 @@ struct Dev {
     method: SignMethod,
     ts: u64,
     v5: bool,
+    /// The CA to trust when connecting over TLS.
+    tls_ca: Option<Vec<u8>>,
 }
 
 impl Dev {
@@ -99,6 +104,7 @@ impl Dev {
             method: SignMethod::HmacSha256,
             ts: unix_now(),
             v5,
+            tls_ca: None,
         }
     }
     fn client_id(&self) -> String {
@@ -186,6 +192,15 @@ macro_rules! rumqttc_exchange {
             let mut opts = MqttOptions::new(dev.client_id(), addr.ip().to_string(), addr.port());
             opts.set_credentials(dev.username(), dev.password());
             opts.set_keep_alive(Duration::from_secs(30));
+            if let Some(ca) = &dev.tls_ca {
+                opts.set_transport(rumqttc::Transport::tls_with_config(
+                    rumqttc::TlsConfiguration::Simple {
+                        ca: ca.clone(),
+                        alpn: None,
+                        client_auth: None,
+                    },
+                ));
+            }
             #[allow(clippy::redundant_closure_call)]
             ($before)(&mut opts, wait);
             let (client, mut events) = Client::new(opts, 16);
@@ -546,7 +561,12 @@ async fn keepalive_expiry_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_devices_at_once() {
-    let s = server(EndpointConfig::default()).await;
+    // All from 127.0.0.1: lift the per-address connection rate limit.
+    let s = server(EndpointConfig {
+        connections_per_ip_per_sec: 0,
+        ..EndpointConfig::default()
+    })
+    .await;
     let started = std::time::Instant::now();
     let mut tasks = Vec::new();
     for i in 0..1000 {
@@ -625,4 +645,95 @@ async fn mosquitto_rr_registers() {
                 .unwrap();
         assert_eq!((reply.res, reply.id.as_str()), (0, "rr"));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_refuse_clearly() {
+    // One new connection per second per source address.
+    let s = server(EndpointConfig {
+        connections_per_ip_per_sec: 1,
+        ..EndpointConfig::default()
+    })
+    .await;
+    let first = register_ok(s.addr, &Dev::new("G", "ip1", true)).await;
+    assert_eq!(first.res, 0);
+    match exchange(s.addr, &Dev::new("G", "ip2", true), None, vec![], 1, WAIT).await {
+        Outcome::Refused(code) => assert_eq!(code, "QuotaExceeded"),
+        other => panic!("{other:?}"),
+    }
+    match exchange(s.addr, &Dev::new("G", "ip3", false), None, vec![], 1, WAIT).await {
+        Outcome::Refused(code) => assert_eq!(code, "NotAuthorized", "3.1.1 has no quota code"),
+        other => panic!("{other:?}"),
+    }
+
+    // One registration per second per pid: the second request at once gets 4290.
+    let s = server(EndpointConfig {
+        registrations_per_pid_per_sec: 1,
+        ..EndpointConfig::default()
+    })
+    .await;
+    let dev = Dev::new("G", "pid1", true);
+    let pubs = vec![
+        (dev.request_topic(), 1, request("a")),
+        (dev.request_topic(), 1, request("b")),
+    ];
+    match exchange(s.addr, &dev, None, pubs, 2, WAIT).await {
+        Outcome::Replies(r) => {
+            assert_eq!((r[0].res, r[0].id.as_str()), (0, "a"));
+            assert_eq!((r[1].res, r[1].id.as_str()), (4290, "b"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_certificate_made_here() {
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let made =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let tls =
+        dynreg_endpoint::TlsSettings::load("127.0.0.1:0".parse().unwrap(), &cert, &key).unwrap();
+    let s = server(EndpointConfig {
+        tls: Some(tls),
+        ..EndpointConfig::default()
+    })
+    .await;
+    let tls_addr = s.tls_addr.unwrap();
+    for v5 in [false, true] {
+        let mut dev = Dev::new("G", &format!("tls{v5}"), v5);
+        dev.tls_ca = Some(made.cert.pem().into_bytes());
+        let r = register_ok(tls_addr, &dev).await;
+        assert_eq!(r.res, 0);
+        // The same device over plain TCP gets the same triplet.
+        dev.tls_ca = None;
+        assert_eq!(register_ok(s.addr, &dev).await.data.uuid, r.data.uuid);
+    }
+    // A client that does not trust the certificate gets nowhere.
+    let mut dev = Dev::new("G", "untrusted", true);
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    dev.tls_ca = Some(other.cert.pem().into_bytes());
+    let o = exchange(tls_addr, &dev, None, vec![], 1, WAIT).await;
+    assert!(matches!(o, Outcome::Closed(..)), "{o:?}");
+    // Plain MQTT on the TLS port fails the handshake.
+    let plain = exchange(
+        tls_addr,
+        &Dev::new("G", "plain", false),
+        None,
+        vec![],
+        1,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(
+        !matches!(plain, Outcome::Replies(ref r) if !r.is_empty()),
+        "{plain:?}"
+    );
+    // Bad files are refused with their name.
+    let err =
+        dynreg_endpoint::TlsSettings::load("127.0.0.1:0".parse().unwrap(), &key, &key).unwrap_err();
+    assert!(err.contains("key.pem"), "{err}");
 }

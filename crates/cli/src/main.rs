@@ -5,6 +5,7 @@
 //! 2 bad arguments (from clap).
 
 mod cmd;
+mod config;
 mod output;
 mod progress;
 
@@ -30,14 +31,9 @@ struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub(crate) struct Global {
-    /// The data dir: database and (by default) master key.
-    #[arg(
-        long,
-        global = true,
-        env = "DYNREG_DATA_DIR",
-        default_value = "dynreg-data"
-    )]
-    pub(crate) data_dir: PathBuf,
+    /// The data dir: database and (by default) master key [default: dynreg-data].
+    #[arg(long, global = true, env = "DYNREG_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
     /// A file holding the master key (64 hex digits). Default: DATA_DIR/master.key,
     /// generated on first use. The key itself may instead be given in DYNREG_MASTER_KEY.
     #[arg(long, global = true, env = "DYNREG_MASTER_KEY_FILE")]
@@ -62,9 +58,21 @@ enum Command {
     Device(cmd::device::DeviceCmd),
 }
 
+/// The data dir when neither a flag, the environment nor a config file names one.
+pub(crate) const DEFAULT_DATA_DIR: &str = "dynreg-data";
+
 impl Global {
     /// Opens the store in the data dir with the configured master key.
     pub(crate) fn open(&self) -> anyhow::Result<SqliteStore> {
+        let dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        self.open_at(&dir)
+    }
+
+    /// Opens the store in `data_dir` with the configured master key.
+    pub(crate) fn open_at(&self, data_dir: &std::path::Path) -> anyhow::Result<SqliteStore> {
         let key = match (std::env::var("DYNREG_MASTER_KEY"), &self.master_key_file) {
             (Ok(hex), _) if !hex.is_empty() => KeySource::Hex(hex),
             (_, Some(file)) => KeySource::File(file.clone()),
@@ -72,7 +80,7 @@ impl Global {
         };
         let config = SqliteConfig {
             key,
-            ..SqliteConfig::new(&self.data_dir)
+            ..SqliteConfig::new(data_dir)
         };
         Ok(SqliteStore::open(&config)?)
     }

@@ -2,45 +2,184 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
 use clap::Args;
-use dynreg_endpoint::{Endpoint, EndpointConfig};
+use dynreg_endpoint::{Endpoint, EndpointConfig, TlsSettings};
 use dynreg_proto::credentials::{Credentials, SignMethod, sign};
 use dynreg_proto::{RegisterRequest, Topic};
 use dynreg_registrar::{Registrar, SourceMode};
 use dynreg_store::{NewProduct, SqliteStore};
 use tracing::info;
 
-use crate::{Global, now};
+use crate::config::{self, FileConfig, Setting};
+use crate::{DEFAULT_DATA_DIR, Global, now};
 
-/// Options of `dynreg serve`.
+/// Options of `dynreg serve`. Each also comes from `dynreg.toml` (see
+/// `dynreg.example.toml`); defaults are given there and in docs/configuration.md.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// The TCP address to listen on for MQTT.
-    #[arg(long, env = "DYNREG_LISTEN", default_value = "0.0.0.0:1883")]
-    listen: SocketAddr,
-    /// The largest MQTT packet accepted, in bytes.
-    #[arg(long, env = "DYNREG_MAX_PACKET_SIZE", default_value_t = 8192,
-          value_parser = clap::value_parser!(u32).range(128..=268_435_455))]
-    max_packet_size: u32,
-    /// The most connections open at once.
-    #[arg(long, env = "DYNREG_MAX_CONNECTIONS", default_value_t = 100_000,
-          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
-    max_connections: u64,
-    /// Seconds a client has to send CONNECT after the TCP connection opens.
-    #[arg(long, env = "DYNREG_CONNECT_TIMEOUT", default_value_t = 10,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
-    connect_timeout: u64,
-    /// Seconds after which a connection that does nothing but ping is closed.
-    #[arg(long, env = "DYNREG_IDLE_TIMEOUT", default_value_t = 120,
-          value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    idle_timeout: u64,
+    /// The config file [default: ./dynreg.toml when it exists].
+    #[arg(long, env = "DYNREG_CONFIG")]
+    config: Option<PathBuf>,
+    /// The TCP address for MQTT [default: 0.0.0.0:1883].
+    #[arg(long, env = "DYNREG_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// The largest MQTT packet accepted, in bytes [default: 8192].
+    #[arg(long, env = "DYNREG_MAX_PACKET_SIZE")]
+    max_packet_size: Option<u32>,
+    /// The most connections open at once [default: 100000].
+    #[arg(long, env = "DYNREG_MAX_CONNECTIONS")]
+    max_connections: Option<u64>,
+    /// Seconds a client has to send CONNECT after connecting [default: 10].
+    #[arg(long, env = "DYNREG_CONNECT_TIMEOUT")]
+    connect_timeout: Option<u64>,
+    /// Seconds after which a connection that only pings is closed [default: 120].
+    #[arg(long, env = "DYNREG_IDLE_TIMEOUT")]
+    idle_timeout: Option<u64>,
+    /// New connections per second per source IP; 0: no limit [default: 200].
+    #[arg(long, env = "DYNREG_CONNECTIONS_PER_IP")]
+    connections_per_ip: Option<u32>,
+    /// Registrations per second per product; 0: no limit [default: 0].
+    #[arg(long, env = "DYNREG_REGISTRATIONS_PER_PID")]
+    registrations_per_pid: Option<u32>,
+    /// The TCP address for MQTT over TLS [default: 0.0.0.0:8883; only with a cert].
+    #[arg(long, env = "DYNREG_TLS_LISTEN")]
+    tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain for TLS (with --tls-key).
+    #[arg(long, env = "DYNREG_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS (with --tls-cert).
+    #[arg(long, env = "DYNREG_TLS_KEY")]
+    tls_key: Option<PathBuf>,
     /// Make sure a product named `demo` exists and print a command that registers a
     /// device against it.
     #[arg(long)]
     demo: bool,
+}
+
+/// Everything `serve` needs, validated.
+struct Resolved {
+    data_dir: PathBuf,
+    endpoint: EndpointConfig,
+}
+
+/// Merges flags/env, the file and the defaults, and validates every value (naming the
+/// key) before anything is opened or bound.
+fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
+    let (file, path) = FileConfig::load(args.config.as_deref())?;
+    if let Some(p) = &path {
+        info!(config = %p.display(), "configuration file read");
+    }
+    let data_dir = g
+        .data_dir
+        .clone()
+        .or(file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let listen = config::address(
+        "mqtt.listen",
+        args.listen,
+        file.mqtt.listen.as_deref(),
+        "0.0.0.0:1883",
+    )?;
+    let max_packet_size = Setting {
+        key: "mqtt.max_packet_size",
+        flag: "--max-packet-size",
+        env: "DYNREG_MAX_PACKET_SIZE",
+        cli: args.max_packet_size,
+        file: file.mqtt.max_packet_size,
+        default: 8192,
+    }
+    .in_range(128, 268_435_455)?;
+    let connect_timeout = Setting {
+        key: "mqtt.connect_timeout_secs",
+        flag: "--connect-timeout",
+        env: "DYNREG_CONNECT_TIMEOUT",
+        cli: args.connect_timeout,
+        file: file.mqtt.connect_timeout_secs,
+        default: 10,
+    }
+    .in_range(1, 3600)?;
+    let idle_timeout = Setting {
+        key: "mqtt.idle_timeout_secs",
+        flag: "--idle-timeout",
+        env: "DYNREG_IDLE_TIMEOUT",
+        cli: args.idle_timeout,
+        file: file.mqtt.idle_timeout_secs,
+        default: 120,
+    }
+    .in_range(1, 86_400)?;
+    let max_connections = Setting {
+        key: "limits.max_connections",
+        flag: "--max-connections",
+        env: "DYNREG_MAX_CONNECTIONS",
+        cli: args.max_connections,
+        file: file.limits.max_connections,
+        default: 100_000,
+    }
+    .in_range(1, 10_000_000)?;
+    let per_ip = Setting {
+        key: "limits.connections_per_ip_per_sec",
+        flag: "--connections-per-ip",
+        env: "DYNREG_CONNECTIONS_PER_IP",
+        cli: args.connections_per_ip,
+        file: file.limits.connections_per_ip_per_sec,
+        default: 200,
+    }
+    .in_range(0, 1_000_000)?;
+    let per_pid = Setting {
+        key: "limits.registrations_per_pid_per_sec",
+        flag: "--registrations-per-pid",
+        env: "DYNREG_REGISTRATIONS_PER_PID",
+        cli: args.registrations_per_pid,
+        file: file.limits.registrations_per_pid_per_sec,
+        default: 0,
+    }
+    .in_range(0, 10_000_000)?;
+    let cert = args.tls_cert.clone().or(file.tls.cert.clone());
+    let key = args.tls_key.clone().or(file.tls.key.clone());
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let tls_listen = config::address(
+                "tls.listen",
+                args.tls_listen,
+                file.tls.listen.as_deref(),
+                "0.0.0.0:8883",
+            )?;
+            if tls_listen == listen {
+                bail!("tls.listen and mqtt.listen are both {listen}: give TLS its own port");
+            }
+            Some(TlsSettings::load(tls_listen, &cert, &key).map_err(anyhow::Error::msg)?)
+        }
+        (Some(_), None) => {
+            bail!("tls.cert is set but tls.key is not (flag --tls-key, env DYNREG_TLS_KEY)")
+        }
+        (None, Some(_)) => {
+            bail!("tls.key is set but tls.cert is not (flag --tls-cert, env DYNREG_TLS_CERT)")
+        }
+        (None, None) => {
+            if args.tls_listen.is_some() {
+                bail!("--tls-listen needs --tls-cert and --tls-key");
+            }
+            None
+        }
+    };
+    Ok(Resolved {
+        data_dir,
+        endpoint: EndpointConfig {
+            listen,
+            max_packet_size,
+            max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+            connect_timeout: config::secs(connect_timeout),
+            idle_timeout: config::secs(idle_timeout),
+            connections_per_ip_per_sec: per_ip,
+            registrations_per_pid_per_sec: per_pid,
+            tls,
+            ..EndpointConfig::default()
+        },
+    })
 }
 
 fn init_tracing() {
@@ -113,27 +252,24 @@ fn demo(store: &SqliteStore, listen: SocketAddr) -> anyhow::Result<()> {
 
 pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
     init_tracing();
-    let config = EndpointConfig {
-        listen: args.listen,
-        max_packet_size: args.max_packet_size,
-        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
-        connect_timeout: Duration::from_secs(args.connect_timeout),
-        idle_timeout: Duration::from_secs(args.idle_timeout),
-        ..EndpointConfig::default()
-    };
-    let store = g.open()?;
-    if args.demo {
-        demo(&store, args.listen)?;
-    }
+    let Resolved {
+        data_dir,
+        endpoint: config,
+    } = resolve(g, args)?;
+    let store = g.open_at(&data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let registrar = Arc::new(Registrar::new(store.clone()));
+    let listen = config.listen;
     runtime.block_on(async {
-        let endpoint = Endpoint::bind(config, registrar)
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
-        info!(listen = %endpoint.local_addr()?, data_dir = %g.data_dir.display(), "dynreg serving MQTT registrations");
+        let endpoint = Endpoint::bind(config, registrar).with_context(|| format!("cannot listen on {listen} (or the TLS address)"))?;
+        if args.demo {
+            demo(&store, endpoint.local_addr()?)?;
+        }
+        let tls = endpoint.tls_local_addr().transpose()?.map(|a| a.to_string());
+        info!(listen = %endpoint.local_addr()?, tls = tls.as_deref().unwrap_or("off"), data_dir = %data_dir.display(), "dynreg serving MQTT registrations");
         endpoint.run(shutdown_signal()).await?;
         anyhow::Ok(())
     })?;

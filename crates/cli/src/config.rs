@@ -1,0 +1,184 @@
+//! The service configuration: `dynreg.toml`, overridden by `DYNREG_*` variables and
+//! flags, validated (naming the key) before any port is bound.
+//!
+//! Precedence, lowest first: built-in defaults, the TOML file, environment variables,
+//! flags (clap merges the last two). `dynreg.example.toml` at the repository root lists
+//! every key with its default; a test keeps it parsing to the defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// The file read when `--config` is not given, if it exists.
+pub(crate) const DEFAULT_CONFIG_FILE: &str = "dynreg.toml";
+
+/// The TOML file, every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    pub(crate) data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) mqtt: MqttSection,
+    #[serde(default)]
+    pub(crate) tls: TlsSection,
+    #[serde(default)]
+    pub(crate) limits: LimitsSection,
+}
+
+/// `[mqtt]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MqttSection {
+    pub(crate) listen: Option<String>,
+    pub(crate) max_packet_size: Option<u32>,
+    pub(crate) connect_timeout_secs: Option<u64>,
+    pub(crate) idle_timeout_secs: Option<u64>,
+}
+
+/// `[tls]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsSection {
+    pub(crate) listen: Option<String>,
+    pub(crate) cert: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsSection {
+    pub(crate) max_connections: Option<u64>,
+    pub(crate) connections_per_ip_per_sec: Option<u32>,
+    pub(crate) registrations_per_pid_per_sec: Option<u32>,
+}
+
+impl FileConfig {
+    /// Reads `path`, or `dynreg.toml` in the current directory when `path` is `None`
+    /// and the file exists, or nothing.
+    pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<(Self, Option<PathBuf>)> {
+        let path = match path {
+            Some(p) => p.to_owned(),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => PathBuf::from(DEFAULT_CONFIG_FILE),
+            None => return Ok((Self::default(), None)),
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        let config =
+            Self::parse(&text).with_context(|| format!("config file {}", path.display()))?;
+        Ok((config, Some(path)))
+    }
+
+    /// Parses TOML text; unknown keys are errors that name the key.
+    pub(crate) fn parse(text: &str) -> anyhow::Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+}
+
+/// One setting's sources: the flag/env value (clap), the file's value, the default.
+pub(crate) struct Setting<'a, T> {
+    /// The TOML key.
+    pub(crate) key: &'a str,
+    /// The flag.
+    pub(crate) flag: &'a str,
+    /// The environment variable.
+    pub(crate) env: &'a str,
+    pub(crate) cli: Option<T>,
+    pub(crate) file: Option<T>,
+    pub(crate) default: T,
+}
+
+impl<T: PartialOrd + std::fmt::Display + Copy> Setting<'_, T> {
+    /// The effective value, refused outside `min..=max` with a message naming where it
+    /// can be set.
+    pub(crate) fn in_range(&self, min: T, max: T) -> anyhow::Result<T> {
+        let v = self.cli.or(self.file).unwrap_or(self.default);
+        if v < min || v > max {
+            bail!(
+                "{} = {v} is out of range: use {min} to {max} (TOML key {}, flag {}, env {})",
+                self.key,
+                self.key,
+                self.flag,
+                self.env
+            );
+        }
+        Ok(v)
+    }
+}
+
+/// Parses an address setting, naming the key when it is not an address.
+pub(crate) fn address(
+    key: &str,
+    cli: Option<SocketAddr>,
+    file: Option<&str>,
+    default: &str,
+) -> anyhow::Result<SocketAddr> {
+    if let Some(a) = cli {
+        return Ok(a);
+    }
+    let text = file.unwrap_or(default);
+    text.parse()
+        .map_err(|e| anyhow::anyhow!("{key} = \"{text}\" is not an address like 0.0.0.0:1883: {e}"))
+}
+
+/// Seconds as a duration.
+pub(crate) fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses_and_unknown_keys_are_named() {
+        let example = include_str!("../../../dynreg.example.toml");
+        let c = FileConfig::parse(example).unwrap();
+        assert_eq!(c.mqtt.listen.as_deref(), Some("0.0.0.0:1883"));
+        assert_eq!(c.mqtt.max_packet_size, Some(8192));
+        assert_eq!(c.limits.connections_per_ip_per_sec, Some(200));
+        let err = FileConfig::parse("[mqtt]\nmax_packet_sise = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_packet_sise"), "{err}");
+        let err = FileConfig::parse("[mqtt]\nmax_packet_size = \"big\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_packet_size"), "{err}");
+    }
+
+    #[test]
+    fn ranges_name_the_key() {
+        let s = Setting {
+            key: "mqtt.max_packet_size",
+            flag: "--max-packet-size",
+            env: "DYNREG_MAX_PACKET_SIZE",
+            cli: None,
+            file: Some(10u32),
+            default: 8192,
+        };
+        let err = s.in_range(128, 1000).unwrap_err().to_string();
+        assert!(
+            err.contains("mqtt.max_packet_size = 10") && err.contains("--max-packet-size"),
+            "{err}"
+        );
+        let s = Setting {
+            cli: Some(500u32),
+            ..s
+        };
+        assert_eq!(
+            s.in_range(128, 1000).unwrap(),
+            500,
+            "flags win over the file"
+        );
+        assert!(
+            address("mqtt.listen", None, Some("nope"), "0.0.0.0:1883")
+                .unwrap_err()
+                .to_string()
+                .contains("mqtt.listen")
+        );
+    }
+}

@@ -43,7 +43,7 @@ pub struct EndpointConfig {
     pub listen: SocketAddr,
     /// The listen backlog (connections the kernel queues before they are accepted).
     pub backlog: u32,
-    /// The most connections open at once; more are closed at accept.
+    /// The most connections open at once; more get CONNACK "server unavailable".
     pub max_connections: usize,
     /// CONNECT must arrive within this time of accept.
     pub connect_timeout: Duration,
@@ -139,6 +139,9 @@ pub struct Endpoint<S> {
     config: Arc<EndpointConfig>,
 }
 
+/// Connections beyond the limit that are still taken in, to be refused at CONNECT.
+const REFUSAL_SLOTS: usize = 256;
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -176,6 +179,7 @@ impl<S: Store> Endpoint<S> {
     /// them up to the shutdown grace.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let permits = Arc::new(Semaphore::new(self.config.max_connections));
+        let refusals = Arc::new(Semaphore::new(REFUSAL_SLOTS));
         let per_ip = RateLimiter::new(self.config.connections_per_ip_per_sec, 100_000);
         let limits = Arc::new(Limits {
             per_pid: RateLimiter::new(self.config.registrations_per_pid_per_sec, 100_000),
@@ -204,10 +208,18 @@ impl<S: Store> Endpoint<S> {
                     continue;
                 }
             };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                warn!(%peer, max = self.config.max_connections, "connection refused: max connections reached");
-                drop(stream);
-                continue;
+            // Past the connection limit, a few more connections are taken just to be
+            // refused clearly at CONNECT (server unavailable); past those, closed.
+            let (permit, over_capacity) = match permits.clone().try_acquire_owned() {
+                Ok(p) => (p, false),
+                Err(_) => match refusals.clone().try_acquire_owned() {
+                    Ok(p) => (p, true),
+                    Err(_) => {
+                        warn!(%peer, max = self.config.max_connections, "connection dropped: max connections reached");
+                        drop(stream);
+                        continue;
+                    }
+                },
             };
             let _ = stream.set_nodelay(true);
             let over_quota = !per_ip.allow(&peer.ip(), elapsed_ms(epoch));
@@ -224,7 +236,10 @@ impl<S: Store> Endpoint<S> {
                         epoch,
                     };
                     match tls {
-                        None => connection(stream, ctx, &config, stop, over_quota).await,
+                        None => {
+                            connection(stream, ctx, &config, stop, (over_quota, over_capacity))
+                                .await;
+                        }
                         Some(acceptor) => {
                             // The handshake counts against the connect timeout.
                             match tokio::time::timeout(
@@ -234,7 +249,14 @@ impl<S: Store> Endpoint<S> {
                             .await
                             {
                                 Ok(Ok(tls_stream)) => {
-                                    connection(tls_stream, ctx, &config, stop, over_quota).await;
+                                    connection(
+                                        tls_stream,
+                                        ctx,
+                                        &config,
+                                        stop,
+                                        (over_quota, over_capacity),
+                                    )
+                                    .await;
                                 }
                                 Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
                                 Err(_) => debug!("TLS handshake timed out"),
@@ -311,7 +333,7 @@ async fn connection<S: Store, IO: AsyncRead + AsyncWrite + Unpin>(
     ctx: Ctx<'_, S>,
     config: &EndpointConfig,
     mut stop: watch::Receiver<bool>,
-    over_quota: bool,
+    (over_quota, over_capacity): (bool, bool),
 ) {
     let epoch = ctx.epoch;
     let accepted = elapsed_ms(epoch);
@@ -355,7 +377,9 @@ async fn connection<S: Store, IO: AsyncRead + AsyncWrite + Unpin>(
         idle_timeout_ms: u64::try_from(config.idle_timeout.as_millis()).unwrap_or(u64::MAX),
     };
     let mut session = Session::new(accepted, version, session_config);
-    if over_quota {
+    if over_capacity {
+        session = session.over_capacity();
+    } else if over_quota {
         session = session.over_quota();
     }
     let mut out = BytesMut::with_capacity(256);

@@ -69,6 +69,8 @@ pub enum RefusalCause {
     StoreUnavailable,
     /// The source address opened connections faster than allowed.
     RateLimited,
+    /// The server was at its connection limit.
+    TooManyConnections,
 }
 
 impl fmt::Display for CloseReason {
@@ -87,6 +89,9 @@ impl fmt::Display for CloseReason {
             }
             Self::Refused(RefusalCause::StoreUnavailable) => {
                 f.write_str("CONNECT refused: product lookup failed")
+            }
+            Self::Refused(RefusalCause::TooManyConnections) => {
+                f.write_str("CONNECT refused: the server is at its connection limit")
             }
             Self::Refused(RefusalCause::RateLimited) => {
                 f.write_str("CONNECT refused: too many new connections from this address")
@@ -158,9 +163,9 @@ pub struct Session {
     /// Last packet other than PINGREQ (idle timeout).
     last_activity: u64,
     next_packet_id: u16,
-    /// Refuse the CONNECT with "quota exceeded" (set when the connection was over a
-    /// rate limit at accept).
-    over_quota: bool,
+    /// Refuse the CONNECT with this (set when the connection was over a limit at
+    /// accept).
+    refuse_connect: Option<(Refusal, RefusalCause)>,
 }
 
 impl Session {
@@ -174,7 +179,7 @@ impl Session {
             last_packet: now_ms,
             last_activity: now_ms,
             next_packet_id: 1,
-            over_quota: false,
+            refuse_connect: None,
         }
     }
 
@@ -182,7 +187,15 @@ impl Session {
     /// "quota exceeded" (MQTT 5 0x97; 3.1.1: 5).
     #[must_use]
     pub fn over_quota(mut self) -> Self {
-        self.over_quota = true;
+        self.refuse_connect = Some((Refusal::QuotaExceeded, RefusalCause::RateLimited));
+        self
+    }
+
+    /// Marks the connection as over the connection limit: its CONNECT will be refused
+    /// with "server unavailable" (MQTT 5 0x88; 3.1.1: 3).
+    #[must_use]
+    pub fn over_capacity(mut self) -> Self {
+        self.refuse_connect = Some((Refusal::ServerUnavailable, RefusalCause::TooManyConnections));
         self
     }
 
@@ -268,8 +281,10 @@ impl Session {
         match &mut self.state {
             State::Closed => {}
             State::AwaitConnect => match packet {
-                In::Connect { .. } if self.over_quota => {
-                    self.refuse(&mut out, Refusal::QuotaExceeded, RefusalCause::RateLimited);
+                In::Connect { .. } if self.refuse_connect.is_some() => {
+                    if let Some((refusal, cause)) = self.refuse_connect.take() {
+                        self.refuse(&mut out, refusal, cause);
+                    }
                 }
                 In::Connect {
                     client_id,

@@ -93,6 +93,8 @@ struct Dev {
     v5: bool,
     /// The CA to trust when connecting over TLS.
     tls_ca: Option<Vec<u8>>,
+    /// A different pid to put in the username (to test a mismatch).
+    user_pid: Option<String>,
 }
 
 impl Dev {
@@ -105,18 +107,15 @@ impl Dev {
             ts: unix_now(),
             v5,
             tls_ca: None,
+            user_pid: None,
         }
     }
     fn client_id(&self) -> String {
         format!("register_{}_{}", self.pid, self.unique)
     }
     fn username(&self) -> String {
-        format!(
-            "{}|signMethod={},ts={}",
-            self.pid,
-            self.method.name(),
-            self.ts
-        )
+        let pid = self.user_pid.as_deref().unwrap_or(&self.pid);
+        format!("{pid}|signMethod={},ts={}", self.method.name(), self.ts)
     }
     fn password(&self) -> String {
         sign(self.method, self.secret.as_bytes(), &self.pid, self.ts).to_string()
@@ -736,4 +735,58 @@ async fn tls_with_a_certificate_made_here() {
     let err =
         dynreg_endpoint::TlsSettings::load("127.0.0.1:0".parse().unwrap(), &key, &key).unwrap_err();
     assert!(err.contains("key.pem"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pid_mismatch_and_operator_changes_apply_at_once() {
+    let s = server(EndpointConfig::default()).await;
+    for v5 in [false, true] {
+        let mut dev = Dev::new("G", &format!("mm{v5}"), v5);
+        dev.user_pid = Some("Q".into());
+        match exchange(s.addr, &dev, None, vec![], 1, WAIT).await {
+            Outcome::Refused(code) => assert_eq!(code, "BadUserNamePassword"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Disabling the product while the server runs refuses new CONNECTs.
+    register_ok(s.addr, &Dev::new("G", "before", true)).await;
+    tokio::task::block_in_place(|| s.store.set_enabled("G", false).unwrap());
+    match exchange(s.addr, &Dev::new("G", "after", true), None, vec![], 1, WAIT).await {
+        Outcome::Refused(code) => assert_eq!(code, "NotAuthorized"),
+        other => panic!("{other:?}"),
+    }
+    // A rotated secret: the old one is refused, the new one accepted.
+    tokio::task::block_in_place(|| s.store.set_enabled("G", true).unwrap());
+    let new_secret = tokio::task::block_in_place(|| s.store.rotate_secret("G").unwrap());
+    match exchange(s.addr, &Dev::new("G", "rot", true), None, vec![], 1, WAIT).await {
+        Outcome::Refused(code) => assert_eq!(code, "BadUserNamePassword"),
+        other => panic!("{other:?}"),
+    }
+    let mut dev = Dev::new("G", "rot", true);
+    dev.secret = new_secret.expose().to_owned();
+    assert_eq!(register_ok(s.addr, &dev).await.res, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_refuses_clearly() {
+    let s = server(EndpointConfig {
+        max_connections: 1,
+        ..EndpointConfig::default()
+    })
+    .await;
+    // One silent connection holds the only slot.
+    let holder = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for (v5, expected) in [(true, "ServerUnavailable"), (false, "ServiceUnavailable")] {
+        match exchange(s.addr, &Dev::new("G", "full", v5), None, vec![], 1, WAIT).await {
+            Outcome::Refused(code) => assert_eq!(code, expected),
+            other => panic!("{other:?}"),
+        }
+    }
+    drop(holder);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        register_ok(s.addr, &Dev::new("G", "free", true)).await.res,
+        0
+    );
 }

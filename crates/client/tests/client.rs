@@ -1,0 +1,256 @@
+//! The SDK against the endpoint in-process, on port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dynreg_client::{Error, MqttVersion, Registration, RetryPolicy, Tls};
+use dynreg_endpoint::{Endpoint, EndpointConfig, TlsSettings};
+use dynreg_proto::credentials::SignMethod;
+use dynreg_registrar::conformance::product;
+use dynreg_registrar::{Registrar, SourceMode};
+use dynreg_store::{SqliteConfig, SqliteStore};
+
+struct Server {
+    addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    store: SqliteStore,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    _dir: tempfile::TempDir,
+}
+
+async fn server(config: EndpointConfig) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("data"))).unwrap();
+    tokio::task::block_in_place(|| {
+        store
+            .insert_product(&product("G", SourceMode::Generate))
+            .unwrap();
+        store
+            .insert_product(&product("Q", SourceMode::Generate))
+            .unwrap();
+    });
+    let endpoint = Endpoint::bind(config, Arc::new(Registrar::new(store.clone()))).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let tls_addr = endpoint.tls_local_addr().map(Result::unwrap);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(endpoint.run(async move {
+        let _ = rx.await;
+    }));
+    Server {
+        addr,
+        tls_addr,
+        store,
+        _stop: tx,
+        _dir: dir,
+    }
+}
+
+fn local() -> EndpointConfig {
+    EndpointConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..EndpointConfig::default()
+    }
+}
+
+fn reg(addr: SocketAddr, pid: &str) -> Registration {
+    Registration::new("127.0.0.1", pid, format!("secret-of-{pid}"))
+        .port(addr.port())
+        .timeout(Duration::from_secs(5))
+        .retry(RetryPolicy::none())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_with_every_option() {
+    let s = server(local()).await;
+    for version in [MqttVersion::V311, MqttVersion::V5] {
+        for method in [SignMethod::HmacSha1, SignMethod::HmacSha256] {
+            let r = reg(s.addr, "G").mqtt_version(version).sign_method(method);
+            let t = r.register().await.unwrap();
+            assert_eq!(t.pid, "G");
+            assert_eq!(t.unique.len(), 36, "a UUID was generated and returned");
+            assert!(!t.unique.contains('_'));
+            let again = reg(s.addr, "G")
+                .mqtt_version(version)
+                .unique(&t.unique)
+                .register()
+                .await
+                .unwrap();
+            assert_eq!(again, t, "same unique, same triplet");
+        }
+    }
+    let t = reg(s.addr, "G")
+        .unique("bc1")
+        .barcode("BAR-1")
+        .register()
+        .await
+        .unwrap();
+    let stored = s.store.device("G", "bc1").unwrap().unwrap();
+    assert_eq!(
+        (stored.triplet.uuid, stored.triplet.barcode.as_str()),
+        (t.uuid, "BAR-1")
+    );
+    let moved = reg(s.addr, "G")
+        .unique("mv")
+        .replace_pid("Q", "secret-of-Q")
+        .register()
+        .await
+        .unwrap();
+    assert_eq!(moved.pid, "Q");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_say_which_step_and_are_not_retried_when_final() {
+    let s = server(local()).await;
+    let retrying = RetryPolicy {
+        max_attempts: 5,
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(20),
+    };
+    let out = reg(s.addr, "G")
+        .unique("w")
+        .replace_pid("Q", "wrong")
+        .retry(retrying)
+        .register_detailed()
+        .await;
+    assert_eq!(out.attempts, 1, "a non-retryable status is not retried");
+    assert!(
+        matches!(out.result, Err(Error::Refused { res: 4011, .. })),
+        "{:?}",
+        out.result
+    );
+    let mut bad = reg(s.addr, "G").retry(retrying);
+    bad = Registration::new("127.0.0.1", "G", "not-the-secret")
+        .port(s.addr.port())
+        .retry(retrying)
+        .unique(bad.unique_value().unwrap_or("x"));
+    let out = bad.register_detailed().await;
+    assert_eq!(out.attempts, 1, "a refused CONNECT is not retried");
+    assert_eq!(
+        out.result,
+        Err(Error::ConnectRefused("BadUserNamePassword".into()))
+    );
+    let out = reg(s.addr, "G").unique("a_b").register_detailed().await;
+    assert!(matches!(out.result, Err(Error::Invalid(_))));
+    assert_eq!(out.attempts, 0);
+
+    // A server that accepts TCP and never answers: a timeout, retried.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            held.push(c);
+        }
+    });
+    let out = Registration::new("127.0.0.1", "G", "s")
+        .port(port)
+        .timeout(Duration::from_millis(300))
+        .retry(RetryPolicy {
+            max_attempts: 2,
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(20),
+        })
+        .register_detailed()
+        .await;
+    assert_eq!(out.attempts, 2, "timeouts are retried");
+    assert_eq!(out.result, Err(Error::Timeout(Duration::from_millis(300))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_comes_up_after_the_client_started() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let r = Registration::new("127.0.0.1", "G", "secret-of-G")
+        .port(port)
+        .timeout(Duration::from_secs(2))
+        .retry(RetryPolicy {
+            max_attempts: 20,
+            initial: Duration::from_millis(200),
+            max: Duration::from_millis(500),
+        });
+    let client = tokio::spawn(async move { r.register_detailed().await });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _s = server(EndpointConfig {
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        ..EndpointConfig::default()
+    })
+    .await;
+    let out = client.await.unwrap();
+    assert!(out.result.is_ok(), "{:?}", out.result);
+    assert!(
+        out.attempts > 1,
+        "it had to retry ({} attempts)",
+        out.attempts
+    );
+    assert!(started.elapsed() >= Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retryable_refusal_then_success() {
+    // One registration per second per product: the second device is told 4290 (retry
+    // after 5 s) and succeeds on its next attempt.
+    let s = server(EndpointConfig {
+        registrations_per_pid_per_sec: 1,
+        ..local()
+    })
+    .await;
+    reg(s.addr, "G").unique("first").register().await.unwrap();
+    let started = Instant::now();
+    let out = reg(s.addr, "G")
+        .unique("second")
+        .retry(RetryPolicy {
+            max_attempts: 3,
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(20),
+        })
+        .register_detailed()
+        .await;
+    assert!(out.result.is_ok(), "{:?}", out.result);
+    assert_eq!(out.attempts, 2);
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "the 5 s hint was honoured"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_the_blocking_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen_cert();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert, &made.0).unwrap();
+    std::fs::write(&key, &made.1).unwrap();
+    let tls = TlsSettings::load("127.0.0.1:0".parse().unwrap(), &cert, &key).unwrap();
+    let s = server(EndpointConfig {
+        tls: Some(tls),
+        ..local()
+    })
+    .await;
+    let tls_port = s.tls_addr.unwrap().port();
+    let t = reg(s.addr, "G")
+        .port(tls_port)
+        .tls(Tls::CaFile(cert.clone()))
+        .register()
+        .await
+        .unwrap();
+    assert_eq!(t.pid, "G");
+    let r = reg(s.addr, "G")
+        .port(tls_port)
+        .tls(Tls::CaPem(made.0.into_bytes()))
+        .unique("blocking");
+    let t = tokio::task::spawn_blocking(move || r.register_blocking())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.unique, "blocking");
+}
+
+fn rcgen_cert() -> (String, String) {
+    let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    (c.cert.pem(), c.signing_key.serialize_pem())
+}

@@ -56,6 +56,9 @@ enum Command {
     /// List, show, revoke, reset and export registered devices.
     #[command(subcommand)]
     Device(cmd::device::DeviceCmd),
+    /// Register a device (or a CSV of devices) like firmware would, and print its
+    /// triplet.
+    Register(cmd::register::RegisterArgs),
 }
 
 /// The data dir when neither a flag, the environment nor a config file names one.
@@ -100,6 +103,10 @@ fn main() {
         Command::Product(c) => cmd::product::run(&cli.global, c),
         Command::Pool(c) => cmd::pool::run(&cli.global, c),
         Command::Device(c) => cmd::device::run(&cli.global, c),
+        Command::Register(args) => match cmd::register::run(&cli.global, &args) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => Err(e),
+        },
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -3,4 +3,5 @@
 pub(crate) mod device;
 pub(crate) mod pool;
 pub(crate) mod product;
+pub(crate) mod register;
 pub(crate) mod serve;

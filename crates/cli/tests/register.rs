@@ -1,0 +1,374 @@
+//! `dynreg register` against `dynreg serve`, both as child processes.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dynreg"));
+    c.env_remove("DYNREG_DATA_DIR")
+        .env_remove("DYNREG_MASTER_KEY")
+        .env_remove("DYNREG_CONFIG")
+        .env_remove("DYNREG_SECRET")
+        .env("NO_COLOR", "1");
+    c
+}
+
+struct Serve {
+    child: Child,
+    port: u16,
+    pid: String,
+    secret: String,
+    other_secret: String,
+    dir: PathBuf,
+    _t: tempfile::TempDir,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn serve() -> Serve {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().to_owned();
+    let out = bin()
+        .args([
+            "--data-dir",
+            "data",
+            "--json",
+            "product",
+            "create",
+            "--name",
+            "Plug",
+            "--mode",
+            "generate",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let p: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let other = bin()
+        .args([
+            "--data-dir",
+            "data",
+            "--json",
+            "product",
+            "create",
+            "--name",
+            "Other",
+            "--pid",
+            "other",
+            "--mode",
+            "generate",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(other.status.success());
+    let other: Value = serde_json::from_slice(&other.stdout).unwrap();
+    let port = free_port();
+    let mut child = bin()
+        .args([
+            "--data-dir",
+            "data",
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--connections-per-ip",
+            "0",
+        ])
+        .current_dir(&dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "serve did not start"
+        );
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            if l.contains("dynreg serving") {
+                break;
+            }
+        }
+    }
+    Serve {
+        child,
+        port,
+        pid: p["pid"].as_str().unwrap().to_owned(),
+        secret: p["secret"].as_str().unwrap().to_owned(),
+        other_secret: other["secret"].as_str().unwrap().to_owned(),
+        dir,
+        _t: t,
+    }
+}
+
+fn register(s: &Serve, extra: &[&str]) -> Output {
+    bin()
+        .args([
+            "--json",
+            "register",
+            "--port",
+            &s.port.to_string(),
+            "--pid",
+            &s.pid,
+            "--timeout",
+            "5",
+        ])
+        .args(extra)
+        .env("DYNREG_SECRET", &s.secret)
+        .current_dir(&s.dir)
+        .output()
+        .unwrap()
+}
+
+fn json(o: &Output) -> Value {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn options_idempotency_and_state() {
+    let s = serve();
+    let a = json(&register(&s, &["--unique", "dev-1"]));
+    assert_eq!(a["pid"], s.pid.as_str());
+    assert_eq!(a["unique"], "dev-1");
+    assert_eq!(a["secret"].as_str().unwrap().len(), 32);
+    let again = json(&register(
+        &s,
+        &[
+            "--unique",
+            "dev-1",
+            "--mqtt",
+            "3",
+            "--sign-method",
+            "hmacSha1",
+        ],
+    ));
+    assert_eq!(
+        again["uuid"], a["uuid"],
+        "same unique, same triplet, over 3.1.1 and SHA1 too"
+    );
+    let generated = json(&register(&s, &[]));
+    assert_eq!(
+        generated["unique"].as_str().unwrap().len(),
+        36,
+        "a UUID unique is generated and printed"
+    );
+    let moved = json(&register(
+        &s,
+        &[
+            "--unique",
+            "mv",
+            "--barcode",
+            "B-1",
+            "--replace-pid",
+            "other",
+            "--replace-secret",
+            &s.other_secret,
+        ],
+    ));
+    assert_eq!(moved["pid"], "other");
+    let device = bin()
+        .args([
+            "--data-dir",
+            "data",
+            "--json",
+            "device",
+            "show",
+            "--pid",
+            &s.pid,
+            "--unique",
+            "mv",
+        ])
+        .current_dir(&s.dir)
+        .output()
+        .unwrap();
+    let device = json(&device);
+    assert_eq!(
+        (device["pid"].as_str(), device["barcode"].as_str()),
+        (Some("other"), Some("B-1"))
+    );
+
+    // --state: written 0600, then reused without the network.
+    let state = s.dir.join("device.json");
+    let first = json(&register(&s, &["--state", "device.json"]));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let offline = bin()
+        .args([
+            "--json",
+            "register",
+            "--port",
+            "1",
+            "--pid",
+            &s.pid,
+            "--state",
+            "device.json",
+            "--attempts",
+            "1",
+        ])
+        .env("DYNREG_SECRET", "irrelevant")
+        .current_dir(&s.dir)
+        .output()
+        .unwrap();
+    let from_state = json(&offline);
+    assert_eq!(
+        (from_state["uuid"].clone(), from_state["source"].as_str()),
+        (first["uuid"].clone(), Some("state"))
+    );
+    // --force goes to the network with the stored unique: same triplet.
+    let forced = json(&register(&s, &["--state", "device.json", "--force"]));
+    assert_eq!(
+        (forced["uuid"].clone(), forced["source"].as_str()),
+        (first["uuid"].clone(), Some("network"))
+    );
+}
+
+#[test]
+fn exit_codes() {
+    let s = serve();
+    let code = |o: Output| o.status.code();
+    // Registration refused (res 4011: wrong replacement secret).
+    assert_eq!(
+        code(register(
+            &s,
+            &[
+                "--unique",
+                "x",
+                "--replace-pid",
+                "other",
+                "--replace-secret",
+                "no"
+            ]
+        )),
+        Some(4)
+    );
+    // CONNECT refused: wrong product secret.
+    let o = bin()
+        .args([
+            "register",
+            "--port",
+            &s.port.to_string(),
+            "--pid",
+            &s.pid,
+            "--secret",
+            "wrong",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("CONNECT refused"));
+    // Network error: nothing listens.
+    let closed = free_port().to_string();
+    let o = bin()
+        .args([
+            "register",
+            "--port",
+            &closed,
+            "--pid",
+            "p",
+            "--secret",
+            "s",
+            "--attempts",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(6));
+    // Timeout: a listener that never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port().to_string();
+    let o = bin()
+        .args([
+            "register",
+            "--port",
+            &port,
+            "--pid",
+            "p",
+            "--secret",
+            "s",
+            "--attempts",
+            "1",
+            "--timeout",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(5));
+    // Bad arguments.
+    let o = bin()
+        .args(["register", "--pid", "p", "--secret", "s", "--mqtt", "4"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    drop(silent);
+}
+
+#[test]
+fn batch_of_500_with_concurrency_50() {
+    let s = serve();
+    let mut csv = String::from("unique,barcode\n");
+    for i in 0..500 {
+        csv.push_str(&format!("b{i},BC{i}\n"));
+    }
+    std::fs::write(s.dir.join("batch.csv"), csv).unwrap();
+    let o = register(
+        &s,
+        &[
+            "--batch",
+            "batch.csv",
+            "--concurrency",
+            "50",
+            "--out",
+            "result.csv",
+        ],
+    );
+    let summary = json(&o);
+    assert_eq!(
+        (summary["registered"].as_u64(), summary["failed"].as_u64()),
+        (Some(500), Some(0))
+    );
+    let result = std::fs::read_to_string(s.dir.join("result.csv")).unwrap();
+    let mut uuids = std::collections::HashSet::new();
+    for line in result.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f[2], "registered", "{line}");
+        assert!(uuids.insert(f[4].to_owned()));
+    }
+    assert_eq!(uuids.len(), 500);
+    // A malformed batch names the line.
+    std::fs::write(s.dir.join("bad.csv"), "unique\nok1\nbad_one\n").unwrap();
+    let o = register(&s, &["--batch", "bad.csv"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bad.csv line 3"));
+}

@@ -43,6 +43,10 @@ fn free_port() -> u16 {
 }
 
 fn serve() -> Serve {
+    serve_with(&[])
+}
+
+fn serve_with(extra: &[&str]) -> Serve {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().to_owned();
     let out = bin()
@@ -92,6 +96,7 @@ fn serve() -> Serve {
             "--connections-per-ip",
             "0",
         ])
+        .args(extra)
         .current_dir(&dir)
         .stderr(Stdio::piped())
         .spawn()
@@ -371,4 +376,38 @@ fn batch_of_500_with_concurrency_50() {
     let o = register(&s, &["--batch", "bad.csv"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("bad.csv line 3"));
+}
+
+#[test]
+fn over_tls_with_a_ca_file() {
+    let t = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let (cert, key) = (t.path().join("cert.pem"), t.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let tls_port = free_port().to_string();
+    let s = serve_with(&[
+        "--tls-listen",
+        &format!("127.0.0.1:{tls_port}"),
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let o = bin()
+        .args([
+            "--json",
+            "register",
+            "--port",
+            &tls_port,
+            "--pid",
+            &s.pid,
+            "--tls",
+            "--ca",
+            cert.to_str().unwrap(),
+        ])
+        .env("DYNREG_SECRET", &s.secret)
+        .output()
+        .unwrap();
+    assert_eq!(json(&o)["pid"], s.pid.as_str());
 }

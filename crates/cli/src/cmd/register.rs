@@ -99,7 +99,7 @@ pub(crate) struct RegisterArgs {
     /// With --state: register again even if the file holds a triplet (same unique).
     #[arg(long, requires = "state")]
     force: bool,
-    /// Register every device of a CSV (columns unique[,barcode], optional header).
+    /// Register every device of a CSV (columns `unique[,barcode]`, optional header).
     #[arg(long)]
     batch: Option<PathBuf>,
     /// With --batch: devices registering at once.

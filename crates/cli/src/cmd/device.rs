@@ -11,7 +11,7 @@ use dynreg_registrar::Registration;
 use dynreg_store::DeviceFilter;
 use serde_json::{Value, json};
 
-use crate::cmd::pool::CsvOut;
+use crate::cmd::pool::{CsvOut, report_written};
 use crate::progress::Bar;
 use crate::{Global, now, output};
 
@@ -272,13 +272,7 @@ pub(crate) fn run(g: &Global, cmd: DeviceCmd) -> anyhow::Result<()> {
                     .map_err(|e| dynreg_store::Error::Invalid(e.to_string()))
             })?;
             csv.finish()?;
-            if let Some(path) = &out {
-                if g.json {
-                    output::json(&json!({ "pid": pid, "count": n, "out": path }))?;
-                } else {
-                    println!("{n} devices of {pid} written to {}", path.display());
-                }
-            }
+            report_written(g, &pid, n, "devices", out.as_deref())?;
         }
     }
     store.close()?;

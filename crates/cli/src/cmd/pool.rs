@@ -140,6 +140,25 @@ impl Drop for CsvOut {
     }
 }
 
+/// After a CSV was written to a file: says how many rows (`--json`: one document).
+/// Nothing is printed when the CSV itself went to stdout.
+pub(crate) fn report_written(
+    g: &Global,
+    pid: &str,
+    n: u64,
+    what: &str,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    if let Some(path) = out {
+        if g.json {
+            output::json(&json!({ "pid": pid, "count": n, "out": path }))?;
+        } else {
+            println!("{n} {what} of {pid} written to {}", path.display());
+        }
+    }
+    Ok(())
+}
+
 /// Reads a factory CSV: each triplet with its line number. Every problem names the
 /// file and line.
 fn read_csv(file: &Path) -> anyhow::Result<(Vec<NewTriplet>, Vec<u64>)> {
@@ -237,17 +256,13 @@ pub(crate) fn run(g: &Global, cmd: PoolCmd) -> anyhow::Result<()> {
                 csv.row([t.uuid.as_str(), t.secret.expose(), &t.mac, &t.barcode])?;
             }
             csv.finish()?;
-            if let Some(path) = &out {
-                if g.json {
-                    output::json(&json!({ "pid": pid, "count": triplets.len(), "out": path }))?;
-                } else {
-                    println!(
-                        "{} triplets generated for {pid}, written to {}",
-                        triplets.len(),
-                        path.display()
-                    );
-                }
-            }
+            report_written(
+                g,
+                &pid,
+                triplets.len() as u64,
+                "triplets generated",
+                out.as_deref(),
+            )?;
         }
         PoolCmd::Import { pid, file } => {
             let (triplets, lines) = read_csv(&file)?;
@@ -302,13 +317,7 @@ pub(crate) fn run(g: &Global, cmd: PoolCmd) -> anyhow::Result<()> {
                     .map_err(|e| dynreg_store::Error::Invalid(e.to_string()))
             })?;
             csv.finish()?;
-            if let Some(path) = &out {
-                if g.json {
-                    output::json(&json!({ "pid": pid, "count": n, "out": path }))?;
-                } else {
-                    println!("{n} triplets of {pid} written to {}", path.display());
-                }
-            }
+            report_written(g, &pid, n, "triplets", out.as_deref())?;
         }
     }
     store.close()?;

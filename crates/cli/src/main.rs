@@ -59,6 +59,9 @@ enum Command {
     /// Register a device (or a CSV of devices) like firmware would, and print its
     /// triplet.
     Register(cmd::register::RegisterArgs),
+    /// Load-test a dynreg endpoint (or a broker with `dynreg bench responder`) with
+    /// simulated devices doing the full registration cycle.
+    Bench(cmd::bench::BenchArgs),
 }
 
 /// The data dir when neither a flag, the environment nor a config file names one.
@@ -103,6 +106,7 @@ fn main() {
         Command::Product(c) => cmd::product::run(&cli.global, c),
         Command::Pool(c) => cmd::pool::run(&cli.global, c),
         Command::Device(c) => cmd::device::run(&cli.global, c),
+        Command::Bench(args) => cmd::bench::run(&cli.global, &args),
         Command::Register(args) => match cmd::register::run(&cli.global, &args) {
             Ok(code) => std::process::exit(code),
             Err(e) => Err(e),

@@ -1,0 +1,340 @@
+//! # dynreg-bench: the load generator behind `dynreg bench`
+//!
+//! Simulated devices do the full registration cycle a real device does, waiting at each
+//! step: TCP connect, CONNECT with freshly signed credentials, SUBSCRIBE to the response
+//! topic, PUBLISH the request, wait for the reply (PUBACK it at QoS 1), DISCONNECT.
+//! Every credential, topic and message comes from `dynreg-proto`. Each worker drives
+//! its connections directly (no task or client object per device), so that the tool
+//! costs little next to the server it measures; it reports its own CPU per cycle.
+//!
+//! [`responder`] is the other half of measuring a bare broker: it subscribes to every
+//! device's request topic on an external broker (Mosquitto) and answers every request
+//! with a fixed success reply, with no authentication and no storage.
+
+mod mqtt;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use dynreg_proto::credentials::{Credentials, SignMethod, sign};
+use dynreg_proto::{RegisterReply, RegisterRequest, ReplyData, Topic, TopicKind};
+use hdrhistogram::Histogram;
+
+use crate::mqtt::{Conn, Rx};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// `host:port` of the broker or dynreg endpoint.
+    pub addr: String,
+    /// The product id.
+    pub pid: String,
+    /// The product secret.
+    pub secret: String,
+    /// Registrations in all.
+    pub total: u64,
+    /// Devices registering at once.
+    pub concurrency: usize,
+    /// MQTT 5 (else 3.1.1).
+    pub v5: bool,
+    /// QoS of the subscription and the request (0 or 1).
+    pub qos: u8,
+    /// The HMAC for the password.
+    pub sign_method: SignMethod,
+    /// The bound on one cycle.
+    pub timeout: Duration,
+    /// Uniques are this prefix followed by a serial number.
+    pub unique_prefix: String,
+}
+
+/// Why a cycle failed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Failure {
+    /// CONNECT refused with this code.
+    ConnectRefused(u8),
+    /// SUBSCRIBE refused.
+    SubscribeRefused,
+    /// The reply's `res` was not 0.
+    Res(u16),
+    /// No reply within the timeout.
+    Timeout,
+    /// Connection failed or broke.
+    Transport,
+}
+
+/// The outcome of a run.
+#[derive(Debug)]
+pub struct Report {
+    /// Cycles that got a success reply.
+    pub completed: u64,
+    /// Failed cycles by cause.
+    pub failed: BTreeMap<Failure, u64>,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Latency of successful cycles (connect to reply), microseconds.
+    pub latency_us: Histogram<u64>,
+    /// This process's CPU time (user + system) per cycle, microseconds.
+    pub own_cpu_us_per_cycle: f64,
+}
+
+impl Report {
+    /// Completed cycles per second.
+    pub fn throughput(&self) -> f64 {
+        self.completed as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// This process's CPU time (user + system), from /proc (Linux); `None` elsewhere.
+pub fn process_cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // Linux reports clock ticks of 1/100 s (USER_HZ is 100 on every mainstream arch).
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+/// One device's full registration cycle.
+async fn cycle(cfg: &BenchConfig, serial: u64) -> Result<(), Failure> {
+    let unique = format!("{}{serial}", cfg.unique_prefix);
+    let ts = unix_now();
+    let creds = Credentials {
+        pid: &cfg.pid,
+        unique: &unique,
+        sign_method: cfg.sign_method,
+        ts,
+    };
+    let password = sign(cfg.sign_method, cfg.secret.as_bytes(), &cfg.pid, ts);
+    let request_topic = Topic::request(&cfg.pid, &unique).to_string();
+    let response_topic = Topic::response(&cfg.pid, &unique).to_string();
+    let t = |e: std::io::Error| {
+        let _ = e;
+        Failure::Transport
+    };
+    let mut c = Conn::open(&cfg.addr, cfg.v5).await.map_err(t)?;
+    c.connect(
+        &creds.client_id().to_string(),
+        Some(&creds.username().to_string()),
+        Some(password.as_bytes()),
+    )
+    .map_err(t)?;
+    c.flush().await.map_err(t)?;
+    match c.recv().await.map_err(t)? {
+        Rx::ConnAck(Ok(())) => {}
+        Rx::ConnAck(Err(code)) => return Err(Failure::ConnectRefused(code)),
+        _ => return Err(Failure::Transport),
+    }
+    c.subscribe(1, &response_topic, cfg.qos).map_err(t)?;
+    c.flush().await.map_err(t)?;
+    match c.recv().await.map_err(t)? {
+        Rx::SubAck(true) => {}
+        Rx::SubAck(false) => return Err(Failure::SubscribeRefused),
+        _ => return Err(Failure::Transport),
+    }
+    let request = RegisterRequest::new(serial.to_string(), ts).to_json();
+    c.publish(
+        &request_topic,
+        cfg.qos,
+        (cfg.qos > 0).then_some(2),
+        Bytes::from(request),
+    )
+    .map_err(t)?;
+    c.flush().await.map_err(t)?;
+    let reply = loop {
+        match c.recv().await.map_err(t)? {
+            Rx::Publish {
+                topic,
+                qos,
+                packet_id,
+                payload,
+            } if topic == response_topic => {
+                if let (1, Some(id)) = (qos, packet_id) {
+                    c.puback(id).map_err(t)?;
+                }
+                break RegisterReply::from_json(&payload).map_err(|_| Failure::Transport)?;
+            }
+            Rx::Disconnect => return Err(Failure::Transport),
+            _ => {}
+        }
+    };
+    c.disconnect().map_err(t)?;
+    c.flush().await.map_err(t)?;
+    if reply.res == 0 {
+        Ok(())
+    } else {
+        Err(Failure::Res(reply.res))
+    }
+}
+
+/// Runs the load; `progress` is called with the number of cycles finished so far.
+pub async fn run(cfg: BenchConfig, progress: Arc<dyn Fn(u64) + Send + Sync>) -> Report {
+    let cfg = Arc::new(cfg);
+    let next = Arc::new(AtomicU64::new(0));
+    let finished = Arc::new(AtomicU64::new(0));
+    let cpu_before = process_cpu_time();
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..cfg.concurrency.max(1) {
+        let (cfg, next, finished, progress) = (
+            cfg.clone(),
+            next.clone(),
+            finished.clone(),
+            progress.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut hist =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            let mut failed: BTreeMap<Failure, u64> = BTreeMap::new();
+            loop {
+                let serial = next.fetch_add(1, Ordering::Relaxed);
+                if serial >= cfg.total {
+                    break;
+                }
+                let t0 = Instant::now();
+                let result = tokio::time::timeout(cfg.timeout, cycle(&cfg, serial))
+                    .await
+                    .unwrap_or(Err(Failure::Timeout));
+                match result {
+                    Ok(()) => {
+                        let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        let _ = hist.record(us.clamp(1, 60_000_000));
+                    }
+                    Err(f) => *failed.entry(f).or_default() += 1,
+                }
+                progress(finished.fetch_add(1, Ordering::Relaxed) + 1);
+            }
+            (hist, failed)
+        }));
+    }
+    let mut latency =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let mut failed: BTreeMap<Failure, u64> = BTreeMap::new();
+    for w in workers {
+        if let Ok((h, f)) = w.await {
+            let _ = latency.add(&h);
+            for (k, v) in f {
+                *failed.entry(k).or_default() += v;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    let cycles = finished.load(Ordering::Relaxed).max(1);
+    let own = match (cpu_before, process_cpu_time()) {
+        (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64() * 1e6 / cycles as f64,
+        _ => f64::NAN,
+    };
+    Report {
+        completed: latency.len(),
+        failed,
+        elapsed,
+        latency_us: latency,
+        own_cpu_us_per_cycle: own,
+    }
+}
+
+/// Answers every register request on an external broker at `addr` with a fixed
+/// success reply (no authentication, no storage) until the connection ends or `stop`
+/// resolves; returns how many it answered. `ready` is called once subscribed.
+pub async fn responder(
+    addr: &str,
+    v5: bool,
+    qos: u8,
+    ready: impl FnOnce(),
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<u64> {
+    let mut c = Conn::open(addr, v5).await?;
+    c.connect(
+        &format!("dynreg-bench-responder-{}", std::process::id()),
+        None,
+        None,
+    )?;
+    c.flush().await?;
+    match c.recv().await? {
+        Rx::ConnAck(Ok(())) => {}
+        other => {
+            return Err(std::io::Error::other(format!(
+                "broker refused the responder: {other:?}"
+            )));
+        }
+    }
+    c.subscribe(1, "register/v2/+/+/register", qos)?;
+    c.flush().await?;
+    loop {
+        if let Rx::SubAck(ok) = c.recv().await? {
+            if !ok {
+                return Err(std::io::Error::other(
+                    "broker refused the responder's subscription",
+                ));
+            }
+            break;
+        }
+    }
+    ready();
+    let mut answered = 0;
+    let mut next_id: u16 = 1;
+    tokio::pin!(stop);
+    loop {
+        let rx = tokio::select! {
+            () = &mut stop => return Ok(answered),
+            rx = c.recv() => rx,
+        };
+        let (topic, pq, packet_id, payload) = match rx {
+            Ok(Rx::Publish {
+                topic,
+                qos,
+                packet_id,
+                payload,
+            }) => (topic, qos, packet_id, payload),
+            Ok(Rx::Disconnect) | Err(_) => return Ok(answered),
+            Ok(_) => continue,
+        };
+        if let (1, Some(id)) = (pq, packet_id) {
+            c.puback(id)?;
+        }
+        let Ok(t) = Topic::parse(&topic) else {
+            continue;
+        };
+        if t.kind != TopicKind::Request {
+            continue;
+        }
+        let (id, code) = match RegisterRequest::from_json(&payload) {
+            Ok(r) => (r.id, r.code),
+            Err(e) => (e.id, e.code),
+        };
+        let reply = RegisterReply::success(
+            id,
+            code,
+            unix_now(),
+            ReplyData::triplet(
+                t.pid,
+                format!("bench-{}", t.unique),
+                "0123456789abcdef0123456789abcdef",
+                "",
+            ),
+        );
+        let reply_id = (qos == 1).then(|| {
+            let id = next_id;
+            next_id = next_id.checked_add(1).unwrap_or(1);
+            id
+        });
+        c.publish(
+            &Topic::response(t.pid, t.unique).to_string(),
+            qos,
+            reply_id,
+            Bytes::from(reply.to_json()),
+        )?;
+        c.flush().await?;
+        answered += 1;
+    }
+}

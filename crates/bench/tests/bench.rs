@@ -1,0 +1,135 @@
+//! The load generator against the endpoint in-process, and the responder against a real
+//! Mosquitto when one is installed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dynreg_bench::{BenchConfig, Failure, responder, run};
+use dynreg_endpoint::{Endpoint, EndpointConfig};
+use dynreg_proto::credentials::SignMethod;
+use dynreg_registrar::conformance::product;
+use dynreg_registrar::{Registrar, SourceMode};
+use dynreg_store::{SqliteConfig, SqliteStore};
+
+fn config(addr: String, secret: &str, v5: bool, qos: u8) -> BenchConfig {
+    BenchConfig {
+        addr,
+        pid: "G".into(),
+        secret: secret.into(),
+        total: 200,
+        concurrency: 20,
+        v5,
+        qos,
+        sign_method: SignMethod::HmacSha256,
+        timeout: Duration::from_secs(10),
+        unique_prefix: format!("b{v5}{qos}-"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_cycles_against_the_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("data"))).unwrap();
+    tokio::task::block_in_place(|| {
+        store
+            .insert_product(&product("G", SourceMode::Generate))
+            .unwrap();
+    });
+    let endpoint = Endpoint::bind(
+        EndpointConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            connections_per_ip_per_sec: 0,
+            ..EndpointConfig::default()
+        },
+        Arc::new(Registrar::new(store.clone())),
+    )
+    .unwrap();
+    let addr = endpoint.local_addr().unwrap().to_string();
+    tokio::spawn(endpoint.run(std::future::pending()));
+    for v5 in [false, true] {
+        for qos in [0, 1] {
+            let r = run(
+                config(addr.clone(), "secret-of-G", v5, qos),
+                Arc::new(|_| {}),
+            )
+            .await;
+            assert_eq!(
+                (r.completed, r.failed.len()),
+                (200, 0),
+                "v5={v5} qos={qos}: {:?}",
+                r.failed
+            );
+            assert_eq!(r.latency_us.len(), 200);
+            assert!(r.latency_us.value_at_quantile(0.99) > 0);
+            assert!(r.throughput() > 0.0);
+        }
+    }
+    assert_eq!(
+        tokio::task::block_in_place(|| store.pool_stats("G").unwrap().devices),
+        800
+    );
+    let r = run(config(addr, "wrong", true, 1), Arc::new(|_| {})).await;
+    assert_eq!(r.completed, 0);
+    assert_eq!(r.failed.get(&Failure::ConnectRefused(0x86)), Some(&200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responder_on_a_real_mosquitto() {
+    if std::process::Command::new("mosquitto")
+        .arg("-h")
+        .output()
+        .is_err()
+    {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED responder_on_a_real_mosquitto: mosquitto is not installed (apt-get install mosquitto); .ci/run installs it"
+        );
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut broker = tokio::process::Command::new("mosquitto")
+        .args(["-p", &port.to_string()])
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    // Wait for the broker to listen.
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let a = addr.clone();
+    let resp = tokio::spawn(async move {
+        responder(
+            &a,
+            false,
+            1,
+            move || {
+                let _ = ready_tx.send(());
+            },
+            async move {
+                let _ = stop_rx.await;
+            },
+        )
+        .await
+    });
+    ready_rx.await.unwrap();
+    for v5 in [false, true] {
+        let r = run(config(addr.clone(), "any", v5, 1), Arc::new(|_| {})).await;
+        assert_eq!((r.completed, r.failed.len()), (200, 0), "{:?}", r.failed);
+    }
+    let _ = stop_tx.send(());
+    assert_eq!(resp.await.unwrap().unwrap(), 400);
+    let _ = broker.kill().await;
+}

@@ -1,0 +1,200 @@
+//! `dynreg bench`: the load generator, and `dynreg bench responder` for a bare broker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use dynreg_bench::{BenchConfig, Failure, Report};
+use dynreg_proto::credentials::SignMethod;
+use serde_json::json;
+
+use crate::progress::Bar;
+use crate::{Global, output};
+
+/// Options of `dynreg bench`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct BenchArgs {
+    #[command(subcommand)]
+    responder: Option<BenchCmd>,
+    /// The broker or dynreg endpoint host.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Its port.
+    #[arg(long, default_value_t = 1883)]
+    port: u16,
+    /// The product id the simulated devices register with.
+    #[arg(long, default_value = "")]
+    pid: String,
+    /// The product secret (or DYNREG_SECRET).
+    #[arg(
+        long,
+        env = "DYNREG_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    secret: String,
+    /// Registrations in all.
+    #[arg(short = 'n', long = "total", default_value_t = 10_000)]
+    total: u64,
+    /// Devices registering at once.
+    #[arg(short = 'c', long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    concurrency: u64,
+    /// MQTT version: 3 (3.1.1) or 5.
+    #[arg(long, default_value = "5", value_parser = ["3", "5"])]
+    mqtt: String,
+    /// QoS of the subscription and the request.
+    #[arg(long, default_value = "1", value_parser = ["0", "1"])]
+    qos: String,
+    /// The HMAC for the password.
+    #[arg(long, default_value = "hmacSha256", value_parser = |s: &str| SignMethod::parse(s).map_err(|e| e.to_string()))]
+    sign_method: SignMethod,
+    /// Seconds one cycle may take before it counts as a timeout.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+    /// Uniques are this prefix and a serial number (change it between runs to register
+    /// new devices; keep it to measure repeat registrations).
+    #[arg(long, default_value = "bench-")]
+    unique_prefix: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCmd {
+    /// Answer every register request on an external broker with a fixed success reply
+    /// (no auth, no storage): the bare-transport floor to compare dynreg with.
+    Responder {
+        /// The broker host.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// The broker port.
+        #[arg(long, default_value_t = 1883)]
+        port: u16,
+        /// MQTT version of the responder's own connection.
+        #[arg(long, default_value = "3", value_parser = ["3", "5"])]
+        mqtt: String,
+        /// QoS of the replies.
+        #[arg(long, default_value = "1", value_parser = ["0", "1"])]
+        qos: String,
+    },
+}
+
+fn failure_name(f: &Failure) -> String {
+    match f {
+        Failure::ConnectRefused(c) => format!("connect_refused_{c}"),
+        Failure::SubscribeRefused => "subscribe_refused".into(),
+        Failure::Res(r) => format!("res_{r}"),
+        Failure::Timeout => "timeout".into(),
+        Failure::Transport => "transport".into(),
+    }
+}
+
+fn print(g: &Global, cfg: &BenchConfig, r: &Report) -> anyhow::Result<()> {
+    let q = |p: f64| r.latency_us.value_at_quantile(p) as f64 / 1000.0;
+    let failed: serde_json::Map<String, serde_json::Value> = r
+        .failed
+        .iter()
+        .map(|(k, v)| (failure_name(k), json!(v)))
+        .collect();
+    if g.json {
+        output::json(&json!({
+            "target": cfg.addr, "mqtt": if cfg.v5 { "5" } else { "3.1.1" }, "qos": cfg.qos,
+            "total": cfg.total, "concurrency": cfg.concurrency,
+            "completed": r.completed, "failed": failed,
+            "elapsed_s": r.elapsed.as_secs_f64(), "throughput_per_s": r.throughput(),
+            "latency_ms": { "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": r.latency_us.max() as f64 / 1000.0 },
+            "bench_cpu_us_per_cycle": r.own_cpu_us_per_cycle,
+        }))?;
+    } else {
+        output::fields(&[
+            (
+                "target",
+                format!(
+                    "{} (MQTT {}, QoS {})",
+                    cfg.addr,
+                    if cfg.v5 { "5" } else { "3.1.1" },
+                    cfg.qos
+                ),
+            ),
+            ("completed", format!("{} of {}", r.completed, cfg.total)),
+            (
+                "failed",
+                if failed.is_empty() {
+                    "none".into()
+                } else {
+                    serde_json::Value::Object(failed).to_string()
+                },
+            ),
+            ("elapsed", format!("{:.2} s", r.elapsed.as_secs_f64())),
+            (
+                "throughput",
+                format!("{:.0} registrations/s", r.throughput()),
+            ),
+            (
+                "latency",
+                format!(
+                    "p50 {:.2} ms, p90 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2}",
+                    q(0.5),
+                    q(0.9),
+                    q(0.99),
+                    q(0.999),
+                    r.latency_us.max() as f64 / 1000.0
+                ),
+            ),
+            (
+                "bench CPU",
+                format!("{:.1} µs per cycle (this process)", r.own_cpu_us_per_cycle),
+            ),
+        ])?;
+    }
+    Ok(())
+}
+
+pub(crate) fn run(g: &Global, args: &BenchArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    if let Some(BenchCmd::Responder {
+        host,
+        port,
+        mqtt,
+        qos,
+    }) = &args.responder
+    {
+        let addr = format!("{host}:{port}");
+        let answered = runtime
+            .block_on(dynreg_bench::responder(
+                &addr,
+                mqtt == "5",
+                qos.parse().unwrap_or(1),
+                || eprintln!("responder subscribed on {addr}; Ctrl-C to stop"),
+                async {
+                    let _ = tokio::signal::ctrl_c().await;
+                },
+            ))
+            .with_context(|| format!("responder on {addr}"))?;
+        eprintln!("{answered} requests answered");
+        return Ok(());
+    }
+    if args.pid.is_empty() {
+        anyhow::bail!("--pid is required (and --secret or DYNREG_SECRET)");
+    }
+    let cfg = BenchConfig {
+        addr: format!("{}:{}", args.host, args.port),
+        pid: args.pid.clone(),
+        secret: args.secret.clone(),
+        total: args.total,
+        concurrency: usize::try_from(args.concurrency).unwrap_or(200),
+        v5: args.mqtt == "5",
+        qos: args.qos.parse().unwrap_or(1),
+        sign_method: args.sign_method,
+        timeout: Duration::from_secs(args.timeout.max(1)),
+        unique_prefix: args.unique_prefix.clone(),
+    };
+    let bar = Arc::new(Bar::new("registering", cfg.total));
+    let b = bar.clone();
+    let report = runtime.block_on(dynreg_bench::run(cfg.clone(), Arc::new(move |n| b.set(n))));
+    bar.finish();
+    print(g, &cfg, &report)
+}

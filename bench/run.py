@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Regenerate the dynreg-vs-Mosquitto comparison of docs/benchmarks.md on this machine.
+
+Starts, on loopback only: `dynreg serve` (embedded, durable SQLite) and Mosquitto with
+`dynreg bench responder` (the bare-transport floor: no auth, no storage). Runs
+`dynreg bench` against each, side by side, for MQTT 3.1.1 and 5 at QoS 0 and 1, RUNS
+times each, and prints a Markdown table: median (min-max) of throughput and p99
+latency, and server CPU per registration (from /proc of the server processes).
+
+Usage:  python3 bench/run.py            (N=10000 C=200 RUNS=3 by default)
+        N=50000 RUNS=3 python3 bench/run.py
+Needs: cargo, mosquitto (Debian: apt-get install mosquitto), Linux /proc.
+"""
+
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N = int(os.environ.get("N", "10000"))
+C = int(os.environ.get("C", "200"))
+RUNS = int(os.environ.get("RUNS", "3"))
+BIN = os.path.join(ROOT, "target", "release", "dynreg")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) / TICK
+
+
+def wait_port(port, timeout=30):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing listens on {port}")
+
+
+def bench(port, pid, secret, mqtt, qos, prefix):
+    out = subprocess.run(
+        [BIN, "--json", "bench", "--port", str(port), "--pid", pid, "-n", str(N), "-c", str(C),
+         "--mqtt", mqtt, "--qos", qos, "--unique-prefix", prefix],
+        env={**os.environ, "DYNREG_SECRET": secret}, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def fmt(values, digits=0):
+    med = statistics.median(values)
+    return f"{med:,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
+
+
+def main():
+    if not shutil.which("mosquitto"):
+        sys.exit("mosquitto is not installed (apt-get install mosquitto)")
+    subprocess.run(["cargo", "build", "--release", "-p", "dynreg"], cwd=ROOT, check=True)
+    tmp = tempfile.mkdtemp(prefix="dynreg-bench-")
+    procs = []
+    try:
+        data = os.path.join(tmp, "data")
+        created = subprocess.run([BIN, "--data-dir", data, "--json", "product", "create", "--name", "bench",
+                                  "--mode", "generate"], capture_output=True, text=True, check=True)
+        product = json.loads(created.stdout)
+        dport, mport = free_port(), free_port()
+        dynreg = subprocess.Popen([BIN, "--data-dir", data, "serve", "--listen", f"127.0.0.1:{dport}",
+                                   "--connections-per-ip", "0"], stderr=subprocess.DEVNULL)
+        procs.append(dynreg)
+        mosq = subprocess.Popen(["mosquitto", "-p", str(mport)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(mosq)
+        wait_port(dport)
+        wait_port(mport)
+        rows = []
+        for mqtt in ("3", "5"):
+            for qos in ("0", "1"):
+                resp = subprocess.Popen([BIN, "bench", "responder", "--port", str(mport), "--qos", qos],
+                                        stderr=subprocess.DEVNULL)
+                procs.append(resp)
+                time.sleep(0.5)
+                results = {"dynreg": [], "mosquitto": []}
+                for run in range(RUNS):
+                    for target, port, servers in (("dynreg", dport, [dynreg.pid]), ("mosquitto", mport, [mosq.pid, resp.pid])):
+                        before = sum(cpu_seconds(p) for p in servers)
+                        r = bench(port, product["pid"], product["secret"], mqtt, qos, f"m{mqtt}q{qos}r{run}{target}-")
+                        used = sum(cpu_seconds(p) for p in servers) - before
+                        r["server_cpu_us"] = used * 1e6 / max(r["completed"], 1)
+                        results[target].append(r)
+                resp.terminate()
+                resp.wait()
+                procs.remove(resp)
+                for target in ("dynreg", "mosquitto"):
+                    rs = results[target]
+                    rows.append((f"MQTT {'3.1.1' if mqtt == '3' else '5'}, QoS {qos}", target,
+                                 fmt([r["throughput_per_s"] for r in rs]),
+                                 fmt([r["latency_ms"]["p99"] for r in rs], 1),
+                                 fmt([r["server_cpu_us"] for r in rs], 1),
+                                 fmt([r["bench_cpu_us_per_cycle"] for r in rs], 1),
+                                 sum(sum(r["failed"].values()) for r in rs)))
+        print(f"\n{N} registrations per run, concurrency {C}, {RUNS} runs; median (min-max)\n")
+        print("| case | server | registrations/s | p99 latency (ms) | server CPU µs/registration | bench CPU µs/cycle | failed |")
+        print("|---|---|---|---|---|---|---|")
+        for row in rows:
+            print("| " + " | ".join(str(x) for x in row) + " |")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -28,6 +28,15 @@ C = int(os.environ.get("C", "200"))
 RUNS = int(os.environ.get("RUNS", "3"))
 BIN = os.path.join(ROOT, "target", "release", "dynreg")
 TICK = os.sysconf("SC_CLK_TCK")
+HOLD = int(os.environ.get("HOLD", "18000"))
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
 
 
 def free_port():
@@ -111,11 +120,48 @@ def main():
                                  fmt([r["server_cpu_us"] for r in rs], 1),
                                  fmt([r["bench_cpu_us_per_cycle"] for r in rs], 1),
                                  sum(sum(r["failed"].values()) for r in rs)))
+        # Latency at a fixed offered rate: half the median dynreg throughput (MQTT 5, QoS 1).
+        best = statistics.median(float(r[2].split(" ")[0].replace(",", "")) for r in rows
+                                 if r[0] == "MQTT 5, QoS 1" and r[1] == "dynreg")
+        rate = best / 2
+        paced = subprocess.run(
+            [BIN, "--json", "bench", "--port", str(dport), "--pid", product["pid"], "-n", str(int(rate * 10)),
+             "-c", str(C), "--mqtt", "5", "--qos", "1", "--rate", str(rate), "--unique-prefix", "paced-"],
+            env={**os.environ, "DYNREG_SECRET": product["secret"]}, capture_output=True, text=True, check=True)
+        paced = json.loads(paced.stdout)
+
+        # Memory per held registration connection.
+        idle = rss_kib(dynreg.pid)
+        holder = subprocess.Popen(
+            [BIN, "--json", "bench", "--port", str(dport), "--pid", product["pid"], "--hold", str(HOLD),
+             "--duration", "600", "--mqtt", "5", "--unique-prefix", "held-"],
+            env={**os.environ, "DYNREG_SECRET": product["secret"]}, stdout=subprocess.PIPE, text=True)
+        procs.append(holder)
+        text = ""
+        for line in holder.stdout:  # one pretty-printed JSON document
+            text += line
+            if line.startswith("}"):
+                break
+        if not text:
+            sys.exit("dynreg bench --hold failed (see its error above)")
+        held = json.loads(text)["held"]
+        time.sleep(1)
+        loaded = rss_kib(dynreg.pid)
+        holder.terminate()
+        holder.wait()
+        procs.remove(holder)
+
         print(f"\n{N} registrations per run, concurrency {C}, {RUNS} runs; median (min-max)\n")
         print("| case | server | registrations/s | p99 latency (ms) | server CPU µs/registration | bench CPU µs/cycle | failed |")
         print("|---|---|---|---|---|---|---|")
         for row in rows:
             print("| " + " | ".join(str(x) for x in row) + " |")
+        lat = paced["latency_ms"]
+        print(f"\nFixed offered rate {rate:,.0f}/s (half the MQTT 5 QoS 1 median), {paced['completed']} registrations: "
+              f"p50 {lat['p50']:.1f} ms, p90 {lat['p90']:.1f}, p99 {lat['p99']:.1f}, p99.9 {lat['p999']:.1f}, "
+              f"max {lat['max']:.1f}; failed {sum(paced['failed'].values())}")
+        print(f"\nMemory: dynreg serve RSS {idle:,} KiB idle, {loaded:,} KiB with {held:,} held registration "
+              f"connections: {(loaded - idle) * 1024 / max(held, 1):,.0f} bytes per connection")
     finally:
         for p in procs:
             p.terminate()

@@ -48,6 +48,12 @@ pub struct BenchConfig {
     pub timeout: Duration,
     /// Uniques are this prefix followed by a serial number.
     pub unique_prefix: String,
+    /// Start cycles at this many per second (open loop; latency is then measured from
+    /// each cycle's scheduled start, so a slow server cannot hide its queueing). `None`:
+    /// as fast as the concurrency allows.
+    pub rate: Option<f64>,
+    /// Stop starting new cycles after this long.
+    pub duration: Option<Duration>,
 }
 
 /// Why a cycle failed.
@@ -198,10 +204,17 @@ pub async fn run(cfg: BenchConfig, progress: Arc<dyn Fn(u64) + Send + Sync>) -> 
             let mut failed: BTreeMap<Failure, u64> = BTreeMap::new();
             loop {
                 let serial = next.fetch_add(1, Ordering::Relaxed);
-                if serial >= cfg.total {
+                if serial >= cfg.total || cfg.duration.is_some_and(|d| started.elapsed() >= d) {
                     break;
                 }
-                let t0 = Instant::now();
+                let t0 = match cfg.rate {
+                    Some(rate) => {
+                        let at = started + Duration::from_secs_f64(serial as f64 / rate);
+                        tokio::time::sleep_until(at.into()).await;
+                        at
+                    }
+                    None => Instant::now(),
+                };
                 let result = tokio::time::timeout(cfg.timeout, cycle(&cfg, serial))
                     .await
                     .unwrap_or(Err(Failure::Timeout));
@@ -240,6 +253,77 @@ pub async fn run(cfg: BenchConfig, progress: Arc<dyn Fn(u64) + Send + Sync>) -> 
         elapsed,
         latency_us: latency,
         own_cpu_us_per_cycle: own,
+    }
+}
+
+/// Opens `count` registration connections (CONNECT without keepalive + SUBSCRIBE) and
+/// keeps them; returns them once all are established (drop them to close). Raises this
+/// process's open-file limit as far as allowed and says so when it is too low.
+pub async fn hold(
+    cfg: &BenchConfig,
+    count: u64,
+    progress: &(dyn Fn(u64) + Sync),
+) -> std::io::Result<Held> {
+    let want = count + 64;
+    let got = rlimit::increase_nofile_limit(want).unwrap_or(0);
+    if got < want {
+        return Err(std::io::Error::other(format!(
+            "the open-file limit is {got}, {want} are needed: raise it (ulimit -n, or the hard limit)"
+        )));
+    }
+    let mut held = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    let ts = unix_now();
+    for serial in 0..count {
+        let unique = format!("{}{serial}", cfg.unique_prefix);
+        let creds = Credentials {
+            pid: &cfg.pid,
+            unique: &unique,
+            sign_method: cfg.sign_method,
+            ts,
+        };
+        let password = sign(cfg.sign_method, cfg.secret.as_bytes(), &cfg.pid, ts);
+        let mut c = Conn::open(&cfg.addr, cfg.v5).await?;
+        c.connect_with_keepalive(
+            &creds.client_id().to_string(),
+            Some(&creds.username().to_string()),
+            Some(password.as_bytes()),
+            0,
+        )?;
+        c.subscribe(1, &Topic::response(&cfg.pid, &unique).to_string(), cfg.qos)?;
+        c.flush().await?;
+        match c.recv().await? {
+            Rx::ConnAck(Ok(())) => {}
+            other => {
+                return Err(std::io::Error::other(format!(
+                    "connection {serial} refused: {other:?}"
+                )));
+            }
+        }
+        if !matches!(c.recv().await?, Rx::SubAck(true)) {
+            return Err(std::io::Error::other(format!(
+                "connection {serial}: subscription refused"
+            )));
+        }
+        held.push(c);
+        progress(serial + 1);
+    }
+    Ok(Held { conns: held })
+}
+
+/// Connections opened by [`hold`]; dropping it closes them.
+pub struct Held {
+    conns: Vec<Conn>,
+}
+
+impl Held {
+    /// How many connections are held.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
     }
 }
 

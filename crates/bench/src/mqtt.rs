@@ -98,19 +98,30 @@ impl Conn {
         Ok(())
     }
 
-    /// Queues a CONNECT.
+    /// Queues a CONNECT with a 30 s keepalive.
     pub(crate) fn connect(
         &mut self,
         client_id: &str,
         user: Option<&str>,
         password: Option<&[u8]>,
     ) -> io::Result<()> {
+        self.connect_with_keepalive(client_id, user, password, 30)
+    }
+
+    /// Queues a CONNECT with the given keepalive (0: none).
+    pub(crate) fn connect_with_keepalive(
+        &mut self,
+        client_id: &str,
+        user: Option<&str>,
+        password: Option<&[u8]>,
+        keep_alive: u16,
+    ) -> io::Result<()> {
         let username = user.map(|u| u.to_owned().into());
         let password = password.map(Bytes::copy_from_slice);
         let p = if self.v5 {
             MqttPacket::V5(v5::Packet::Connect(Box::new(v5::Connect {
                 clean_start: true,
-                keep_alive: 30,
+                keep_alive,
                 session_expiry_interval_secs: 0,
                 auth_method: None,
                 auth_data: None,
@@ -130,7 +141,7 @@ impl Conn {
             MqttPacket::V3(v3::Packet::Connect(Box::new(v3::Connect {
                 protocol: Protocol::default(),
                 clean_session: true,
-                keep_alive: 30,
+                keep_alive,
                 last_will: None,
                 client_id: client_id.to_owned().into(),
                 username,

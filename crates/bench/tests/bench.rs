@@ -23,6 +23,8 @@ fn config(addr: String, secret: &str, v5: bool, qos: u8) -> BenchConfig {
         sign_method: SignMethod::HmacSha256,
         timeout: Duration::from_secs(10),
         unique_prefix: format!("b{v5}{qos}-"),
+        rate: None,
+        duration: None,
     }
 }
 
@@ -68,6 +70,35 @@ async fn full_cycles_against_the_endpoint() {
         tokio::task::block_in_place(|| store.pool_stats("G").unwrap().devices),
         800
     );
+
+    // Open loop: 100 cycles at 200/s take about half a second, not less.
+    let mut paced = config(addr.clone(), "secret-of-G", true, 1);
+    paced.total = 100;
+    paced.rate = Some(200.0);
+    paced.unique_prefix = "paced-".into();
+    let r = run(paced, Arc::new(|_| {})).await;
+    assert_eq!(r.completed, 100);
+    assert!(r.elapsed >= Duration::from_millis(490), "{:?}", r.elapsed);
+
+    // A duration bounds an unbounded run.
+    let mut timed = config(addr.clone(), "secret-of-G", true, 0);
+    timed.total = u64::MAX;
+    timed.duration = Some(Duration::from_millis(300));
+    timed.unique_prefix = "timed-".into();
+    let r = run(timed, Arc::new(|_| {})).await;
+    assert!(
+        r.completed > 0 && r.elapsed < Duration::from_secs(5),
+        "{} in {:?}",
+        r.completed,
+        r.elapsed
+    );
+
+    // Held connections stay open.
+    let mut h = config(addr.clone(), "secret-of-G", false, 1);
+    h.unique_prefix = "held-".into();
+    let held = dynreg_bench::hold(&h, 50, &|_| {}).await.unwrap();
+    assert_eq!(held.len(), 50);
+    drop(held);
     let r = run(config(addr, "wrong", true, 1), Arc::new(|_| {})).await;
     assert_eq!(r.completed, 0);
     assert_eq!(r.failed.get(&Failure::ConnectRefused(0x86)), Some(&200));

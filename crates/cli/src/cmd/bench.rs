@@ -57,6 +57,17 @@ pub(crate) struct BenchArgs {
     /// new devices; keep it to measure repeat registrations).
     #[arg(long, default_value = "bench-")]
     unique_prefix: String,
+    /// Start cycles at this many per second (open loop; latency counted from each
+    /// cycle's scheduled start).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Stop starting cycles after this many seconds (with --hold: hold this long).
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Instead of registering, open N registration connections (CONNECT + SUBSCRIBE),
+    /// keep them until Ctrl-C or --duration: for measuring server memory per connection.
+    #[arg(long)]
+    hold: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,7 +202,35 @@ pub(crate) fn run(g: &Global, args: &BenchArgs) -> anyhow::Result<()> {
         sign_method: args.sign_method,
         timeout: Duration::from_secs(args.timeout.max(1)),
         unique_prefix: args.unique_prefix.clone(),
+        rate: args.rate.filter(|r| *r > 0.0),
+        duration: args.duration.map(Duration::from_secs),
     };
+    if let Some(n) = args.hold {
+        let bar = Bar::new("connecting", n);
+        let held = runtime
+            .block_on(dynreg_bench::hold(&cfg, n, &|k| bar.set(k)))
+            .context("--hold")?;
+        bar.finish();
+        if g.json {
+            output::json(&json!({ "held": held.len(), "target": cfg.addr }))?;
+        } else {
+            eprintln!(
+                "holding {} connections to {}; Ctrl-C to close them",
+                held.len(),
+                cfg.addr
+            );
+        }
+        runtime.block_on(async {
+            match cfg.duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        });
+        drop(held);
+        return Ok(());
+    }
     let bar = Arc::new(Bar::new("registering", cfg.total));
     let b = bar.clone();
     let report = runtime.block_on(dynreg_bench::run(cfg.clone(), Arc::new(move |n| b.set(n))));

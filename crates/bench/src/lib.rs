@@ -23,6 +23,7 @@ use dynreg_proto::credentials::{Credentials, SignMethod, sign};
 use dynreg_proto::{RegisterReply, RegisterRequest, ReplyData, Topic, TopicKind};
 use hdrhistogram::Histogram;
 
+pub use crate::mqtt::TlsClient;
 use crate::mqtt::{Conn, Rx};
 
 /// What to run.
@@ -54,6 +55,8 @@ pub struct BenchConfig {
     pub rate: Option<f64>,
     /// Stop starting new cycles after this long.
     pub duration: Option<Duration>,
+    /// Connect over TLS.
+    pub tls: Option<TlsClient>,
 }
 
 /// Why a cycle failed.
@@ -128,7 +131,9 @@ async fn cycle(cfg: &BenchConfig, serial: u64) -> Result<(), Failure> {
         let _ = e;
         Failure::Transport
     };
-    let mut c = Conn::open(&cfg.addr, cfg.v5).await.map_err(t)?;
+    let mut c = Conn::open(&cfg.addr, cfg.v5, cfg.tls.as_ref())
+        .await
+        .map_err(t)?;
     c.connect(
         &creds.client_id().to_string(),
         Some(&creds.username().to_string()),
@@ -282,7 +287,7 @@ pub async fn hold(
             ts,
         };
         let password = sign(cfg.sign_method, cfg.secret.as_bytes(), &cfg.pid, ts);
-        let mut c = Conn::open(&cfg.addr, cfg.v5).await?;
+        let mut c = Conn::open(&cfg.addr, cfg.v5, cfg.tls.as_ref()).await?;
         c.connect_with_keepalive(
             &creds.client_id().to_string(),
             Some(&creds.username().to_string()),
@@ -337,7 +342,7 @@ pub async fn responder(
     ready: impl FnOnce(),
     stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<u64> {
-    let mut c = Conn::open(addr, v5).await?;
+    let mut c = Conn::open(addr, v5, None).await?;
     c.connect(
         &format!("dynreg-bench-responder-{}", std::process::id()),
         None,

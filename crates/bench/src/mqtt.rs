@@ -8,8 +8,12 @@ use std::num::NonZeroU16;
 use bytes::{Bytes, BytesMut};
 use rmqtt_codec::types::{Protocol, QoS};
 use rmqtt_codec::{MqttCodec, MqttPacket, v3, v5};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::sync::Arc;
+
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use tokio_util::codec::{Decoder, Encoder};
 
 /// A packet received, reduced to what a registering device cares about.
@@ -36,7 +40,7 @@ pub(crate) enum Rx {
 
 /// One MQTT connection.
 pub(crate) struct Conn {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     codec: MqttCodec,
     v5: bool,
     rbuf: BytesMut,
@@ -67,11 +71,58 @@ fn bad(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
+/// A byte stream: plain TCP or TLS.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// TLS settings for simulated devices: the CA to trust and the server name to check.
+#[derive(Clone)]
+pub struct TlsClient {
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TlsClient({:?})", self.server_name)
+    }
+}
+
+impl TlsClient {
+    /// Trusts the PEM CA certificates in `ca_pem` and expects the server to be `host`.
+    pub fn new(ca_pem: &[u8], host: &str) -> Result<Self, String> {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+            roots
+                .add(cert.map_err(|e| format!("CA: {e}"))?)
+                .map_err(|e| format!("CA: {e}"))?;
+        }
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let server_name = ServerName::try_from(host.to_owned())
+            .map_err(|e| format!("server name {host}: {e}"))?;
+        Ok(Self {
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name,
+        })
+    }
+}
+
 impl Conn {
-    /// Opens a TCP connection (TCP_NODELAY) speaking MQTT 5 or 3.1.1.
-    pub(crate) async fn open(addr: &str, v5: bool) -> io::Result<Self> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+    /// Opens a TCP connection (TCP_NODELAY), with TLS when given, speaking MQTT 5 or
+    /// 3.1.1.
+    pub(crate) async fn open(addr: &str, v5: bool, tls: Option<&TlsClient>) -> io::Result<Self> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let stream: Box<dyn Io> = match tls {
+            Some(t) => Box::new(t.connector.connect(t.server_name.clone(), tcp).await?),
+            None => Box::new(tcp),
+        };
         Ok(Self {
             stream,
             codec: if v5 {

@@ -25,6 +25,7 @@ fn config(addr: String, secret: &str, v5: bool, qos: u8) -> BenchConfig {
         unique_prefix: format!("b{v5}{qos}-"),
         rate: None,
         duration: None,
+        tls: None,
     }
 }
 
@@ -163,4 +164,36 @@ async fn responder_on_a_real_mosquitto() {
     let _ = stop_tx.send(());
     assert_eq!(resp.await.unwrap().unwrap(), 400);
     let _ = broker.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("data"))).unwrap();
+    tokio::task::block_in_place(|| {
+        store
+            .insert_product(&product("G", SourceMode::Generate))
+            .unwrap();
+    });
+    let tls =
+        dynreg_endpoint::TlsSettings::load("127.0.0.1:0".parse().unwrap(), &cert, &key).unwrap();
+    let endpoint = Endpoint::bind(
+        EndpointConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls: Some(tls),
+            ..EndpointConfig::default()
+        },
+        Arc::new(Registrar::new(store)),
+    )
+    .unwrap();
+    let addr = endpoint.tls_local_addr().unwrap().unwrap().to_string();
+    tokio::spawn(endpoint.run(std::future::pending()));
+    let mut cfg = config(addr, "secret-of-G", true, 1);
+    cfg.tls = Some(dynreg_bench::TlsClient::new(made.cert.pem().as_bytes(), "127.0.0.1").unwrap());
+    let r = run(cfg, Arc::new(|_| {})).await;
+    assert_eq!((r.completed, r.failed.len()), (200, 0), "{:?}", r.failed);
 }

@@ -68,6 +68,9 @@ pub(crate) struct BenchArgs {
     /// keep them until Ctrl-C or --duration: for measuring server memory per connection.
     #[arg(long)]
     hold: Option<u64>,
+    /// Connect over TLS, trusting the CA certificates of this PEM file.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,6 +207,14 @@ pub(crate) fn run(g: &Global, args: &BenchArgs) -> anyhow::Result<()> {
         unique_prefix: args.unique_prefix.clone(),
         rate: args.rate.filter(|r| *r > 0.0),
         duration: args.duration.map(Duration::from_secs),
+        tls: match &args.tls_ca {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                Some(dynreg_bench::TlsClient::new(&pem, &args.host).map_err(anyhow::Error::msg)?)
+            }
+            None => None,
+        },
     };
     if let Some(n) = args.hold {
         let bar = Bar::new("connecting", n);

@@ -14,6 +14,7 @@ Needs: cargo, mosquitto (Debian: apt-get install mosquitto), Linux /proc.
 
 import json
 import os
+import pwd
 import shutil
 import socket
 import statistics
@@ -63,10 +64,10 @@ def wait_port(port, timeout=30):
     sys.exit(f"nothing listens on {port}")
 
 
-def bench(port, pid, secret, mqtt, qos, prefix):
+def bench(port, pid, secret, mqtt, qos, prefix, extra=()):
     out = subprocess.run(
         [BIN, "--json", "bench", "--port", str(port), "--pid", pid, "-n", str(N), "-c", str(C),
-         "--mqtt", mqtt, "--qos", qos, "--unique-prefix", prefix],
+         "--mqtt", mqtt, "--qos", qos, "--unique-prefix", prefix, *extra],
         env={**os.environ, "DYNREG_SECRET": secret}, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
@@ -87,11 +88,25 @@ def main():
         created = subprocess.run([BIN, "--data-dir", data, "--json", "product", "create", "--name", "bench",
                                   "--mode", "generate"], capture_output=True, text=True, check=True)
         product = json.loads(created.stdout)
-        dport, mport = free_port(), free_port()
+        dport, mport, dtls, mtls = free_port(), free_port(), free_port(), free_port()
+        cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        # An end-entity certificate: rustls refuses a CA certificate as a server's.
+                        "-addext", "basicConstraints=critical,CA:FALSE",
+                        "-keyout", key, "-out", cert], check=True, capture_output=True)
         dynreg = subprocess.Popen([BIN, "--data-dir", data, "serve", "--listen", f"127.0.0.1:{dport}",
-                                   "--connections-per-ip", "0"], stderr=subprocess.DEVNULL)
+                                   "--connections-per-ip", "0", "--tls-listen", f"127.0.0.1:{dtls}",
+                                   "--tls-cert", cert, "--tls-key", key], stderr=subprocess.DEVNULL)
         procs.append(dynreg)
-        mosq = subprocess.Popen(["mosquitto", "-p", str(mport)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        conf = os.path.join(tmp, "mosquitto.conf")
+        with open(conf, "w") as f:
+            # Started as root, Mosquitto would switch to its own user and lose access to
+            # the key in our private temp dir; `user` keeps the user it was started as.
+            f.write(f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
+                    f"allow_anonymous true\nlistener {mport} 127.0.0.1\n"
+                    f"listener {mtls} 127.0.0.1\ncertfile {cert}\nkeyfile {key}\n")
+        mosq = subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(mosq)
         wait_port(dport)
         wait_port(mport)
@@ -121,6 +136,19 @@ def main():
                                  fmt([r["server_cpu_us"] for r in rs], 1),
                                  fmt([r["bench_cpu_us_per_cycle"] for r in rs], 1),
                                  sum(sum(r["failed"].values()) for r in rs)))
+        # TLS on both sides: MQTT 5, QoS 1.
+        resp = subprocess.Popen([BIN, "bench", "responder", "--port", str(mport), "--qos", "1"], stderr=subprocess.DEVNULL)
+        procs.append(resp)
+        time.sleep(0.5)
+        tls = {"dynreg": [], "mosquitto": []}
+        for run in range(RUNS):
+            for target, port in (("dynreg", dtls), ("mosquitto", mtls)):
+                tls[target].append(bench(port, product["pid"], product["secret"], "5", "1", f"tls{run}{target}-",
+                                         ("--tls-ca", cert))["throughput_per_s"])
+        resp.terminate()
+        resp.wait()
+        procs.remove(resp)
+
         # Latency at a fixed offered rate: half the median dynreg throughput (MQTT 5, QoS 1).
         best = statistics.median(float(r[2].split(" ")[0].replace(",", "")) for r in rows
                                  if r[0] == "MQTT 5, QoS 1" and r[1] == "dynreg")
@@ -170,6 +198,9 @@ def main():
         print(f"\nFixed offered rate {rate:,.0f}/s (half the MQTT 5 QoS 1 median), {paced['completed']} registrations: "
               f"p50 {lat['p50']:.1f} ms, p90 {lat['p90']:.1f}, p99 {lat['p99']:.1f}, p99.9 {lat['p999']:.1f}, "
               f"max {lat['max']:.1f}; failed {sum(paced['failed'].values())}")
+        print(f"\nTLS on both sides (MQTT 5, QoS 1): dynreg {fmt(tls['dynreg'])}/s, "
+              f"Mosquitto floor {fmt(tls['mosquitto'])}/s, "
+              f"{statistics.median(tls['dynreg']) / statistics.median(tls['mosquitto']):.2f}x")
         if full:
             empty = [float(r[2].split(" ")[0].replace(",", "")) for r in rows if r[0] == "MQTT 5, QoS 1" and r[1] == "dynreg"][0]
             print(f"\nWith {PRELOAD:,} more devices stored (bulk-loaded while serving), MQTT 5 QoS 1: "

@@ -275,7 +275,8 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
         }
         let tls = endpoint.tls_local_addr().transpose()?.map(|a| a.to_string());
         info!(listen = %endpoint.local_addr()?, tls = tls.as_deref().unwrap_or("off"), data_dir = %data_dir.display(), "dynreg serving MQTT registrations");
-        endpoint.run(shutdown_signal()).await?;
+        // On the runtime's workers, not on this thread: one thread fewer to switch to.
+        tokio::spawn(endpoint.run(shutdown_signal())).await??;
         anyhow::Ok(())
     })?;
     store.close()?;

@@ -87,6 +87,8 @@ pub struct Report {
     pub latency_us: Histogram<u64>,
     /// This process's CPU time (user + system) per cycle, microseconds.
     pub own_cpu_us_per_cycle: f64,
+    /// The first error text seen for each failure kind that has one (transport errors).
+    pub first_errors: BTreeMap<Failure, String>,
 }
 
 impl Report {
@@ -115,7 +117,7 @@ pub fn process_cpu_time() -> Option<Duration> {
 }
 
 /// One device's full registration cycle.
-async fn cycle(cfg: &BenchConfig, serial: u64) -> Result<(), Failure> {
+async fn cycle(cfg: &BenchConfig, serial: u64, why: &mut Option<String>) -> Result<(), Failure> {
     let unique = format!("{}{serial}", cfg.unique_prefix);
     let ts = unix_now();
     let creds = Credentials {
@@ -127,28 +129,28 @@ async fn cycle(cfg: &BenchConfig, serial: u64) -> Result<(), Failure> {
     let password = sign(cfg.sign_method, cfg.secret.as_bytes(), &cfg.pid, ts);
     let request_topic = Topic::request(&cfg.pid, &unique).to_string();
     let response_topic = Topic::response(&cfg.pid, &unique).to_string();
-    let t = |e: std::io::Error| {
-        let _ = e;
+    let mut t = |e: std::io::Error| {
+        *why = Some(e.to_string());
         Failure::Transport
     };
     let mut c = Conn::open(&cfg.addr, cfg.v5, cfg.tls.as_ref())
         .await
-        .map_err(t)?;
+        .map_err(&mut t)?;
     c.connect(
         &creds.client_id().to_string(),
         Some(&creds.username().to_string()),
         Some(password.as_bytes()),
     )
-    .map_err(t)?;
-    c.flush().await.map_err(t)?;
-    match c.recv().await.map_err(t)? {
+    .map_err(&mut t)?;
+    c.flush().await.map_err(&mut t)?;
+    match c.recv().await.map_err(&mut t)? {
         Rx::ConnAck(Ok(())) => {}
         Rx::ConnAck(Err(code)) => return Err(Failure::ConnectRefused(code)),
         _ => return Err(Failure::Transport),
     }
-    c.subscribe(1, &response_topic, cfg.qos).map_err(t)?;
-    c.flush().await.map_err(t)?;
-    match c.recv().await.map_err(t)? {
+    c.subscribe(1, &response_topic, cfg.qos).map_err(&mut t)?;
+    c.flush().await.map_err(&mut t)?;
+    match c.recv().await.map_err(&mut t)? {
         Rx::SubAck(true) => {}
         Rx::SubAck(false) => return Err(Failure::SubscribeRefused),
         _ => return Err(Failure::Transport),
@@ -160,10 +162,10 @@ async fn cycle(cfg: &BenchConfig, serial: u64) -> Result<(), Failure> {
         (cfg.qos > 0).then_some(2),
         Bytes::from(request),
     )
-    .map_err(t)?;
-    c.flush().await.map_err(t)?;
+    .map_err(&mut t)?;
+    c.flush().await.map_err(&mut t)?;
     let reply = loop {
-        match c.recv().await.map_err(t)? {
+        match c.recv().await.map_err(&mut t)? {
             Rx::Publish {
                 topic,
                 qos,
@@ -171,7 +173,7 @@ async fn cycle(cfg: &BenchConfig, serial: u64) -> Result<(), Failure> {
                 payload,
             } if topic == response_topic => {
                 if let (1, Some(id)) = (qos, packet_id) {
-                    c.puback(id).map_err(t)?;
+                    c.puback(id).map_err(&mut t)?;
                 }
                 break RegisterReply::from_json(&payload).map_err(|_| Failure::Transport)?;
             }
@@ -179,8 +181,8 @@ async fn cycle(cfg: &BenchConfig, serial: u64) -> Result<(), Failure> {
             _ => {}
         }
     };
-    c.disconnect().map_err(t)?;
-    c.flush().await.map_err(t)?;
+    c.disconnect().map_err(&mut t)?;
+    c.flush().await.map_err(&mut t)?;
     if reply.res == 0 {
         Ok(())
     } else {
@@ -207,6 +209,7 @@ pub async fn run(cfg: BenchConfig, progress: Arc<dyn Fn(u64) + Send + Sync>) -> 
             let mut hist =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let mut failed: BTreeMap<Failure, u64> = BTreeMap::new();
+            let mut first: BTreeMap<Failure, String> = BTreeMap::new();
             loop {
                 let serial = next.fetch_add(1, Ordering::Relaxed);
                 if serial >= cfg.total || cfg.duration.is_some_and(|d| started.elapsed() >= d) {
@@ -220,7 +223,8 @@ pub async fn run(cfg: BenchConfig, progress: Arc<dyn Fn(u64) + Send + Sync>) -> 
                     }
                     None => Instant::now(),
                 };
-                let result = tokio::time::timeout(cfg.timeout, cycle(&cfg, serial))
+                let mut why = None;
+                let result = tokio::time::timeout(cfg.timeout, cycle(&cfg, serial, &mut why))
                     .await
                     .unwrap_or(Err(Failure::Timeout));
                 match result {
@@ -228,21 +232,30 @@ pub async fn run(cfg: BenchConfig, progress: Arc<dyn Fn(u64) + Send + Sync>) -> 
                         let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
                         let _ = hist.record(us.clamp(1, 60_000_000));
                     }
-                    Err(f) => *failed.entry(f).or_default() += 1,
+                    Err(f) => {
+                        if let Some(w) = why {
+                            first.entry(f.clone()).or_insert(w);
+                        }
+                        *failed.entry(f).or_default() += 1;
+                    }
                 }
                 progress(finished.fetch_add(1, Ordering::Relaxed) + 1);
             }
-            (hist, failed)
+            (hist, failed, first)
         }));
     }
     let mut latency =
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     let mut failed: BTreeMap<Failure, u64> = BTreeMap::new();
+    let mut first_errors: BTreeMap<Failure, String> = BTreeMap::new();
     for w in workers {
-        if let Ok((h, f)) = w.await {
+        if let Ok((h, f, e)) = w.await {
             let _ = latency.add(&h);
             for (k, v) in f {
                 *failed.entry(k).or_default() += v;
+            }
+            for (k, v) in e {
+                first_errors.entry(k).or_insert(v);
             }
         }
     }
@@ -258,6 +271,7 @@ pub async fn run(cfg: BenchConfig, progress: Arc<dyn Fn(u64) + Send + Sync>) -> 
         elapsed,
         latency_us: latency,
         own_cpu_us_per_cycle: own,
+        first_errors,
     }
 }
 

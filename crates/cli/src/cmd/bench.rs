@@ -118,6 +118,7 @@ fn print(g: &Global, cfg: &BenchConfig, r: &Report) -> anyhow::Result<()> {
             "elapsed_s": r.elapsed.as_secs_f64(), "throughput_per_s": r.throughput(),
             "latency_ms": { "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": r.latency_us.max() as f64 / 1000.0 },
             "bench_cpu_us_per_cycle": r.own_cpu_us_per_cycle,
+            "first_errors": r.first_errors.iter().map(|(k, v)| (failure_name(k), json!(v))).collect::<serde_json::Map<_, _>>(),
         }))?;
     } else {
         output::fields(&[
@@ -160,6 +161,9 @@ fn print(g: &Global, cfg: &BenchConfig, r: &Report) -> anyhow::Result<()> {
                 format!("{:.1} µs per cycle (this process)", r.own_cpu_us_per_cycle),
             ),
         ])?;
+        for (kind, text) in &r.first_errors {
+            eprintln!("first {} error: {text}", failure_name(kind));
+        }
     }
     Ok(())
 }

@@ -92,7 +92,7 @@ pub fn triplet(now: u64, mac: String, barcode: String) -> NewTriplet {
     }
 }
 
-/// `len` random bytes (e.g. a master key or a nonce).
+/// `N` random bytes (e.g. a master key or a nonce).
 pub fn bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     OsRng.fill_bytes(&mut b);

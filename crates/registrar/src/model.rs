@@ -96,9 +96,6 @@ pub struct MacRange {
     pub end: u64,
 }
 
-/// The largest 48-bit MAC address.
-pub const MAC_MAX: u64 = (1 << 48) - 1;
-
 impl MacRange {
     /// How many addresses the range holds.
     pub fn len(&self) -> u64 {

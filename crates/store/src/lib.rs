@@ -3,8 +3,9 @@
 //! The embedded default store: one SQLite database file in the data dir, in WAL mode
 //! with `synchronous = FULL` (a commit is on disk before it returns), schema migrations
 //! embedded in the binary, and group commit: concurrent registrations are run by one
-//! writer thread, each in its own savepoint, and committed together so that they share
-//! one fsync. Product and device secrets are encrypted at rest ([`crypto`]).
+//! writer thread in one transaction and committed together so that they share one
+//! fsync (a registration that fails makes its batch run again, each registration in its
+//! own savepoint, so that only its writes are undone). Product and device secrets are encrypted at rest ([`crypto`]).
 //!
 //! ## Layout
 //! - [`crypto`]: the master key and the sealing of secrets.

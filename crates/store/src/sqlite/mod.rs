@@ -275,8 +275,9 @@ impl SqliteStore {
         &self.inner.key
     }
 
-    /// Runs `work` on the writer thread in its own savepoint of the next batch, and
-    /// waits (blocking) until it is committed. For operator operations; do not call from
+    /// Runs `work` once on the writer thread, in a transaction of its own (operator
+    /// changes cannot be re-run like registrations), and waits (blocking) until it is
+    /// committed. For operator operations; do not call from
     /// an async task.
     pub(crate) fn write_blocking<T, F>(&self, work: F) -> Result<T, Error>
     where

@@ -18,7 +18,7 @@
 use std::fmt;
 
 use bytes::Bytes;
-use dynreg_proto::credentials::{CredentialError, Credentials};
+use dynreg_proto::credentials::{CredentialError, Credentials, SignMethod};
 use dynreg_proto::{Refusal, Topic, TopicKind};
 use dynreg_registrar::Product;
 
@@ -136,9 +136,11 @@ pub struct Identity {
 #[derive(Debug)]
 enum State {
     AwaitConnect,
+    /// CONNECT parsed, waiting for the product to verify it against.
     Authenticating {
-        client_id: String,
-        username: String,
+        id: Identity,
+        sign_method: SignMethod,
+        ts: u64,
         password: Bytes,
         keep_alive: u16,
     },
@@ -305,8 +307,12 @@ impl Session {
                         Ok(creds) => {
                             out.push(Action::LookupProduct(creds.pid.to_owned()));
                             self.state = State::Authenticating {
-                                client_id,
-                                username,
+                                id: Identity {
+                                    pid: creds.pid.to_owned(),
+                                    unique: creds.unique.to_owned(),
+                                },
+                                sign_method: creds.sign_method,
+                                ts: creds.ts,
                                 password,
                                 keep_alive,
                             };
@@ -400,8 +406,9 @@ impl Session {
     ) -> Vec<Action> {
         let mut out = Vec::new();
         let State::Authenticating {
-            client_id,
-            username,
+            id,
+            sign_method,
+            ts,
             password,
             keep_alive,
         } = std::mem::replace(&mut self.state, State::Closed)
@@ -435,18 +442,21 @@ impl Session {
             );
             return out;
         }
-        let verified = Credentials::parse(&client_id, &username).and_then(|c| {
-            c.verify(
+        // Parsed once at CONNECT; only the signature and the ts window are checked here.
+        let creds = Credentials {
+            pid: &id.pid,
+            unique: &id.unique,
+            sign_method,
+            ts,
+        };
+        let verified = creds
+            .verify(
                 product.secret.expose().as_bytes(),
                 &password,
                 unix_now,
                 product.ts_window,
             )
-            .map(|()| Identity {
-                pid: c.pid.to_owned(),
-                unique: c.unique.to_owned(),
-            })
-        });
+            .map(|()| id);
         match verified {
             Err(e) => self.refuse(&mut out, e.refusal(), RefusalCause::Credentials(e)),
             Ok(id) => {

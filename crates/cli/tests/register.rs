@@ -1,21 +1,12 @@
 //! `dynreg register` against `dynreg serve`, both as child processes.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Output, Stdio};
 
 use serde_json::Value;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dynreg"));
-    c.env_remove("DYNREG_DATA_DIR")
-        .env_remove("DYNREG_MASTER_KEY")
-        .env_remove("DYNREG_CONFIG")
-        .env_remove("DYNREG_SECRET")
-        .env("NO_COLOR", "1");
-    c
-}
+mod common;
+use common::bin;
 
 struct Serve {
     child: Child,
@@ -101,25 +92,8 @@ fn serve_with(extra: &[&str]) -> Serve {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let start = Instant::now();
-    loop {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "serve did not start"
-        );
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-            if l.contains("dynreg serving") {
-                break;
-            }
-        }
-    }
+    let rx = common::stderr_lines(&mut child);
+    common::wait_for(&rx, "dynreg serving");
     Serve {
         child,
         port,

@@ -1,21 +1,15 @@
 //! `dynreg serve`: configuration validated before anything is bound, and a graceful
 //! shutdown on SIGTERM.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod common;
 
 fn serve(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dynreg"));
-    c.arg("serve")
-        .args(args)
-        .current_dir(dir)
-        .env_remove("DYNREG_DATA_DIR")
-        .env_remove("DYNREG_MASTER_KEY")
-        .env_remove("DYNREG_CONFIG")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1");
+    let mut c = common::bin();
+    c.arg("serve").args(args).current_dir(dir);
     c
 }
 
@@ -77,27 +71,8 @@ fn serves_and_stops_gracefully_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let started = Instant::now();
-    let mut lines = Vec::new();
-    while !lines
-        .iter()
-        .any(|l: &String| l.contains("dynreg serving MQTT registrations"))
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "not serving: {lines:?}"
-        );
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-            lines.push(l);
-        }
-    }
+    let rx = common::stderr_lines(&mut child);
+    let mut lines = common::wait_for(&rx, "dynreg serving MQTT registrations");
     assert!(
         d.join("from-toml/dynreg.sqlite3").exists(),
         "data_dir from the TOML file"

@@ -1,0 +1,49 @@
+//! Helpers shared by the binary's tests: a clean `dynreg` command and reading a child's
+//! stderr line by line.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+/// `dynreg` with none of the environment that would change what it does.
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dynreg"));
+    c.env_remove("DYNREG_DATA_DIR")
+        .env_remove("DYNREG_MASTER_KEY")
+        .env_remove("DYNREG_CONFIG")
+        .env_remove("DYNREG_SECRET")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
+    c
+}
+
+/// The lines of a child's stderr (which must be piped), as they come.
+pub fn stderr_lines(child: &mut Child) -> Receiver<String> {
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Reads lines until one contains `needle` (panicking after 30 s); returns them all.
+pub fn wait_for(rx: &Receiver<String>, needle: &str) -> Vec<String> {
+    let start = Instant::now();
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains(needle)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no `{needle}` in {lines:?}"
+        );
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            lines.push(l);
+        }
+    }
+    lines
+}

@@ -270,13 +270,14 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
     let listen = config.listen;
     runtime.block_on(async {
         let endpoint = Endpoint::bind(config, registrar).with_context(|| format!("cannot listen on {listen} (or the TLS address)"))?;
+        let shutdown = shutdown_signal().context("cannot install the signal handlers")?;
         if args.demo {
             demo(&store, endpoint.local_addr()?)?;
         }
         let tls = endpoint.tls_local_addr().transpose()?.map(|a| a.to_string());
         info!(listen = %endpoint.local_addr()?, tls = tls.as_deref().unwrap_or("off"), data_dir = %data_dir.display(), "dynreg serving MQTT registrations");
         // On the runtime's workers, not on this thread: one thread fewer to switch to.
-        tokio::spawn(endpoint.run(shutdown_signal())).await??;
+        tokio::spawn(endpoint.run(shutdown)).await??;
         anyhow::Ok(())
     })?;
     store.close()?;
@@ -284,22 +285,26 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// A future that resolves on SIGINT or SIGTERM. The handlers are installed now, not
+/// when the future is first polled, so a signal that arrives while the server is
+/// starting is not lost (nor does it kill the process with the default action).
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut term) = signal(SignalKind::terminate()) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }

@@ -6,6 +6,7 @@
 
 mod cmd;
 mod config;
+mod logging;
 mod output;
 mod progress;
 

@@ -1,4 +1,5 @@
-//! Random identifiers and secrets, from the operating system's CSPRNG.
+//! Random identifiers and secrets, from the operating system's CSPRNG (read in blocks of
+//! a kilobyte per thread).
 //!
 //! - Device and product secrets: 32 characters of `A-Z a-z 0-9` (about 190 bits).
 //! - Generated device uuids: `d` followed by 17 characters of lowercase Crockford base32
@@ -26,21 +27,59 @@ pub const SECRET_LEN: usize = 32;
 const ALNUM: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 const BASE32: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
 
-/// Fills `out` with characters drawn uniformly from `alphabet` (at most 256 symbols),
-/// by rejection sampling so that no symbol is more likely than another.
+/// Bytes taken from the OS CSPRNG per refill of a thread's pool.
+const POOL_BYTES: usize = 1024;
+
+/// A thread's store of bytes read from the OS CSPRNG, handed out in order; each byte is
+/// zeroed once handed out, so the pool never holds bytes of a secret already made.
+struct Pool {
+    buf: [u8; POOL_BYTES],
+    next: usize,
+}
+
+std::thread_local! {
+    static POOL: std::cell::RefCell<Pool> = const {
+        std::cell::RefCell::new(Pool { buf: [0; POOL_BYTES], next: POOL_BYTES })
+    };
+}
+
+/// Fills `out` with bytes from the OS CSPRNG, read a kilobyte at a time per thread (a
+/// `getrandom` call per uuid and per secret showed in the server's profile: two system
+/// calls per registration).
+fn fill_random(out: &mut [u8]) {
+    POOL.with_borrow_mut(|pool| {
+        let mut filled = 0;
+        while filled < out.len() {
+            if pool.next == POOL_BYTES {
+                OsRng.fill_bytes(&mut pool.buf);
+                pool.next = 0;
+            }
+            let n = (out.len() - filled).min(POOL_BYTES - pool.next);
+            let taken = &mut pool.buf[pool.next..pool.next + n];
+            out[filled..filled + n].copy_from_slice(taken);
+            taken.fill(0);
+            pool.next += n;
+            filled += n;
+        }
+    });
+}
+
+/// `len` characters drawn uniformly from `alphabet` (at most 256 symbols), by rejection
+/// sampling so that no symbol is more likely than another.
 fn random_chars(alphabet: &[u8], len: usize) -> String {
     let n = alphabet.len();
     let limit = 256 - 256 % n; // accept bytes below the largest multiple of n
     let mut out = String::with_capacity(len);
-    let mut buf = [0u8; 64];
+    let mut buf = [0u8; 16];
     while out.len() < len {
-        OsRng.fill_bytes(&mut buf);
+        fill_random(&mut buf);
         for &b in &buf {
             if usize::from(b) < limit && out.len() < len {
                 out.push(char::from(alphabet[usize::from(b) % n]));
             }
         }
     }
+    buf.fill(0);
     out
 }
 
@@ -95,7 +134,7 @@ pub fn triplet(now: u64, mac: String, barcode: String) -> NewTriplet {
 /// `N` random bytes (e.g. a master key or a nonce).
 pub fn bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
-    OsRng.fill_bytes(&mut b);
+    fill_random(&mut b);
     b
 }
 
@@ -113,6 +152,23 @@ mod tests {
         assert_eq!(u.len(), 18);
         assert!(u.starts_with('d') && !u.contains('_'));
         assert!(crate::model::is_valid_pid(&pid()));
+    }
+
+    #[test]
+    fn the_pool_forgets_what_it_handed_out_and_refills_across_its_end() {
+        let mut seen = Vec::new();
+        for _ in 0..(3 * POOL_BYTES / 7) {
+            let mut b = [0u8; 7];
+            fill_random(&mut b);
+            seen.extend_from_slice(&b);
+            POOL.with_borrow(|p| assert!(p.buf[..p.next].iter().all(|&x| x == 0)));
+        }
+        // Not a run of zeros or a repeated block: every byte value shows up, and no
+        // 16-byte window repeats.
+        let values: HashSet<u8> = seen.iter().copied().collect();
+        assert!(values.len() > 250, "{}", values.len());
+        let windows: HashSet<&[u8]> = seen.chunks(16).collect();
+        assert_eq!(windows.len(), seen.len().div_ceil(16));
     }
 
     #[test]

@@ -14,6 +14,8 @@ use dynreg_registrar::{Registrar, SourceMode};
 use dynreg_store::{NewProduct, SqliteStore};
 use tracing::info;
 
+use crate::logging::LogGuard;
+
 use crate::config::{self, FileConfig, Setting};
 use crate::{DEFAULT_DATA_DIR, Global, now};
 
@@ -182,13 +184,33 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
     })
 }
 
-fn init_tracing() {
+/// Logs to stderr through the buffered log thread (see [`crate::logging`]), in colour
+/// only on a terminal. The guard writes out what is buffered when dropped.
+fn init_tracing() -> Option<LogGuard> {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let ansi = std::io::stderr().is_terminal();
+    match crate::logging::buffered(std::io::stderr()) {
+        Ok((writer, guard)) => {
+            crate::logging::flush_on_panic(&writer);
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(ansi)
+                .with_writer(writer)
+                .try_init();
+            Some(guard)
+        }
+        Err(e) => {
+            eprintln!("dynreg: cannot start the log thread ({e}); logging unbuffered");
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(ansi)
+                .with_writer(std::io::stderr)
+                .try_init();
+            None
+        }
+    }
 }
 
 /// Finds or creates the `demo` product and prints a ready-to-paste registration.
@@ -251,7 +273,8 @@ fn demo(store: &SqliteStore, listen: SocketAddr) -> anyhow::Result<()> {
 }
 
 pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
-    init_tracing();
+    // Dropped last, on every way out of this function: writes out the buffered lines.
+    let _log = init_tracing();
     let Resolved {
         data_dir,
         endpoint: config,

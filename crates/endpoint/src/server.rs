@@ -24,11 +24,10 @@ use rmqtt_codec::{MqttCodec, v3, v5};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_util::codec::{Decoder, Encoder};
-use tracing::{Instrument, debug, info, warn};
+use tracing::{debug, info, warn};
 
 use dynreg_proto::{RegisterReply, RegisterRequest, Status};
 
@@ -140,7 +139,7 @@ pub struct Endpoint<S> {
 }
 
 /// Connections beyond the limit that are still taken in, to be refused at CONNECT.
-const REFUSAL_SLOTS: usize = 256;
+const REFUSAL_SLOTS: u32 = 256;
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -176,17 +175,26 @@ impl<S: Store> Endpoint<S> {
 
     /// Accepts connections until `shutdown` resolves; then stops accepting, asks every
     /// connection to close once its in-flight registration is answered, and waits for
-    /// them up to the shutdown grace.
+    /// them up to the shutdown grace. Registrations still waiting for the store after
+    /// the grace are abandoned (their connections closed without a reply).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        let permits = Arc::new(Semaphore::new(self.config.max_connections));
-        let refusals = Arc::new(Semaphore::new(REFUSAL_SLOTS));
+        // Every connection task holds a permit until it ends, so the permits double as
+        // the count of open connections: shutdown waits until it has them all back
+        // (no per-connection bookkeeping, no wakeup of this loop when one ends).
+        let max = u32::try_from(self.config.max_connections).unwrap_or(u32::MAX >> 3);
+        let permits = Arc::new(Semaphore::new(max as usize));
+        let refusals = Arc::new(Semaphore::new(REFUSAL_SLOTS as usize));
         let per_ip = RateLimiter::new(self.config.connections_per_ip_per_sec, 100_000);
-        let limits = Arc::new(Limits {
-            per_pid: RateLimiter::new(self.config.registrations_per_pid_per_sec, 100_000),
-        });
         let (stop_tx, stop_rx) = watch::channel(false);
-        let epoch = Instant::now();
-        let mut tasks = JoinSet::new();
+        let (abort_tx, abort_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            registrar: self.registrar.clone(),
+            per_pid: RateLimiter::new(self.config.registrations_per_pid_per_sec, 100_000),
+            config: self.config.clone(),
+            epoch: Instant::now(),
+            stop: stop_rx,
+            abort: abort_rx,
+        });
         tokio::pin!(shutdown);
         let tls_accept = async |listener: &Option<(TcpListener, TlsAcceptor)>| match listener {
             Some((l, acceptor)) => (l.accept().await, Some(acceptor.clone())),
@@ -195,7 +203,6 @@ impl<S: Store> Endpoint<S> {
         loop {
             let (accepted, tls) = tokio::select! {
                 () = &mut shutdown => break,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
                 accepted = self.listener.accept() => (accepted, None),
                 accepted = tls_accept(&self.tls) => accepted,
             };
@@ -222,78 +229,66 @@ impl<S: Store> Endpoint<S> {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let over_quota = !per_ip.allow(&peer.ip(), elapsed_ms(epoch));
-            let limits = limits.clone();
-            let registrar = self.registrar.clone();
-            let config = self.config.clone();
-            let stop = stop_rx.clone();
-            let span = tracing::info_span!("conn", %peer, tls = tls.is_some(), pid = tracing::field::Empty, unique = tracing::field::Empty);
-            tasks.spawn(
-                async move {
-                    let ctx = Ctx {
-                        registrar: &registrar,
-                        limits: &limits,
-                        epoch,
-                    };
-                    match tls {
-                        None => {
-                            connection(
-                                stream,
-                                ctx,
-                                &config,
-                                stop,
-                                (over_quota, over_capacity),
-                                false,
-                            )
-                            .await;
-                        }
-                        Some(acceptor) => {
-                            // The handshake counts against the connect timeout.
-                            match tokio::time::timeout(
-                                config.connect_timeout,
-                                acceptor.accept(stream),
-                            )
-                            .await
-                            {
-                                Ok(Ok(tls_stream)) => {
-                                    connection(
-                                        tls_stream,
-                                        ctx,
-                                        &config,
-                                        stop,
-                                        (over_quota, over_capacity),
-                                        true,
-                                    )
-                                    .await;
-                                }
-                                Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
-                                Err(_) => debug!("TLS handshake timed out"),
-                            }
+            let over_quota = !per_ip.allow(&peer.ip(), elapsed_ms(shared.epoch));
+            let shared = shared.clone();
+            let limits = (over_quota, over_capacity);
+            tokio::spawn(async move {
+                let conn = Conn {
+                    shared: &shared,
+                    peer,
+                    tls: tls.is_some(),
+                };
+                match tls {
+                    None => conn.serve(stream, limits).await,
+                    Some(acceptor) => {
+                        // The handshake counts against the connect timeout.
+                        let timeout = shared.config.connect_timeout;
+                        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls_stream)) => conn.serve(tls_stream, limits).await,
+                            Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => debug!(%peer, "TLS handshake timed out"),
                         }
                     }
-                    drop(permit);
                 }
-                .instrument(span),
-            );
+                drop(permit);
+            });
         }
         drop(self.listener);
         drop(self.tls);
-        let open = tasks.len();
+        let open = (max as usize - permits.available_permits())
+            + (REFUSAL_SLOTS as usize - refusals.available_permits());
         info!(
             open,
             "shutting down: no longer accepting; closing connections"
         );
         let _ = stop_tx.send(true);
-        let all_closed = async { while tasks.join_next().await.is_some() {} };
+        let all_closed = async {
+            let _all = permits.acquire_many(max).await;
+            let _all_refusals = refusals.acquire_many(REFUSAL_SLOTS).await;
+        };
         if tokio::time::timeout(self.config.shutdown_grace, all_closed)
             .await
             .is_err()
         {
+            let left = (max as usize - permits.available_permits())
+                + (REFUSAL_SLOTS as usize - refusals.available_permits());
             warn!(
-                left = tasks.len(),
-                "shutdown grace over: aborting the remaining connections"
+                left,
+                "shutdown grace over: abandoning the registrations still in flight"
             );
-            tasks.shutdown().await;
+            let _ = abort_tx.send(true);
+            let all_closed = async {
+                let _all = permits.acquire_many(max).await;
+                let _all_refusals = refusals.acquire_many(REFUSAL_SLOTS).await;
+            };
+            if tokio::time::timeout(Duration::from_secs(1), all_closed)
+                .await
+                .is_err()
+            {
+                warn!(
+                    "connections still open after the shutdown grace; leaving them to the runtime"
+                );
+            }
         }
         Ok(())
     }
@@ -315,144 +310,277 @@ fn elapsed_ms(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Limits shared by all connections.
-struct Limits {
+/// What every connection task shares.
+struct Shared<S> {
+    registrar: Arc<Registrar<S>>,
     per_pid: RateLimiter<String>,
-}
-
-/// What a connection task shares with the others.
-struct Ctx<'a, S> {
-    registrar: &'a Registrar<S>,
-    limits: &'a Limits,
+    config: Arc<EndpointConfig>,
+    /// Times are kept in ms since this instant.
     epoch: Instant,
+    /// Becomes true on shutdown: close between registrations.
+    stop: watch::Receiver<bool>,
+    /// Becomes true when the shutdown grace is over: abandon in-flight registrations.
+    abort: watch::Receiver<bool>,
 }
 
-impl<S> Clone for Ctx<'_, S> {
-    fn clone(&self) -> Self {
-        *self
-    }
+/// One connection: its peer, for the log lines, and the shared state.
+///
+/// There is no tracing span per connection: creating one, recording the pid and unique
+/// in it, and entering and leaving it on every poll were a visible part of the
+/// per-registration CPU, so each log line names the peer (and pid and unique once
+/// known) itself.
+struct Conn<'a, S> {
+    shared: &'a Shared<S>,
+    peer: SocketAddr,
+    tls: bool,
 }
 
-impl<S> Copy for Ctx<'_, S> {}
+/// What one connection task keeps between packets.
+struct Io {
+    session: Session,
+    codec: MqttCodec,
+    out: BytesMut,
+    queue: VecDeque<Action>,
+    adv: Advertised,
+}
 
-/// Serves one connection (plain TCP or TLS) to its end.
-async fn connection<S: Store, IO: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: IO,
-    ctx: Ctx<'_, S>,
-    config: &EndpointConfig,
-    mut stop: watch::Receiver<bool>,
-    (over_quota, over_capacity): (bool, bool),
-    close_notify: bool,
-) {
-    let epoch = ctx.epoch;
-    let accepted = elapsed_ms(epoch);
-    let connect_deadline = tokio::time::Instant::now() + config.connect_timeout;
-    let mut buf = BytesMut::with_capacity(512);
-
-    // The protocol level in CONNECT decides the codec.
-    let version = loop {
-        match VersionCodec.decode(&mut buf) {
-            Ok(Some(ProtocolVersion::MQTT3)) => break Version::V3,
-            Ok(Some(ProtocolVersion::MQTT5)) => break Version::V5,
-            Ok(None) => {}
-            Err(e) => {
-                debug!(error = %e, "closed: not an MQTT CONNECT");
-                return;
-            }
-        }
-        tokio::select! {
-            r = stream.read_buf(&mut buf) => match r {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            },
-            () = tokio::time::sleep_until(connect_deadline) => {
-                info!("closed: {}", CloseReason::ConnectTimeout);
-                return;
-            }
-            _ = stop.changed() => return,
-        }
-    };
-    let max = config.max_packet_size;
-    let mut codec = match version {
-        Version::V3 => MqttCodec::V3(v3::Codec::new(max)),
-        Version::V5 => MqttCodec::V5(v5::Codec::new(max, 0)),
-    };
-    let adv = Advertised {
-        receive_max: config.receive_max,
-        max_packet_size: max,
-    };
-    let session_config = SessionConfig {
-        connect_timeout_ms: u64::try_from(config.connect_timeout.as_millis()).unwrap_or(u64::MAX),
-        idle_timeout_ms: u64::try_from(config.idle_timeout.as_millis()).unwrap_or(u64::MAX),
-    };
-    let mut session = Session::new(accepted, version, session_config);
-    if over_capacity {
-        session = session.over_capacity();
-    } else if over_quota {
-        session = session.over_quota();
+impl<S: Store> Conn<'_, S> {
+    fn now_ms(&self) -> u64 {
+        elapsed_ms(self.shared.epoch)
     }
-    let mut out = BytesMut::with_capacity(256);
-    let mut queue: VecDeque<Action> = VecDeque::new();
-    let mut closed = false;
 
-    loop {
-        // Everything complete in the buffer, in order.
-        while !closed {
-            match codec.decode(&mut buf) {
-                Ok(Some((packet, _))) => {
-                    queue.extend(session.on_packet(elapsed_ms(epoch), wire::inbound(packet)));
-                    closed = drive(&mut queue, &mut session, ctx, &mut codec, &mut out, adv).await;
-                }
-                Ok(None) => break,
+    /// Serves one connection (plain TCP or TLS) to its end.
+    async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut stream: IO,
+        (over_quota, over_capacity): (bool, bool),
+    ) {
+        let config = &*self.shared.config;
+        let epoch = self.shared.epoch;
+        let peer = self.peer;
+        let accepted = self.now_ms();
+        let mut buf = BytesMut::with_capacity(512);
+        // One timer and one shutdown watch for the connection's whole life, re-armed
+        // rather than re-created per packet (each new one is a timer-wheel insertion
+        // and a waiter-list registration, each behind a lock).
+        let timer = tokio::time::sleep(config.connect_timeout);
+        tokio::pin!(timer);
+        let mut stop_rx = self.shared.stop.clone();
+        let stop = async move {
+            let _ = stop_rx.wait_for(|stopping| *stopping).await;
+        };
+        tokio::pin!(stop);
+
+        // The protocol level in CONNECT decides the codec.
+        let version = loop {
+            match VersionCodec.decode(&mut buf) {
+                Ok(Some(ProtocolVersion::MQTT3)) => break Version::V3,
+                Ok(Some(ProtocolVersion::MQTT5)) => break Version::V5,
+                Ok(None) => {}
                 Err(e) => {
-                    let code = match e {
-                        DecodeError::MaxSizeExceeded { .. } => wire::DISCONNECT_PACKET_TOO_LARGE,
-                        _ => wire::DISCONNECT_MALFORMED,
-                    };
-                    queue.push_back(Action::Send(Out::Disconnect(code)));
-                    drive(&mut queue, &mut session, ctx, &mut codec, &mut out, adv).await;
-                    info!(error = %e, "closed: bad packet");
+                    debug!(%peer, error = %e, "closed: not an MQTT CONNECT");
+                    return;
+                }
+            }
+            tokio::select! {
+                r = stream.read_buf(&mut buf) => match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+                () = &mut timer => {
+                    info!(%peer, "closed: {}", CloseReason::ConnectTimeout);
+                    return;
+                }
+                () = &mut stop => return,
+            }
+        };
+        let max = config.max_packet_size;
+        let session_config = SessionConfig {
+            connect_timeout_ms: u64::try_from(config.connect_timeout.as_millis())
+                .unwrap_or(u64::MAX),
+            idle_timeout_ms: u64::try_from(config.idle_timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        let mut session = Session::new(accepted, version, session_config);
+        if over_capacity {
+            session = session.over_capacity();
+        } else if over_quota {
+            session = session.over_quota();
+        }
+        let mut io = Io {
+            session,
+            codec: match version {
+                Version::V3 => MqttCodec::V3(v3::Codec::new(max)),
+                Version::V5 => MqttCodec::V5(v5::Codec::new(max, 0)),
+            },
+            out: BytesMut::with_capacity(256),
+            queue: VecDeque::new(),
+            adv: Advertised {
+                receive_max: config.receive_max,
+                max_packet_size: max,
+            },
+        };
+        let mut closed = false;
+        let mut armed = None;
+
+        loop {
+            // Everything complete in the buffer, in order.
+            while !closed {
+                match io.codec.decode(&mut buf) {
+                    Ok(Some((packet, _))) => {
+                        let actions = io.session.on_packet(self.now_ms(), wire::inbound(packet));
+                        io.queue.extend(actions);
+                        closed = self.drive(&mut io).await;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let code = match e {
+                            DecodeError::MaxSizeExceeded { .. } => {
+                                wire::DISCONNECT_PACKET_TOO_LARGE
+                            }
+                            _ => wire::DISCONNECT_MALFORMED,
+                        };
+                        io.queue.push_back(Action::Send(Out::Disconnect(code)));
+                        self.drive(&mut io).await;
+                        info!(%peer, error = %e, "closed: bad packet");
+                        closed = true;
+                    }
+                }
+            }
+            if !io.out.is_empty() {
+                if stream.write_all(&io.out).await.is_err() {
+                    return;
+                }
+                io.out.clear();
+            }
+            if closed {
+                break;
+            }
+            let deadline = io.session.deadline();
+            if deadline != armed {
+                armed = deadline;
+                // No deadline: far in the future (a year), rather than a second timer.
+                let ms = deadline.unwrap_or(self.now_ms() + 365 * 24 * 3600 * 1000);
+                timer.as_mut().reset(tokio::time::Instant::from_std(
+                    epoch + Duration::from_millis(ms),
+                ));
+            }
+            tokio::select! {
+                r = stream.read_buf(&mut buf) => match r {
+                    Ok(0) => { debug!(%peer, "closed by the client"); break; }
+                    Err(e) => { debug!(%peer, error = %e, "read failed"); break; }
+                    Ok(_) => {}
+                },
+                () = &mut timer => {
+                    armed = None;
+                    let actions = io.session.on_tick(self.now_ms());
+                    io.queue.extend(actions);
+                    closed = self.drive(&mut io).await;
+                }
+                () = &mut stop => {
+                    // Shutting down between registrations: say so (MQTT 5) and close.
+                    io.queue.push_back(Action::Send(Out::Disconnect(wire::DISCONNECT_SHUTTING_DOWN)));
+                    self.drive(&mut io).await;
                     closed = true;
                 }
             }
         }
-        if !out.is_empty() {
-            if stream.write_all(&out).await.is_err() {
-                return;
-            }
-            out.clear();
+        if !io.out.is_empty() {
+            let _ = stream.write_all(&io.out).await;
         }
-        if closed {
-            break;
-        }
-        let deadline = session
-            .deadline()
-            .map(|ms| tokio::time::Instant::from_std(epoch + Duration::from_millis(ms)));
-        tokio::select! {
-            r = stream.read_buf(&mut buf) => match r {
-                Ok(0) => { debug!("closed by the client"); break; }
-                Err(e) => { debug!(error = %e, "read failed"); break; }
-                Ok(_) => {}
-            },
-            () = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
-                queue.extend(session.on_tick(elapsed_ms(epoch)));
-                closed = drive(&mut queue, &mut session, ctx, &mut codec, &mut out, adv).await;
-            }
-            _ = stop.changed() => {
-                // Shutting down between registrations: say so (MQTT 5) and close.
-                queue.push_back(Action::Send(Out::Disconnect(wire::DISCONNECT_SHUTTING_DOWN)));
-                drive(&mut queue, &mut session, ctx, &mut codec, &mut out, adv).await;
-                closed = true;
-            }
+        // TLS: send close_notify. Plain TCP needs no shutdown call: closing the socket
+        // sends the FIN (one system call fewer per registration).
+        if self.tls {
+            let _ = stream.shutdown().await;
         }
     }
-    if !out.is_empty() {
-        let _ = stream.write_all(&out).await;
+
+    /// Carries out the session's queued actions; returns whether the session closed.
+    async fn drive(&self, io: &mut Io) -> bool {
+        let peer = self.peer;
+        let registrar = &*self.shared.registrar;
+        let mut closed = false;
+        while let Some(action) = io.queue.pop_front() {
+            match action {
+                Action::Send(packet) => {
+                    if let Some(p) = wire::outbound(packet, io.session.version(), io.adv) {
+                        if let Err(e) = io.codec.encode(p, &mut io.out) {
+                            warn!(%peer, error = %e, "cannot encode a packet");
+                        }
+                    }
+                }
+                Action::LookupProduct(pid) => {
+                    let product = registrar.store().product(&pid);
+                    if let Err(e) = &product {
+                        warn!(%peer, %pid, error = %e, "product lookup failed");
+                    }
+                    let found = product.as_ref().map(|p| p.as_deref()).map_err(|_| ());
+                    let actions = io.session.on_product(unix_now(), found);
+                    io.queue.extend(actions);
+                    if let Some(id) = io.session.identity() {
+                        debug!(%peer, pid = %id.pid, unique = %id.unique, tls = self.tls, "connected");
+                    }
+                }
+                Action::Register { packet_id, payload } => {
+                    let reply = self.register(&io.session, &payload).await;
+                    let actions = io
+                        .session
+                        .on_registered(packet_id, reply.map(|r| r.to_json()));
+                    io.queue.extend(actions);
+                }
+                Action::Close(reason) => {
+                    let id = io.session.identity();
+                    let pid = id.map_or("", |i| i.pid.as_str());
+                    let unique = id.map_or("", |i| i.unique.as_str());
+                    match &reason {
+                        CloseReason::Refused(_)
+                        | CloseReason::ForbiddenPublish(_)
+                        | CloseReason::QoS2
+                        | CloseReason::Protocol(_) => {
+                            warn!(%peer, pid, unique, server_time = unix_now(), "closed: {reason}");
+                        }
+                        _ => debug!(%peer, pid, unique, "closed: {reason}"),
+                    }
+                    closed = true;
+                }
+            }
+        }
+        closed
     }
-    // TLS: send close_notify. Plain TCP needs no shutdown call: closing the socket
-    // sends the FIN (one system call fewer per registration).
-    if close_notify {
-        let _ = stream.shutdown().await;
+
+    /// Registers the connection's device with `payload` (subject to the per-pid rate
+    /// limit) and logs the outcome; `None` when the request asked for no reply, or when
+    /// the shutdown grace ran out first.
+    async fn register(&self, session: &Session, payload: &[u8]) -> Option<RegisterReply> {
+        let id = session.identity()?;
+        let peer = self.peer;
+        let now = unix_now();
+        let device = Device {
+            pid: &id.pid,
+            unique: &id.unique,
+        };
+        let reply = if self.shared.per_pid.allow(&id.pid, self.now_ms()) {
+            let mut abort = self.shared.abort.clone();
+            tokio::select! {
+                biased;
+                reply = self.shared.registrar.register_payload(now, device, payload) => reply,
+                _ = abort.wait_for(|aborting| *aborting) => {
+                    warn!(%peer, pid = %id.pid, unique = %id.unique, "registration abandoned: shutdown grace over");
+                    return None;
+                }
+            }
+        } else {
+            rate_limited(now, payload)
+        };
+        let (pid, unique) = (id.pid.as_str(), id.unique.as_str());
+        match &reply {
+            Some(r) if r.res == 0 => {
+                let uuid = r.data.uuid.as_deref().unwrap_or("");
+                info!(%peer, pid, unique, uuid, "registered");
+            }
+            Some(r) => info!(%peer, pid, unique, res = r.res, msg = %r.msg, "registration refused"),
+            None => info!(%peer, pid, unique, "registered (ack=0, no reply)"),
+        }
+        reply
     }
 }
 
@@ -467,77 +595,4 @@ fn rate_limited(now: u64, payload: &[u8]) -> Option<RegisterReply> {
         Err(e) => (e.id, e.code, true),
     };
     wants.then(|| RegisterReply::failure(id, code, now, Status::RateLimited))
-}
-
-/// Carries out the session's actions; returns whether the session closed.
-async fn drive<S: Store>(
-    queue: &mut VecDeque<Action>,
-    session: &mut Session,
-    ctx: Ctx<'_, S>,
-    codec: &mut MqttCodec,
-    out: &mut BytesMut,
-    adv: Advertised,
-) -> bool {
-    let mut closed = false;
-    while let Some(action) = queue.pop_front() {
-        match action {
-            Action::Send(packet) => {
-                if let Some(p) = wire::outbound(packet, session.version(), adv) {
-                    if let Err(e) = codec.encode(p, out) {
-                        warn!(error = %e, "cannot encode a packet");
-                    }
-                }
-            }
-            Action::LookupProduct(pid) => {
-                let product = ctx.registrar.store().product(&pid);
-                if let Err(e) = &product {
-                    warn!(%pid, error = %e, "product lookup failed");
-                }
-                let found = product.as_ref().map(|p| p.as_deref()).map_err(|_| ());
-                queue.extend(session.on_product(unix_now(), found));
-                if let Some(id) = session.identity() {
-                    let span = tracing::Span::current();
-                    span.record("pid", id.pid.as_str());
-                    span.record("unique", id.unique.as_str());
-                    debug!("connected");
-                }
-            }
-            Action::Register { packet_id, payload } => {
-                let Some(id) = session.identity().cloned() else {
-                    continue;
-                };
-                let now = unix_now();
-                let device = Device {
-                    pid: &id.pid,
-                    unique: &id.unique,
-                };
-                let reply = if ctx.limits.per_pid.allow(&id.pid, elapsed_ms(ctx.epoch)) {
-                    ctx.registrar.register_payload(now, device, &payload).await
-                } else {
-                    rate_limited(now, &payload)
-                };
-                match &reply {
-                    Some(r) if r.res == 0 => {
-                        info!(uuid = r.data.uuid.as_deref().unwrap_or(""), "registered");
-                    }
-                    Some(r) => info!(res = r.res, msg = %r.msg, "registration refused"),
-                    None => info!("registered (ack=0, no reply)"),
-                }
-                queue.extend(session.on_registered(packet_id, reply.map(|r| r.to_json())));
-            }
-            Action::Close(reason) => {
-                match &reason {
-                    CloseReason::Refused(_)
-                    | CloseReason::ForbiddenPublish(_)
-                    | CloseReason::QoS2
-                    | CloseReason::Protocol(_) => {
-                        warn!(server_time = unix_now(), "closed: {reason}");
-                    }
-                    _ => debug!("closed: {reason}"),
-                }
-                closed = true;
-            }
-        }
-    }
-    closed
 }

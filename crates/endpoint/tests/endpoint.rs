@@ -790,3 +790,117 @@ async fn max_connections_refuses_clearly() {
         0
     );
 }
+
+/// A store whose transactions never finish: a registration waits on it for ever.
+struct Stuck(dynreg_registrar::memory::MemoryStore);
+
+impl dynreg_registrar::Store for Stuck {
+    fn product(
+        &self,
+        pid: &str,
+    ) -> Result<Option<Arc<dynreg_registrar::Product>>, dynreg_registrar::StoreError> {
+        self.0.product(pid)
+    }
+
+    fn transact<T, F>(
+        &self,
+        _work: F,
+    ) -> impl Future<Output = Result<T, dynreg_registrar::StoreError>> + Send
+    where
+        F: FnMut(&mut dyn dynreg_registrar::Tx) -> Result<T, dynreg_registrar::StoreError>
+            + Send
+            + 'static,
+        T: Send + 'static,
+    {
+        std::future::pending()
+    }
+}
+
+/// A connected MQTT 5 device: waits for CONNACK and SUBACK, publishes its request when
+/// `publish` is set, then reports every event until the connection ends: the DISCONNECT
+/// reason code it was sent (if any) and whether a reply arrived.
+async fn held_v5(addr: SocketAddr, dev: &Dev, publish: bool) -> (Option<String>, bool) {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let mut opts = MqttOptions::new(dev.client_id(), addr.ip().to_string(), addr.port());
+    opts.set_credentials(dev.username(), dev.password());
+    opts.set_outgoing_inflight_upper_limit(16);
+    let (client, mut events) = AsyncClient::new(opts, 16);
+    let mut replied = false;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), events.poll()).await {
+            Err(_) => panic!("the server never closed the connection"),
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => client
+                .subscribe(dev.response_topic(), QoS::AtLeastOnce)
+                .await
+                .unwrap(),
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) if publish => client
+                .publish(dev.request_topic(), QoS::AtLeastOnce, false, request("r1"))
+                .await
+                .unwrap(),
+            Ok(Ok(Event::Incoming(Packet::Publish(_)))) => replied = true,
+            Ok(Ok(_)) => {}
+            // rumqttc reports a DISCONNECT from the server as an error.
+            Ok(Err(rumqttc::v5::ConnectionError::MqttState(
+                rumqttc::v5::StateError::ServerDisconnect { reason_code, .. },
+            ))) => return (Some(format!("{reason_code:?}")), replied),
+            Ok(Err(_)) => return (None, replied),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_devices_and_abandons_stuck_registrations_after_the_grace() {
+    use dynreg_registrar::conformance::Fixture;
+    let memory = dynreg_registrar::memory::MemoryStore::new();
+    memory.put_product(product("G", SourceMode::Generate));
+    let registrar = Arc::new(Registrar::new(Stuck(memory)));
+    let grace = Duration::from_millis(500);
+    let endpoint = Endpoint::bind(
+        EndpointConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            shutdown_grace: grace,
+            ..EndpointConfig::default()
+        },
+        registrar,
+    )
+    .unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let run = tokio::spawn(endpoint.run(async move {
+        let _ = stopped.await;
+    }));
+    // One device connected and subscribed, between registrations; one whose
+    // registration the store never finishes.
+    let idle =
+        tokio::spawn(async move { held_v5(addr, &Dev::new("G", "idle", true), false).await });
+    let stuck =
+        tokio::spawn(async move { held_v5(addr, &Dev::new("G", "stuck", true), true).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = tokio::time::Instant::now();
+    stop.send(()).unwrap();
+
+    let (reason, replied) = idle.await.unwrap();
+    assert_eq!(reason.as_deref(), Some("ServerShuttingDown"));
+    assert!(!replied);
+    assert!(
+        asked.elapsed() < grace,
+        "the idle device waited for the grace"
+    );
+
+    let (_, replied) = stuck.await.unwrap();
+    assert!(
+        !replied,
+        "a registration the store never finished was answered"
+    );
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("run did not return after the grace")
+        .unwrap()
+        .unwrap();
+    assert!(
+        asked.elapsed() >= grace,
+        "the stuck registration was not given the grace"
+    );
+}

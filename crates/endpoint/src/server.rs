@@ -240,14 +240,19 @@ impl<S: Store> Endpoint<S> {
                 };
                 match tls {
                     None => conn.serve(stream, limits).await,
+                    // Boxed: the TLS state is large, and unboxed it would make every
+                    // plain connection's task as large as a TLS one.
                     Some(acceptor) => {
-                        // The handshake counts against the connect timeout.
-                        let timeout = shared.config.connect_timeout;
-                        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(tls_stream)) => conn.serve(tls_stream, limits).await,
-                            Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                            Err(_) => debug!(%peer, "TLS handshake timed out"),
-                        }
+                        Box::pin(async {
+                            // The handshake counts against the connect timeout.
+                            let timeout = shared.config.connect_timeout;
+                            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(tls_stream)) => conn.serve(tls_stream, limits).await,
+                                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                                Err(_) => debug!(%peer, "TLS handshake timed out"),
+                            }
+                        })
+                        .await
                     }
                 }
                 drop(permit);
@@ -521,7 +526,9 @@ impl<S: Store> Conn<'_, S> {
                     }
                 }
                 Action::Register { packet_id, payload } => {
-                    let reply = self.register(&io.session, &payload).await;
+                    // Boxed: the store's future is needed once per connection, and
+                    // inline it would enlarge every connection's task for its whole life.
+                    let reply = Box::pin(self.register(&io.session, &payload)).await;
                     let actions = io
                         .session
                         .on_registered(packet_id, reply.map(|r| r.to_json()));

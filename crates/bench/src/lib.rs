@@ -284,10 +284,10 @@ pub async fn hold(
     progress: &(dyn Fn(u64) + Sync),
 ) -> std::io::Result<Held> {
     let want = count + 64;
-    let got = rlimit::increase_nofile_limit(want).unwrap_or(0);
+    let got = dynreg_endpoint::limit::raise_open_file_limit(want).unwrap_or(0);
     if got < want {
         return Err(std::io::Error::other(format!(
-            "the open-file limit is {got}, {want} are needed: raise it (ulimit -n, or the hard limit)"
+            "the open-file limit is {got}, {want} are needed: raise it (ulimit -n; the hard limit can only be raised by root)"
         )));
     }
     let mut held = Vec::with_capacity(usize::try_from(count).unwrap_or(0));

@@ -215,8 +215,8 @@ mod tests {
     #[test]
     fn a_line_is_written_without_waiting_for_the_guard() {
         let sink = Sink::default();
-        let (log, _guard) = buffered(sink.clone()).unwrap();
-        log.clone().write_all(b"hello\n").unwrap();
+        let (mut log, _guard) = buffered(sink.clone()).unwrap();
+        log.write_all(b"hello\n").unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while sink.0.lock().unwrap().is_empty() {
             assert!(std::time::Instant::now() < deadline, "never written");

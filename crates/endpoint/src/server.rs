@@ -252,7 +252,7 @@ impl<S: Store> Endpoint<S> {
                                 Err(_) => debug!(%peer, "TLS handshake timed out"),
                             }
                         })
-                        .await
+                        .await;
                     }
                 }
                 drop(permit);

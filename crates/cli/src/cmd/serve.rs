@@ -279,9 +279,18 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
         data_dir,
         endpoint: config,
     } = resolve(g, args)?;
-    // Every connection is a file descriptor: use as many as the hard limit allows.
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => info!(open_files = n, "open-file limit"),
+    // Every connection is a file descriptor (plus the store's and the listeners').
+    let want = u64::try_from(config.max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1024);
+    match dynreg_endpoint::limit::raise_open_file_limit(want) {
+        Ok(n) if n >= want => info!(open_files = n, "open-file limit"),
+        Ok(n) => tracing::warn!(
+            open_files = n,
+            max_connections = config.max_connections,
+            "the open-file limit is below max_connections: connections past about {} will fail at accept (raise the hard limit: ulimit -Hn, LimitNOFILE= in systemd)",
+            n.saturating_sub(1024)
+        ),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
     let store = g.open_at(&data_dir)?;

@@ -287,7 +287,7 @@ pub async fn hold(
     let got = dynreg_endpoint::limit::raise_open_file_limit(want).unwrap_or(0);
     if got < want {
         return Err(std::io::Error::other(format!(
-            "the open-file limit is {got}, {want} are needed: raise it (ulimit -n; the hard limit can only be raised by root)"
+            "the open-file limit is {got}, {want} are needed: raise it (ulimit -n; raising the hard limit needs root with CAP_SYS_RESOURCE)"
         )));
     }
     let mut held = Vec::with_capacity(usize::try_from(count).unwrap_or(0));

@@ -231,7 +231,10 @@ impl<S: Store> Endpoint<S> {
             // Linux copies TCP_NODELAY from the listening socket to every accepted one
             // (one system call fewer per connection); elsewhere, set it here.
             if cfg!(target_os = "linux") {
-                debug_assert!(stream.nodelay().unwrap_or(true), "TCP_NODELAY not inherited");
+                debug_assert!(
+                    stream.nodelay().unwrap_or(true),
+                    "TCP_NODELAY not inherited"
+                );
             } else {
                 let _ = stream.set_nodelay(true);
             }

@@ -57,6 +57,40 @@ pub struct BenchConfig {
     pub duration: Option<Duration>,
     /// Connect over TLS.
     pub tls: Option<TlsClient>,
+    /// When `addr` is an IPv4 loopback address, connect each simulated device from its
+    /// own source address in 127.1.0.0/16 (see [`source_address`]).
+    pub spread_sources: bool,
+}
+
+impl BenchConfig {
+    /// The source address for the connection of cycle `serial`, if it gets its own.
+    fn source(&self, serial: u64) -> Option<std::net::SocketAddr> {
+        if !self.spread_sources {
+            return None;
+        }
+        let target: std::net::SocketAddr = self.addr.parse().ok()?;
+        source_address(target, serial)
+    }
+}
+
+/// For a target on IPv4 loopback, a source address of its own for connection `serial`:
+/// one of 65,024 addresses in 127.1.0.0/16 (every 127/8 address is local on Linux),
+/// with the port left to the kernel.
+///
+/// Devices in the field come from many addresses. From one address, every connection
+/// the load generator closes sits in TIME_WAIT for a minute and the kernel's search for
+/// a free ephemeral port grows with them: a profile of `dynreg bench` put that search at
+/// about a sixth of the tool's CPU after a few runs, and rising. `None` for other
+/// targets (a remote server would not route replies to 127.1.x.y).
+pub fn source_address(target: std::net::SocketAddr, serial: u64) -> Option<std::net::SocketAddr> {
+    match target.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_loopback() => {
+            let n = serial % (256 * 254);
+            let (hi, lo) = ((n / 254) as u8, (n % 254) as u8 + 1);
+            Some(std::net::SocketAddr::from(([127, 1, hi, lo], 0)))
+        }
+        _ => None,
+    }
 }
 
 /// Why a cycle failed.
@@ -133,7 +167,7 @@ async fn cycle(cfg: &BenchConfig, serial: u64, why: &mut Option<String>) -> Resu
         *why = Some(e.to_string());
         Failure::Transport
     };
-    let mut c = Conn::open(&cfg.addr, cfg.v5, cfg.tls.as_ref())
+    let mut c = Conn::open(&cfg.addr, cfg.source(serial), cfg.v5, cfg.tls.as_ref())
         .await
         .map_err(&mut t)?;
     c.connect(
@@ -301,7 +335,7 @@ pub async fn hold(
             ts,
         };
         let password = sign(cfg.sign_method, cfg.secret.as_bytes(), &cfg.pid, ts);
-        let mut c = Conn::open(&cfg.addr, cfg.v5, cfg.tls.as_ref()).await?;
+        let mut c = Conn::open(&cfg.addr, cfg.source(serial), cfg.v5, cfg.tls.as_ref()).await?;
         c.connect_with_keepalive(
             &creds.client_id().to_string(),
             Some(&creds.username().to_string()),
@@ -356,7 +390,7 @@ pub async fn responder(
     ready: impl FnOnce(),
     stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<u64> {
-    let mut c = Conn::open(addr, v5, None).await?;
+    let mut c = Conn::open(addr, None, v5, None).await?;
     c.connect(
         &format!("dynreg-bench-responder-{}", std::process::id()),
         None,
@@ -439,5 +473,30 @@ pub async fn responder(
         )?;
         c.flush().await?;
         answered += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_targets_get_distinct_sources_and_others_none() {
+        let target: std::net::SocketAddr = "127.0.0.1:1883".parse().unwrap();
+        let sources: std::collections::HashSet<_> = (0..65_024)
+            .map(|n| source_address(target, n).unwrap())
+            .collect();
+        assert_eq!(sources.len(), 65_024);
+        assert!(sources.iter().all(|s| {
+            let std::net::IpAddr::V4(ip) = s.ip() else {
+                return false;
+            };
+            let o = ip.octets();
+            o[0] == 127 && o[1] == 1 && o[3] != 0 && o[3] != 255 && s.port() == 0
+        }));
+        // After all of them, the first again.
+        assert_eq!(source_address(target, 65_024), source_address(target, 0));
+        assert_eq!(source_address("10.0.0.1:1883".parse().unwrap(), 7), None);
+        assert_eq!(source_address("[::1]:1883".parse().unwrap(), 7), None);
     }
 }

@@ -11,8 +11,9 @@ use rmqtt_codec::{MqttCodec, MqttPacket, v3, v5};
 use std::sync::Arc;
 
 use rustls_pki_types::ServerName;
+use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -114,10 +115,25 @@ impl TlsClient {
 }
 
 impl Conn {
-    /// Opens a TCP connection (TCP_NODELAY), with TLS when given, speaking MQTT 5 or
-    /// 3.1.1.
-    pub(crate) async fn open(addr: &str, v5: bool, tls: Option<&TlsClient>) -> io::Result<Self> {
-        let tcp = TcpStream::connect(addr).await?;
+    /// Opens a TCP connection (TCP_NODELAY), from `source` when given (`addr` must then
+    /// be an IP address and port), with TLS when given, speaking MQTT 5 or 3.1.1.
+    pub(crate) async fn open(
+        addr: &str,
+        source: Option<SocketAddr>,
+        v5: bool,
+        tls: Option<&TlsClient>,
+    ) -> io::Result<Self> {
+        let tcp = match source {
+            Some(from) => {
+                let to: SocketAddr = addr.parse().map_err(bad)?;
+                let socket = TcpSocket::new_v4()?;
+                // Ports of this address still in TIME_WAIT may be reused.
+                socket.set_reuseaddr(true)?;
+                socket.bind(from)?;
+                socket.connect(to).await?
+            }
+            None => TcpStream::connect(addr).await?,
+        };
         tcp.set_nodelay(true)?;
         let stream: Box<dyn Io> = match tls {
             Some(t) => Box::new(t.connector.connect(t.server_name.clone(), tcp).await?),

@@ -26,6 +26,7 @@ fn config(addr: String, secret: &str, v5: bool, qos: u8) -> BenchConfig {
         rate: None,
         duration: None,
         tls: None,
+        spread_sources: true,
     }
 }
 
@@ -196,4 +197,52 @@ async fn over_tls() {
     cfg.tls = Some(dynreg_bench::TlsClient::new(made.cert.pem().as_bytes(), "127.0.0.1").unwrap());
     let r = run(cfg, Arc::new(|_| {})).await;
     assert_eq!((r.completed, r.failed.len()), (200, 0), "{:?}", r.failed);
+}
+
+/// Each simulated device connects from its own loopback address: a server that allows
+/// 20 new connections per second per source address takes 200 devices at once from
+/// spread sources, and refuses most of them from one source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_connect_from_their_own_loopback_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("data"))).unwrap();
+    tokio::task::block_in_place(|| {
+        store
+            .insert_product(&product("G", SourceMode::Generate))
+            .unwrap();
+    });
+    let endpoint = Endpoint::bind(
+        EndpointConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            connections_per_ip_per_sec: 20,
+            ..EndpointConfig::default()
+        },
+        Arc::new(Registrar::new(store.clone())),
+    )
+    .unwrap();
+    let addr = endpoint.local_addr().unwrap().to_string();
+    tokio::spawn(endpoint.run(std::future::pending()));
+
+    let spread = run(
+        config(addr.clone(), "secret-of-G", true, 1),
+        Arc::new(|_| {}),
+    )
+    .await;
+    assert_eq!(
+        (spread.completed, spread.failed.len()),
+        (200, 0),
+        "{:?}",
+        spread.failed
+    );
+
+    let mut one = config(addr, "secret-of-G", true, 1);
+    one.spread_sources = false;
+    one.unique_prefix = "single-".into();
+    let single = run(one, Arc::new(|_| {})).await;
+    let refused = single
+        .failed
+        .get(&Failure::ConnectRefused(0x97))
+        .copied()
+        .unwrap_or(0);
+    assert!(refused >= 100, "from one address: {:?}", single.failed);
 }

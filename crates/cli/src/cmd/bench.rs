@@ -71,6 +71,12 @@ pub(crate) struct BenchArgs {
     /// Connect over TLS, trusting the CA certificates of this PEM file.
     #[arg(long)]
     tls_ca: Option<std::path::PathBuf>,
+    /// On a loopback target, connect every device from 127.0.0.1. By default each one
+    /// connects from its own address in 127.1.0.0/16, as devices come from many
+    /// addresses, so that the kernel's search for a free port does not slow down as
+    /// closed connections pile up in TIME_WAIT.
+    #[arg(long)]
+    single_source: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -198,8 +204,13 @@ pub(crate) fn run(g: &Global, args: &BenchArgs) -> anyhow::Result<()> {
     if args.pid.is_empty() {
         anyhow::bail!("--pid is required (and --secret or DYNREG_SECRET)");
     }
+    // Resolved once, here: the target's address decides whether sources are spread.
+    let target = std::net::ToSocketAddrs::to_socket_addrs(&(args.host.as_str(), args.port))
+        .with_context(|| format!("cannot resolve {}", args.host))?
+        .next()
+        .with_context(|| format!("{} has no address", args.host))?;
     let cfg = BenchConfig {
-        addr: format!("{}:{}", args.host, args.port),
+        addr: target.to_string(),
         pid: args.pid.clone(),
         secret: args.secret.clone(),
         total: args.total,
@@ -219,6 +230,7 @@ pub(crate) fn run(g: &Global, args: &BenchArgs) -> anyhow::Result<()> {
             }
             None => None,
         },
+        spread_sources: !args.single_source,
     };
     if let Some(n) = args.hold {
         let bar = Bar::new("connecting", n);

@@ -231,17 +231,22 @@ pub async fn run(cfg: BenchConfig, progress: Arc<dyn Fn(u64) + Send + Sync>) -> 
     let finished = Arc::new(AtomicU64::new(0));
     let cpu_before = process_cpu_time();
     let started = Instant::now();
+    // One histogram for all workers (a few hundred KiB): one per worker cost the tool
+    // more in page faults and the final merge than the locking (one short lock per
+    // cycle) costs.
+    let latency = Arc::new(std::sync::Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+    ));
     let mut workers = Vec::new();
     for _ in 0..cfg.concurrency.max(1) {
-        let (cfg, next, finished, progress) = (
+        let (cfg, next, finished, progress, hist) = (
             cfg.clone(),
             next.clone(),
             finished.clone(),
             progress.clone(),
+            latency.clone(),
         );
         workers.push(tokio::spawn(async move {
-            let mut hist =
-                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let mut failed: BTreeMap<Failure, u64> = BTreeMap::new();
             let mut first: BTreeMap<Failure, String> = BTreeMap::new();
             loop {
@@ -264,7 +269,10 @@ pub async fn run(cfg: BenchConfig, progress: Arc<dyn Fn(u64) + Send + Sync>) -> 
                 match result {
                     Ok(()) => {
                         let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
-                        let _ = hist.record(us.clamp(1, 60_000_000));
+                        let _ = hist
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .record(us.clamp(1, 60_000_000));
                     }
                     Err(f) => {
                         if let Some(w) = why {
@@ -275,16 +283,13 @@ pub async fn run(cfg: BenchConfig, progress: Arc<dyn Fn(u64) + Send + Sync>) -> 
                 }
                 progress(finished.fetch_add(1, Ordering::Relaxed) + 1);
             }
-            (hist, failed, first)
+            (failed, first)
         }));
     }
-    let mut latency =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     let mut failed: BTreeMap<Failure, u64> = BTreeMap::new();
     let mut first_errors: BTreeMap<Failure, String> = BTreeMap::new();
     for w in workers {
-        if let Ok((h, f, e)) = w.await {
-            let _ = latency.add(&h);
+        if let Ok((f, e)) = w.await {
             for (k, v) in f {
                 *failed.entry(k).or_default() += v;
             }
@@ -299,6 +304,12 @@ pub async fn run(cfg: BenchConfig, progress: Arc<dyn Fn(u64) + Send + Sync>) -> 
         (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64() * 1e6 / cycles as f64,
         _ => f64::NAN,
     };
+    let latency = std::mem::replace(
+        &mut *latency
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        Histogram::new(1).expect("histogram"),
+    );
     Report {
         completed: latency.len(),
         failed,

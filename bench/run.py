@@ -160,19 +160,22 @@ def main():
         best = statistics.median(float(r[2].split(" ")[0].replace(",", "")) for r in rows
                                  if r[0] == "MQTT 5, QoS 1" and r[1] == "dynreg")
         rate = best / 2
-        paced = subprocess.run(
-            [BIN, "--json", "bench", "--port", str(dport), "--pid", product["pid"], "-n", str(int(rate * 10)),
-             "-c", str(C), "--mqtt", "5", "--qos", "1", "--rate", str(rate), "--unique-prefix", "paced-"],
-            env={**os.environ, "DYNREG_SECRET": product["secret"]}, capture_output=True, text=True, check=True)
-        paced = json.loads(paced.stdout)
+        paced = []
+        for run in range(RUNS):
+            out = subprocess.run(
+                [BIN, "--json", "bench", "--port", str(dport), "--pid", product["pid"], "-n", str(int(rate * 10)),
+                 "-c", str(C), "--mqtt", "5", "--qos", "1", "--rate", str(rate), "--unique-prefix", f"paced{run}-"],
+                env={**os.environ, "DYNREG_SECRET": product["secret"]}, capture_output=True, text=True, check=True)
+            paced.append(json.loads(out.stdout))
 
-        # Memory per held registration connection.
-        idle = loaded = held = 0
-        if HOLD:
+        # Memory per held registration connection: RSS with HOLD connections held minus
+        # RSS before, per connection.
+        per_conn, held = [], 0
+        for run in range(RUNS if HOLD else 0):
             idle = rss_kib(dynreg.pid)
             holder = subprocess.Popen(
                 [BIN, "--json", "bench", "--port", str(dport), "--pid", product["pid"], "--hold", str(HOLD),
-                 "--duration", "600", "--mqtt", "5", "--unique-prefix", "held-"],
+                 "--duration", "600", "--mqtt", "5", "--unique-prefix", f"held{run}-"],
                 env={**os.environ, "DYNREG_SECRET": product["secret"]}, stdout=subprocess.PIPE, text=True)
             procs.append(holder)
             text = ""
@@ -188,6 +191,8 @@ def main():
             holder.terminate()
             holder.wait()
             procs.remove(holder)
+            per_conn.append((loaded - idle) * 1024 / max(held, 1))
+            time.sleep(2)  # let the server close them all before the next round
 
         # The same MQTT 5 QoS 1 case with PRELOAD devices already stored.
         full = []
@@ -203,10 +208,11 @@ def main():
         print("|---|---|---|---|---|---|---|---|")
         for row in rows:
             print("| " + " | ".join(str(x) for x in row) + " |")
-        lat = paced["latency_ms"]
-        print(f"\nFixed offered rate {rate:,.0f}/s (half the MQTT 5 QoS 1 median), {paced['completed']} registrations: "
-              f"p50 {lat['p50']:.1f} ms, p90 {lat['p90']:.1f}, p99 {lat['p99']:.1f}, p99.9 {lat['p999']:.1f}, "
-              f"max {lat['max']:.1f}; failed {sum(paced['failed'].values())}")
+        lats = [p["latency_ms"] for p in paced]
+        print(f"\nFixed offered rate {rate:,.0f}/s (half the MQTT 5 QoS 1 median), {paced[0]['total']:,} registrations "
+              f"per run: p50 {fmt([l['p50'] for l in lats], 1)} ms, p90 {fmt([l['p90'] for l in lats], 1)}, "
+              f"p99 {fmt([l['p99'] for l in lats], 1)}, p99.9 {fmt([l['p999'] for l in lats], 1)}, "
+              f"max {fmt([l['max'] for l in lats], 1)}; failed {sum(sum(p['failed'].values()) for p in paced)}")
         print(f"\nTLS on both sides (MQTT 5, QoS 1): dynreg {fmt(tls['dynreg'])}/s, "
               f"Mosquitto floor {fmt(tls['mosquitto'])}/s, "
               f"{statistics.median(tls['dynreg']) / statistics.median(tls['mosquitto']):.2f}x")
@@ -214,10 +220,12 @@ def main():
             empty = [float(r[2].split(" ")[0].replace(",", "")) for r in rows if r[0] == "MQTT 5, QoS 1" and r[1] == "dynreg"][0]
             print(f"\nWith {PRELOAD:,} more devices stored (bulk-loaded while serving), MQTT 5 QoS 1: "
                   f"{fmt(full)} registrations/s, {statistics.median(full) / empty:.2f}x the median above")
-        if HOLD:
+        if per_conn:
             capped = f" (capped by the open-file hard limit, {HARD_NOFILE:,})" if HOLD < 20000 else ""
-            print(f"\nMemory: dynreg serve RSS {idle:,} KiB idle, {loaded:,} KiB with {held:,} held registration "
-                  f"connections{capped}: {(loaded - idle) * 1024 / max(held, 1):,.0f} bytes per connection")
+            later = ", ".join(f"{b:,.0f}" for b in per_conn[1:])
+            print(f"\nMemory: {held:,} held registration connections{capped}: dynreg serve RSS grows by "
+                  f"{per_conn[0]:,.0f} bytes per connection from a fresh server"
+                  + (f" (rounds after it, the allocator reusing the first round's memory: {later})" if later else ""))
     finally:
         for p in procs:
             p.terminate()

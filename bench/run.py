@@ -224,7 +224,7 @@ def main():
             capped = f" (capped by the open-file hard limit, {HARD_NOFILE:,})" if HOLD < 20000 else ""
             later = ", ".join(f"{b:,.0f}" for b in per_conn[1:])
             print(f"\nMemory: {held:,} held registration connections{capped}: dynreg serve RSS grows by "
-                  f"{per_conn[0]:,.0f} bytes per connection from a fresh server"
+                  f"{per_conn[0]:,.0f} bytes per connection over its idle RSS"
                   + (f" (rounds after it, the allocator reusing the first round's memory: {later})" if later else ""))
     finally:
         for p in procs:

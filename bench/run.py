@@ -76,6 +76,22 @@ def bench(port, pid, secret, mqtt, qos, prefix, extra=()):
     return json.loads(out.stdout)
 
 
+def machine():
+    """One line describing this machine: CPU model, cores, memory, kernel, Mosquitto."""
+    model = "unknown CPU"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    mosq = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.splitlines()
+    mosq = mosq[0] if mosq else "mosquitto (version unknown)"
+    return (f"{os.cpu_count()} × {model}, {mem_kib / 1024 / 1024:.0f} GiB, Linux {os.uname().release}, "
+            f"{mosq}")
+
+
 def fmt(values, digits=0):
     med = statistics.median(values)
     return f"{med:,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
@@ -203,6 +219,7 @@ def main():
             for run in range(RUNS):
                 full.append(bench(dport, product["pid"], product["secret"], "5", "1", f"full{run}-")["throughput_per_s"])
 
+        print(f"\nMachine: {machine()}")
         print(f"\n{N} registrations per run, concurrency {C}, {RUNS} runs; median (min-max)\n")
         print("| case | server | registrations/s | p99 latency (ms) | server CPU µs/registration | of which Mosquitto alone | bench CPU µs/cycle | failed |")
         print("|---|---|---|---|---|---|---|---|")

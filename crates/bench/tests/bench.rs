@@ -30,9 +30,17 @@ fn config(addr: String, secret: &str, v5: bool, qos: u8) -> BenchConfig {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_cycles_against_the_endpoint() {
-    let dir = tempfile::tempdir().unwrap();
+/// A running endpoint on port 0 over a fresh store holding product G (generate mode).
+struct Server {
+    /// The plain TCP address (or the TLS one when TLS is configured).
+    addr: String,
+    store: SqliteStore,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts an endpoint with `config` (its listen addresses replaced by port 0 on
+/// loopback); `dir` holds the store (and whatever else the test put there).
+async fn endpoint(dir: tempfile::TempDir, config: EndpointConfig) -> Server {
     let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("data"))).unwrap();
     tokio::task::block_in_place(|| {
         store
@@ -42,14 +50,34 @@ async fn full_cycles_against_the_endpoint() {
     let endpoint = Endpoint::bind(
         EndpointConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
-            connections_per_ip_per_sec: 0,
-            ..EndpointConfig::default()
+            ..config
         },
         Arc::new(Registrar::new(store.clone())),
     )
     .unwrap();
-    let addr = endpoint.local_addr().unwrap().to_string();
+    let addr = match endpoint.tls_local_addr() {
+        Some(tls) => tls.unwrap(),
+        None => endpoint.local_addr().unwrap(),
+    };
     tokio::spawn(endpoint.run(std::future::pending()));
+    Server {
+        addr: addr.to_string(),
+        store,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_cycles_against_the_endpoint() {
+    let s = endpoint(
+        tempfile::tempdir().unwrap(),
+        EndpointConfig {
+            connections_per_ip_per_sec: 0,
+            ..EndpointConfig::default()
+        },
+    )
+    .await;
+    let (addr, store) = (s.addr.clone(), &s.store);
     for v5 in [false, true] {
         for qos in [0, 1] {
             let r = run(
@@ -174,25 +202,17 @@ async fn over_tls() {
     let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
     std::fs::write(&cert, made.cert.pem()).unwrap();
     std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
-    let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("data"))).unwrap();
-    tokio::task::block_in_place(|| {
-        store
-            .insert_product(&product("G", SourceMode::Generate))
-            .unwrap();
-    });
     let tls =
         dynreg_endpoint::TlsSettings::load("127.0.0.1:0".parse().unwrap(), &cert, &key).unwrap();
-    let endpoint = Endpoint::bind(
+    let s = endpoint(
+        dir,
         EndpointConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
             tls: Some(tls),
             ..EndpointConfig::default()
         },
-        Arc::new(Registrar::new(store)),
     )
-    .unwrap();
-    let addr = endpoint.tls_local_addr().unwrap().unwrap().to_string();
-    tokio::spawn(endpoint.run(std::future::pending()));
+    .await;
+    let addr = s.addr.clone();
     let mut cfg = config(addr, "secret-of-G", true, 1);
     cfg.tls = Some(dynreg_bench::TlsClient::new(made.cert.pem().as_bytes(), "127.0.0.1").unwrap());
     let r = run(cfg, Arc::new(|_| {})).await;
@@ -204,24 +224,15 @@ async fn over_tls() {
 /// spread sources, and refuses most of them from one source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_connect_from_their_own_loopback_addresses() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("data"))).unwrap();
-    tokio::task::block_in_place(|| {
-        store
-            .insert_product(&product("G", SourceMode::Generate))
-            .unwrap();
-    });
-    let endpoint = Endpoint::bind(
+    let s = endpoint(
+        tempfile::tempdir().unwrap(),
         EndpointConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
             connections_per_ip_per_sec: 20,
             ..EndpointConfig::default()
         },
-        Arc::new(Registrar::new(store.clone())),
     )
-    .unwrap();
-    let addr = endpoint.local_addr().unwrap().to_string();
-    tokio::spawn(endpoint.run(std::future::pending()));
+    .await;
+    let addr = s.addr.clone();
 
     let spread = run(
         config(addr.clone(), "secret-of-G", true, 1),

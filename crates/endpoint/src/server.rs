@@ -269,33 +269,30 @@ impl<S: Store> Endpoint<S> {
         }
         drop(self.listener);
         drop(self.tls);
-        let open = (max as usize - permits.available_permits())
-            + (REFUSAL_SLOTS as usize - refusals.available_permits());
-        info!(
-            open,
-            "shutting down: no longer accepting; closing connections"
-        );
-        let _ = stop_tx.send(true);
-        let all_closed = async {
+        // Connections still open: permits not yet given back.
+        let open = || {
+            (max as usize - permits.available_permits())
+                + (REFUSAL_SLOTS as usize - refusals.available_permits())
+        };
+        let all_closed = async || {
             let _all = permits.acquire_many(max).await;
             let _all_refusals = refusals.acquire_many(REFUSAL_SLOTS).await;
         };
-        if tokio::time::timeout(self.config.shutdown_grace, all_closed)
+        info!(
+            open = open(),
+            "shutting down: no longer accepting; closing connections"
+        );
+        let _ = stop_tx.send(true);
+        if tokio::time::timeout(self.config.shutdown_grace, all_closed())
             .await
             .is_err()
         {
-            let left = (max as usize - permits.available_permits())
-                + (REFUSAL_SLOTS as usize - refusals.available_permits());
             warn!(
-                left,
+                left = open(),
                 "shutdown grace over: abandoning the registrations still in flight"
             );
             let _ = abort_tx.send(true);
-            let all_closed = async {
-                let _all = permits.acquire_many(max).await;
-                let _all_refusals = refusals.acquire_many(REFUSAL_SLOTS).await;
-            };
-            if tokio::time::timeout(Duration::from_secs(1), all_closed)
+            if tokio::time::timeout(Duration::from_secs(1), all_closed())
                 .await
                 .is_err()
             {

@@ -4,8 +4,8 @@
 //! database applies the missing ones in one transaction. A database written by a newer
 //! dynreg (more migrations than this binary knows) is refused rather than guessed at.
 
-use rusqlite::Connection;
 use rusqlite::config::DbConfig;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::Error;
 
@@ -54,6 +54,27 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (key_pid, unique_id)
     ) WITHOUT ROWID;
     CREATE INDEX registrations_pid ON registrations (pid, registered_at);",
+    // 2: the triplets' state CHECK as equalities. SQLite evaluates `state IN (0, 1, 2)`
+    // in a CHECK by building a temporary b-tree of the list on every insert and update
+    // (a dozen allocations per registration on the writer thread). A CHECK cannot be
+    // altered in place, so the table is rebuilt (SQLite's documented procedure, run with
+    // foreign keys off and checked before commit); rows, ids and indexes are unchanged.
+    "CREATE TABLE triplets_v2 (
+        id         INTEGER PRIMARY KEY,
+        pid        TEXT NOT NULL REFERENCES products (pid),
+        uuid       TEXT NOT NULL UNIQUE,
+        secret_enc BLOB NOT NULL,
+        mac        TEXT NOT NULL DEFAULT '',
+        barcode    TEXT,
+        state      INTEGER NOT NULL CHECK (state = 0 OR state = 1 OR state = 2)
+    );
+    INSERT INTO triplets_v2 (id, pid, uuid, secret_enc, mac, barcode, state)
+        SELECT id, pid, uuid, secret_enc, mac, barcode, state FROM triplets ORDER BY id;
+    DROP TABLE triplets;
+    ALTER TABLE triplets_v2 RENAME TO triplets;
+    CREATE UNIQUE INDEX triplets_barcode ON triplets (pid, barcode) WHERE barcode IS NOT NULL;
+    CREATE INDEX triplets_free ON triplets (pid, id) WHERE state = 0;
+    CREATE INDEX triplets_pid_state ON triplets (pid, state);",
 ];
 
 /// Sets the connection's pragmas: WAL, full durability, foreign keys, busy timeout.
@@ -78,8 +99,22 @@ pub(crate) fn configure(conn: &Connection) -> Result<(), Error> {
     Ok(())
 }
 
-/// Applies the migrations this database lacks.
+/// Applies the migrations this database lacks, in one transaction.
+///
+/// Foreign keys are off while they run (a migration may rebuild a table that others
+/// refer to, which SQLite only allows that way) and every reference is checked before
+/// the commit; the connection's setting is restored afterwards.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
+    let fks: bool = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
+    conn.execute_batch("PRAGMA foreign_keys = OFF;")?;
+    let result = apply_migrations(conn);
+    if fks {
+        conn.execute_batch("PRAGMA foreign_keys = ON;")?;
+    }
+    result
+}
+
+fn apply_migrations(conn: &mut Connection) -> Result<(), Error> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let version = usize::try_from(version).unwrap_or(usize::MAX);
@@ -89,6 +124,9 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
             MIGRATIONS.len()
         )));
     }
+    if version == MIGRATIONS.len() {
+        return Ok(());
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         tx.execute_batch(sql)?;
         tx.pragma_update(
@@ -97,6 +135,110 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
             i64::try_from(i + 1).unwrap_or(i64::MAX),
         )?;
     }
+    let broken: Option<String> = tx
+        .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+        .optional()?;
+    if let Some(table) = broken {
+        return Err(Error::Config(format!(
+            "migrating the database left a broken reference in table {table}; nothing was changed"
+        )));
+    }
     tx.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ops(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
+        stmt.query_map([], |r| r.get::<_, String>(1))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn version_1_databases_are_migrated_with_their_rows_and_references_intact() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO products (pid, name, secret_enc, mode, created_at)
+                 VALUES ('p', 'P', x'00', 'pool', 1);
+             INSERT INTO triplets (id, pid, uuid, secret_enc, mac, barcode, state) VALUES
+                 (1, 'p', 'u1', x'01', 'm1', 'B1', 0),
+                 (2, 'p', 'u2', x'02', '', NULL, 1),
+                 (7, 'p', 'u7', x'07', '', NULL, 2);
+             INSERT INTO registrations VALUES ('p', 'dev', 'p', 2, 10, 11, NULL);",
+        )
+        .unwrap();
+        let rows = |conn: &Connection| -> Vec<(i64, String, Option<String>, i64)> {
+            conn.prepare("SELECT id, uuid, barcode, state FROM triplets ORDER BY id")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let before = rows(&conn);
+        let insert =
+            "INSERT INTO triplets (pid, uuid, secret_enc, state) VALUES ('p', 'x', x'00', 1)";
+        assert!(ops(&conn, insert).contains(&"OpenEphemeral".to_owned()));
+
+        conn.execute_batch("PRAGMA foreign_keys = ON;").unwrap();
+        migrate(&mut conn).unwrap();
+
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        assert_eq!(rows(&conn), before);
+        // The CHECK no longer builds a temporary b-tree, and still refuses other states.
+        assert!(!ops(&conn, insert).contains(&"OpenEphemeral".to_owned()));
+        let bad = conn.execute(
+            "INSERT INTO triplets (pid, uuid, secret_enc, state) VALUES ('p', 'x', x'00', 3)",
+            [],
+        );
+        assert!(bad.unwrap_err().to_string().contains("CHECK"));
+        // Foreign keys are back on and still point at the rebuilt table.
+        let fks: bool = conn
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
+        assert!(fks);
+        let dangling = conn.execute(
+            "INSERT INTO registrations VALUES ('p', 'other', 'p', 99, 10, 11, NULL)",
+            [],
+        );
+        assert!(dangling.unwrap_err().to_string().contains("FOREIGN KEY"));
+        // The indexes came back, and a duplicate barcode is still refused.
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'triplets' AND sql IS NOT NULL ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            indexes,
+            ["triplets_barcode", "triplets_free", "triplets_pid_state"]
+        );
+        let dup = conn.execute(
+            "INSERT INTO triplets (pid, uuid, secret_enc, barcode, state) VALUES ('p', 'y', x'00', 'B1', 0)",
+            [],
+        );
+        assert!(dup.unwrap_err().to_string().contains("UNIQUE"));
+        // Opening again is a no-op.
+        migrate(&mut conn).unwrap();
+        assert_eq!(rows(&conn), before);
+    }
+
+    #[test]
+    fn a_newer_database_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("PRAGMA user_version = 99;").unwrap();
+        let e = migrate(&mut conn).unwrap_err().to_string();
+        assert!(e.contains("newer than this dynreg knows"), "{e}");
+    }
 }

@@ -172,8 +172,17 @@ pub(crate) fn flush_on_panic(log: &BufferedLog) {
     let shared = log.shared.clone();
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let mut spare = Vec::new();
-        write_out(&shared, &mut spare, &mut std::io::stderr());
+        // try_lock: a panic while the buffer is locked (by this very thread, say) must
+        // not deadlock here; those lines are then left to the log thread.
+        let taken = match shared.state.try_lock() {
+            Ok(mut state) => Some(std::mem::take(&mut state.buf)),
+            Err(_) => None,
+        };
+        if let Some(lines) = taken {
+            let mut stderr = std::io::stderr();
+            let _ = stderr.write_all(&lines);
+            let _ = stderr.flush();
+        }
         previous(info);
     }));
 }

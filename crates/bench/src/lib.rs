@@ -150,10 +150,18 @@ pub fn process_cpu_time() -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
-/// One device's full registration cycle.
-async fn cycle(cfg: &BenchConfig, serial: u64, why: &mut Option<String>) -> Result<(), Failure> {
+/// Device `serial` connected and subscribed to its response topic: TCP connect,
+/// CONNECT with credentials signed at `ts` (keepalive `keep_alive` s), SUBSCRIBE. On
+/// failure, `why` gets the text of a transport error. Returns the connection, the
+/// device's unique and its response topic.
+async fn connect_device(
+    cfg: &BenchConfig,
+    serial: u64,
+    ts: u64,
+    keep_alive: u16,
+    why: &mut Option<String>,
+) -> Result<(Conn, String, String), Failure> {
     let unique = format!("{}{serial}", cfg.unique_prefix);
-    let ts = unix_now();
     let creds = Credentials {
         pid: &cfg.pid,
         unique: &unique,
@@ -161,8 +169,6 @@ async fn cycle(cfg: &BenchConfig, serial: u64, why: &mut Option<String>) -> Resu
         ts,
     };
     let password = sign(cfg.sign_method, cfg.secret.as_bytes(), &cfg.pid, ts);
-    let request_topic = Topic::request(&cfg.pid, &unique).to_string();
-    let response_topic = Topic::response(&cfg.pid, &unique).to_string();
     let mut t = |e: std::io::Error| {
         *why = Some(e.to_string());
         Failure::Transport
@@ -170,10 +176,11 @@ async fn cycle(cfg: &BenchConfig, serial: u64, why: &mut Option<String>) -> Resu
     let mut c = Conn::open(&cfg.addr, cfg.source(serial), cfg.v5, cfg.tls.as_ref())
         .await
         .map_err(&mut t)?;
-    c.connect(
+    c.connect_with_keepalive(
         &creds.client_id().to_string(),
         Some(&creds.username().to_string()),
         Some(password.as_bytes()),
+        keep_alive,
     )
     .map_err(&mut t)?;
     c.flush().await.map_err(&mut t)?;
@@ -182,13 +189,25 @@ async fn cycle(cfg: &BenchConfig, serial: u64, why: &mut Option<String>) -> Resu
         Rx::ConnAck(Err(code)) => return Err(Failure::ConnectRefused(code)),
         _ => return Err(Failure::Transport),
     }
+    let response_topic = Topic::response(&cfg.pid, &unique).to_string();
     c.subscribe(1, &response_topic, cfg.qos).map_err(&mut t)?;
     c.flush().await.map_err(&mut t)?;
     match c.recv().await.map_err(&mut t)? {
-        Rx::SubAck(true) => {}
-        Rx::SubAck(false) => return Err(Failure::SubscribeRefused),
-        _ => return Err(Failure::Transport),
+        Rx::SubAck(true) => Ok((c, unique, response_topic)),
+        Rx::SubAck(false) => Err(Failure::SubscribeRefused),
+        _ => Err(Failure::Transport),
     }
+}
+
+/// One device's full registration cycle.
+async fn cycle(cfg: &BenchConfig, serial: u64, why: &mut Option<String>) -> Result<(), Failure> {
+    let ts = unix_now();
+    let (mut c, unique, response_topic) = connect_device(cfg, serial, ts, 30, why).await?;
+    let request_topic = Topic::request(&cfg.pid, &unique).to_string();
+    let mut t = |e: std::io::Error| {
+        *why = Some(e.to_string());
+        Failure::Transport
+    };
     let request = RegisterRequest::new(serial.to_string(), ts).to_json();
     c.publish(
         &request_topic,
@@ -338,36 +357,15 @@ pub async fn hold(
     let mut held = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
     let ts = unix_now();
     for serial in 0..count {
-        let unique = format!("{}{serial}", cfg.unique_prefix);
-        let creds = Credentials {
-            pid: &cfg.pid,
-            unique: &unique,
-            sign_method: cfg.sign_method,
-            ts,
-        };
-        let password = sign(cfg.sign_method, cfg.secret.as_bytes(), &cfg.pid, ts);
-        let mut c = Conn::open(&cfg.addr, cfg.source(serial), cfg.v5, cfg.tls.as_ref()).await?;
-        c.connect_with_keepalive(
-            &creds.client_id().to_string(),
-            Some(&creds.username().to_string()),
-            Some(password.as_bytes()),
-            0,
-        )?;
-        c.subscribe(1, &Topic::response(&cfg.pid, &unique).to_string(), cfg.qos)?;
-        c.flush().await?;
-        match c.recv().await? {
-            Rx::ConnAck(Ok(())) => {}
-            other => {
-                return Err(std::io::Error::other(format!(
-                    "connection {serial} refused: {other:?}"
-                )));
-            }
-        }
-        if !matches!(c.recv().await?, Rx::SubAck(true)) {
-            return Err(std::io::Error::other(format!(
-                "connection {serial}: subscription refused"
-            )));
-        }
+        let mut why = None;
+        let (c, _, _) = connect_device(cfg, serial, ts, 0, &mut why)
+            .await
+            .map_err(|f| {
+                std::io::Error::other(match why {
+                    Some(text) => format!("connection {serial}: {text}"),
+                    None => format!("connection {serial} refused: {f:?}"),
+                })
+            })?;
         held.push(c);
         progress(serial + 1);
     }

@@ -56,14 +56,6 @@ fn qos(q: u8) -> QoS {
     }
 }
 
-fn qos_u8(q: QoS) -> u8 {
-    match q {
-        QoS::AtMostOnce => 0,
-        QoS::AtLeastOnce => 1,
-        QoS::ExactlyOnce => 2,
-    }
-}
-
 fn id(v: u16) -> NonZeroU16 {
     NonZeroU16::new(v).unwrap_or(NonZeroU16::MIN)
 }
@@ -324,7 +316,7 @@ fn reduce(p: MqttPacket) -> Rx {
             ),
             v3::Packet::Publish(p) => Rx::Publish {
                 topic: p.topic.to_string(),
-                qos: qos_u8(p.qos),
+                qos: u8::from(p.qos),
                 packet_id: p.packet_id.map(NonZeroU16::get),
                 payload: p.payload,
             },
@@ -347,7 +339,7 @@ fn reduce(p: MqttPacket) -> Rx {
             })),
             v5::Packet::Publish(p) => Rx::Publish {
                 topic: p.topic.to_string(),
-                qos: qos_u8(p.qos),
+                qos: u8::from(p.qos),
                 packet_id: p.packet_id.map(NonZeroU16::get),
                 payload: p.payload,
             },

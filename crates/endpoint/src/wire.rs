@@ -131,14 +131,6 @@ pub const DISCONNECT_SHUTTING_DOWN: u8 = 0x8B;
 /// MQTT 5 DISCONNECT reason: malformed packet.
 pub const DISCONNECT_MALFORMED: u8 = 0x81;
 
-fn qos_u8(q: QoS) -> u8 {
-    match q {
-        QoS::AtMostOnce => 0,
-        QoS::AtLeastOnce => 1,
-        QoS::ExactlyOnce => 2,
-    }
-}
-
 fn qos_of(q: u8) -> QoS {
     if q == 0 {
         QoS::AtMostOnce
@@ -163,7 +155,7 @@ pub fn inbound(packet: MqttPacket) -> In {
             },
             v3::Packet::Publish(p) => In::Publish {
                 topic: p.topic.to_string(),
-                qos: qos_u8(p.qos),
+                qos: u8::from(p.qos),
                 packet_id: p.packet_id.map(NonZeroU16::get),
                 payload: p.payload,
             },
@@ -175,7 +167,7 @@ pub fn inbound(packet: MqttPacket) -> In {
                 packet_id: packet_id.get(),
                 filters: topic_filters
                     .into_iter()
-                    .map(|(t, q)| (t.to_string(), qos_u8(q)))
+                    .map(|(t, q)| (t.to_string(), u8::from(q)))
                     .collect(),
             },
             v3::Packet::Unsubscribe {
@@ -201,7 +193,7 @@ pub fn inbound(packet: MqttPacket) -> In {
             },
             v5::Packet::Publish(p) => In::Publish {
                 topic: p.topic.to_string(),
-                qos: qos_u8(p.qos),
+                qos: u8::from(p.qos),
                 packet_id: p.packet_id.map(NonZeroU16::get),
                 payload: p.payload,
             },
@@ -211,7 +203,7 @@ pub fn inbound(packet: MqttPacket) -> In {
                 filters: s
                     .topic_filters
                     .into_iter()
-                    .map(|(t, o)| (t.to_string(), qos_u8(o.qos)))
+                    .map(|(t, o)| (t.to_string(), u8::from(o.qos)))
                     .collect(),
             },
             v5::Packet::Unsubscribe(u) => In::Unsubscribe {

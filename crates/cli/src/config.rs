@@ -15,6 +15,11 @@ use serde::Deserialize;
 /// The file read when `--config` is not given, if it exists.
 pub(crate) const DEFAULT_CONFIG_FILE: &str = "dynreg.toml";
 
+/// The MQTT-over-TLS address when TLS is on and `tls.listen` is not given (the
+/// endpoint's other defaults are `EndpointConfig::default()`).
+pub(crate) const DEFAULT_TLS_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8883);
+
 /// The TOML file, every key optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,12 +119,14 @@ pub(crate) fn address(
     key: &str,
     cli: Option<SocketAddr>,
     file: Option<&str>,
-    default: &str,
+    default: SocketAddr,
 ) -> anyhow::Result<SocketAddr> {
     if let Some(a) = cli {
         return Ok(a);
     }
-    let text = file.unwrap_or(default);
+    let Some(text) = file else {
+        return Ok(default);
+    };
     text.parse()
         .map_err(|e| anyhow::anyhow!("{key} = \"{text}\" is not an address like 0.0.0.0:1883: {e}"))
 }
@@ -134,12 +141,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn example_file_parses_and_unknown_keys_are_named() {
+    fn example_file_parses_to_the_defaults_and_unknown_keys_are_named() {
         let example = include_str!("../../../dynreg.example.toml");
         let c = FileConfig::parse(example).unwrap();
-        assert_eq!(c.mqtt.listen.as_deref(), Some("0.0.0.0:1883"));
-        assert_eq!(c.mqtt.max_packet_size, Some(8192));
-        assert_eq!(c.limits.connections_per_ip_per_sec, Some(200));
+        // Every value the example sets is the built-in default.
+        let d = dynreg_endpoint::EndpointConfig::default();
+        assert_eq!(
+            c.data_dir.as_deref(),
+            Some(Path::new(crate::DEFAULT_DATA_DIR))
+        );
+        assert_eq!(
+            c.mqtt.listen.as_deref(),
+            Some(d.listen.to_string().as_str())
+        );
+        assert_eq!(c.mqtt.max_packet_size, Some(d.max_packet_size));
+        assert_eq!(
+            c.mqtt.connect_timeout_secs,
+            Some(d.connect_timeout.as_secs())
+        );
+        assert_eq!(c.mqtt.idle_timeout_secs, Some(d.idle_timeout.as_secs()));
+        assert_eq!(
+            c.tls.listen.as_deref(),
+            Some(DEFAULT_TLS_LISTEN.to_string().as_str())
+        );
+        assert_eq!((c.tls.cert, c.tls.key), (None, None));
+        assert_eq!(c.limits.max_connections, Some(d.max_connections as u64));
+        assert_eq!(
+            c.limits.connections_per_ip_per_sec,
+            Some(d.connections_per_ip_per_sec)
+        );
+        assert_eq!(
+            c.limits.registrations_per_pid_per_sec,
+            Some(d.registrations_per_pid_per_sec)
+        );
         let err = FileConfig::parse("[mqtt]\nmax_packet_sise = 5\n")
             .unwrap_err()
             .to_string();
@@ -175,10 +209,15 @@ mod tests {
             "flags win over the file"
         );
         assert!(
-            address("mqtt.listen", None, Some("nope"), "0.0.0.0:1883")
-                .unwrap_err()
-                .to_string()
-                .contains("mqtt.listen")
+            address(
+                "mqtt.listen",
+                None,
+                Some("nope"),
+                SocketAddr::from(([0, 0, 0, 0], 1883))
+            )
+            .unwrap_err()
+            .to_string()
+            .contains("mqtt.listen")
         );
     }
 }

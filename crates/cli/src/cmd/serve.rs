@@ -80,11 +80,13 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
         .clone()
         .or(file.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    // The defaults are the endpoint's own, so that they are written down once.
+    let d = EndpointConfig::default();
     let listen = config::address(
         "mqtt.listen",
         args.listen,
         file.mqtt.listen.as_deref(),
-        "0.0.0.0:1883",
+        d.listen,
     )?;
     let max_packet_size = Setting {
         key: "mqtt.max_packet_size",
@@ -92,7 +94,7 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
         env: "DYNREG_MAX_PACKET_SIZE",
         cli: args.max_packet_size,
         file: file.mqtt.max_packet_size,
-        default: 8192,
+        default: d.max_packet_size,
     }
     .in_range(128, 268_435_455)?;
     let connect_timeout = Setting {
@@ -101,7 +103,7 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
         env: "DYNREG_CONNECT_TIMEOUT",
         cli: args.connect_timeout,
         file: file.mqtt.connect_timeout_secs,
-        default: 10,
+        default: d.connect_timeout.as_secs(),
     }
     .in_range(1, 3600)?;
     let idle_timeout = Setting {
@@ -110,7 +112,7 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
         env: "DYNREG_IDLE_TIMEOUT",
         cli: args.idle_timeout,
         file: file.mqtt.idle_timeout_secs,
-        default: 120,
+        default: d.idle_timeout.as_secs(),
     }
     .in_range(1, 86_400)?;
     let max_connections = Setting {
@@ -119,7 +121,7 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
         env: "DYNREG_MAX_CONNECTIONS",
         cli: args.max_connections,
         file: file.limits.max_connections,
-        default: 100_000,
+        default: u64::try_from(d.max_connections).unwrap_or(u64::MAX),
     }
     .in_range(1, 10_000_000)?;
     let per_ip = Setting {
@@ -128,7 +130,7 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
         env: "DYNREG_CONNECTIONS_PER_IP",
         cli: args.connections_per_ip,
         file: file.limits.connections_per_ip_per_sec,
-        default: 200,
+        default: d.connections_per_ip_per_sec,
     }
     .in_range(0, 1_000_000)?;
     let per_pid = Setting {
@@ -137,7 +139,7 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
         env: "DYNREG_REGISTRATIONS_PER_PID",
         cli: args.registrations_per_pid,
         file: file.limits.registrations_per_pid_per_sec,
-        default: 0,
+        default: d.registrations_per_pid_per_sec,
     }
     .in_range(0, 10_000_000)?;
     let cert = args.tls_cert.clone().or(file.tls.cert.clone());
@@ -148,7 +150,7 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
                 "tls.listen",
                 args.tls_listen,
                 file.tls.listen.as_deref(),
-                "0.0.0.0:8883",
+                config::DEFAULT_TLS_LISTEN,
             )?;
             if tls_listen == listen {
                 bail!("tls.listen and mqtt.listen are both {listen}: give TLS its own port");
@@ -179,7 +181,7 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
             connections_per_ip_per_sec: per_ip,
             registrations_per_pid_per_sec: per_pid,
             tls,
-            ..EndpointConfig::default()
+            ..d
         },
     })
 }

@@ -40,42 +40,30 @@ fn serve() -> Serve {
 fn serve_with(extra: &[&str]) -> Serve {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().to_owned();
-    let out = bin()
-        .args([
-            "--data-dir",
-            "data",
-            "--json",
-            "product",
-            "create",
-            "--name",
-            "Plug",
-            "--mode",
-            "generate",
-        ])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let p: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let other = bin()
-        .args([
-            "--data-dir",
-            "data",
-            "--json",
-            "product",
-            "create",
-            "--name",
-            "Other",
-            "--pid",
-            "other",
-            "--mode",
-            "generate",
-        ])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert!(other.status.success());
-    let other: Value = serde_json::from_slice(&other.stdout).unwrap();
+    let create = |args: &[&str]| -> Value {
+        let out = bin()
+            .args([
+                "--data-dir",
+                "data",
+                "--json",
+                "product",
+                "create",
+                "--mode",
+                "generate",
+            ])
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let p = create(&["--name", "Plug"]);
+    let other = create(&["--name", "Other", "--pid", "other"]);
     let port = free_port();
     let mut child = bin()
         .args([

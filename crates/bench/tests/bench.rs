@@ -8,7 +8,7 @@ use dynreg_bench::{BenchConfig, Failure, responder, run};
 use dynreg_endpoint::{Endpoint, EndpointConfig};
 use dynreg_proto::credentials::SignMethod;
 use dynreg_registrar::conformance::product;
-use dynreg_registrar::{Registrar, SourceMode};
+use dynreg_registrar::{AuthPolicy, Registrar, SourceMode};
 use dynreg_store::{SqliteConfig, SqliteStore};
 
 fn config(addr: String, secret: &str, v5: bool, qos: u8) -> BenchConfig {
@@ -39,7 +39,9 @@ struct Server {
 }
 
 /// Starts an endpoint with `config` (its listen addresses replaced by port 0 on
-/// loopback); `dir` holds the store (and whatever else the test put there).
+/// loopback); `dir` holds the store (and whatever else the test put there). The replay
+/// guard is off: every simulated device of one run signs with the same ts, which the
+/// guard would refuse as replays after the first (docs/security.md).
 async fn endpoint(dir: tempfile::TempDir, config: EndpointConfig) -> Server {
     let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("data"))).unwrap();
     tokio::task::block_in_place(|| {
@@ -52,7 +54,13 @@ async fn endpoint(dir: tempfile::TempDir, config: EndpointConfig) -> Server {
             listen: "127.0.0.1:0".parse().unwrap(),
             ..config
         },
-        Arc::new(Registrar::new(store.clone())),
+        Arc::new(Registrar::with_policy(
+            store.clone(),
+            AuthPolicy {
+                replay_guard: false,
+                ..AuthPolicy::default()
+            },
+        )),
     )
     .unwrap();
     let addr = match endpoint.tls_local_addr() {

@@ -41,6 +41,7 @@ pub(crate) struct MqttSection {
     pub(crate) max_packet_size: Option<u32>,
     pub(crate) connect_timeout_secs: Option<u64>,
     pub(crate) idle_timeout_secs: Option<u64>,
+    pub(crate) write_timeout_secs: Option<u64>,
 }
 
 /// `[tls]`.
@@ -57,8 +58,13 @@ pub(crate) struct TlsSection {
 #[serde(deny_unknown_fields)]
 pub(crate) struct LimitsSection {
     pub(crate) max_connections: Option<u64>,
+    pub(crate) max_pending_per_ip: Option<u32>,
     pub(crate) connections_per_ip_per_sec: Option<u32>,
     pub(crate) registrations_per_pid_per_sec: Option<u32>,
+    pub(crate) replay_guard: Option<bool>,
+    pub(crate) ban_failures: Option<u32>,
+    pub(crate) ban_window_secs: Option<u64>,
+    pub(crate) ban_secs: Option<u64>,
 }
 
 impl FileConfig {
@@ -160,6 +166,7 @@ mod tests {
             Some(d.connect_timeout.as_secs())
         );
         assert_eq!(c.mqtt.idle_timeout_secs, Some(d.idle_timeout.as_secs()));
+        assert_eq!(c.mqtt.write_timeout_secs, Some(d.write_timeout.as_secs()));
         assert_eq!(
             c.tls.listen.as_deref(),
             Some(DEFAULT_TLS_LISTEN.to_string().as_str())
@@ -174,6 +181,12 @@ mod tests {
             c.limits.registrations_per_pid_per_sec,
             Some(d.registrations_per_pid_per_sec)
         );
+        assert_eq!(c.limits.max_pending_per_ip, Some(d.max_pending_per_ip));
+        let auth = dynreg_registrar::AuthPolicy::default();
+        assert_eq!(c.limits.replay_guard, Some(auth.replay_guard));
+        assert_eq!(c.limits.ban_failures, Some(auth.ban.failures));
+        assert_eq!(c.limits.ban_window_secs, Some(auth.ban.window_secs));
+        assert_eq!(c.limits.ban_secs, Some(auth.ban.duration_secs));
         let err = FileConfig::parse("[mqtt]\nmax_packet_sise = 5\n")
             .unwrap_err()
             .to_string();

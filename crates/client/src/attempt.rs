@@ -153,11 +153,28 @@ impl Registration {
         }
     }
 
-    /// One attempt, bounded by the timeout, signed with the current time.
-    pub(crate) async fn attempt(&self) -> Result<Triplet, Error> {
-        let ts = SystemTime::now()
+    /// The ts to sign with: the current time for a first attempt; for a retry, a time
+    /// drawn at random from the last minute, never the previous attempt's, so that
+    /// devices of one product that collided under the server's replay guard spread out.
+    pub(crate) fn fresh_ts(previous: Option<u64>) -> u64 {
+        let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let Some(previous) = previous else {
+            return now;
+        };
+        let mut b = [0u8; 1];
+        let _ = getrandom::fill(&mut b);
+        let ts = now.saturating_sub(u64::from(b[0]) % 60);
+        if ts == previous {
+            ts.saturating_sub(1)
+        } else {
+            ts
+        }
+    }
+
+    /// One attempt, bounded by the timeout, signed at `ts`.
+    pub(crate) async fn attempt(&self, ts: u64) -> Result<Triplet, Error> {
         let wire = self.wire(ts);
         let transport = self.tls.as_ref().map(transport).transpose()?;
         let exchange = async {

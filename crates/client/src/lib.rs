@@ -21,9 +21,12 @@
 //! ## Retries
 //! Like the best device SDKs: exponential backoff with full jitter (`initial`,
 //! doubling, capped at `max`), on transport failures, timeouts and retryable statuses,
-//! honouring the status table's retry hint as a floor; never on a refused CONNECT (bad
-//! credentials do not get better) nor on a non-retryable status. Each attempt is bounded
-//! by the timeout and signs with a fresh ts.
+//! honouring the status table's retry hint as a floor; never on a non-retryable status,
+//! nor on a refused CONNECT, with one exception: a refusal for bad credentials is tried
+//! twice more. Under the server's replay guard two devices of one product that sign in
+//! the same second present the same credential and the second is refused; its retries
+//! sign with a ts drawn at random from the last minute, so that devices registering in
+//! a burst spread out. Each attempt is bounded by the timeout and signs with a fresh ts.
 
 mod attempt;
 
@@ -167,10 +170,23 @@ impl Error {
             Self::Refused { res, .. } => Status::from_code(*res)
                 .and_then(Status::retry_after)
                 .map(|s| Duration::from_secs(u64::from(s))),
+            Self::ConnectRefused(_) if self.is_bad_credentials() => Some(Duration::ZERO),
             Self::Invalid(_) | Self::ConnectRefused(_) | Self::SubscribeRefused => None,
         }
     }
+
+    /// Whether this is a CONNECT refused for bad credentials (3.1.1 return code 4,
+    /// MQTT 5 0x86): a wrong secret or clock, or a credential collision under the
+    /// server's replay guard.
+    pub fn is_bad_credentials(&self) -> bool {
+        matches!(self, Self::ConnectRefused(code) if code == "BadUserNamePassword")
+    }
 }
+
+/// Attempts in all when CONNECT is refused for bad credentials: two more, each with a
+/// fresh ts (see the module's notes on retries). A wrong secret costs three refusals,
+/// well under the server's default ban threshold.
+const BAD_CREDENTIAL_ATTEMPTS: u32 = 3;
 
 /// The result of [`Registration::register_detailed`]: the outcome and how many
 /// attempts it took.
@@ -314,11 +330,15 @@ impl Registration {
             };
         }
         let mut attempts = 0;
+        let mut ts = None;
         loop {
             attempts += 1;
-            let result = me.attempt().await;
+            let signed_at = Self::fresh_ts(ts);
+            ts = Some(signed_at);
+            let result = me.attempt(signed_at).await;
             let retry = match &result {
                 Ok(_) => None,
+                Err(e) if e.is_bad_credentials() && attempts >= BAD_CREDENTIAL_ATTEMPTS => None,
                 Err(e) => e.retry_after(),
             };
             match retry {
@@ -408,8 +428,13 @@ mod tests {
                 .is_some()
         );
         assert!(Error::Network("x".into()).retry_after().is_some());
+        assert_eq!(
+            Error::ConnectRefused("BadUserNamePassword".into()).retry_after(),
+            Some(Duration::ZERO),
+            "a replay-guard collision clears with a fresh ts"
+        );
         assert!(
-            Error::ConnectRefused("BadUserNamePassword".into())
+            Error::ConnectRefused("NotAuthorized".into())
                 .retry_after()
                 .is_none()
         );

@@ -8,7 +8,7 @@ use dynreg_client::{Error, MqttVersion, Registration, RetryPolicy, Tls};
 use dynreg_endpoint::{Endpoint, EndpointConfig, TlsSettings};
 use dynreg_proto::credentials::SignMethod;
 use dynreg_registrar::conformance::product;
-use dynreg_registrar::{Registrar, SourceMode};
+use dynreg_registrar::{AuthPolicy, Registrar, SourceMode};
 use dynreg_store::{SqliteConfig, SqliteStore};
 
 struct Server {
@@ -19,7 +19,21 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
+/// An endpoint without the replay guard: these tests register several devices of one
+/// product in the same second, which the guard refuses as replays (PROTOCOL.md section
+/// 2); `guarded_server` has it on.
 async fn server(config: EndpointConfig) -> Server {
+    server_with(
+        config,
+        AuthPolicy {
+            replay_guard: false,
+            ..AuthPolicy::default()
+        },
+    )
+    .await
+}
+
+async fn server_with(config: EndpointConfig, policy: AuthPolicy) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("data"))).unwrap();
     tokio::task::block_in_place(|| {
@@ -29,8 +43,12 @@ async fn server(config: EndpointConfig) -> Server {
         store
             .insert_product(&product("Q", SourceMode::Generate))
             .unwrap();
+        let mut off = product("OFF", SourceMode::Generate);
+        off.enabled = false;
+        store.insert_product(&off).unwrap();
     });
-    let endpoint = Endpoint::bind(config, Arc::new(Registrar::new(store.clone()))).unwrap();
+    let registrar = Arc::new(Registrar::with_policy(store.clone(), policy));
+    let endpoint = Endpoint::bind(config, registrar).unwrap();
     let addr = endpoint.local_addr().unwrap();
     let tls_addr = endpoint.tls_local_addr().map(Result::unwrap);
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -100,6 +118,31 @@ async fn registers_with_every_option() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_guard_collision_is_retried_with_another_ts() {
+    let s = server_with(local(), AuthPolicy::default()).await;
+    let retrying = RetryPolicy {
+        max_attempts: 5,
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(20),
+    };
+    // Devices of one product that start in the same second sign the same credential;
+    // the guard lets the first in and refuses the others, which retry with other ts.
+    let tasks: Vec<_> = (0..3)
+        .map(|i| {
+            let r = reg(s.addr, "G").unique(format!("burst{i}")).retry(retrying);
+            tokio::spawn(async move { r.register_detailed().await })
+        })
+        .collect();
+    let mut retried = 0;
+    for t in tasks {
+        let out = t.await.unwrap();
+        assert!(out.result.is_ok(), "{:?}", out.result);
+        retried += u32::from(out.attempts > 1);
+    }
+    assert!(retried > 0, "the burst collided at least once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_say_which_step_and_are_not_retried_when_final() {
     let s = server(local()).await;
     let retrying = RetryPolicy {
@@ -125,10 +168,23 @@ async fn errors_say_which_step_and_are_not_retried_when_final() {
         .retry(retrying)
         .unique(bad.unique_value().unwrap_or("x"));
     let out = bad.register_detailed().await;
-    assert_eq!(out.attempts, 1, "a refused CONNECT is not retried");
+    assert_eq!(
+        out.attempts, 3,
+        "bad credentials are tried twice more (a replay-guard collision clears), no more"
+    );
     assert_eq!(
         out.result,
         Err(Error::ConnectRefused("BadUserNamePassword".into()))
+    );
+    let out = Registration::new("127.0.0.1", "OFF", "secret-of-OFF")
+        .port(s.addr.port())
+        .retry(retrying)
+        .register_detailed()
+        .await;
+    assert_eq!(out.attempts, 1, "other CONNECT refusals are not retried");
+    assert_eq!(
+        out.result,
+        Err(Error::ConnectRefused("NotAuthorized".into()))
     );
     let out = reg(s.addr, "G").unique("a_b").register_detailed().await;
     assert!(matches!(out.result, Err(Error::Invalid(_))));

@@ -5,19 +5,32 @@
 //! backlog, so that a burst of devices is queued by the kernel rather than refused.
 //! A connection task reads into one buffer, decodes with the MQTT codec (which refuses
 //! a packet larger than the maximum from its fixed header, before buffering it), feeds
-//! the session, and carries out its actions: product lookups and registrations go to
+//! the session, and carries out its actions: CONNECT decisions and registrations go to
 //! the [`Registrar`]; packets are encoded into one output buffer and written at once.
+//!
+//! What one client can hold is bounded:
+//! - Output: no more is decoded while [`OUT_HIGH_WATER`] bytes wait to be written, and
+//!   a write that makes no progress for `write_timeout` closes the connection. While a
+//!   write waits, the session's timers (keepalive, idle) and shutdown still apply, so a
+//!   client that never reads cannot keep its connection, nor hold up a shutdown.
+//! - Descriptors: at most `max_pending_per_ip` connections per source address that have
+//!   not yet authenticated; more are closed at accept. If the process runs out of file
+//!   descriptors anyway, a reserve descriptor is freed to accept and close the waiting
+//!   connection, rather than leaving the listener spinning on `EMFILE`.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
-use dynreg_registrar::{Device, Registrar, Store};
+use bytes::{Buf, BytesMut};
+use dynreg_registrar::{AuthError, Connect, Device, Handled, Registrar, Store};
 use rmqtt_codec::error::DecodeError;
 use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
 use rmqtt_codec::{MqttCodec, v3, v5};
@@ -31,8 +44,8 @@ use tracing::{debug, info, warn};
 
 use dynreg_proto::{RegisterReply, RegisterRequest, Status};
 
-use crate::limit::RateLimiter;
-use crate::session::{Action, CloseReason, Session, SessionConfig};
+use crate::limit::{PendingPerIp, PendingSlot, RateLimiter};
+use crate::session::{Action, CloseReason, RefusalCause, Session, SessionConfig};
 use crate::wire::{self, Advertised, Out, Version};
 
 /// How the endpoint listens and what it allows.
@@ -54,8 +67,15 @@ pub struct EndpointConfig {
     pub receive_max: u16,
     /// On shutdown, how long in-flight registrations may take to finish.
     pub shutdown_grace: Duration,
+    /// A write to the client that makes no progress for this long closes the
+    /// connection.
+    pub write_timeout: Duration,
+    /// Connections per source IP that have not yet authenticated; more are closed at
+    /// accept. 0: no limit.
+    pub max_pending_per_ip: u32,
     /// New connections per second allowed from one source IP (bursts of as many);
-    /// more get their CONNECT refused with "quota exceeded". 0: no limit.
+    /// more get their CONNECT refused with "quota exceeded". 0: no limit (the
+    /// default: the failed-authentication ban protects instead).
     pub connections_per_ip_per_sec: u32,
     /// Registrations per second allowed for one pid (bursts of as many); more are
     /// answered with status 4290 (rate limited). 0: no limit.
@@ -123,7 +143,9 @@ impl Default for EndpointConfig {
             max_packet_size: 8 * 1024,
             receive_max: 16,
             shutdown_grace: Duration::from_secs(10),
-            connections_per_ip_per_sec: 200,
+            write_timeout: Duration::from_secs(10),
+            max_pending_per_ip: 256,
+            connections_per_ip_per_sec: 0,
             registrations_per_pid_per_sec: 0,
             tls: None,
         }
@@ -140,6 +162,46 @@ pub struct Endpoint<S> {
 
 /// Connections beyond the limit that are still taken in, to be refused at CONNECT.
 const REFUSAL_SLOTS: u32 = 256;
+
+/// File descriptors the process needs besides its connections: the refusal slots, the
+/// listeners, the store's files, the log, the runtime. `max_connections` should leave
+/// this many below the open-file limit.
+pub const RESERVED_FILES: u64 = REFUSAL_SLOTS as u64 + 128;
+
+/// No more packets are decoded from a connection while this many bytes wait to be
+/// written to it: a client that sends without reading cannot grow its output buffer.
+pub const OUT_HIGH_WATER: usize = 64 * 1024;
+
+/// Logs a warning at most once per `every` ms, counting the events in between.
+#[derive(Debug, Default)]
+struct Throttle {
+    last_ms: AtomicU64,
+    since: AtomicU64,
+}
+
+impl Throttle {
+    /// Counts an event at `now_ms`; `Some(events since the last line)` when it is time
+    /// for a line.
+    fn hit(&self, now_ms: u64, every: u64) -> Option<u64> {
+        let n = self.since.fetch_add(1, Ordering::Relaxed) + 1;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if (last == 0 || now_ms >= last + every)
+            && self
+                .last_ms
+                .compare_exchange(last, now_ms.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.since.store(0, Ordering::Relaxed);
+            return Some(n);
+        }
+        None
+    }
+}
+
+/// Whether an accept error means the process or the system is out of descriptors.
+fn out_of_files(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(23 | 24)) // ENFILE, EMFILE
+}
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -185,6 +247,12 @@ impl<S: Store> Endpoint<S> {
         let permits = Arc::new(Semaphore::new(max as usize));
         let refusals = Arc::new(Semaphore::new(REFUSAL_SLOTS as usize));
         let per_ip = RateLimiter::new(self.config.connections_per_ip_per_sec, 100_000);
+        let pending = PendingPerIp::new(self.config.max_pending_per_ip);
+        let pending_refused = Throttle::default();
+        let fd_exhausted = Throttle::default();
+        // Freed when accept fails for want of descriptors, to accept and close the
+        // connection waiting in the backlog; taken again afterwards.
+        let mut reserve = std::fs::File::open("/dev/null").ok();
         let (stop_tx, stop_rx) = watch::channel(false);
         let (abort_tx, abort_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -208,12 +276,41 @@ impl<S: Store> Endpoint<S> {
             };
             let (stream, peer) = match accepted {
                 Ok(a) => a,
+                Err(e) if out_of_files(&e) => {
+                    if let Some(n) = fd_exhausted.hit(elapsed_ms(shared.epoch), 5_000) {
+                        warn!(error = %e, times = n, "accept failed: out of file descriptors; shedding waiting connections (lower max_connections or raise the open-file limit)");
+                    }
+                    let listener = match &tls {
+                        Some(_) => self.tls.as_ref().map(|(l, _)| l),
+                        None => Some(&self.listener),
+                    };
+                    match (reserve.take(), listener) {
+                        (Some(spare), Some(listener)) => {
+                            drop(spare);
+                            if let Ok(Ok((shed, _))) =
+                                tokio::time::timeout(Duration::from_millis(10), listener.accept())
+                                    .await
+                            {
+                                drop(shed);
+                            }
+                            reserve = std::fs::File::open("/dev/null").ok();
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                    continue;
+                }
                 Err(e) => {
-                    // E.g. out of file descriptors: back off instead of spinning.
                     warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+            };
+            let Some(slot) = pending.enter(peer.ip()) else {
+                if let Some(n) = pending_refused.hit(elapsed_ms(shared.epoch), 5_000) {
+                    warn!(%peer, limit = self.config.max_pending_per_ip, closed = n, "connections closed at accept: too many from this address not yet authenticated");
+                }
+                drop(stream);
+                continue;
             };
             // Past the connection limit, a few more connections are taken just to be
             // refused clearly at CONNECT (server unavailable); past those, closed.
@@ -248,7 +345,7 @@ impl<S: Store> Endpoint<S> {
                     tls: tls.is_some(),
                 };
                 match tls {
-                    None => conn.serve(stream, limits).await,
+                    None => conn.serve(stream, limits, slot).await,
                     // Boxed: the TLS state is large, and unboxed it would make every
                     // plain connection's task as large as a TLS one.
                     Some(acceptor) => {
@@ -256,7 +353,7 @@ impl<S: Store> Endpoint<S> {
                             // The handshake counts against the connect timeout.
                             let timeout = shared.config.connect_timeout;
                             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                                Ok(Ok(tls_stream)) => conn.serve(tls_stream, limits).await,
+                                Ok(Ok(tls_stream)) => conn.serve(tls_stream, limits, slot).await,
                                 Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                                 Err(_) => debug!(%peer, "TLS handshake timed out"),
                             }
@@ -349,6 +446,15 @@ struct Conn<'a, S> {
     tls: bool,
 }
 
+/// How writing out a connection's output ended.
+enum Flushed {
+    /// Everything was written.
+    Done,
+    /// The connection must close now (the write failed or stalled, a timer closed the
+    /// session, or the server is shutting down).
+    Close,
+}
+
 /// What one connection task keeps between packets.
 struct Io {
     session: Session,
@@ -363,12 +469,15 @@ impl<S: Store> Conn<'_, S> {
         elapsed_ms(self.shared.epoch)
     }
 
-    /// Serves one connection (plain TCP or TLS) to its end.
+    /// Serves one connection (plain TCP or TLS) to its end. `slot` is its place among
+    /// its address's unauthenticated connections, given back once it authenticates.
     async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
         &self,
         mut stream: IO,
         (over_quota, over_capacity): (bool, bool),
+        slot: PendingSlot,
     ) {
+        let mut slot = Some(slot);
         let config = &*self.shared.config;
         let epoch = self.shared.epoch;
         let peer = self.peer;
@@ -437,8 +546,13 @@ impl<S: Store> Conn<'_, S> {
         let mut armed = None;
 
         loop {
-            // Everything complete in the buffer, in order.
+            // Everything complete in the buffer, in order, while the output is small.
+            let mut saturated = false;
             while !closed {
+                if io.out.len() >= OUT_HIGH_WATER {
+                    saturated = true;
+                    break;
+                }
                 match io.codec.decode(&mut buf) {
                     Ok(Some((packet, _))) => {
                         let actions = io.session.on_packet(self.now_ms(), wire::inbound(packet));
@@ -447,27 +561,37 @@ impl<S: Store> Conn<'_, S> {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        let code = match e {
-                            DecodeError::MaxSizeExceeded { .. } => {
-                                wire::DISCONNECT_PACKET_TOO_LARGE
-                            }
-                            _ => wire::DISCONNECT_MALFORMED,
-                        };
-                        io.queue.push_back(Action::Send(Out::Disconnect(code)));
+                        let too_large = matches!(e, DecodeError::MaxSizeExceeded { .. });
+                        io.queue.extend(io.session.on_decode_error(too_large));
                         self.drive(&mut io).await;
                         info!(%peer, error = %e, "closed: bad packet");
                         closed = true;
                     }
                 }
             }
+            if slot.is_some() && io.session.identity().is_some() {
+                slot = None;
+            }
             if !io.out.is_empty() {
-                if stream.write_all(&io.out).await.is_err() {
+                let flushed = self
+                    .flush(
+                        &mut stream,
+                        &mut io,
+                        timer.as_mut(),
+                        &mut armed,
+                        stop.as_mut(),
+                    )
+                    .await;
+                if let Flushed::Close = flushed {
                     return;
                 }
-                io.out.clear();
             }
             if closed {
                 break;
+            }
+            if saturated {
+                // Decode the rest now that the output is written.
+                continue;
             }
             let deadline = io.session.deadline();
             if deadline != armed {
@@ -498,13 +622,101 @@ impl<S: Store> Conn<'_, S> {
                 }
             }
         }
-        if !io.out.is_empty() {
-            let _ = stream.write_all(&io.out).await;
+        // The last packets (a DISCONNECT, a refusing CONNACK), if the client reads them
+        // soon; then TLS close_notify. Plain TCP needs no shutdown call: closing the
+        // socket sends the FIN (one system call fewer per registration).
+        let tls = self.tls;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            if !io.out.is_empty() {
+                stream.write_all(&io.out).await?;
+            }
+            if tls {
+                stream.shutdown().await?;
+            }
+            io::Result::Ok(())
+        })
+        .await;
+    }
+
+    /// Writes out the connection's output. Most writes complete at once; one that has
+    /// to wait still lets the session's timers and shutdown close the connection, and
+    /// gives up when no byte is written for the write timeout.
+    async fn flush<IO: AsyncWrite + Unpin>(
+        &self,
+        stream: &mut IO,
+        io: &mut Io,
+        mut timer: Pin<&mut tokio::time::Sleep>,
+        armed: &mut Option<u64>,
+        mut stop: Pin<&mut impl Future<Output = ()>>,
+    ) -> Flushed {
+        // Fast path: write while the socket takes it, without arming anything.
+        loop {
+            let r = if io.out.is_empty() {
+                std::future::poll_fn(|cx| {
+                    Poll::Ready(Pin::new(&mut *stream).poll_flush(cx).map_ok(|()| 0))
+                })
+                .await
+            } else {
+                std::future::poll_fn(|cx| {
+                    Poll::Ready(Pin::new(&mut *stream).poll_write(cx, &io.out))
+                })
+                .await
+            };
+            match r {
+                Poll::Ready(Ok(0)) if io.out.is_empty() => return Flushed::Done,
+                Poll::Ready(Ok(0) | Err(_)) => return Flushed::Close,
+                Poll::Ready(Ok(n)) => io.out.advance(n),
+                Poll::Pending => break,
+            }
         }
-        // TLS: send close_notify. Plain TCP needs no shutdown call: closing the socket
-        // sends the FIN (one system call fewer per registration).
-        if self.tls {
-            let _ = stream.shutdown().await;
+        // The client is not reading (or the network is slow). The timer is re-armed
+        // here; the caller arms it again afterwards.
+        *armed = None;
+        let peer = self.peer;
+        let epoch = self.shared.epoch;
+        let write_timeout = self.shared.config.write_timeout;
+        let mut stalled_at =
+            self.now_ms() + u64::try_from(write_timeout.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let due = io
+                .session
+                .deadline()
+                .map_or(stalled_at, |d| d.min(stalled_at));
+            timer.as_mut().reset(tokio::time::Instant::from_std(
+                epoch + Duration::from_millis(due),
+            ));
+            let written = tokio::select! {
+                r = async {
+                    if io.out.is_empty() {
+                        stream.flush().await.map(|()| 0)
+                    } else {
+                        stream.write(&io.out).await
+                    }
+                } => r,
+                () = &mut timer => {
+                    let now = self.now_ms();
+                    if now >= stalled_at {
+                        info!(%peer, pending_bytes = io.out.len(), "closed: no write progress for {write_timeout:?} (the client does not read)");
+                        return Flushed::Close;
+                    }
+                    let actions = io.session.on_tick(now);
+                    io.queue.extend(actions);
+                    if self.drive(io).await {
+                        return Flushed::Close;
+                    }
+                    continue;
+                }
+                () = &mut stop => return Flushed::Close,
+            };
+            match written {
+                Ok(0) if io.out.is_empty() => return Flushed::Done,
+                Ok(0) | Err(_) => return Flushed::Close,
+                Ok(n) => {
+                    io.out.advance(n);
+                    stalled_at = self.now_ms()
+                        + u64::try_from(write_timeout.as_millis()).unwrap_or(u64::MAX);
+                }
+            }
         }
     }
 
@@ -517,18 +729,39 @@ impl<S: Store> Conn<'_, S> {
             match action {
                 Action::Send(packet) => {
                     if let Some(p) = wire::outbound(packet, io.session.version(), io.adv) {
+                        let before = io.out.len();
                         if let Err(e) = io.codec.encode(p, &mut io.out) {
                             warn!(%peer, error = %e, "cannot encode a packet");
                         }
+                        // MQTT-3.1.2-24: never send a packet larger than the client's
+                        // Maximum Packet Size; drop it and say so.
+                        let size = io.out.len() - before;
+                        if let Some(max) = io.session.client_max_packet_size() {
+                            if size > max as usize {
+                                io.out.truncate(before);
+                                warn!(%peer, size, max, "packet not sent: larger than the client's Maximum Packet Size");
+                            }
+                        }
                     }
                 }
-                Action::LookupProduct(pid) => {
-                    let product = registrar.store().product(&pid);
-                    if let Err(e) = &product {
-                        warn!(%peer, %pid, error = %e, "product lookup failed");
+                Action::Authenticate {
+                    client_id,
+                    username,
+                    password,
+                } => {
+                    let result = registrar.authenticate(
+                        unix_now(),
+                        Connect {
+                            client_id: &client_id,
+                            username: username.as_deref(),
+                            password: password.as_deref(),
+                            peer: Some(peer.ip()),
+                        },
+                    );
+                    if let Err(AuthError::Store(e)) = &result {
+                        warn!(%peer, error = %e, "CONNECT could not be checked: storage unavailable");
                     }
-                    let found = product.as_ref().map(|p| p.as_deref()).map_err(|_| ());
-                    let actions = io.session.on_product(unix_now(), found);
+                    let actions = io.session.on_authenticated(result);
                     io.queue.extend(actions);
                     if let Some(id) = io.session.identity() {
                         debug!(%peer, pid = %id.pid, unique = %id.unique, tls = self.tls, "connected");
@@ -548,7 +781,12 @@ impl<S: Store> Conn<'_, S> {
                     let pid = id.map_or("", |i| i.pid.as_str());
                     let unique = id.map_or("", |i| i.unique.as_str());
                     match &reason {
+                        // Logged once when the ban starts, not per connection after.
+                        CloseReason::Refused(RefusalCause::Auth(AuthError::Banned)) => {
+                            debug!(%peer, "closed: {reason}");
+                        }
                         CloseReason::Refused(_)
+                        | CloseReason::RepliesNotAcknowledged
                         | CloseReason::ForbiddenPublish(_)
                         | CloseReason::QoS2
                         | CloseReason::Protocol(_) => {
@@ -574,11 +812,11 @@ impl<S: Store> Conn<'_, S> {
             pid: &id.pid,
             unique: &id.unique,
         };
-        let reply = if self.shared.per_pid.allow(&id.pid, self.now_ms()) {
+        let handled = if self.shared.per_pid.allow(&id.pid, self.now_ms()) {
             let mut abort = self.shared.abort.clone();
             tokio::select! {
                 biased;
-                reply = self.shared.registrar.register_payload(now, device, payload) => reply,
+                handled = self.shared.registrar.register_payload(now, device, payload) => handled,
                 _ = abort.wait_for(|aborting| *aborting) => {
                     warn!(%peer, pid = %id.pid, unique = %id.unique, "registration abandoned: shutdown grace over");
                     return None;
@@ -588,21 +826,29 @@ impl<S: Store> Conn<'_, S> {
             rate_limited(now, payload)
         };
         let (pid, unique) = (id.pid.as_str(), id.unique.as_str());
-        match &reply {
-            Some(r) if r.res == 0 => {
-                let uuid = r.data.uuid.as_deref().unwrap_or("");
-                info!(%peer, pid, unique, uuid, "registered");
+        let uuid = handled
+            .reply
+            .as_ref()
+            .and_then(|r| r.data.uuid.as_deref())
+            .unwrap_or("");
+        match &handled.outcome {
+            Ok(true) => info!(%peer, pid, unique, uuid, "registered"),
+            // Every re-registration is logged with where it came from: a run of them from
+            // one address is how a harvested product secret shows.
+            Ok(false) => {
+                info!(%peer, pid, unique, uuid, "re-registered: the device's triplet sent again");
             }
-            Some(r) => info!(%peer, pid, unique, res = r.res, msg = %r.msg, "registration refused"),
-            None => info!(%peer, pid, unique, "registered (ack=0, no reply)"),
+            Err(status) => {
+                info!(%peer, pid, unique, res = status.code(), msg = status.message(), "registration refused");
+            }
         }
-        reply
+        handled.reply
     }
 }
 
-/// The reply to a request refused by the per-pid rate limit (none when it asked for
-/// none), echoing its id and code.
-fn rate_limited(now: u64, payload: &[u8]) -> Option<RegisterReply> {
+/// The answer to a request refused by the per-pid rate limit (no reply when it asked
+/// for none), echoing its id and code.
+fn rate_limited(now: u64, payload: &[u8]) -> Handled {
     let (id, code, wants) = match RegisterRequest::from_json(payload) {
         Ok(r) => {
             let wants = r.wants_reply();
@@ -610,5 +856,8 @@ fn rate_limited(now: u64, payload: &[u8]) -> Option<RegisterReply> {
         }
         Err(e) => (e.id, e.code, true),
     };
-    wants.then(|| RegisterReply::failure(id, code, now, Status::RateLimited))
+    Handled {
+        reply: wants.then(|| RegisterReply::failure(id, code, now, Status::RateLimited)),
+        outcome: Err(Status::RateLimited),
+    }
 }

@@ -1,11 +1,20 @@
 //! The registration session: a state machine with no IO and no clock.
 //!
-//! Packets ([`In`]) and time (milliseconds of a monotonic clock, plus Unix seconds for
-//! the ts window) go in; [`Action`]s come out: packets to send, a product to look up, a
-//! request to register, the connection to close. The IO task ([`crate::server`])
-//! carries the actions out and feeds the answers back ([`Session::on_product`],
-//! [`Session::on_registered`]). Because a session knows only its own device, it can
-//! never route anything to another client.
+//! Packets ([`In`]) and time (milliseconds of a monotonic clock) go in; [`Action`]s come
+//! out: packets to send, a CONNECT to authenticate, a request to register, the
+//! connection to close. Whether a CONNECT is allowed is not decided here but by the
+//! registrar (`Registrar::authenticate`), which every front door shares; the session
+//! keeps only the rules of an MQTT connection. Because a session knows only its own
+//! device, it can never route anything to another client.
+//!
+//! ## Call order (the driver's duties)
+//! 1. [`Session::on_packet`] for each decoded packet, [`Session::on_decode_error`] when
+//!    the bytes do not decode, [`Session::on_tick`] at [`Session::deadline`].
+//! 2. Carry out every returned [`Action`] in order: [`Action::Authenticate`] is answered
+//!    with [`Session::on_authenticated`], [`Action::Register`] with
+//!    [`Session::on_registered`]; their actions are carried out in turn.
+//! 3. Encode [`Action::Send`] packets; never send one larger than
+//!    [`Session::client_max_packet_size`] (drop it and log it).
 //!
 //! What a registration connection may do: CONNECT once with valid credentials;
 //! SUBSCRIBE to its own response topic only (QoS granted = min(requested, 1));
@@ -14,15 +23,27 @@
 //! connection closed; QoS 2 is refused with DISCONNECT 0x9B; keepalive silence of
 //! 1.5 x the keepalive and an idle connection (no packet but pings for `idle_timeout`)
 //! close it.
+//!
+//! MQTT 5 rules the CONNACK advertises (retain unavailable, no topic aliases) are
+//! enforced: a Will with Will Retain gets CONNACK 0x9A (MQTT-3.2.2-13), a retained
+//! PUBLISH DISCONNECT 0x9A, a Topic Alias DISCONNECT 0x94. The client's Receive Maximum
+//! bounds the QoS 1 replies awaiting its PUBACK (MQTT-3.3.4-9): further replies wait,
+//! and a client that lets more than [`MAX_WAITING_REPLIES`] pile up is disconnected
+//! (0x97). A packet that does not decode before the CONNACK is refused in the CONNACK
+//! (0x95 or 0x81), never with a DISCONNECT (MQTT-3.14.0-1).
 
+use std::collections::VecDeque;
 use std::fmt;
 
 use bytes::Bytes;
-use dynreg_proto::credentials::{CredentialError, Credentials, SignMethod};
 use dynreg_proto::{Refusal, Topic, TopicKind};
-use dynreg_registrar::Product;
+use dynreg_registrar::{AuthError, Authenticated};
 
 use crate::wire::{self, In, Out, Version};
+
+/// Replies that may wait for the client's PUBACKs (its Receive Maximum) before the
+/// connection is closed. A device sends one request at a time; this is generous.
+pub const MAX_WAITING_REPLIES: usize = 16;
 
 /// Limits and timeouts of a session, in milliseconds where they are times.
 #[derive(Debug, Clone, Copy)]
@@ -52,49 +73,42 @@ pub enum CloseReason {
     QoS2,
     /// The client broke the protocol.
     Protocol(&'static str),
+    /// The client did not acknowledge replies (its Receive Maximum held them back) and
+    /// more piled up than allowed.
+    RepliesNotAcknowledged,
 }
 
 /// Why a CONNECT was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefusalCause {
-    /// The credentials are malformed, stale or badly signed.
-    Credentials(CredentialError),
-    /// No username or no password.
-    MissingCredentials,
-    /// The pid is not a known product.
-    UnknownProduct,
-    /// The product's registration is disabled.
-    DisabledProduct,
-    /// The product could not be looked up.
-    StoreUnavailable,
+    /// The registrar refused the credentials.
+    Auth(AuthError),
     /// The source address opened connections faster than allowed.
     RateLimited,
     /// The server was at its connection limit.
     TooManyConnections,
+    /// MQTT 5: a Will with Will Retain, while retain is unavailable.
+    WillRetain,
+    /// The CONNECT (or a packet right after it) did not decode.
+    BadPacket(&'static str),
 }
 
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::ConnectTimeout => f.write_str("no CONNECT within the connect timeout"),
-            Self::Refused(RefusalCause::Credentials(e)) => write!(f, "CONNECT refused: {e}"),
-            Self::Refused(RefusalCause::MissingCredentials) => {
-                f.write_str("CONNECT refused: no username or password")
-            }
-            Self::Refused(RefusalCause::UnknownProduct) => {
-                f.write_str("CONNECT refused: unknown product")
-            }
-            Self::Refused(RefusalCause::DisabledProduct) => {
-                f.write_str("CONNECT refused: registration disabled for the product")
-            }
-            Self::Refused(RefusalCause::StoreUnavailable) => {
-                f.write_str("CONNECT refused: product lookup failed")
-            }
+            Self::Refused(RefusalCause::Auth(e)) => write!(f, "CONNECT refused: {e}"),
             Self::Refused(RefusalCause::TooManyConnections) => {
                 f.write_str("CONNECT refused: the server is at its connection limit")
             }
             Self::Refused(RefusalCause::RateLimited) => {
                 f.write_str("CONNECT refused: too many new connections from this address")
+            }
+            Self::Refused(RefusalCause::WillRetain) => {
+                f.write_str("CONNECT refused: Will Retain is not supported")
+            }
+            Self::Refused(RefusalCause::BadPacket(what)) => {
+                write!(f, "CONNECT refused: {what}")
             }
             Self::KeepAlive => f.write_str("keepalive expired"),
             Self::Idle => f.write_str("idle timeout"),
@@ -102,6 +116,10 @@ impl fmt::Display for CloseReason {
             Self::ForbiddenPublish(t) => write!(f, "publish to a topic not its own: {t}"),
             Self::QoS2 => f.write_str("QoS 2 publish (not supported)"),
             Self::Protocol(what) => write!(f, "protocol violation: {what}"),
+            Self::RepliesNotAcknowledged => write!(
+                f,
+                "more than {MAX_WAITING_REPLIES} replies waiting for the client's PUBACKs"
+            ),
         }
     }
 }
@@ -111,8 +129,16 @@ impl fmt::Display for CloseReason {
 pub enum Action {
     /// Send a packet.
     Send(Out),
-    /// Look up the product and call [`Session::on_product`].
-    LookupProduct(String),
+    /// Ask the registrar whether the CONNECT is allowed and call
+    /// [`Session::on_authenticated`].
+    Authenticate {
+        /// The clientId.
+        client_id: String,
+        /// The username, if any.
+        username: Option<String>,
+        /// The password, if any.
+        password: Option<Bytes>,
+    },
     /// Register the request and call [`Session::on_registered`].
     Register {
         /// The PUBLISH packet id, for the PUBACK (QoS 1).
@@ -136,12 +162,8 @@ pub struct Identity {
 #[derive(Debug)]
 enum State {
     AwaitConnect,
-    /// CONNECT parsed, waiting for the product to verify it against.
+    /// CONNECT handed to the registrar, waiting for its answer.
     Authenticating {
-        id: Identity,
-        sign_method: SignMethod,
-        ts: u64,
-        password: Bytes,
         keep_alive: u16,
     },
     Connected {
@@ -168,6 +190,14 @@ pub struct Session {
     /// Refuse the CONNECT with this (set when the connection was over a limit at
     /// accept).
     refuse_connect: Option<(Refusal, RefusalCause)>,
+    /// The client's Receive Maximum: QoS 1 replies it takes before acknowledging.
+    client_receive_max: u16,
+    /// The client's Maximum Packet Size.
+    client_max_packet: Option<u32>,
+    /// QoS 1 replies sent and not yet acknowledged.
+    in_flight: u16,
+    /// Reply payloads held back by the client's Receive Maximum.
+    waiting: VecDeque<Bytes>,
 }
 
 impl Session {
@@ -182,6 +212,10 @@ impl Session {
             last_activity: now_ms,
             next_packet_id: 1,
             refuse_connect: None,
+            client_receive_max: u16::MAX,
+            client_max_packet: None,
+            in_flight: 0,
+            waiting: VecDeque::new(),
         }
     }
 
@@ -219,6 +253,11 @@ impl Session {
         matches!(self.state, State::Closed)
     }
 
+    /// The largest packet the client accepts (MQTT 5 Maximum Packet Size), if it said.
+    pub fn client_max_packet_size(&self) -> Option<u32> {
+        self.client_max_packet
+    }
+
     fn close(&mut self, out: &mut Vec<Action>, reason: CloseReason) {
         self.state = State::Closed;
         out.push(Action::Close(reason));
@@ -227,6 +266,11 @@ impl Session {
     fn refuse(&mut self, out: &mut Vec<Action>, refusal: Refusal, cause: RefusalCause) {
         out.push(Action::Send(Out::ConnAck(Some(refusal))));
         self.close(out, CloseReason::Refused(cause));
+    }
+
+    fn disconnect(&mut self, out: &mut Vec<Action>, code: u8, reason: CloseReason) {
+        out.push(Action::Send(Out::Disconnect(code)));
+        self.close(out, reason);
     }
 
     /// When [`Session::on_tick`] must be called next, in ms.
@@ -259,16 +303,41 @@ impl Session {
             State::Connected { keep_alive_ms, .. } => {
                 let ka = *keep_alive_ms;
                 if ka > 0 && now_ms >= self.last_packet + ka * 3 / 2 {
-                    out.push(Action::Send(Out::Disconnect(wire::DISCONNECT_KEEPALIVE)));
-                    self.close(&mut out, CloseReason::KeepAlive);
+                    self.disconnect(&mut out, wire::DISCONNECT_KEEPALIVE, CloseReason::KeepAlive);
                 } else if now_ms >= self.last_activity + self.config.idle_timeout_ms {
-                    out.push(Action::Send(Out::Disconnect(
+                    self.disconnect(
+                        &mut out,
                         wire::DISCONNECT_MAX_CONNECT_TIME,
-                    )));
-                    self.close(&mut out, CloseReason::Idle);
+                        CloseReason::Idle,
+                    );
                 }
             }
             State::Closed => {}
+        }
+        out
+    }
+
+    /// The bytes from the client did not decode: `too_large` when a packet was over
+    /// the maximum size, else malformed. Before the CONNACK the refusal is the CONNACK
+    /// (MQTT 5: 0x95 or 0x81); after it, a DISCONNECT with the same code. MQTT 3.1.1
+    /// has no code for either: the connection is closed.
+    pub fn on_decode_error(&mut self, too_large: bool) -> Vec<Action> {
+        let mut out = Vec::new();
+        let (code, what) = if too_large {
+            (wire::DISCONNECT_PACKET_TOO_LARGE, "packet too large")
+        } else {
+            (wire::DISCONNECT_MALFORMED, "malformed packet")
+        };
+        match self.state {
+            State::Closed => {}
+            State::AwaitConnect | State::Authenticating { .. } => {
+                out.push(Action::Send(Out::ConnAckReason(code)));
+                self.close(
+                    &mut out,
+                    CloseReason::Refused(RefusalCause::BadPacket(what)),
+                );
+            }
+            State::Connected { .. } => self.disconnect(&mut out, code, CloseReason::Protocol(what)),
         }
         out
     }
@@ -280,6 +349,7 @@ impl Session {
         if packet != In::PingReq {
             self.last_activity = now_ms;
         }
+        let v5 = self.version == Version::V5;
         match &mut self.state {
             State::Closed => {}
             State::AwaitConnect => match packet {
@@ -289,35 +359,28 @@ impl Session {
                     }
                 }
                 In::Connect {
+                    will_retain: true, ..
+                } if v5 => {
+                    out.push(Action::Send(Out::ConnAckReason(wire::RETAIN_NOT_SUPPORTED)));
+                    self.close(&mut out, CloseReason::Refused(RefusalCause::WillRetain));
+                }
+                In::Connect {
                     client_id,
                     username,
                     password,
                     keep_alive,
+                    receive_max,
+                    max_packet_size,
+                    ..
                 } => {
-                    let (Some(username), Some(password)) = (username, password) else {
-                        self.refuse(
-                            &mut out,
-                            Refusal::BadCredentials,
-                            RefusalCause::MissingCredentials,
-                        );
-                        return out;
-                    };
-                    match Credentials::parse(&client_id, &username) {
-                        Err(e) => self.refuse(&mut out, e.refusal(), RefusalCause::Credentials(e)),
-                        Ok(creds) => {
-                            out.push(Action::LookupProduct(creds.pid.to_owned()));
-                            self.state = State::Authenticating {
-                                id: Identity {
-                                    pid: creds.pid.to_owned(),
-                                    unique: creds.unique.to_owned(),
-                                },
-                                sign_method: creds.sign_method,
-                                ts: creds.ts,
-                                password,
-                                keep_alive,
-                            };
-                        }
-                    }
+                    self.client_receive_max = receive_max.unwrap_or(u16::MAX).max(1);
+                    self.client_max_packet = max_packet_size;
+                    self.state = State::Authenticating { keep_alive };
+                    out.push(Action::Authenticate {
+                        client_id,
+                        username,
+                        password,
+                    });
                 }
                 _ => self.close(
                     &mut out,
@@ -358,110 +421,87 @@ impl Session {
                     qos,
                     packet_id,
                     payload,
+                    retain,
+                    topic_alias,
                 } => {
                     if qos > 1 {
-                        out.push(Action::Send(Out::Disconnect(
+                        self.disconnect(
+                            &mut out,
                             wire::DISCONNECT_QOS_NOT_SUPPORTED,
-                        )));
-                        self.close(&mut out, CloseReason::QoS2);
+                            CloseReason::QoS2,
+                        );
+                        return out;
+                    }
+                    if v5 && topic_alias {
+                        // The CONNACK advertised Topic Alias Maximum 0.
+                        self.disconnect(
+                            &mut out,
+                            wire::DISCONNECT_TOPIC_ALIAS_INVALID,
+                            CloseReason::Protocol("topic alias (the maximum is 0)"),
+                        );
+                        return out;
+                    }
+                    if v5 && retain {
+                        // The CONNACK advertised Retain Available 0.
+                        self.disconnect(
+                            &mut out,
+                            wire::RETAIN_NOT_SUPPORTED,
+                            CloseReason::Protocol("retained PUBLISH (retain is not available)"),
+                        );
                         return out;
                     }
                     let own = Topic::parse(&topic)
                         .is_ok_and(|t| t.is(&id.pid, &id.unique, TopicKind::Request));
                     if !own {
-                        if let (Some(packet_id), Version::V5) = (packet_id, self.version) {
+                        if let (Some(packet_id), true) = (packet_id, v5) {
                             out.push(Action::Send(Out::PubAck {
                                 packet_id,
                                 refused: true,
                             }));
                         }
-                        out.push(Action::Send(Out::Disconnect(
+                        self.disconnect(
+                            &mut out,
                             wire::DISCONNECT_NOT_AUTHORIZED,
-                        )));
-                        self.close(&mut out, CloseReason::ForbiddenPublish(topic));
+                            CloseReason::ForbiddenPublish(topic),
+                        );
                         return out;
                     }
                     out.push(Action::Register { packet_id, payload });
                 }
-                In::PubAck => {}
+                In::PubAck { .. } => {
+                    self.in_flight = self.in_flight.saturating_sub(1);
+                    if let Some(payload) = self.waiting.pop_front() {
+                        self.send_reply(&mut out, payload);
+                    }
+                }
                 In::PingReq => out.push(Action::Send(Out::PingResp)),
                 In::Disconnect => self.close(&mut out, CloseReason::ClientDisconnect),
                 In::Unexpected(what) => {
-                    out.push(Action::Send(Out::Disconnect(
+                    self.disconnect(
+                        &mut out,
                         wire::DISCONNECT_PROTOCOL_ERROR,
-                    )));
-                    self.close(&mut out, CloseReason::Protocol(what));
+                        CloseReason::Protocol(what),
+                    );
                 }
             },
         }
         out
     }
 
-    /// The product for the pending CONNECT (`Err` when it could not be looked up),
-    /// with the server's Unix time for the ts window.
-    pub fn on_product(
-        &mut self,
-        unix_now: u64,
-        product: Result<Option<&Product>, ()>,
-    ) -> Vec<Action> {
+    /// The registrar's answer to [`Action::Authenticate`].
+    pub fn on_authenticated(&mut self, result: Result<Authenticated, AuthError>) -> Vec<Action> {
         let mut out = Vec::new();
-        let State::Authenticating {
-            id,
-            sign_method,
-            ts,
-            password,
-            keep_alive,
-        } = std::mem::replace(&mut self.state, State::Closed)
-        else {
+        let State::Authenticating { keep_alive } = self.state else {
             return out;
         };
-        let product = match product {
-            Err(()) => {
-                self.refuse(
-                    &mut out,
-                    Refusal::ServerUnavailable,
-                    RefusalCause::StoreUnavailable,
-                );
-                return out;
-            }
-            Ok(None) => {
-                self.refuse(
-                    &mut out,
-                    Refusal::NotAuthorized,
-                    RefusalCause::UnknownProduct,
-                );
-                return out;
-            }
-            Ok(Some(p)) => p,
-        };
-        if !product.enabled {
-            self.refuse(
-                &mut out,
-                Refusal::NotAuthorized,
-                RefusalCause::DisabledProduct,
-            );
-            return out;
-        }
-        // Parsed once at CONNECT; only the signature and the ts window are checked here.
-        let creds = Credentials {
-            pid: &id.pid,
-            unique: &id.unique,
-            sign_method,
-            ts,
-        };
-        let verified = creds
-            .verify(
-                product.secret.expose().as_bytes(),
-                &password,
-                unix_now,
-                product.ts_window,
-            )
-            .map(|()| id);
-        match verified {
-            Err(e) => self.refuse(&mut out, e.refusal(), RefusalCause::Credentials(e)),
-            Ok(id) => {
+        match result {
+            Err(e) => self.refuse(&mut out, e.refusal(), RefusalCause::Auth(e)),
+            Ok(a) => {
                 self.state = State::Connected {
-                    id,
+                    id: Identity {
+                        pid: a.pid,
+                        unique: a.unique,
+                    },
                     keep_alive_ms: u64::from(keep_alive) * 1000,
                     subscribed: None,
                 };
@@ -471,30 +511,57 @@ impl Session {
         out
     }
 
+    /// Publishes `payload` on the response topic at the granted QoS, unless the
+    /// client's Receive Maximum holds it back.
+    fn send_reply(&mut self, out: &mut Vec<Action>, payload: Bytes) {
+        let State::Connected { id, subscribed, .. } = &self.state else {
+            return;
+        };
+        let Some(qos) = *subscribed else {
+            return;
+        };
+        let topic = Topic::response(&id.pid, &id.unique).to_string();
+        if qos == 1 && self.in_flight >= self.client_receive_max {
+            if self.waiting.len() >= MAX_WAITING_REPLIES {
+                self.disconnect(
+                    out,
+                    wire::DISCONNECT_QUOTA_EXCEEDED,
+                    CloseReason::RepliesNotAcknowledged,
+                );
+            } else {
+                self.waiting.push_back(payload);
+            }
+            return;
+        }
+        let packet_id = (qos == 1).then(|| {
+            let id = self.next_packet_id;
+            self.next_packet_id = id.checked_add(1).unwrap_or(1);
+            self.in_flight += 1;
+            id
+        });
+        out.push(Action::Send(Out::Publish {
+            topic,
+            qos,
+            packet_id,
+            payload,
+        }));
+    }
+
     /// The registrar's answer to the request of [`Action::Register`]: the reply to
     /// publish (`None` when the device asked for none).
     pub fn on_registered(&mut self, packet_id: Option<u16>, reply: Option<Vec<u8>>) -> Vec<Action> {
         let mut out = Vec::new();
-        let next_id = self.next_packet_id;
-        if let State::Connected { id, subscribed, .. } = &self.state {
-            if let (Some(reply), Some(qos)) = (reply, *subscribed) {
-                let reply_id = (qos == 1).then_some(next_id);
-                out.push(Action::Send(Out::Publish {
-                    topic: Topic::response(&id.pid, &id.unique).to_string(),
-                    qos,
-                    packet_id: reply_id,
-                    payload: Bytes::from(reply),
-                }));
-                if reply_id.is_some() {
-                    self.next_packet_id = next_id.checked_add(1).unwrap_or(1);
-                }
-            }
-            if let Some(packet_id) = packet_id {
-                out.push(Action::Send(Out::PubAck {
-                    packet_id,
-                    refused: false,
-                }));
-            }
+        if !matches!(self.state, State::Connected { .. }) {
+            return out;
+        }
+        if let Some(reply) = reply {
+            self.send_reply(&mut out, Bytes::from(reply));
+        }
+        if let (Some(packet_id), false) = (packet_id, self.is_closed()) {
+            out.push(Action::Send(Out::PubAck {
+                packet_id,
+                refused: false,
+            }));
         }
         out
     }
@@ -503,50 +570,90 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dynreg_proto::credentials::{SignMethod, sign};
-    use dynreg_registrar::{Secret, SourceMode};
+    use dynreg_proto::credentials::CredentialError;
 
-    const NOW: u64 = 1_700_000_000;
     const CFG: SessionConfig = SessionConfig {
         connect_timeout_ms: 10_000,
         idle_timeout_ms: 120_000,
     };
 
-    fn product(enabled: bool) -> Product {
-        Product {
-            pid: "p1".into(),
-            name: "n".into(),
-            secret: Secret::new("sekret"),
-            enabled,
-            mode: SourceMode::Generate,
-            mac_range: None,
-            ts_window: 900,
-            created_at: 0,
-        }
-    }
-
-    fn connect(ts: u64, secret: &str) -> In {
+    fn connect_with(will_retain: bool, receive_max: Option<u16>) -> In {
         In::Connect {
             client_id: "register_p1_dev1".into(),
-            username: Some(format!("p1|signMethod=hmacSha256,ts={ts}")),
-            password: Some(Bytes::copy_from_slice(
-                sign(SignMethod::HmacSha256, secret.as_bytes(), "p1", ts).as_bytes(),
-            )),
+            username: Some("p1|signMethod=hmacSha256,ts=1".into()),
+            password: Some(Bytes::from_static(b"pw")),
             keep_alive: 30,
+            will_retain,
+            receive_max,
+            max_packet_size: None,
         }
     }
 
-    fn connected(version: Version) -> Session {
+    fn connect() -> In {
+        connect_with(false, None)
+    }
+
+    fn authenticated() -> Authenticated {
+        Authenticated {
+            pid: "p1".into(),
+            unique: "dev1".into(),
+            repeat: false,
+        }
+    }
+
+    fn connected_with(version: Version, receive_max: Option<u16>) -> Session {
         let mut s = Session::new(0, version, CFG);
         assert_eq!(
-            s.on_packet(1, connect(NOW, "sekret")),
-            vec![Action::LookupProduct("p1".into())]
+            s.on_packet(1, connect_with(false, receive_max)),
+            vec![Action::Authenticate {
+                client_id: "register_p1_dev1".into(),
+                username: Some("p1|signMethod=hmacSha256,ts=1".into()),
+                password: Some(Bytes::from_static(b"pw")),
+            }]
         );
         assert_eq!(
-            s.on_product(NOW, Ok(Some(&product(true)))),
+            s.on_authenticated(Ok(authenticated())),
             vec![Action::Send(Out::ConnAck(None))]
         );
         s
+    }
+
+    fn connected(version: Version) -> Session {
+        connected_with(version, None)
+    }
+
+    fn publish(topic: &str, qos: u8, packet_id: Option<u16>) -> In {
+        publish_with(topic, qos, packet_id, false, false)
+    }
+
+    fn publish_with(
+        topic: &str,
+        qos: u8,
+        packet_id: Option<u16>,
+        retain: bool,
+        topic_alias: bool,
+    ) -> In {
+        In::Publish {
+            topic: topic.into(),
+            qos,
+            packet_id,
+            payload: Bytes::from_static(b"{}"),
+            retain,
+            topic_alias,
+        }
+    }
+
+    const REQ: &str = "register/v2/p1/dev1/register";
+    const RESP: &str = "register/v2/p1/dev1/register_response";
+
+    fn subscribe(s: &mut Session, qos: u8) {
+        s.on_packet(
+            2,
+            In::Subscribe {
+                packet_id: 1,
+                filters: vec![(RESP.into(), qos)],
+            },
+        );
     }
 
     #[test]
@@ -556,10 +663,7 @@ mod tests {
             2,
             In::Subscribe {
                 packet_id: 7,
-                filters: vec![
-                    ("register/v2/p1/dev1/register_response".into(), 2),
-                    ("#".into(), 0),
-                ],
+                filters: vec![(RESP.into(), 2), ("#".into(), 0)],
             },
         );
         assert_eq!(
@@ -569,15 +673,7 @@ mod tests {
                 granted: vec![Some(1), None]
             })]
         );
-        let a = s.on_packet(
-            3,
-            In::Publish {
-                topic: "register/v2/p1/dev1/register".into(),
-                qos: 1,
-                packet_id: Some(9),
-                payload: Bytes::from_static(b"{}"),
-            },
-        );
+        let a = s.on_packet(3, publish(REQ, 1, Some(9)));
         assert_eq!(
             a,
             vec![Action::Register {
@@ -590,7 +686,7 @@ mod tests {
             a,
             vec![
                 Action::Send(Out::Publish {
-                    topic: "register/v2/p1/dev1/register_response".into(),
+                    topic: RESP.into(),
                     qos: 1,
                     packet_id: Some(1),
                     payload: Bytes::from_static(b"reply"),
@@ -613,90 +709,46 @@ mod tests {
     }
 
     #[test]
-    fn refusals_at_connect() {
-        let mut s = Session::new(0, Version::V3, CFG);
-        s.on_packet(1, connect(NOW, "wrong"));
-        let a = s.on_product(NOW, Ok(Some(&product(true))));
-        assert_eq!(
-            a[0],
-            Action::Send(Out::ConnAck(Some(Refusal::BadCredentials)))
-        );
-        assert!(matches!(
-            &a[1],
-            Action::Close(CloseReason::Refused(RefusalCause::Credentials(
-                CredentialError::BadSignature
-            )))
-        ));
-
-        let mut s = Session::new(0, Version::V3, CFG);
-        s.on_packet(1, connect(NOW - 901, "sekret"));
-        let a = s.on_product(NOW, Ok(Some(&product(true))));
-        assert!(matches!(
-            &a[1],
-            Action::Close(CloseReason::Refused(RefusalCause::Credentials(
-                CredentialError::TsTooOld { .. }
-            )))
-        ));
-        assert!(a[1].clone() != Action::Close(CloseReason::KeepAlive));
-
-        let mut s = Session::new(0, Version::V5, CFG);
-        s.on_packet(1, connect(NOW, "sekret"));
-        let a = s.on_product(NOW, Ok(Some(&product(false))));
-        assert_eq!(
-            a[0],
-            Action::Send(Out::ConnAck(Some(Refusal::NotAuthorized)))
-        );
-
-        let mut s = Session::new(0, Version::V5, CFG);
-        s.on_packet(1, connect(NOW, "sekret"));
-        assert_eq!(
-            s.on_product(NOW, Ok(None))[0],
-            Action::Send(Out::ConnAck(Some(Refusal::NotAuthorized)))
-        );
-
-        let mut s = Session::new(0, Version::V5, CFG);
-        let a = s.on_packet(
-            1,
-            In::Connect {
-                client_id: "register_p1_a_b".into(),
-                username: Some("other|signMethod=hmacSha256,ts=1".into()),
-                password: Some(Bytes::new()),
-                keep_alive: 0,
-            },
-        );
-        assert_eq!(
-            a[0],
-            Action::Send(Out::ConnAck(Some(Refusal::BadCredentials))),
-            "pid mismatch"
-        );
-        let mut s = Session::new(0, Version::V5, CFG);
-        let a = s.on_packet(
-            1,
-            In::Connect {
-                client_id: "x".into(),
-                username: Some("p|ts=1,signMethod=hmacSha1".into()),
-                password: Some(Bytes::new()),
-                keep_alive: 0,
-            },
-        );
-        assert_eq!(
-            a[0],
-            Action::Send(Out::ConnAck(Some(Refusal::ClientIdNotValid)))
-        );
+    fn refusals_at_connect_carry_the_registrars_cause() {
+        for (version, e, refusal) in [
+            (
+                Version::V3,
+                AuthError::Credentials(CredentialError::BadSignature),
+                Refusal::BadCredentials,
+            ),
+            (
+                Version::V5,
+                AuthError::DisabledProduct,
+                Refusal::NotAuthorized,
+            ),
+            (Version::V5, AuthError::Banned, Refusal::Banned),
+            (
+                Version::V5,
+                AuthError::Replayed {
+                    first_unique: "a".into(),
+                    unique: "b".into(),
+                },
+                Refusal::BadCredentials,
+            ),
+        ] {
+            let mut s = Session::new(0, version, CFG);
+            s.on_packet(1, connect());
+            let a = s.on_authenticated(Err(e.clone()));
+            assert_eq!(
+                a,
+                vec![
+                    Action::Send(Out::ConnAck(Some(refusal))),
+                    Action::Close(CloseReason::Refused(RefusalCause::Auth(e)))
+                ]
+            );
+            assert!(s.is_closed());
+        }
     }
 
     #[test]
     fn forbidden_publish_and_qos2() {
         let mut s = connected(Version::V5);
-        let a = s.on_packet(
-            2,
-            In::Publish {
-                topic: "register/v2/p1/other/register".into(),
-                qos: 1,
-                packet_id: Some(3),
-                payload: Bytes::new(),
-            },
-        );
+        let a = s.on_packet(2, publish("register/v2/p1/other/register", 1, Some(3)));
         assert_eq!(
             a[0],
             Action::Send(Out::PubAck {
@@ -709,15 +761,7 @@ mod tests {
             Some(Action::Close(CloseReason::ForbiddenPublish(_)))
         ));
         let mut s = connected(Version::V3);
-        let a = s.on_packet(
-            2,
-            In::Publish {
-                topic: "register/v2/p1/dev1/register".into(),
-                qos: 2,
-                packet_id: Some(3),
-                payload: Bytes::new(),
-            },
-        );
+        let a = s.on_packet(2, publish(REQ, 2, Some(3)));
         assert_eq!(
             a,
             vec![
@@ -728,16 +772,118 @@ mod tests {
     }
 
     #[test]
+    fn mqtt5_retain_and_topic_alias_are_refused_as_advertised() {
+        // MQTT-3.2.2-13: Will Retain while retain is unavailable: CONNACK 0x9A.
+        let mut s = Session::new(0, Version::V5, CFG);
+        let a = s.on_packet(1, connect_with(true, None));
+        assert_eq!(
+            a,
+            vec![
+                Action::Send(Out::ConnAckReason(0x9A)),
+                Action::Close(CloseReason::Refused(RefusalCause::WillRetain))
+            ]
+        );
+        // MQTT 3.1.1 has no such code; the will is simply never published.
+        let mut s = Session::new(0, Version::V3, CFG);
+        assert!(matches!(
+            s.on_packet(1, connect_with(true, None))[0],
+            Action::Authenticate { .. }
+        ));
+
+        let mut s = connected(Version::V5);
+        let retained = publish_with(REQ, 1, Some(3), true, false);
+        let a = s.on_packet(2, retained.clone());
+        assert_eq!(a[0], Action::Send(Out::Disconnect(0x9A)));
+        assert!(s.is_closed());
+        let mut s = connected(Version::V3);
+        assert!(matches!(
+            s.on_packet(2, retained)[0],
+            Action::Register { .. }
+        ));
+
+        let mut s = connected(Version::V5);
+        let aliased = publish_with(REQ, 0, None, false, true);
+        assert_eq!(
+            s.on_packet(2, aliased)[0],
+            Action::Send(Out::Disconnect(0x94))
+        );
+        assert!(s.is_closed());
+    }
+
+    #[test]
+    fn the_clients_receive_maximum_holds_replies_back() {
+        let mut s = connected_with(Version::V5, Some(1));
+        subscribe(&mut s, 1);
+        let sent = |a: &[Action]| {
+            a.iter()
+                .filter_map(|a| match a {
+                    Action::Send(Out::Publish { packet_id, .. }) => *packet_id,
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sent(&s.on_registered(Some(1), Some(b"r1".to_vec()))), [1]);
+        // Not yet acknowledged: the next replies wait, their PUBACKs to us do not.
+        let a = s.on_registered(Some(2), Some(b"r2".to_vec()));
+        assert_eq!(
+            a,
+            vec![Action::Send(Out::PubAck {
+                packet_id: 2,
+                refused: false
+            })]
+        );
+        assert!(sent(&s.on_registered(Some(3), Some(b"r3".to_vec()))).is_empty());
+        assert_eq!(sent(&s.on_packet(3, In::PubAck { packet_id: 1 })), [2]);
+        assert_eq!(sent(&s.on_packet(4, In::PubAck { packet_id: 2 })), [3]);
+        assert!(sent(&s.on_packet(5, In::PubAck { packet_id: 3 })).is_empty());
+        // A client that never acknowledges is disconnected once too many pile up.
+        for i in 0..=MAX_WAITING_REPLIES {
+            assert!(!s.is_closed(), "after {i}");
+            s.on_registered(None, Some(b"r".to_vec()));
+        }
+        let a = s.on_registered(None, Some(b"r".to_vec()));
+        assert_eq!(
+            a,
+            vec![
+                Action::Send(Out::Disconnect(0x97)),
+                Action::Close(CloseReason::RepliesNotAcknowledged)
+            ]
+        );
+        assert!(s.is_closed());
+
+        // QoS 0 replies are not counted.
+        let mut s = connected_with(Version::V5, Some(1));
+        subscribe(&mut s, 0);
+        for _ in 0..100 {
+            assert_eq!(s.on_registered(None, Some(b"r".to_vec())).len(), 1);
+        }
+    }
+
+    #[test]
+    fn decode_errors_before_connack_are_refused_in_the_connack() {
+        let mut s = Session::new(0, Version::V5, CFG);
+        assert_eq!(
+            s.on_decode_error(true)[0],
+            Action::Send(Out::ConnAckReason(0x95))
+        );
+        let mut s = Session::new(0, Version::V5, CFG);
+        assert_eq!(
+            s.on_decode_error(false)[0],
+            Action::Send(Out::ConnAckReason(0x81))
+        );
+        let mut s = connected(Version::V5);
+        assert_eq!(
+            s.on_decode_error(true)[0],
+            Action::Send(Out::Disconnect(0x95))
+        );
+        assert!(s.is_closed());
+    }
+
+    #[test]
     fn no_reply_without_subscription_or_ack() {
         let mut s = connected(Version::V3);
         assert_eq!(s.on_registered(None, Some(b"r".to_vec())), vec![]);
-        s.on_packet(
-            2,
-            In::Subscribe {
-                packet_id: 1,
-                filters: vec![("register/v2/p1/dev1/register_response".into(), 0)],
-            },
-        );
+        subscribe(&mut s, 0);
         assert_eq!(s.on_registered(None, None), vec![]);
         let a = s.on_registered(None, Some(b"r".to_vec()));
         assert!(matches!(
@@ -752,7 +898,7 @@ mod tests {
             3,
             In::Unsubscribe {
                 packet_id: 2,
-                filters: vec!["register/v2/p1/dev1/register_response".into()],
+                filters: vec![RESP.into()],
             },
         );
         assert_eq!(
@@ -796,7 +942,7 @@ mod tests {
     #[test]
     fn over_quota_is_refused_at_connect() {
         let mut s = Session::new(0, Version::V5, CFG).over_quota();
-        let a = s.on_packet(1, connect(NOW, "sekret"));
+        let a = s.on_packet(1, connect());
         assert_eq!(
             a[0],
             Action::Send(Out::ConnAck(Some(Refusal::QuotaExceeded)))
@@ -816,7 +962,7 @@ mod tests {
         ));
         let mut s = connected(Version::V3);
         assert!(matches!(
-            s.on_packet(1, connect(NOW, "sekret"))[0],
+            s.on_packet(1, connect())[0],
             Action::Close(CloseReason::Protocol(_))
         ));
     }

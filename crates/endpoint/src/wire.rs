@@ -34,6 +34,13 @@ pub enum In {
         password: Option<Bytes>,
         /// Keepalive in seconds (0: none).
         keep_alive: u16,
+        /// A Will with Will Retain set (MQTT 5 requires CONNACK 0x9A when retain is
+        /// unavailable).
+        will_retain: bool,
+        /// The client's Receive Maximum (MQTT 5; `None`: 65,535).
+        receive_max: Option<u16>,
+        /// The client's Maximum Packet Size (MQTT 5; `None`: no limit).
+        max_packet_size: Option<u32>,
     },
     /// PUBLISH.
     Publish {
@@ -45,9 +52,16 @@ pub enum In {
         packet_id: Option<u16>,
         /// Payload.
         payload: Bytes,
+        /// The RETAIN flag.
+        retain: bool,
+        /// Whether a Topic Alias property was sent (MQTT 5).
+        topic_alias: bool,
     },
     /// PUBACK of one of our QoS 1 replies.
-    PubAck,
+    PubAck {
+        /// The packet id acknowledged.
+        packet_id: u16,
+    },
     /// SUBSCRIBE.
     Subscribe {
         /// Packet id.
@@ -75,6 +89,10 @@ pub enum In {
 pub enum Out {
     /// CONNACK: accepted (`None`) or refused.
     ConnAck(Option<Refusal>),
+    /// CONNACK refusing with an MQTT 5 reason code that MQTT 3.1.1 has no equivalent
+    /// for (0x9A retain not supported, 0x95 packet too large, 0x81 malformed); nothing
+    /// is sent on 3.1.1, where the server simply closes the connection.
+    ConnAckReason(u8),
     /// SUBACK: per filter, the granted QoS or a refusal.
     SubAck {
         /// Packet id.
@@ -130,6 +148,12 @@ pub const DISCONNECT_PACKET_TOO_LARGE: u8 = 0x95;
 pub const DISCONNECT_SHUTTING_DOWN: u8 = 0x8B;
 /// MQTT 5 DISCONNECT reason: malformed packet.
 pub const DISCONNECT_MALFORMED: u8 = 0x81;
+/// MQTT 5 reason: retain not supported (CONNACK and DISCONNECT).
+pub const RETAIN_NOT_SUPPORTED: u8 = 0x9A;
+/// MQTT 5 DISCONNECT reason: topic alias invalid.
+pub const DISCONNECT_TOPIC_ALIAS_INVALID: u8 = 0x94;
+/// MQTT 5 DISCONNECT reason: quota exceeded.
+pub const DISCONNECT_QUOTA_EXCEEDED: u8 = 0x97;
 
 fn qos_of(q: u8) -> QoS {
     if q == 0 {
@@ -152,14 +176,21 @@ pub fn inbound(packet: MqttPacket) -> In {
                 username: c.username.map(|u| u.to_string()),
                 password: c.password,
                 keep_alive: c.keep_alive,
+                will_retain: c.last_will.is_some_and(|w| w.retain),
+                receive_max: None,
+                max_packet_size: None,
             },
             v3::Packet::Publish(p) => In::Publish {
                 topic: p.topic.to_string(),
                 qos: u8::from(p.qos),
                 packet_id: p.packet_id.map(NonZeroU16::get),
                 payload: p.payload,
+                retain: p.retain,
+                topic_alias: false,
             },
-            v3::Packet::PublishAck { .. } => In::PubAck,
+            v3::Packet::PublishAck { packet_id } => In::PubAck {
+                packet_id: packet_id.get(),
+            },
             v3::Packet::Subscribe {
                 packet_id,
                 topic_filters,
@@ -190,14 +221,23 @@ pub fn inbound(packet: MqttPacket) -> In {
                 username: c.username.map(|u| u.to_string()),
                 password: c.password,
                 keep_alive: c.keep_alive,
+                will_retain: c.last_will.as_ref().is_some_and(|w| w.retain),
+                receive_max: c.receive_max.map(NonZeroU16::get),
+                max_packet_size: c.max_packet_size.map(std::num::NonZeroU32::get),
             },
             v5::Packet::Publish(p) => In::Publish {
                 topic: p.topic.to_string(),
                 qos: u8::from(p.qos),
                 packet_id: p.packet_id.map(NonZeroU16::get),
                 payload: p.payload,
+                retain: p.retain,
+                topic_alias: p
+                    .properties
+                    .is_some_and(|props| props.topic_alias.is_some()),
             },
-            v5::Packet::PublishAck(_) => In::PubAck,
+            v5::Packet::PublishAck(a) => In::PubAck {
+                packet_id: a.packet_id.get(),
+            },
             v5::Packet::Subscribe(s) => In::Subscribe {
                 packet_id: s.packet_id.get(),
                 filters: s
@@ -276,7 +316,7 @@ pub fn outbound(out: Out, version: Version, adv: Advertised) -> Option<MqttPacke
                 properties: None,
             })),
             Out::PingResp => v3::Packet::PingResponse,
-            Out::Disconnect(_) => return None,
+            Out::Disconnect(_) | Out::ConnAckReason(_) => return None,
         }),
         Version::V5 => MqttPacket::V5(match out {
             Out::ConnAck(refusal) => v5::Packet::ConnectAck(Box::new(v5::ConnectAck {
@@ -289,6 +329,7 @@ pub fn outbound(out: Out, version: Version, adv: Advertised) -> Option<MqttPacke
                     }
                     Some(Refusal::QuotaExceeded) => v5::ConnectAckReason::QuotaExceeded,
                     Some(Refusal::ServerUnavailable) => v5::ConnectAckReason::ServerUnavailable,
+                    Some(Refusal::Banned) => v5::ConnectAckReason::Banned,
                     Some(_) => v5::ConnectAckReason::NotAuthorized,
                 },
                 // Nothing is kept after the connection: no session expiry.
@@ -358,6 +399,12 @@ pub fn outbound(out: Out, version: Version, adv: Advertised) -> Option<MqttPacke
                 properties: Some(v5::PublishProperties::default()),
             })),
             Out::PingResp => v5::Packet::PingResponse,
+            Out::ConnAckReason(code) => v5::Packet::ConnectAck(Box::new(v5::ConnectAck {
+                session_present: false,
+                reason_code: v5::ConnectAckReason::try_from(code)
+                    .unwrap_or(v5::ConnectAckReason::UnspecifiedError),
+                ..v5::ConnectAck::default()
+            })),
             Out::Disconnect(code) => v5::Packet::Disconnect(v5::Disconnect {
                 reason_code: v5::DisconnectReasonCode::try_from(code)
                     .unwrap_or(v5::DisconnectReasonCode::UnspecifiedError),

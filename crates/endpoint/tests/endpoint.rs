@@ -97,14 +97,33 @@ struct Dev {
     user_pid: Option<String>,
 }
 
+/// Test devices sign with distinct ts values: under the replay guard, two devices of one
+/// product that sign with the same ts present the same credential, and the second is
+/// refused as a replay (PROTOCOL.md section 2). The sign method alternates, so up to
+/// 1,700 devices per test differ (counting back from the time of the first, so that
+/// devices made in later seconds do not land on the same ts).
+fn distinct_credential() -> (u64, SignMethod) {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(unix_now);
+    let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1700;
+    let method = if k % 2 == 0 {
+        SignMethod::HmacSha256
+    } else {
+        SignMethod::HmacSha1
+    };
+    (base - k / 2, method)
+}
+
 impl Dev {
     fn new(pid: &str, unique: &str, v5: bool) -> Self {
+        let (ts, method) = distinct_credential();
         Self {
             pid: pid.into(),
             unique: unique.into(),
             secret: format!("secret-of-{pid}"),
-            method: SignMethod::HmacSha256,
-            ts: unix_now(),
+            method,
+            ts,
             v5,
             tls_ca: None,
             user_pid: None,
@@ -560,9 +579,10 @@ async fn keepalive_expiry_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_devices_at_once() {
-    // All from 127.0.0.1: lift the per-address connection rate limit.
+    // All from 127.0.0.1 at once: lift the cap on unauthenticated connections per
+    // address (a thousand at once from one address is what the cap is for).
     let s = server(EndpointConfig {
-        connections_per_ip_per_sec: 0,
+        max_pending_per_ip: 0,
         ..EndpointConfig::default()
     })
     .await;
@@ -813,6 +833,14 @@ impl dynreg_registrar::Store for Stuck {
         T: Send + 'static,
     {
         std::future::pending()
+    }
+
+    fn claim_credential(
+        &self,
+        c: &dynreg_registrar::CredentialUse<'_>,
+        now: u64,
+    ) -> Result<dynreg_registrar::Claim, dynreg_registrar::StoreError> {
+        self.0.claim_credential(c, now)
     }
 }
 

@@ -100,6 +100,8 @@ pub enum Refusal {
     QuotaExceeded,
     /// The service could not check the credentials now (storage unavailable).
     ServerUnavailable,
+    /// The source address is banned for a while after too many failed CONNECTs.
+    Banned,
 }
 
 impl Refusal {
@@ -109,13 +111,13 @@ impl Refusal {
     pub const fn v3_return_code(self) -> u8 {
         match self {
             Self::BadCredentials | Self::ClientIdNotValid => 4,
-            Self::NotAuthorized | Self::QuotaExceeded => 5,
+            Self::NotAuthorized | Self::QuotaExceeded | Self::Banned => 5,
             Self::ServerUnavailable => 3,
         }
     }
 
-    /// The MQTT 5 CONNACK reason code: 0x86, 0x87, 0x85, 0x97, or 0x88 (server
-    /// unavailable).
+    /// The MQTT 5 CONNACK reason code: 0x86, 0x87, 0x85, 0x97, 0x88 (server
+    /// unavailable) or 0x8A (banned).
     pub const fn v5_reason_code(self) -> u8 {
         match self {
             Self::BadCredentials => 0x86,
@@ -123,6 +125,7 @@ impl Refusal {
             Self::ClientIdNotValid => 0x85,
             Self::QuotaExceeded => 0x97,
             Self::ServerUnavailable => 0x88,
+            Self::Banned => 0x8A,
         }
     }
 }

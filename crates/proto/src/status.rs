@@ -32,6 +32,12 @@ pub enum Status {
     ReplacePidSecretWrong,
     /// The device (pid, unique) was revoked by the operator.
     DeviceRevoked,
+    /// The device registered before, and its product's re-registration policy no longer
+    /// returns its triplet (the window after the first binding has passed, or the
+    /// policy is `never`); an operator must reset the device.
+    ReregistrationRefused,
+    /// The product has bound as many devices as its quota allows.
+    QuotaReached,
     /// `data.barcode` is already bound to another device.
     BarcodeTaken,
     /// The product's triplet pool is empty and it may not generate triplets.
@@ -46,7 +52,7 @@ pub enum Status {
 
 impl Status {
     /// Every status, in table order.
-    pub const ALL: [Status; 15] = [
+    pub const ALL: [Status; 17] = [
         Self::Success,
         Self::MalformedRequest,
         Self::UnknownEventCode,
@@ -56,6 +62,8 @@ impl Status {
         Self::ReplacePidDisabled,
         Self::RegistrationDisabled,
         Self::DeviceRevoked,
+        Self::ReregistrationRefused,
+        Self::QuotaReached,
         Self::ProductUnknown,
         Self::BarcodeTaken,
         Self::RateLimited,
@@ -76,6 +84,8 @@ impl Status {
             Self::ReplacePidDisabled => 4013,
             Self::RegistrationDisabled => 4030,
             Self::DeviceRevoked => 4031,
+            Self::ReregistrationRefused => 4032,
+            Self::QuotaReached => 4033,
             Self::ProductUnknown => 4040,
             Self::BarcodeTaken => 4090,
             Self::RateLimited => 4290,
@@ -114,6 +124,12 @@ impl Status {
                 "replacePid secret wrong: data.secret is not the replacement product's secret"
             }
             Self::DeviceRevoked => "device revoked: the operator revoked this device",
+            Self::ReregistrationRefused => {
+                "re-registration refused: this device registered before and its product no longer returns its triplet; an operator must reset the device"
+            }
+            Self::QuotaReached => {
+                "quota reached: the product has bound as many devices as its quota allows"
+            }
             Self::BarcodeTaken => "barcode taken: the barcode is bound to another device",
             Self::PoolExhausted => "pool exhausted: no free triplet is left for this product",
             Self::RateLimited => {
@@ -132,10 +148,11 @@ impl Status {
             Self::RateLimited => Some(5),
             Self::TemporarilyUnavailable => Some(2),
             Self::InternalError => Some(10),
-            // The operator may enable the product or fill the pool.
-            Self::RegistrationDisabled | Self::ReplacePidDisabled | Self::PoolExhausted => {
-                Some(600)
-            }
+            // The operator may enable the product, fill the pool or raise the quota.
+            Self::RegistrationDisabled
+            | Self::ReplacePidDisabled
+            | Self::PoolExhausted
+            | Self::QuotaReached => Some(600),
             Self::Success
             | Self::MalformedRequest
             | Self::UnknownEventCode
@@ -144,6 +161,7 @@ impl Status {
             | Self::ReplacePidSecretMissing
             | Self::ReplacePidSecretWrong
             | Self::DeviceRevoked
+            | Self::ReregistrationRefused
             | Self::BarcodeTaken => None,
         }
     }

@@ -57,6 +57,8 @@ pub trait Fixture: Store + Sized {
     fn reset(&self, key_pid: &str, unique: &str);
     /// (free, bound, revoked) triplet counts of a product.
     fn pool_counts(&self, pid: &str) -> (u64, u64, u64);
+    /// (re-registrations served, re-registrations refused) of a product.
+    fn reregistrations(&self, pid: &str) -> (u64, u64);
 }
 
 impl<F: Fixture> Fixture for Arc<F> {
@@ -75,6 +77,9 @@ impl<F: Fixture> Fixture for Arc<F> {
     fn pool_counts(&self, pid: &str) -> (u64, u64, u64) {
         (**self).pool_counts(pid)
     }
+    fn reregistrations(&self, pid: &str) -> (u64, u64) {
+        (**self).reregistrations(pid)
+    }
 }
 
 const NOW: u64 = 1_700_000_000;
@@ -89,6 +94,8 @@ pub fn product(pid: &str, mode: SourceMode) -> Product {
         mode,
         mac_range: None,
         ts_window: 900,
+        rereg: crate::ReregPolicy::DEFAULT,
+        quota: None,
         created_at: NOW,
     }
 }
@@ -191,17 +198,20 @@ pub async fn payload_handling_ack_and_malformed<F: Fixture>(store: F) {
     let none = r
         .register_payload(NOW, dev("a"), br#"{"id":"1","code":"register","ack":0}"#)
         .await;
-    assert!(none.is_none(), "ack=0 gets no reply");
+    assert!(none.reply.is_none(), "ack=0 gets no reply");
+    assert_eq!(none.outcome, Ok(true));
     // ...but the registration happened.
     assert!(!r.decide(NOW, dev("a"), &req()).await.unwrap().fresh);
     let bad = r
         .register_payload(NOW, dev("b"), b"{not json")
         .await
+        .reply
         .unwrap();
     assert_eq!(bad.res, Status::MalformedRequest.code());
     let bad = r
         .register_payload(NOW, dev("b"), br#"{"id":"9","code":"register","ack":"x"}"#)
         .await
+        .reply
         .unwrap();
     assert_eq!(
         (bad.res, bad.id.as_str()),
@@ -210,6 +220,7 @@ pub async fn payload_handling_ack_and_malformed<F: Fixture>(store: F) {
     let wrong = r
         .register_payload(NOW, dev("b"), br#"{"id":"9","code":"unregister"}"#)
         .await
+        .reply
         .unwrap();
     assert_eq!(
         (wrong.res, wrong.code.as_str()),
@@ -539,6 +550,101 @@ pub async fn many_devices_never_share_a_triplet<F: Fixture>(store: F) {
     assert_eq!(r.store().pool_counts("P"), (0, 100, 0));
 }
 
+/// Rule test.
+pub async fn reregistration_policies<F: Fixture>(store: F) {
+    use crate::ReregPolicy;
+    let mut w = product("W", SourceMode::Generate);
+    w.rereg = ReregPolicy::Window(100);
+    store.put_product(w);
+    let mut a = product("A", SourceMode::Generate);
+    a.rereg = ReregPolicy::Always;
+    store.put_product(a);
+    let mut n = product("N", SourceMode::Generate);
+    n.rereg = ReregPolicy::Never;
+    store.put_product(n);
+    let r = Registrar::new(store);
+    let at = |pid: &'static str| Device { pid, unique: "d" };
+
+    let first = r.decide(NOW, at("W"), &req()).await.unwrap();
+    let again = r.decide(NOW + 100, at("W"), &req()).await.unwrap();
+    assert!(!again.fresh);
+    assert_eq!(
+        again.triplet, first.triplet,
+        "within the window: the same triplet"
+    );
+    assert_eq!(
+        r.decide(NOW + 101, at("W"), &req()).await,
+        Err(Status::ReregistrationRefused),
+        "past the window: refused"
+    );
+    // The window runs from the first binding, not from the last visit.
+    assert_eq!(
+        r.decide(NOW + 101, at("W"), &req()).await,
+        Err(Status::ReregistrationRefused)
+    );
+    assert_eq!(r.store().reregistrations("W"), (1, 2));
+    // An operator's reset lets the device register afresh.
+    r.store().revoke("W", "d", NOW + 200);
+    r.store().reset("W", "d");
+    let fresh = r.decide(NOW + 300, at("W"), &req()).await.unwrap();
+    assert!(fresh.fresh);
+    assert_ne!(fresh.triplet.uuid, first.triplet.uuid);
+
+    r.decide(NOW, at("A"), &req()).await.unwrap();
+    assert!(
+        !r.decide(NOW + 10 * 365 * 86_400, at("A"), &req())
+            .await
+            .unwrap()
+            .fresh
+    );
+    assert_eq!(r.store().reregistrations("A"), (1, 0));
+
+    assert!(r.decide(NOW, at("N"), &req()).await.unwrap().fresh);
+    assert_eq!(
+        r.decide(NOW, at("N"), &req()).await,
+        Err(Status::ReregistrationRefused),
+        "never: not even at once"
+    );
+    assert_eq!(r.store().reregistrations("N"), (0, 1));
+    // A revoked device says so whatever the policy.
+    r.store().revoke("N", "d", NOW);
+    assert_eq!(
+        r.decide(NOW, at("N"), &req()).await,
+        Err(Status::DeviceRevoked)
+    );
+}
+
+/// Rule test.
+pub async fn quota_limits_bound_devices<F: Fixture>(store: F) {
+    let mut q = product("Q", SourceMode::Generate);
+    q.quota = Some(2);
+    store.put_product(q);
+    let r = Registrar::new(store);
+    let d = |unique| Device { pid: "Q", unique };
+    r.decide(NOW, d("a"), &req()).await.unwrap();
+    r.decide(NOW, d("b"), &req()).await.unwrap();
+    assert_eq!(
+        r.decide(NOW, d("c"), &req()).await,
+        Err(Status::QuotaReached)
+    );
+    assert!(
+        !r.decide(NOW, d("a"), &req()).await.unwrap().fresh,
+        "devices already bound still get their triplet"
+    );
+    // A revoked device still holds its triplet; a reset one frees its place.
+    r.store().revoke("Q", "a", NOW);
+    assert_eq!(
+        r.decide(NOW, d("c"), &req()).await,
+        Err(Status::QuotaReached)
+    );
+    r.store().reset("Q", "a");
+    assert!(r.decide(NOW, d("c"), &req()).await.unwrap().fresh);
+    assert_eq!(
+        r.decide(NOW, d("a"), &req()).await,
+        Err(Status::QuotaReached)
+    );
+}
+
 /// Expands to one `#[tokio::test]` per rule of the suite, each running against a fresh
 /// store made by `$make` (an expression giving a [`Fixture`]).
 #[macro_export]
@@ -555,7 +661,9 @@ macro_rules! conformance_tests {
             replace_pid_rules,
             disabled_revoked_and_reset,
             reset_pool_triplet_is_never_reused,
-            many_devices_never_share_a_triplet
+            many_devices_never_share_a_triplet,
+            reregistration_policies,
+            quota_limits_bound_devices
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {

@@ -1,29 +1,40 @@
 //! # dynreg-registrar: the registration decision
 //!
-//! Given an authenticated device (pid, unique) and its register request, decide the
-//! reply: idempotency per device, triplet pools, on-the-spot generation, barcode
-//! overwrite, `replacePid`, revocation. Time is passed in; storage is reached only
+//! Whether a CONNECT is allowed ([`Registrar::authenticate`]: credentials, the replay
+//! guard, bans), and given an authenticated device (pid, unique) and its register
+//! request, the reply: idempotency per device, the re-registration policy, quotas,
+//! triplet pools, on-the-spot generation, barcode overwrite, `replacePid`, revocation.
+//! Time is passed in; storage is reached only
 //! through the [`Store`] trait, so every rule is tested without IO (see
 //! [`memory::MemoryStore`]).
 //!
 //! ## Layout
 //! - [`model`]: products, triplets, registrations and their values.
 //! - [`store`]: the [`Store`] and [`Tx`] traits a storage backend implements.
-//! - [`registrar`]: [`Registrar`], the rules.
+//! - [`registrar`]: [`Registrar`], the registration rules.
+//! - [`auth`]: [`Registrar::authenticate`], the CONNECT decision.
+//! - [`replay`]: the replay guard's in-process memory of accepted credentials.
+//! - [`ban`]: the failed-authentication ban per source address.
 //! - [`generate`]: random secrets, uuids and pids from the OS CSPRNG.
 //! - [`memory`]: an in-memory store for tests and examples.
 //! - [`conformance`]: the rules as a test suite any [`Store`] must pass.
 
+pub mod auth;
+pub mod ban;
 pub mod conformance;
 pub mod generate;
 pub mod memory;
 pub mod model;
 pub mod registrar;
+pub mod replay;
 pub mod store;
 
+pub use auth::{AuthError, AuthPolicy, AuthStats, Authenticated, Connect};
+pub use ban::BanPolicy;
 pub use model::{
-    MacRange, NewTriplet, Product, Registration, Secret, SourceMode, Triplet, TripletId,
-    TripletState,
+    MacRange, NewTriplet, Product, Registration, ReregPolicy, Secret, SourceMode, Triplet,
+    TripletId, TripletState,
 };
-pub use registrar::{Device, Registered, Registrar};
+pub use registrar::{Device, Handled, Registered, Registrar};
+pub use replay::{Claim, CredentialUse, ReplayGuard};
 pub use store::{Store, StoreError, Tx};

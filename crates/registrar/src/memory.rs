@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::conformance::Fixture;
 use crate::model::{MacRange, NewTriplet, Product, Registration, Triplet, TripletId, TripletState};
+use crate::replay::{Claim, CredentialUse, ReplayGuard};
 use crate::store::{Store, StoreError, Tx};
 
 #[derive(Debug, Clone)]
@@ -29,12 +30,15 @@ struct State {
     /// Triplet ids are indices + 1.
     triplets: Vec<Triplet>,
     registrations: HashMap<(String, String), Row>,
+    /// Per product: (re-registrations served, re-registrations refused).
+    reregistrations: HashMap<String, (u64, u64)>,
 }
 
 /// An in-memory store.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    replay: ReplayGuard,
 }
 
 impl MemoryStore {
@@ -213,7 +217,31 @@ impl Tx for MemTx<'_> {
         {
             r.last_seen_at = now;
         }
+        self.s
+            .reregistrations
+            .entry(key_pid.to_owned())
+            .or_default()
+            .0 += 1;
         Ok(())
+    }
+
+    fn count_refused_reregistration(&mut self, key_pid: &str) -> Result<(), StoreError> {
+        self.s
+            .reregistrations
+            .entry(key_pid.to_owned())
+            .or_default()
+            .1 += 1;
+        Ok(())
+    }
+
+    fn bound_devices(&mut self, pid: &str) -> Result<u64, StoreError> {
+        let n = self
+            .s
+            .registrations
+            .values()
+            .filter(|r| r.pid == pid)
+            .count();
+        Ok(u64::try_from(n).unwrap_or(u64::MAX))
     }
 }
 
@@ -237,6 +265,14 @@ impl Store for MemoryStore {
             r
         };
         std::future::ready(result)
+    }
+
+    fn claim_credential(
+        &self,
+        credential: &CredentialUse<'_>,
+        now: u64,
+    ) -> Result<Claim, StoreError> {
+        Ok(self.replay.claim(credential, now))
     }
 }
 
@@ -285,5 +321,13 @@ impl Fixture for MemoryStore {
             }
         }
         c
+    }
+
+    fn reregistrations(&self, pid: &str) -> (u64, u64) {
+        self.lock()
+            .reregistrations
+            .get(pid)
+            .copied()
+            .unwrap_or_default()
     }
 }

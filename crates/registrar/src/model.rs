@@ -153,6 +153,114 @@ impl fmt::Display for MacRange {
     }
 }
 
+/// When a device that registered before gets its triplet again (PROTOCOL.md section 6),
+/// like the reprovisioning policies of Azure DPS.
+///
+/// The product secret sits in every device's firmware; whoever extracts it can sign
+/// credentials for any unique. Under [`ReregPolicy::Always`] they could then fetch the
+/// device secret of every device whose unique they can guess, for ever. A window
+/// limits that to devices bound within the window; after it the request is answered
+/// with status 4032 until an operator resets the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReregPolicy {
+    /// Every repeat registration gets the same triplet (no time limit).
+    Always,
+    /// Repeat registrations get the same triplet within this many seconds of the first
+    /// binding; later ones are refused.
+    Window(u64),
+    /// Only the first registration succeeds; every repeat is refused, even a retry
+    /// whose reply was lost (such a device needs an operator's reset).
+    Never,
+}
+
+impl ReregPolicy {
+    /// The policy of a new product when none is given: a 24-hour window. Long enough
+    /// for a device whose reply was lost, or that is power-cycled on the factory line,
+    /// to get its triplet again; short enough that a leaked product secret cannot
+    /// harvest the secrets of devices already in the field.
+    pub const DEFAULT: Self = Self::Window(24 * 3600);
+
+    /// Whether a device first bound at `registered_at` may get its triplet again at
+    /// `now` (Unix seconds).
+    pub const fn allows(self, registered_at: u64, now: u64) -> bool {
+        match self {
+            Self::Always => true,
+            Self::Window(secs) => now <= registered_at.saturating_add(secs),
+            Self::Never => false,
+        }
+    }
+}
+
+impl Default for ReregPolicy {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl FromStr for ReregPolicy {
+    type Err = String;
+    /// `always`, `never`, or `window:DURATION` (`DURATION` as [`parse_duration`]).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            _ => match s.strip_prefix("window:") {
+                Some(d) => parse_duration(d)
+                    .map(Self::Window)
+                    .map_err(|e| format!("re-registration policy `{s}`: {e}")),
+                None => Err(format!(
+                    "unknown re-registration policy `{s}` (expected always, never or window:DURATION such as window:24h)"
+                )),
+            },
+        }
+    }
+}
+
+impl fmt::Display for ReregPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Always => f.write_str("always"),
+            Self::Never => f.write_str("never"),
+            Self::Window(secs) => write!(f, "window:{}", format_duration(*secs)),
+        }
+    }
+}
+
+/// Parses a duration in seconds written as a number with a unit: `90s`, `15m`, `24h`,
+/// `7d` (a bare number is seconds). At most ten years.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (expected e.g. 90s, 15m, 24h, 7d)"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "`{s}`: unknown unit `{unit}` (expected s, m, h or d)"
+            ));
+        }
+    };
+    n.checked_mul(scale)
+        .filter(|v| *v <= 10 * 365 * 86_400)
+        .ok_or_else(|| format!("`{s}` is longer than ten years"))
+}
+
+/// Formats seconds in the largest unit that divides them (`86400` as `1d`).
+pub fn format_duration(secs: u64) -> String {
+    match secs {
+        0 => "0s".to_owned(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// The longest product name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 
@@ -186,6 +294,10 @@ pub struct Product {
     pub mac_range: Option<MacRange>,
     /// The CONNECT ts skew window, in seconds.
     pub ts_window: u64,
+    /// When a device that registered before gets its triplet again.
+    pub rereg: ReregPolicy,
+    /// The most devices the product may bind (`None`: no limit).
+    pub quota: Option<u64>,
     /// When the product was created (Unix seconds).
     pub created_at: u64,
 }
@@ -330,5 +442,38 @@ mod tests {
             Ok(SourceMode::PoolThenGenerate)
         );
         assert!("pools".parse::<SourceMode>().is_err());
+    }
+
+    #[test]
+    fn rereg_policies_and_durations() {
+        for (text, policy) in [
+            ("always", ReregPolicy::Always),
+            ("never", ReregPolicy::Never),
+            ("window:24h", ReregPolicy::Window(86_400)),
+            ("window:90s", ReregPolicy::Window(90)),
+            ("window:7d", ReregPolicy::Window(7 * 86_400)),
+        ] {
+            assert_eq!(text.parse::<ReregPolicy>(), Ok(policy));
+        }
+        assert_eq!(ReregPolicy::Window(86_400).to_string(), "window:1d");
+        assert_eq!(ReregPolicy::Window(5400).to_string(), "window:90m");
+        assert_eq!(ReregPolicy::DEFAULT, ReregPolicy::Window(86_400));
+        for bad in [
+            "",
+            "sometimes",
+            "window:",
+            "window:1y",
+            "window:h",
+            "window:99999d",
+        ] {
+            assert!(bad.parse::<ReregPolicy>().is_err(), "{bad}");
+        }
+        let w = ReregPolicy::Window(100);
+        assert!(w.allows(1000, 1100));
+        assert!(!w.allows(1000, 1101));
+        assert!(ReregPolicy::Always.allows(0, u64::MAX));
+        assert!(!ReregPolicy::Never.allows(1000, 1000));
+        assert_eq!(parse_duration("15"), Ok(15));
+        assert_eq!(parse_duration("15m"), Ok(900));
     }
 }

@@ -10,20 +10,30 @@
 //!    compared in constant time (`ReplacePidSecretWrong`), and it must be enabled
 //!    (`ReplacePidDisabled`).
 //! 4. In one transaction: a device already registered gets the same triplet again
-//!    (`DeviceRevoked` if the operator revoked it), with the request's barcode applied;
-//!    a new device gets a free pool triplet or a generated one, per the product's mode
-//!    (`PoolExhausted` when neither is possible), and the request's barcode.
+//!    (`DeviceRevoked` if the operator revoked it; `ReregistrationRefused` when its
+//!    product's re-registration policy no longer allows it), with the request's barcode
+//!    applied; a new device gets a free pool triplet or a generated one, per the
+//!    product's mode (`QuotaReached` when the product has bound its quota of devices,
+//!    `PoolExhausted` when neither source is possible), and the request's barcode.
 //! 5. A barcode held by another device's triplet refuses (`BarcodeTaken`); a barcode
 //!    held by a free pool triplet moves to the device's triplet.
 //!
-//! The reply is produced only after the transaction is durably committed.
+//! The reply is produced only after the transaction is durably committed. A storage
+//! failure is answered with `InternalError` or `TemporarilyUnavailable` and logged with
+//! its cause, once per burst ([`ErrorLog`]).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use dynreg_proto::{RegisterReply, RegisterRequest, ReplyData, Status};
+use tracing::error;
 
+use crate::auth::{AuthCounters, AuthPolicy};
+use crate::ban::Bans;
 use crate::generate;
-use crate::model::{NewTriplet, Product, SourceMode, Triplet, TripletId, TripletState};
+use crate::model::{
+    NewTriplet, Product, ReregPolicy, SourceMode, Triplet, TripletId, TripletState,
+};
 use crate::store::{Store, StoreError, Tx};
 
 /// An authenticated device identity: the pid and unique of its clientId.
@@ -49,16 +59,83 @@ pub struct Registered {
 /// How many times a generated uuid is drawn again after a collision.
 const UUID_ATTEMPTS: usize = 4;
 
-/// The registration decision over a [`Store`].
-#[derive(Debug, Clone)]
+/// The outcome of one register request, for the caller's log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handled {
+    /// The reply to send; `None` when the request asked for none (`ack` = 0).
+    pub reply: Option<RegisterReply>,
+    /// What happened: `Ok(true)` a new binding, `Ok(false)` a re-registration (the same
+    /// triplet again), `Err` the refusal.
+    pub outcome: Result<bool, Status>,
+}
+
+/// Storage failures are logged with their cause once per burst: the first one, then at
+/// most one line per [`ErrorLog::QUIET_SECS`] saying how many more there were. A disk
+/// that fills up under load would otherwise write a line per registration.
+#[derive(Debug, Default)]
+pub struct ErrorLog {
+    /// (Unix second of the last line, failures not logged since).
+    state: Mutex<(u64, u64)>,
+    total: AtomicU64,
+}
+
+impl ErrorLog {
+    /// Seconds between two log lines of one burst.
+    pub const QUIET_SECS: u64 = 10;
+
+    /// Records a failure at `now`; returns `Some(suppressed)` when it should be logged
+    /// (with how many went unlogged since the last line).
+    pub fn record(&self, now: u64) -> Option<u64> {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (last, suppressed) = *s;
+        if last == 0 || now >= last + Self::QUIET_SECS {
+            *s = (now, 0);
+            Some(suppressed)
+        } else {
+            s.1 += 1;
+            None
+        }
+    }
+
+    /// Storage failures seen since start.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+/// The registration decision over a [`Store`], and the CONNECT decision
+/// ([`Registrar::authenticate`]).
+#[derive(Debug)]
 pub struct Registrar<S> {
     store: S,
+    pub(crate) bans: Bans,
+    pub(crate) replay_guard: bool,
+    pub(crate) auth_counters: AuthCounters,
+    store_errors: ErrorLog,
 }
 
 impl<S: Store> Registrar<S> {
-    /// A registrar over `store`.
+    /// A registrar over `store` with the default CONNECT policy (replay guard on, the
+    /// default ban).
     pub fn new(store: S) -> Self {
-        Self { store }
+        Self::with_policy(store, AuthPolicy::default())
+    }
+
+    /// A registrar over `store` that decides CONNECTs under `policy`.
+    pub fn with_policy(store: S, policy: AuthPolicy) -> Self {
+        Self {
+            store,
+            bans: Bans::new(policy.ban),
+            replay_guard: policy.replay_guard,
+            auth_counters: AuthCounters::default(),
+            store_errors: ErrorLog::default(),
+        }
+    }
+
+    /// Storage failures seen by registrations since start.
+    pub fn store_errors(&self) -> u64 {
+        self.store_errors.total()
     }
 
     /// The store this registrar uses.
@@ -66,26 +143,28 @@ impl<S: Store> Registrar<S> {
         &self.store
     }
 
-    /// Handles a raw request payload: parses it, registers, and gives the reply to send,
-    /// or `None` when the request asked for no reply (`ack` = 0). A payload that is not
-    /// a valid request is answered with `MalformedRequest`, echoing what could be read.
-    pub async fn register_payload(
-        &self,
-        now: u64,
-        device: Device<'_>,
-        payload: &[u8],
-    ) -> Option<RegisterReply> {
+    /// Handles a raw request payload: parses it, registers, and gives the reply to send
+    /// (`None` when the request asked for no reply, `ack` = 0) with the outcome. A
+    /// payload that is not a valid request is answered with `MalformedRequest`, echoing
+    /// what could be read.
+    pub async fn register_payload(&self, now: u64, device: Device<'_>, payload: &[u8]) -> Handled {
         match RegisterRequest::from_json(payload) {
             Ok(request) => {
-                let reply = self.register(now, device, &request).await;
-                request.wants_reply().then_some(reply)
+                let (reply, outcome) = self.register_outcome(now, device, &request).await;
+                Handled {
+                    reply: request.wants_reply().then_some(reply),
+                    outcome,
+                }
             }
-            Err(e) => Some(RegisterReply::failure(
-                e.id,
-                e.code,
-                now,
-                Status::MalformedRequest,
-            )),
+            Err(e) => Handled {
+                reply: Some(RegisterReply::failure(
+                    e.id,
+                    e.code,
+                    now,
+                    Status::MalformedRequest,
+                )),
+                outcome: Err(Status::MalformedRequest),
+            },
         }
     }
 
@@ -96,26 +175,59 @@ impl<S: Store> Registrar<S> {
         device: Device<'_>,
         request: &RegisterRequest,
     ) -> RegisterReply {
+        self.register_outcome(now, device, request).await.0
+    }
+
+    async fn register_outcome(
+        &self,
+        now: u64,
+        device: Device<'_>,
+        request: &RegisterRequest,
+    ) -> (RegisterReply, Result<bool, Status>) {
         match self.decide(now, device, request).await {
-            Ok(r) => RegisterReply::success(
-                request.id.as_str(),
-                request.code.as_str(),
-                now,
-                ReplyData::triplet(
-                    r.pid,
-                    r.triplet.uuid,
-                    r.triplet.secret.expose(),
-                    r.triplet.mac,
+            Ok(r) => (
+                RegisterReply::success(
+                    request.id.as_str(),
+                    request.code.as_str(),
+                    now,
+                    ReplyData::triplet(
+                        r.pid,
+                        r.triplet.uuid,
+                        r.triplet.secret.expose(),
+                        r.triplet.mac,
+                    ),
                 ),
+                Ok(r.fresh),
             ),
-            Err(status) => {
-                RegisterReply::failure(request.id.as_str(), request.code.as_str(), now, status)
-            }
+            Err(status) => (
+                RegisterReply::failure(request.id.as_str(), request.code.as_str(), now, status),
+                Err(status),
+            ),
         }
     }
 
-    fn product(&self, pid: &str) -> Result<Option<Arc<Product>>, Status> {
-        self.store.product(pid).map_err(|e| store_status(&e))
+    fn product(&self, now: u64, pid: &str) -> Result<Option<Arc<Product>>, Status> {
+        self.store
+            .product(pid)
+            .map_err(|e| self.store_failure(now, &e))
+    }
+
+    /// The status a device sees for a storage failure, which is logged with its cause
+    /// (once per burst).
+    fn store_failure(&self, now: u64, e: &StoreError) -> Status {
+        let status = match e {
+            StoreError::Unavailable(_) => Status::TemporarilyUnavailable,
+            _ => Status::InternalError,
+        };
+        if let Some(suppressed) = self.store_errors.record(now) {
+            error!(
+                error = %e,
+                res = status.code(),
+                more_since_last_line = suppressed,
+                "registration failed in the store"
+            );
+        }
+        status
     }
 
     /// Applies the rules and, on success, returns the committed registration.
@@ -126,10 +238,15 @@ impl<S: Store> Registrar<S> {
         request: &RegisterRequest,
     ) -> Result<Registered, Status> {
         request.validate()?;
-        let product = self.product(device.pid)?.ok_or(Status::ProductUnknown)?;
+        let product = self
+            .product(now, device.pid)?
+            .ok_or(Status::ProductUnknown)?;
         if !product.enabled {
             return Err(Status::RegistrationDisabled);
         }
+        // The policy of the product the device authenticates with: its secret is the
+        // one that may have leaked.
+        let rereg = product.rereg;
         let target = match request.replace_pid() {
             None => product,
             Some(replace_pid) => {
@@ -137,7 +254,7 @@ impl<S: Store> Registrar<S> {
                     .replace_secret()
                     .ok_or(Status::ReplacePidSecretMissing)?;
                 let target = self
-                    .product(replace_pid)?
+                    .product(now, replace_pid)?
                     .ok_or(Status::ReplacePidUnknown)?;
                 if !target.secret.ct_eq(secret.as_bytes()) {
                     return Err(Status::ReplacePidSecretWrong);
@@ -154,6 +271,8 @@ impl<S: Store> Registrar<S> {
             pid: target.pid.clone(),
             mode: target.mode,
             has_mac_range: target.mac_range.is_some(),
+            rereg,
+            quota: target.quota,
             barcode: request.barcode().map(str::to_owned),
             now,
             // Drawn outside the transaction so the store's writer does less; pool mode
@@ -163,16 +282,8 @@ impl<S: Store> Registrar<S> {
         };
         match self.store.transact(move |tx| plan.run(tx)).await {
             Ok(outcome) => outcome,
-            Err(e) => Err(store_status(&e)),
+            Err(e) => Err(self.store_failure(now, &e)),
         }
-    }
-}
-
-/// The status a device sees for a storage failure.
-fn store_status(e: &StoreError) -> Status {
-    match e {
-        StoreError::Unavailable(_) => Status::TemporarilyUnavailable,
-        _ => Status::InternalError,
     }
 }
 
@@ -183,6 +294,8 @@ struct Plan {
     pid: String,
     mode: SourceMode,
     has_mac_range: bool,
+    rereg: ReregPolicy,
+    quota: Option<u64>,
     barcode: Option<String>,
     now: u64,
     candidate: Option<NewTriplet>,
@@ -195,6 +308,10 @@ impl Plan {
         if let Some(reg) = tx.registration(&self.key_pid, &self.unique)? {
             if reg.revoked_at.is_some() {
                 return Ok(Err(Status::DeviceRevoked));
+            }
+            if !self.rereg.allows(reg.registered_at, self.now) {
+                tx.count_refused_reregistration(&self.key_pid)?;
+                return Ok(Err(Status::ReregistrationRefused));
             }
             let mut triplet = reg.triplet;
             if let Some(barcode) = self.barcode.as_ref().filter(|b| **b != triplet.barcode) {
@@ -216,6 +333,11 @@ impl Plan {
                 if state != TripletState::Free {
                     return Ok(Err(Status::BarcodeTaken));
                 }
+            }
+        }
+        if let Some(quota) = self.quota {
+            if tx.bound_devices(&self.pid)? >= quota {
+                return Ok(Err(Status::QuotaReached));
             }
         }
         let mut triplet = None;
@@ -288,4 +410,78 @@ fn claim_barcode(
     }
     tx.set_barcode(triplet, barcode)?;
     Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::{Fixture, product};
+    use crate::memory::MemoryStore;
+    use crate::replay::{Claim, CredentialUse};
+    use std::io::Write;
+
+    /// A store whose disk is full.
+    struct Full(MemoryStore);
+
+    impl Store for Full {
+        fn product(&self, pid: &str) -> Result<Option<Arc<Product>>, StoreError> {
+            self.0.product(pid)
+        }
+        fn transact<T, F>(&self, _: F) -> impl Future<Output = Result<T, StoreError>> + Send
+        where
+            F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+            T: Send + 'static,
+        {
+            std::future::ready(Err(StoreError::Backend("database or disk is full".into())))
+        }
+        fn claim_credential(&self, c: &CredentialUse<'_>, now: u64) -> Result<Claim, StoreError> {
+            self.0.claim_credential(c, now)
+        }
+    }
+    use std::future::Future;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn storage_failures_are_logged_with_their_cause_once_per_burst() {
+        let store = MemoryStore::new();
+        store.put_product(product("P", SourceMode::Generate));
+        let r = Registrar::new(Full(store));
+        let log = Captured::default();
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let dev = Device {
+            pid: "P",
+            unique: "d",
+        };
+        let req = RegisterRequest::new("1", 1000);
+        for i in 0..50 {
+            let reply = r.register(1000 + i / 10, dev, &req).await;
+            assert_eq!(reply.res, Status::InternalError.code());
+        }
+        // t = 1000..1004: one line; at 1010 the next, counting the 49 in between.
+        let reply = r.register(1010, dev, &req).await;
+        assert_eq!(reply.res, Status::InternalError.code());
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].contains("database or disk is full"), "{text}");
+        assert!(lines[0].contains("res=5000"), "{text}");
+        assert!(lines[1].contains("more_since_last_line=49"), "{text}");
+        assert_eq!(r.store_errors(), 51);
+    }
 }

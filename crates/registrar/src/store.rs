@@ -13,6 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::model::{NewTriplet, Product, Registration, Triplet, TripletId, TripletState};
+use crate::replay::{Claim, CredentialUse};
 
 /// A storage failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,13 +92,23 @@ pub trait Tx {
         now: u64,
     ) -> Result<(), StoreError>;
 
-    /// Records that the device came back at `now`.
+    /// Records that the device came back at `now` and got its triplet again (a
+    /// re-registration, counted in its product's statistics).
     fn touch_registration(
         &mut self,
         key_pid: &str,
         unique: &str,
         now: u64,
     ) -> Result<(), StoreError>;
+
+    /// Counts a re-registration of a device of `key_pid` that its product's policy
+    /// refused.
+    fn count_refused_reregistration(&mut self, key_pid: &str) -> Result<(), StoreError>;
+
+    /// How many devices are registered under `pid` (revoked ones included: they hold
+    /// their triplet). Only called for products that have a quota, so a store may keep
+    /// the count for those products only.
+    fn bound_devices(&mut self, pid: &str) -> Result<u64, StoreError>;
 }
 
 /// A durable store of products, triplets and registrations.
@@ -113,6 +124,17 @@ pub trait Store: Send + Sync + 'static {
     where
         F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static;
+
+    /// The replay guard (PROTOCOL.md section 2): remembers `credential` as accepted for
+    /// its unique until it expires, or reports that it was accepted before. Called on
+    /// every allowed CONNECT, so it must cost about one hash lookup. A store served by
+    /// one process may keep this in memory ([`crate::ReplayGuard`]); a store shared by
+    /// several instances keeps it where all of them see it.
+    fn claim_credential(
+        &self,
+        credential: &CredentialUse<'_>,
+        now: u64,
+    ) -> Result<Claim, StoreError>;
 }
 
 impl<S: Store> Store for Arc<S> {
@@ -126,5 +148,13 @@ impl<S: Store> Store for Arc<S> {
         T: Send + 'static,
     {
         (**self).transact(work)
+    }
+
+    fn claim_credential(
+        &self,
+        credential: &CredentialUse<'_>,
+        now: u64,
+    ) -> Result<Claim, StoreError> {
+        (**self).claim_credential(credential, now)
     }
 }

@@ -17,8 +17,8 @@ pub mod sqlite;
 
 pub use crypto::{KeySource, MasterKey};
 pub use sqlite::{
-    DeviceFilter, NewProduct, PoolStats, ProductSummary, Progress, SqliteConfig, SqliteStore,
-    WriterStats,
+    DeviceFilter, NewProduct, PoolStats, ProductSummary, ProductUpdate, Progress, SqliteConfig,
+    SqliteStore, WriterStats,
 };
 
 use dynreg_registrar::StoreError;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use dynreg_registrar::{MacRange, NewTriplet, Secret, SourceMode, Store};
+use dynreg_registrar::{MacRange, NewTriplet, ReregPolicy, Secret, SourceMode, Store};
 use dynreg_store::{DeviceFilter, Error, KeySource, NewProduct, SqliteConfig, SqliteStore};
 
 fn open(dir: &std::path::Path) -> SqliteStore {
@@ -16,6 +16,8 @@ fn new_product(pid: Option<&str>, mode: SourceMode, mac: Option<&str>) -> NewPro
         mode,
         mac_range: mac.map(|m| m.parse::<MacRange>().unwrap()),
         ts_window: 900,
+        rereg: ReregPolicy::DEFAULT,
+        quota: None,
     }
 }
 
@@ -278,4 +280,73 @@ fn bulk_load_counts() {
     assert_eq!(s.bulk_load("b", 0, 1234, 5, &|_| {}).unwrap(), 1234);
     assert_eq!(s.pool_stats("b").unwrap().devices, 1234);
     assert!(s.device("b", "bulk-1233").unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_and_quota_are_stored_changed_and_counted() {
+    use dynreg_proto::{RegisterRequest, Status};
+    use dynreg_registrar::{Device, Registrar};
+    use dynreg_store::ProductUpdate;
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let p = tokio::task::block_in_place(|| {
+        s.create_product(new_product(Some("q"), SourceMode::Generate, None), 1000)
+            .unwrap()
+    });
+    assert_eq!((p.rereg, p.quota), (ReregPolicy::Window(86_400), None));
+    let r = Registrar::new(s.clone());
+    let req = RegisterRequest::new("1", 1000);
+    let dev = |unique| Device { pid: "q", unique };
+    for u in ["a", "b", "c"] {
+        assert_eq!(r.register(1000, dev(u), &req).await.res, 0);
+    }
+    assert_eq!(r.register(1001, dev("a"), &req).await.res, 0);
+    // A quota set later counts the devices already registered.
+    tokio::task::block_in_place(|| {
+        s.update_product(
+            "q",
+            ProductUpdate {
+                rereg: Some(ReregPolicy::Never),
+                quota: Some(Some(3)),
+            },
+        )
+        .unwrap();
+    });
+    assert_eq!(
+        r.register(1002, dev("d"), &req).await.res,
+        Status::QuotaReached.code()
+    );
+    assert_eq!(
+        r.register(1002, dev("b"), &req).await.res,
+        Status::ReregistrationRefused.code()
+    );
+    let summary = tokio::task::block_in_place(|| s.product_summary("q").unwrap());
+    assert_eq!(
+        (summary.rereg, summary.quota),
+        (ReregPolicy::Never, Some(3))
+    );
+    assert_eq!(
+        (
+            summary.stats.reregistrations,
+            summary.stats.reregistrations_refused
+        ),
+        (1, 1)
+    );
+    // Removing the quota lets new devices in again; the policy survives a reopen.
+    tokio::task::block_in_place(|| {
+        s.update_product(
+            "q",
+            ProductUpdate {
+                rereg: None,
+                quota: Some(None),
+            },
+        )
+        .unwrap();
+    });
+    assert_eq!(r.register(1003, dev("d"), &req).await.res, 0);
+    drop(r);
+    tokio::task::block_in_place(|| s.close().unwrap());
+    let s = open(dir.path());
+    let p = tokio::task::block_in_place(|| s.load_product("q").unwrap().unwrap());
+    assert_eq!((p.rereg, p.quota), (ReregPolicy::Never, None));
 }

@@ -1,9 +1,9 @@
-//! `dynreg product ...`: create, list, show, enable, disable, rotate-secret.
+//! `dynreg product ...`: create, list, show, update, enable, disable, rotate-secret.
 
 use anyhow::Context;
 use clap::Subcommand;
-use dynreg_registrar::{MacRange, SourceMode};
-use dynreg_store::{NewProduct, ProductSummary};
+use dynreg_registrar::{MacRange, ReregPolicy, SourceMode};
+use dynreg_store::{NewProduct, ProductSummary, ProductUpdate};
 use serde_json::{Value, json};
 
 use crate::{Global, now, output};
@@ -29,6 +29,30 @@ pub(crate) enum ProductCmd {
         /// The CONNECT ts skew window in seconds.
         #[arg(long, default_value_t = dynreg_proto::credentials::DEFAULT_TS_WINDOW)]
         ts_window: u64,
+        /// When a device that registered before gets its triplet again: `always`,
+        /// `never`, or `window:DURATION` (e.g. window:24h, window:7d) after its first
+        /// registration. Later requests get res 4032 until an operator resets the
+        /// device. See docs/security.md.
+        #[arg(long, default_value_t = ReregPolicy::DEFAULT)]
+        reregistration: ReregPolicy,
+        /// The most devices the product may bind; more get res 4033 [default: no limit].
+        #[arg(long)]
+        quota: Option<u64>,
+    },
+    /// Change a product's re-registration policy or quota.
+    Update {
+        /// The product id.
+        pid: String,
+        /// `always`, `never`, or `window:DURATION` (e.g. window:24h).
+        #[arg(long)]
+        reregistration: Option<ReregPolicy>,
+        /// The most devices the product may bind (devices already registered keep
+        /// their triplets).
+        #[arg(long, conflicts_with = "no_quota")]
+        quota: Option<u64>,
+        /// Remove the product's quota.
+        #[arg(long)]
+        no_quota: bool,
     },
     /// List products with their pool and device counts.
     List,
@@ -66,6 +90,8 @@ fn summary_json(p: &ProductSummary) -> Value {
         "mode": p.mode.name(),
         "mac_range": p.mac_range.map(|r| r.to_string()),
         "ts_window": p.ts_window,
+        "reregistration": p.rereg.to_string(),
+        "quota": p.quota,
         "created_at": output::time(p.created_at),
         "pool": {
             "free": p.stats.free,
@@ -74,6 +100,8 @@ fn summary_json(p: &ProductSummary) -> Value {
         },
         "devices": p.stats.devices,
         "mac_left": p.stats.mac_left,
+        "reregistrations": p.stats.reregistrations,
+        "reregistrations_refused": p.stats.reregistrations_refused,
     })
 }
 
@@ -88,6 +116,8 @@ fn summary_fields(p: &ProductSummary) -> Vec<(&'static str, String)> {
             p.mac_range.map_or("-".into(), |r| r.to_string()),
         ),
         ("ts window", format!("{} s", p.ts_window)),
+        ("re-registration", p.rereg.to_string()),
+        ("quota", p.quota.map_or("-".into(), |q| q.to_string())),
         ("created", output::time(p.created_at)),
         (
             "pool",
@@ -97,6 +127,13 @@ fn summary_fields(p: &ProductSummary) -> Vec<(&'static str, String)> {
             ),
         ),
         ("devices", p.stats.devices.to_string()),
+        (
+            "re-registrations",
+            format!(
+                "{} served, {} refused by the policy",
+                p.stats.reregistrations, p.stats.reregistrations_refused
+            ),
+        ),
     ]
 }
 
@@ -109,6 +146,8 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
             mode,
             mac_range,
             ts_window,
+            reregistration,
+            quota,
         } => {
             let p = store.create_product(
                 NewProduct {
@@ -117,6 +156,8 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
                     mode,
                     mac_range,
                     ts_window,
+                    rereg: reregistration,
+                    quota,
                 },
                 now(),
             )?;
@@ -124,6 +165,7 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
                 output::json(&json!({
                     "pid": p.pid, "name": p.name, "secret": p.secret.expose(), "mode": p.mode.name(),
                     "mac_range": p.mac_range.map(|r| r.to_string()), "ts_window": p.ts_window,
+                    "reregistration": p.rereg.to_string(), "quota": p.quota,
                     "enabled": p.enabled, "created_at": output::time(p.created_at),
                 }))?;
             } else {
@@ -137,6 +179,8 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
                         p.mac_range.map_or("-".into(), |r| r.to_string()),
                     ),
                     ("ts window", format!("{} s", p.ts_window)),
+                    ("re-registration", p.rereg.to_string()),
+                    ("quota", p.quota.map_or("-".into(), |q| q.to_string())),
                 ])?;
                 eprintln!(
                     "Keep the secret: it is flashed into every device of the product and shown again only with `product show --reveal-secret`."
@@ -192,6 +236,36 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
                     f.insert(1, ("secret", s));
                 }
                 output::fields(&f)?;
+            }
+        }
+        ProductCmd::Update {
+            pid,
+            reregistration,
+            quota,
+            no_quota,
+        } => {
+            let quota = if no_quota {
+                Some(None)
+            } else {
+                quota.map(Some)
+            };
+            if reregistration.is_none() && quota.is_none() {
+                anyhow::bail!(
+                    "product update {pid}: nothing to change (give --reregistration, --quota or --no-quota)"
+                );
+            }
+            store.update_product(
+                &pid,
+                ProductUpdate {
+                    rereg: reregistration,
+                    quota,
+                },
+            )?;
+            let p = store.product_summary(&pid)?;
+            if g.json {
+                output::json(&summary_json(&p))?;
+            } else {
+                output::fields(&summary_fields(&p))?;
             }
         }
         ProductCmd::Enable { pid } => set_enabled(g, &store, &pid, true)?,

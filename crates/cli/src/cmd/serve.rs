@@ -10,7 +10,7 @@ use clap::Args;
 use dynreg_endpoint::{Endpoint, EndpointConfig, TlsSettings};
 use dynreg_proto::credentials::{Credentials, SignMethod, sign};
 use dynreg_proto::{RegisterRequest, Topic};
-use dynreg_registrar::{Registrar, SourceMode};
+use dynreg_registrar::{AuthPolicy, BanPolicy, Registrar, SourceMode};
 use dynreg_store::{NewProduct, SqliteStore};
 use tracing::info;
 
@@ -41,9 +41,30 @@ pub(crate) struct ServeArgs {
     /// Seconds after which a connection that only pings is closed [default: 120].
     #[arg(long, env = "DYNREG_IDLE_TIMEOUT")]
     idle_timeout: Option<u64>,
-    /// New connections per second per source IP; 0: no limit [default: 200].
+    /// Seconds a write to a client that reads nothing may wait before the connection
+    /// is closed [default: 10].
+    #[arg(long, env = "DYNREG_WRITE_TIMEOUT")]
+    write_timeout: Option<u64>,
+    /// Connections per source IP that have not authenticated yet; 0: no limit
+    /// [default: 256].
+    #[arg(long, env = "DYNREG_MAX_PENDING_PER_IP")]
+    max_pending_per_ip: Option<u32>,
+    /// New connections per second per source IP; 0: no limit [default: 0].
     #[arg(long, env = "DYNREG_CONNECTIONS_PER_IP")]
     connections_per_ip: Option<u32>,
+    /// The replay guard: on or off [default: on]. See docs/security.md.
+    #[arg(long, env = "DYNREG_REPLAY_GUARD", value_parser = clap::builder::BoolishValueParser::new())]
+    replay_guard: Option<bool>,
+    /// Refused CONNECTs from one IP within the ban window that ban it; 0: no ban
+    /// [default: 30].
+    #[arg(long, env = "DYNREG_BAN_FAILURES")]
+    ban_failures: Option<u32>,
+    /// The ban window, seconds [default: 60].
+    #[arg(long, env = "DYNREG_BAN_WINDOW")]
+    ban_window: Option<u64>,
+    /// How long a ban lasts, seconds [default: 300].
+    #[arg(long, env = "DYNREG_BAN_DURATION")]
+    ban_duration: Option<u64>,
     /// Registrations per second per product; 0: no limit [default: 0].
     #[arg(long, env = "DYNREG_REGISTRATIONS_PER_PID")]
     registrations_per_pid: Option<u32>,
@@ -66,6 +87,7 @@ pub(crate) struct ServeArgs {
 struct Resolved {
     data_dir: PathBuf,
     endpoint: EndpointConfig,
+    auth: AuthPolicy,
 }
 
 /// Merges flags/env, the file and the defaults, and validates every value (naming the
@@ -124,6 +146,63 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
         default: u64::try_from(d.max_connections).unwrap_or(u64::MAX),
     }
     .in_range(1, 10_000_000)?;
+    let write_timeout = Setting {
+        key: "mqtt.write_timeout_secs",
+        flag: "--write-timeout",
+        env: "DYNREG_WRITE_TIMEOUT",
+        cli: args.write_timeout,
+        file: file.mqtt.write_timeout_secs,
+        default: d.write_timeout.as_secs(),
+    }
+    .in_range(1, 3600)?;
+    let max_pending_per_ip = Setting {
+        key: "limits.max_pending_per_ip",
+        flag: "--max-pending-per-ip",
+        env: "DYNREG_MAX_PENDING_PER_IP",
+        cli: args.max_pending_per_ip,
+        file: file.limits.max_pending_per_ip,
+        default: d.max_pending_per_ip,
+    }
+    .in_range(0, 10_000_000)?;
+    let a = AuthPolicy::default();
+    let replay_guard = Setting {
+        key: "limits.replay_guard",
+        flag: "--replay-guard",
+        env: "DYNREG_REPLAY_GUARD",
+        cli: args.replay_guard,
+        file: file.limits.replay_guard,
+        default: a.replay_guard,
+    }
+    .in_range(false, true)?;
+    let ban = BanPolicy {
+        failures: Setting {
+            key: "limits.ban_failures",
+            flag: "--ban-failures",
+            env: "DYNREG_BAN_FAILURES",
+            cli: args.ban_failures,
+            file: file.limits.ban_failures,
+            default: a.ban.failures,
+        }
+        .in_range(0, 1_000_000)?,
+        window_secs: Setting {
+            key: "limits.ban_window_secs",
+            flag: "--ban-window",
+            env: "DYNREG_BAN_WINDOW",
+            cli: args.ban_window,
+            file: file.limits.ban_window_secs,
+            default: a.ban.window_secs,
+        }
+        .in_range(1, 86_400)?,
+        duration_secs: Setting {
+            key: "limits.ban_secs",
+            flag: "--ban-duration",
+            env: "DYNREG_BAN_DURATION",
+            cli: args.ban_duration,
+            file: file.limits.ban_secs,
+            default: a.ban.duration_secs,
+        }
+        .in_range(1, 30 * 86_400)?,
+    };
     let per_ip = Setting {
         key: "limits.connections_per_ip_per_sec",
         flag: "--connections-per-ip",
@@ -178,11 +257,14 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
             max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
             connect_timeout: config::secs(connect_timeout),
             idle_timeout: config::secs(idle_timeout),
+            write_timeout: config::secs(write_timeout),
+            max_pending_per_ip,
             connections_per_ip_per_sec: per_ip,
             registrations_per_pid_per_sec: per_pid,
             tls,
             ..d
         },
+        auth: AuthPolicy { ban, replay_guard },
     })
 }
 
@@ -231,6 +313,8 @@ fn demo(store: &SqliteStore, listen: SocketAddr) -> anyhow::Result<()> {
                     mode: SourceMode::Generate,
                     mac_range: None,
                     ts_window: dynreg_proto::credentials::DEFAULT_TS_WINDOW,
+                    rereg: dynreg_registrar::ReregPolicy::DEFAULT,
+                    quota: None,
                 },
                 now(),
             )?;
@@ -279,28 +363,21 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
     let _log = init_tracing();
     let Resolved {
         data_dir,
-        endpoint: config,
+        endpoint: mut config,
+        auth,
     } = resolve(g, args)?;
-    // Every connection is a file descriptor (plus the store's and the listeners').
-    let want = u64::try_from(config.max_connections)
-        .unwrap_or(u64::MAX)
-        .saturating_add(1024);
-    match dynreg_endpoint::limit::raise_open_file_limit(want) {
-        Ok(n) if n >= want => info!(open_files = n, "open-file limit"),
-        Ok(n) => tracing::warn!(
-            open_files = n,
-            max_connections = config.max_connections,
-            "the open-file limit is below max_connections: connections past about {} will fail at accept (raise the hard limit: ulimit -Hn, LimitNOFILE= in systemd)",
-            n.saturating_sub(1024)
-        ),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    fit_to_open_files(&mut config)?;
+    if !auth.replay_guard {
+        tracing::warn!(
+            "the replay guard is off: a CONNECT credential seen on the wire works for any unique while its ts is in the window (see docs/security.md)"
+        );
     }
     let store = g.open_at(&data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let registrar = Arc::new(Registrar::new(store.clone()));
+    let registrar = Arc::new(Registrar::with_policy(store.clone(), auth));
     let listen = config.listen;
     runtime.block_on(async {
         let endpoint = Endpoint::bind(config, registrar).with_context(|| format!("cannot listen on {listen} (or the TLS address)"))?;
@@ -316,6 +393,41 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
     })?;
     store.close()?;
     info!("stopped; store closed");
+    Ok(())
+}
+
+/// Raises the open-file limit for `max_connections`, and lowers `max_connections` to
+/// what the limit allows (saying so), so that the process never runs out of
+/// descriptors at accept: past `max_connections` devices get a clear CONNACK "server
+/// unavailable" instead.
+fn fit_to_open_files(config: &mut EndpointConfig) -> anyhow::Result<()> {
+    use dynreg_endpoint::server::RESERVED_FILES;
+    let wanted = u64::try_from(config.max_connections).unwrap_or(u64::MAX);
+    let want = wanted.saturating_add(RESERVED_FILES);
+    let limit = match dynreg_endpoint::limit::raise_open_file_limit(want) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit; max_connections left as configured");
+            return Ok(());
+        }
+    };
+    if limit >= want {
+        info!(open_files = limit, "open-file limit");
+        return Ok(());
+    }
+    let fitted = limit.saturating_sub(RESERVED_FILES);
+    if fitted < 16 {
+        bail!(
+            "the open-file limit is {limit}: too low to serve (dynreg keeps {RESERVED_FILES} descriptors for itself); raise it (ulimit -n, LimitNOFILE= in systemd)"
+        );
+    }
+    tracing::warn!(
+        open_files = limit,
+        configured = wanted,
+        max_connections = fitted,
+        "max_connections lowered to fit the open-file limit (raise the hard limit to serve more: ulimit -Hn, LimitNOFILE= in systemd)"
+    );
+    config.max_connections = usize::try_from(fitted).unwrap_or(usize::MAX);
     Ok(())
 }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use dynreg_registrar::model::{MAX_NAME_LEN, is_valid_pid};
 use dynreg_registrar::{
-    MacRange, NewTriplet, Product, Registration, Secret, SourceMode, Triplet, TripletState,
-    generate,
+    MacRange, NewTriplet, Product, Registration, ReregPolicy, Secret, SourceMode, Triplet,
+    TripletState, generate,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -41,6 +41,19 @@ pub struct NewProduct {
     pub mac_range: Option<MacRange>,
     /// CONNECT ts skew window, seconds.
     pub ts_window: u64,
+    /// When a device that registered before gets its triplet again.
+    pub rereg: ReregPolicy,
+    /// The most devices the product may bind (`None`: no limit).
+    pub quota: Option<u64>,
+}
+
+/// Changes to a product's registration rules; `None` leaves a field as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProductUpdate {
+    /// A new re-registration policy.
+    pub rereg: Option<ReregPolicy>,
+    /// A new quota: `Some(None)` removes it.
+    pub quota: Option<Option<u64>>,
 }
 
 /// A product without its secret, with its pool and device counts.
@@ -58,6 +71,10 @@ pub struct ProductSummary {
     pub mac_range: Option<MacRange>,
     /// The ts window in seconds.
     pub ts_window: u64,
+    /// The re-registration policy.
+    pub rereg: ReregPolicy,
+    /// The most devices the product may bind, if limited.
+    pub quota: Option<u64>,
     /// Creation time, Unix seconds.
     pub created_at: u64,
     /// Triplet and device counts.
@@ -77,6 +94,10 @@ pub struct PoolStats {
     pub devices: u64,
     /// MAC addresses left in the product's range, if it has one.
     pub mac_left: Option<u64>,
+    /// Re-registrations served (a device that registered before got its triplet again).
+    pub reregistrations: u64,
+    /// Re-registrations refused by the product's policy.
+    pub reregistrations_refused: u64,
 }
 
 /// Which devices to list.
@@ -101,7 +122,7 @@ pub(crate) fn read_product(
     pid: &str,
 ) -> Result<Option<Product>, Error> {
     let mut stmt = conn.prepare_cached(
-        "SELECT pid, name, secret_enc, enabled, mode, mac_start, mac_end, ts_window, created_at FROM products WHERE pid = ?1",
+        "SELECT pid, name, secret_enc, enabled, mode, mac_start, mac_end, ts_window, created_at, rereg, quota FROM products WHERE pid = ?1",
     )?;
     let row = stmt
         .query_row([pid], |r| {
@@ -115,11 +136,24 @@ pub(crate) fn read_product(
                 r.get::<_, Option<i64>>(6)?,
                 r.get::<_, i64>(7)?,
                 r.get::<_, i64>(8)?,
+                r.get::<_, String>(9)?,
+                r.get::<_, Option<i64>>(10)?,
             ))
         })
         .optional()?;
-    let Some((pid, name, secret_enc, enabled, mode, mac_start, mac_end, ts_window, created_at)) =
-        row
+    let Some((
+        pid,
+        name,
+        secret_enc,
+        enabled,
+        mode,
+        mac_start,
+        mac_end,
+        ts_window,
+        created_at,
+        rereg,
+        quota,
+    )) = row
     else {
         return Ok(None);
     };
@@ -138,6 +172,8 @@ pub(crate) fn read_product(
             _ => None,
         },
         ts_window: u64_of(ts_window),
+        rereg: rereg.parse().map_err(Error::Invalid)?,
+        quota: quota.map(u64_of),
         created_at: u64_of(created_at),
     }))
 }
@@ -177,6 +213,15 @@ fn pool_stats(conn: &Connection, pid: &str) -> Result<PoolStats, Error> {
     if let Some((Some(next), Some(end))) = mac {
         stats.mac_left = Some(u64_of((end - next + 1).max(0)));
     }
+    let (served, refused): (i64, i64) = conn
+        .prepare_cached(
+            "SELECT reregistrations, reregistrations_refused FROM products WHERE pid = ?1",
+        )?
+        .query_row([pid], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or_default();
+    stats.reregistrations = u64_of(served);
+    stats.reregistrations_refused = u64_of(refused);
     Ok(stats)
 }
 
@@ -242,6 +287,8 @@ impl SqliteStore {
             mode: new.mode,
             mac_range: new.mac_range,
             ts_window: new.ts_window,
+            rereg: new.rereg,
+            quota: new.quota,
             created_at: now,
         };
         self.insert_product(&product)?;
@@ -265,9 +312,9 @@ impl SqliteStore {
                 None => (None, None),
             };
             let n = conn.prepare_cached(
-                "INSERT INTO products (pid, name, secret_enc, enabled, mode, mac_start, mac_end, mac_next, ts_window, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6, ?8, ?9) ON CONFLICT (pid) DO NOTHING",
+                "INSERT INTO products (pid, name, secret_enc, enabled, mode, mac_start, mac_end, mac_next, ts_window, created_at, rereg, quota) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6, ?8, ?9, ?10, ?11) ON CONFLICT (pid) DO NOTHING",
             )?
-            .execute(params![p.pid, p.name, sealed, p.enabled, p.mode.name(), start, end, i64_of(p.ts_window), i64_of(p.created_at)])?;
+            .execute(params![p.pid, p.name, sealed, p.enabled, p.mode.name(), start, end, i64_of(p.ts_window), i64_of(p.created_at), p.rereg.to_string(), p.quota.map(i64_of)])?;
             if n == 0 {
                 return Err(Error::Conflict(format!("a product with pid `{}` exists", p.pid)));
             }
@@ -301,9 +348,35 @@ impl SqliteStore {
             mode: product.mode,
             mac_range: product.mac_range,
             ts_window: product.ts_window,
+            rereg: product.rereg,
+            quota: product.quota,
             created_at: product.created_at,
             stats,
         })
+    }
+
+    /// Changes a product's re-registration policy and quota. A quota applies to new
+    /// bindings only: devices already registered keep their triplets even when there are
+    /// more of them than the new quota.
+    pub fn update_product(&self, pid: &str, update: ProductUpdate) -> Result<(), Error> {
+        let pid_owned = pid.to_owned();
+        self.write_blocking(move |conn, _| {
+            require_product(conn, &pid_owned)?;
+            if let Some(rereg) = update.rereg {
+                conn.prepare_cached("UPDATE products SET rereg = ?2 WHERE pid = ?1")?
+                    .execute(params![pid_owned, rereg.to_string()])?;
+            }
+            if let Some(quota) = update.quota {
+                // The count is kept only while a quota is set: recount when one is set.
+                conn.prepare_cached(
+                    "UPDATE products SET quota = ?2, bound = (SELECT count(*) FROM registrations WHERE pid = ?1) WHERE pid = ?1",
+                )?
+                .execute(params![pid_owned, quota.map(i64_of)])?;
+            }
+            Ok(())
+        })?;
+        self.invalidate(pid);
+        Ok(())
     }
 
     /// Enables or disables registration for a product.

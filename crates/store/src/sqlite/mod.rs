@@ -24,12 +24,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use dynreg_registrar::{Product, Store, StoreError, Tx};
+use dynreg_registrar::{Claim, CredentialUse, Product, ReplayGuard, Store, StoreError, Tx};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 pub use admin::{
     DeviceFilter, MAX_DEVICE_SECRET_LEN, MAX_FIELD_LEN, MAX_POOL_BATCH, NewProduct, PoolStats,
-    ProductSummary, Progress,
+    ProductSummary, ProductUpdate, Progress,
 };
 
 use crate::Error;
@@ -50,6 +50,8 @@ pub struct SqliteConfig {
     pub product_cache_ttl: Duration,
     /// The most jobs committed together in one transaction.
     pub max_batch: usize,
+    /// The most CONNECT credentials the replay guard remembers at once.
+    pub replay_capacity: usize,
 }
 
 impl SqliteConfig {
@@ -61,6 +63,7 @@ impl SqliteConfig {
             key: KeySource::DataDir,
             product_cache_ttl: Duration::from_secs(2),
             max_batch: 512,
+            replay_capacity: dynreg_registrar::replay::DEFAULT_CAPACITY,
         }
     }
 }
@@ -85,6 +88,8 @@ pub(crate) struct Inner {
     cache: RwLock<HashMap<String, CacheEntry>>,
     ttl: Duration,
     path: PathBuf,
+    /// One process serves a SQLite database, so the replay guard lives in its memory.
+    replay: ReplayGuard,
 }
 
 /// The embedded SQLite store. Cheap to clone (all clones share one database).
@@ -226,6 +231,7 @@ impl SqliteStore {
                 cache: RwLock::new(HashMap::new()),
                 ttl: config.product_cache_ttl,
                 path,
+                replay: ReplayGuard::with_capacity(config.replay_capacity),
             }),
         })
     }
@@ -443,5 +449,13 @@ impl Store for SqliteStore {
             rx.await
                 .map_err(|_| StoreError::Unavailable("the store's writer stopped".into()))?
         }
+    }
+
+    fn claim_credential(
+        &self,
+        credential: &CredentialUse<'_>,
+        now: u64,
+    ) -> Result<Claim, StoreError> {
+        Ok(self.inner.replay.claim(credential, now))
     }
 }

@@ -75,6 +75,23 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX triplets_barcode ON triplets (pid, barcode) WHERE barcode IS NOT NULL;
     CREATE INDEX triplets_free ON triplets (pid, id) WHERE state = 0;
     CREATE INDEX triplets_pid_state ON triplets (pid, state);",
+    // 3: per-product re-registration policy, quota and re-registration counters.
+    // Products that existed before keep the behaviour they had (`always`); new ones get
+    // the default policy from the operator's command. `bound` counts the devices
+    // registered under a product, kept by triggers only for products with a quota (the
+    // one place it is read), so that other products pay nothing for it; it is
+    // recomputed whenever a quota is set.
+    "ALTER TABLE products ADD COLUMN rereg TEXT NOT NULL DEFAULT 'always';
+    ALTER TABLE products ADD COLUMN quota INTEGER;
+    ALTER TABLE products ADD COLUMN bound INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE products ADD COLUMN reregistrations INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE products ADD COLUMN reregistrations_refused INTEGER NOT NULL DEFAULT 0;
+    CREATE TRIGGER registrations_bound_insert AFTER INSERT ON registrations
+        WHEN (SELECT quota FROM products WHERE pid = NEW.pid) IS NOT NULL
+        BEGIN UPDATE products SET bound = bound + 1 WHERE pid = NEW.pid; END;
+    CREATE TRIGGER registrations_bound_delete AFTER DELETE ON registrations
+        WHEN (SELECT quota FROM products WHERE pid = OLD.pid) IS NOT NULL
+        BEGIN UPDATE products SET bound = bound - 1 WHERE pid = OLD.pid; END;",
 ];
 
 /// Sets the connection's pragmas: WAL, full durability, foreign keys, busy timeout.
@@ -193,7 +210,7 @@ mod tests {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, MIGRATIONS.len() as i64);
         assert_eq!(rows(&conn), before);
         // The CHECK no longer builds a temporary b-tree, and still refuses other states.
         assert!(!ops(&conn, insert).contains(&"OpenEphemeral".to_owned()));

@@ -303,6 +303,36 @@ impl Tx for SqliteTx<'_> {
             .map_err(sql)?;
         stmt.execute(params![key_pid, unique, i64_of(now)])
             .map_err(sql)?;
+        self.conn
+            .prepare_cached(
+                "UPDATE products SET reregistrations = reregistrations + 1 WHERE pid = ?1",
+            )
+            .map_err(sql)?
+            .execute([key_pid])
+            .map_err(sql)?;
         Ok(())
+    }
+
+    fn count_refused_reregistration(&mut self, key_pid: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE products SET reregistrations_refused = reregistrations_refused + 1 WHERE pid = ?1",
+            )
+            .map_err(sql)?
+            .execute([key_pid])
+            .map_err(sql)?;
+        Ok(())
+    }
+
+    fn bound_devices(&mut self, pid: &str) -> Result<u64, StoreError> {
+        // Kept by triggers for products with a quota (schema migration 3).
+        let n: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT bound FROM products WHERE pid = ?1")
+            .map_err(sql)?
+            .query_row([pid], |r| r.get(0))
+            .optional()
+            .map_err(sql)?;
+        Ok(u64_of(n.unwrap_or(0)))
     }
 }

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use dynreg_registrar::conformance::Fixture;
-use dynreg_registrar::{NewTriplet, Product, Store, StoreError, Tx};
+use dynreg_registrar::{Claim, CredentialUse, NewTriplet, Product, Store, StoreError, Tx};
 use dynreg_store::{SqliteConfig, SqliteStore};
 
 pub struct TempStore {
@@ -34,6 +34,10 @@ impl Store for TempStore {
         T: Send + 'static,
     {
         self.store.transact(work)
+    }
+
+    fn claim_credential(&self, c: &CredentialUse<'_>, now: u64) -> Result<Claim, StoreError> {
+        self.store.claim_credential(c, now)
     }
 }
 
@@ -76,5 +80,10 @@ impl Fixture for TempStore {
     fn pool_counts(&self, pid: &str) -> (u64, u64, u64) {
         let s = self.store.pool_stats(pid).unwrap();
         (s.free, s.bound, s.revoked)
+    }
+
+    fn reregistrations(&self, pid: &str) -> (u64, u64) {
+        let s = self.store.pool_stats(pid).unwrap();
+        (s.reregistrations, s.reregistrations_refused)
     }
 }

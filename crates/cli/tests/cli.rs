@@ -78,6 +78,74 @@ fn product_lifecycle() {
 }
 
 #[test]
+fn reregistration_policy_and_quota() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let p = json(d, &["product", "create", "--name", "Lamp", "--pid", "lamp"]);
+    assert_eq!(p["reregistration"], "window:1d", "the default policy");
+    assert_eq!(p["quota"], Value::Null);
+    let p = json(
+        d,
+        &[
+            "product",
+            "create",
+            "--name",
+            "Plug",
+            "--pid",
+            "plug",
+            "--reregistration",
+            "never",
+            "--quota",
+            "100",
+        ],
+    );
+    assert_eq!(
+        (p["reregistration"].as_str(), p["quota"].as_u64()),
+        (Some("never"), Some(100))
+    );
+    let u = json(
+        d,
+        &[
+            "product",
+            "update",
+            "lamp",
+            "--reregistration",
+            "window:90m",
+            "--quota",
+            "5",
+        ],
+    );
+    assert_eq!(
+        (u["reregistration"].as_str(), u["quota"].as_u64()),
+        (Some("window:90m"), Some(5))
+    );
+    assert_eq!(u["reregistrations"], 0);
+    let u = json(d, &["product", "update", "lamp", "--no-quota"]);
+    assert_eq!(u["quota"], Value::Null);
+    let shown = ok(d, &["product", "show", "lamp"]);
+    assert!(shown.contains("window:90m"), "{shown}");
+    let err = fails(d, &["product", "update", "lamp"]);
+    assert!(err.contains("nothing to change"), "{err}");
+    let out = dynreg(
+        d,
+        &[
+            "product",
+            "create",
+            "--name",
+            "X",
+            "--reregistration",
+            "sometimes",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--reregistration") && err.contains("window:"),
+        "{err}"
+    );
+}
+
+#[test]
 fn pool_generate_import_export() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();

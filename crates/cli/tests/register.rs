@@ -15,6 +15,8 @@ struct Serve {
     secret: String,
     other_secret: String,
     dir: PathBuf,
+    /// The server's log lines after "dynreg serving".
+    log: std::sync::mpsc::Receiver<String>,
     _t: tempfile::TempDir,
 }
 
@@ -89,6 +91,7 @@ fn serve_with(extra: &[&str]) -> Serve {
         secret: p["secret"].as_str().unwrap().to_owned(),
         other_secret: other["secret"].as_str().unwrap().to_owned(),
         dir,
+        log: rx,
         _t: t,
     }
 }
@@ -138,6 +141,13 @@ fn options_idempotency_and_state() {
     assert_eq!(
         again["uuid"], a["uuid"],
         "same unique, same triplet, over 3.1.1 and SHA1 too"
+    );
+    // Every re-registration is logged with its source address.
+    let lines = common::wait_for(&s.log, "re-registered");
+    let line = lines.iter().find(|l| l.contains("re-registered")).unwrap();
+    assert!(
+        line.contains("peer=127.0.0.1:") && line.contains("unique=\"dev-1\""),
+        "{line}"
     );
     let generated = json(&register(&s, &[]));
     assert_eq!(

@@ -102,3 +102,99 @@ fn serves_and_stops_gracefully_on_sigterm() {
         "the demo command names the port actually bound: {out}"
     );
 }
+
+#[test]
+fn one_address_holding_idle_connections_cannot_lock_others_out() {
+    // This test holds 2,000 connections itself.
+    let limit = dynreg_endpoint::limit::raise_open_file_limit(8192).unwrap();
+    if limit < 4096 {
+        eprintln!(
+            "SKIPPED one_address_holding_idle_connections_cannot_lock_others_out: open-file limit {limit} < 4096"
+        );
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let created = common::bin()
+        .args(["--json", "--data-dir", "data", "product", "create"])
+        .args(["--name", "FD", "--pid", "fd", "--mode", "generate"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let product: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The server under a 1,024 open-file limit, as the attack found it. The replay
+    // guard is off: the load generator's devices all sign with the same ts, and this
+    // test is about descriptors.
+    let bin = common::bin();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 1024 && exec \"$0\" \"$@\"")
+        .arg(bin.get_program())
+        .args([
+            "--data-dir",
+            "data",
+            "serve",
+            "--replay-guard",
+            "off",
+            "--listen",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .envs(bin.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .env_remove("DYNREG_CONFIG")
+        .env_remove("DYNREG_DATA_DIR")
+        .current_dir(d)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = common::stderr_lines(&mut child);
+    let lines = common::wait_for(&rx, "dynreg serving");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("max_connections lowered to fit")),
+        "{lines:?}"
+    );
+    // 2,000 connections from 127.0.0.1 that never send CONNECT.
+    let idle: Vec<_> = (0..2000)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // Devices from other addresses (the load generator connects from 127.1.x.y)
+    // still register.
+    let out = common::bin()
+        .args([
+            "--json",
+            "bench",
+            "--port",
+            &port.to_string(),
+            "--pid",
+            "fd",
+        ])
+        .args(["-n", "20", "-c", "2", "--timeout", "5"])
+        .env("DYNREG_SECRET", product["secret"].as_str().unwrap())
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(report["completed"], 20, "{report}");
+    drop(idle);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let mut rest = Vec::new();
+    while let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {
+        rest.push(l);
+    }
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("not yet authenticated") && l.contains("127.0.0.1")),
+        "the refused connections are logged: {rest:?}"
+    );
+}

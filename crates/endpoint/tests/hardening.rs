@@ -1,0 +1,585 @@
+//! What an attacker or a careless client tries, over real sockets on port 0: replayed
+//! credentials, clients that never read, a burst from one address, failed-CONNECT
+//! floods, and the MQTT 5 rules the CONNACK advertises. Packets are written and read
+//! with the `rmqtt-codec` client side, so that every flag and property can be set.
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU16, NonZeroU32};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use dynreg_endpoint::{Endpoint, EndpointConfig};
+use dynreg_proto::credentials::{SignMethod, sign};
+use dynreg_proto::{RegisterReply, RegisterRequest, Topic};
+use dynreg_registrar::conformance::product;
+use dynreg_registrar::{AuthPolicy, BanPolicy, Registrar, SourceMode};
+use dynreg_store::{SqliteConfig, SqliteStore};
+use rmqtt_codec::types::{Publish, QoS};
+use rmqtt_codec::{v3, v5};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::{Decoder, Encoder};
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+struct Server {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<std::io::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+/// An endpoint on loopback port 0 with products `P0`..`P4` (generate mode) and the
+/// given limits and CONNECT policy.
+async fn server(config: EndpointConfig, policy: AuthPolicy) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("data"))).unwrap();
+    tokio::task::block_in_place(|| {
+        for i in 0..5 {
+            store
+                .insert_product(&product(&format!("P{i}"), SourceMode::Generate))
+                .unwrap();
+        }
+    });
+    let endpoint = Endpoint::bind(
+        EndpointConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..config
+        },
+        Arc::new(Registrar::with_policy(store, policy)),
+    )
+    .unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let done = tokio::spawn(endpoint.run(async move {
+        let _ = rx.await;
+    }));
+    Server {
+        addr,
+        stop: Some(tx),
+        done,
+        _dir: dir,
+    }
+}
+
+/// A device's credentials, signed at `ts` with `method`.
+struct Creds {
+    client_id: String,
+    username: String,
+    password: String,
+    pid: String,
+    unique: String,
+}
+
+fn creds(pid: &str, unique: &str, ts: u64, method: SignMethod) -> Creds {
+    Creds {
+        client_id: format!("register_{pid}_{unique}"),
+        username: format!("{pid}|signMethod={},ts={ts}", method.name()),
+        password: sign(method, format!("secret-of-{pid}").as_bytes(), pid, ts).to_string(),
+        pid: pid.into(),
+        unique: unique.into(),
+    }
+}
+
+/// A raw MQTT 5 client.
+struct V5 {
+    stream: TcpStream,
+    codec: v5::Codec,
+    buf: BytesMut,
+}
+
+impl V5 {
+    async fn open(addr: SocketAddr) -> Self {
+        Self {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            codec: v5::Codec::new(0, 0),
+            buf: BytesMut::new(),
+        }
+    }
+
+    async fn send(&mut self, p: v5::Packet) {
+        let mut out = BytesMut::new();
+        self.codec.encode(p, &mut out).unwrap();
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    /// The next packet, or `None` when the connection closed or `wait` passed.
+    async fn recv(&mut self, wait: Duration) -> Option<v5::Packet> {
+        let end = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some((p, _)) = self.codec.decode(&mut self.buf).unwrap() {
+                return Some(p);
+            }
+            match tokio::time::timeout_at(end, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(0) | Err(_)) | Err(_) => return None,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    fn connect_packet(c: &Creds) -> v5::Connect {
+        v5::Connect {
+            clean_start: true,
+            keep_alive: 30,
+            client_id: c.client_id.clone().into(),
+            username: Some(c.username.clone().into()),
+            password: Some(c.password.clone().into()),
+            ..v5::Connect::default()
+        }
+    }
+
+    /// Connects with `connect`; the CONNACK's reason code.
+    async fn connect(addr: SocketAddr, connect: v5::Connect) -> (Self, v5::ConnectAckReason) {
+        let mut c = Self::open(addr).await;
+        c.send(v5::Packet::Connect(Box::new(connect))).await;
+        match c.recv(Duration::from_secs(5)).await {
+            Some(v5::Packet::ConnectAck(ack)) => {
+                let code = ack.reason_code;
+                (c, code)
+            }
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    async fn subscribe(&mut self, c: &Creds, qos: QoS) {
+        self.send(v5::Packet::Subscribe(v5::Subscribe {
+            packet_id: NonZeroU16::new(1).unwrap(),
+            id: None,
+            user_properties: Vec::new(),
+            topic_filters: vec![(
+                Topic::response(&c.pid, &c.unique).to_string().into(),
+                v5::SubscriptionOptions {
+                    qos,
+                    ..v5::SubscriptionOptions::default()
+                },
+            )],
+        }))
+        .await;
+        assert!(matches!(
+            self.recv(Duration::from_secs(5)).await,
+            Some(v5::Packet::SubscribeAck(_))
+        ));
+    }
+
+    fn request(c: &Creds, packet_id: u16, retain: bool, alias: Option<u16>) -> v5::Packet {
+        v5::Packet::Publish(Box::new(Publish {
+            dup: false,
+            retain,
+            qos: QoS::AtLeastOnce,
+            topic: Topic::request(&c.pid, &c.unique).to_string().into(),
+            packet_id: NonZeroU16::new(packet_id),
+            payload: RegisterRequest::new(packet_id.to_string(), unix_now())
+                .to_json()
+                .into(),
+            properties: Some(v5::PublishProperties {
+                topic_alias: alias.and_then(NonZeroU16::new),
+                ..v5::PublishProperties::default()
+            }),
+        }))
+    }
+}
+
+/// CONNECT with MQTT 3.1.1; the CONNACK return code.
+async fn v3_connect(addr: SocketAddr, c: &Creds) -> v3::ConnectAckReason {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut codec = v3::Codec::new(0);
+    let mut out = BytesMut::new();
+    codec
+        .encode(
+            v3::Packet::Connect(Box::new(v3::Connect {
+                clean_session: true,
+                keep_alive: 30,
+                client_id: c.client_id.clone().into(),
+                username: Some(c.username.clone().into()),
+                password: Some(c.password.clone().into()),
+                ..v3::Connect::default()
+            })),
+            &mut out,
+        )
+        .unwrap();
+    stream.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    loop {
+        if let Some((p, _)) = codec.decode(&mut buf).unwrap() {
+            match p {
+                v3::Packet::ConnectAck(ack) => return ack.return_code,
+                other => panic!("expected CONNACK, got {other:?}"),
+            }
+        }
+        assert!(stream.read_buf(&mut buf).await.unwrap() > 0, "closed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captured_credential_registers_no_other_device() {
+    let s = server(EndpointConfig::default(), AuthPolicy::default()).await;
+    let ts = unix_now();
+    for (i, method) in [SignMethod::HmacSha256, SignMethod::HmacSha1]
+        .into_iter()
+        .enumerate()
+    {
+        let pid = format!("P{i}");
+        let device = creds(&pid, "victim", ts, method);
+        let (mut c, code) = V5::connect(s.addr, V5::connect_packet(&device)).await;
+        assert_eq!(code, v5::ConnectAckReason::Success);
+        c.subscribe(&device, QoS::AtLeastOnce).await;
+        c.send(V5::request(&device, 1, false, None)).await;
+        let triplet = loop {
+            match c.recv(Duration::from_secs(5)).await {
+                Some(v5::Packet::Publish(p)) => {
+                    break RegisterReply::from_json(&p.payload).unwrap();
+                }
+                Some(_) => {}
+                None => panic!("no reply"),
+            }
+        };
+        assert_eq!(triplet.res, 0);
+        drop(c);
+
+        // Whoever saw that CONNECT tries its password for other uniques, over both
+        // versions: refused as bad credentials.
+        let mut stolen = creds(&pid, "attacker", ts, method);
+        stolen.password.clone_from(&device.password);
+        let (_, code) = V5::connect(s.addr, V5::connect_packet(&stolen)).await;
+        assert_eq!(code, v5::ConnectAckReason::BadUserNameOrPassword);
+        stolen.client_id = format!("register_{pid}_other");
+        stolen.unique = "other".into();
+        assert_eq!(
+            v3_connect(s.addr, &stolen).await,
+            v3::ConnectAckReason::BadUserNameOrPassword
+        );
+        // The device itself may come back with the same credential (a lost reply).
+        let (_, code) = V5::connect(s.addr, V5::connect_packet(&device)).await;
+        assert_eq!(code, v5::ConnectAckReason::Success);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_connects_ban_the_address_and_replays_do_not() {
+    let s = server(
+        EndpointConfig::default(),
+        AuthPolicy {
+            ban: BanPolicy {
+                failures: 5,
+                window_secs: 60,
+                duration_secs: 300,
+            },
+            replay_guard: true,
+        },
+    )
+    .await;
+    let ts = unix_now();
+    // Ten devices of one product that signed in the same second: the first gets in,
+    // the others are refused as replays, and the address is not banned for it.
+    for i in 0..10 {
+        let c = creds("P0", &format!("nat{i}"), ts, SignMethod::HmacSha256);
+        let (_, code) = V5::connect(s.addr, V5::connect_packet(&c)).await;
+        let want = if i == 0 {
+            v5::ConnectAckReason::Success
+        } else {
+            v5::ConnectAckReason::BadUserNameOrPassword
+        };
+        assert_eq!(code, want, "device {i}");
+    }
+    // Guessing secrets is another matter.
+    for i in 0..5 {
+        let mut c = creds("P1", &format!("guess{i}"), ts - i, SignMethod::HmacSha256);
+        c.password = "00".repeat(32);
+        let (_, code) = V5::connect(s.addr, V5::connect_packet(&c)).await;
+        assert_eq!(code, v5::ConnectAckReason::BadUserNameOrPassword);
+    }
+    let good = creds("P2", "honest", ts, SignMethod::HmacSha256);
+    let (_, code) = V5::connect(s.addr, V5::connect_packet(&good)).await;
+    assert_eq!(code, v5::ConnectAckReason::Banned);
+    assert_eq!(
+        v3_connect(s.addr, &creds("P3", "honest", ts, SignMethod::HmacSha256)).await,
+        v3::ConnectAckReason::NotAuthorized
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_configuration_takes_a_burst_of_5000_from_one_address() {
+    let s = server(EndpointConfig::default(), AuthPolicy::default()).await;
+    let base = unix_now();
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..100 {
+        let (next, addr) = (next.clone(), s.addr);
+        workers.push(tokio::spawn(async move {
+            let mut refused = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= 5000 {
+                    return refused;
+                }
+                // Five products, a thousand devices each; within a product no two
+                // devices share (signMethod, ts), as the replay guard requires.
+                let j = u64::from(i / 5);
+                let method = if j % 2 == 0 {
+                    SignMethod::HmacSha256
+                } else {
+                    SignMethod::HmacSha1
+                };
+                let c = creds(
+                    &format!("P{}", i % 5),
+                    &format!("d{i}"),
+                    base - j / 2,
+                    method,
+                );
+                let (mut conn, code) = V5::connect(addr, V5::connect_packet(&c)).await;
+                if code != v5::ConnectAckReason::Success {
+                    refused.push(format!("{i}: {code:?}"));
+                    continue;
+                }
+                conn.subscribe(&c, QoS::AtMostOnce).await;
+                conn.send(V5::request(&c, 1, false, None)).await;
+                loop {
+                    match conn.recv(Duration::from_secs(10)).await {
+                        Some(v5::Packet::Publish(p)) => {
+                            let r = RegisterReply::from_json(&p.payload).unwrap();
+                            if r.res != 0 {
+                                refused.push(format!("{i}: res {}", r.res));
+                            }
+                            break;
+                        }
+                        Some(_) => {}
+                        None => {
+                            refused.push(format!("{i}: no reply"));
+                            break;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let mut refused = Vec::new();
+    for w in workers {
+        refused.extend(w.await.unwrap());
+    }
+    assert!(
+        refused.is_empty(),
+        "{} refused: {:?}",
+        refused.len(),
+        &refused[..refused.len().min(10)]
+    );
+    eprintln!(
+        "5000 registrations from 127.0.0.1 at concurrency 100 in {:?}",
+        started.elapsed()
+    );
+}
+
+/// Floods PINGREQs without ever reading; true when the server reset the connection
+/// within `limit`.
+async fn flood_until_reset(stream: &mut TcpStream, limit: Duration) -> bool {
+    let pings = [0xC0u8, 0x00].repeat(512);
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(end, stream.write_all(&pings)).await {
+            Err(_) => return false,
+            Ok(Err(_)) => return true,
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_closed_by_its_timers_and_by_shutdown() {
+    let guard_off = AuthPolicy {
+        replay_guard: false,
+        ..AuthPolicy::default()
+    };
+    let ts = unix_now();
+    let connected = async |addr, unique: &str| {
+        let c = creds("P0", unique, ts, SignMethod::HmacSha256);
+        let (conn, code) = V5::connect(addr, V5::connect_packet(&c)).await;
+        assert_eq!(code, v5::ConnectAckReason::Success);
+        conn.stream
+    };
+    // The idle timeout (pings are not activity) applies while the server's write waits.
+    let s = server(
+        EndpointConfig {
+            idle_timeout: Duration::from_secs(2),
+            write_timeout: Duration::from_secs(600),
+            ..EndpointConfig::default()
+        },
+        guard_off,
+    )
+    .await;
+    let mut stream = connected(s.addr, "idle").await;
+    assert!(
+        flood_until_reset(&mut stream, Duration::from_secs(8)).await,
+        "still connected 6 s past a 2 s idle timeout"
+    );
+
+    // A write that makes no progress for the write timeout closes the connection.
+    let s = server(
+        EndpointConfig {
+            write_timeout: Duration::from_secs(2),
+            ..EndpointConfig::default()
+        },
+        guard_off,
+    )
+    .await;
+    let mut stream = connected(s.addr, "stall").await;
+    assert!(
+        flood_until_reset(&mut stream, Duration::from_secs(8)).await,
+        "still connected 6 s past a 2 s write timeout"
+    );
+
+    // Shutdown does not wait for a client that does not read.
+    let mut s = server(
+        EndpointConfig {
+            write_timeout: Duration::from_secs(600),
+            shutdown_grace: Duration::from_secs(30),
+            ..EndpointConfig::default()
+        },
+        guard_off,
+    )
+    .await;
+    let mut stream = connected(s.addr, "shutdown").await;
+    assert!(
+        !flood_until_reset(&mut stream, Duration::from_secs(2)).await,
+        "the server's writes are blocked"
+    );
+    let asked = Instant::now();
+    let _ = s.stop.take().unwrap().send(());
+    tokio::time::timeout(Duration::from_secs(5), &mut s.done)
+        .await
+        .expect("shutdown waited for a client that does not read")
+        .unwrap()
+        .unwrap();
+    assert!(asked.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_limits_of_the_connack_and_of_the_client_are_kept() {
+    let s = server(
+        EndpointConfig::default(),
+        AuthPolicy {
+            replay_guard: false,
+            ..AuthPolicy::default()
+        },
+    )
+    .await;
+    let ts = unix_now();
+    let c = creds("P0", "v5rules", ts, SignMethod::HmacSha256);
+    let wait = Duration::from_secs(3);
+
+    // MQTT-3.2.2-13: a Will with Will Retain while retain is unavailable.
+    let mut with_will = V5::connect_packet(&c);
+    with_will.last_will = Some(v5::LastWill {
+        qos: QoS::AtMostOnce,
+        retain: true,
+        topic: "will".into(),
+        message: "bye".into(),
+        will_delay_interval_sec: None,
+        correlation_data: None,
+        message_expiry_interval: None,
+        content_type: None,
+        user_properties: Vec::new(),
+        is_utf8_payload: None,
+        response_topic: None,
+    });
+    let (_, code) = V5::connect(s.addr, with_will).await;
+    assert_eq!(code, v5::ConnectAckReason::RetainNotSupported);
+
+    // A retained PUBLISH: DISCONNECT 0x9A. A Topic Alias: DISCONNECT 0x94.
+    for (retain, alias, want) in [
+        (true, None, v5::DisconnectReasonCode::RetainNotSupported),
+        (false, Some(1), v5::DisconnectReasonCode::TopicAliasInvalid),
+    ] {
+        let (mut conn, code) = V5::connect(s.addr, V5::connect_packet(&c)).await;
+        assert_eq!(code, v5::ConnectAckReason::Success);
+        conn.subscribe(&c, QoS::AtLeastOnce).await;
+        conn.send(V5::request(&c, 1, retain, alias)).await;
+        match conn.recv(wait).await {
+            Some(v5::Packet::Disconnect(d)) => assert_eq!(d.reason_code, want),
+            other => panic!("expected DISCONNECT {want:?}, got {other:?}"),
+        }
+        assert!(conn.recv(wait).await.is_none(), "closed");
+    }
+
+    // Receive Maximum 1: one QoS 1 reply in flight until the client acknowledges it.
+    let mut rm1 = V5::connect_packet(&c);
+    rm1.receive_max = NonZeroU16::new(1);
+    let (mut conn, _) = V5::connect(s.addr, rm1).await;
+    conn.subscribe(&c, QoS::AtLeastOnce).await;
+    for id in 1..=3 {
+        conn.send(V5::request(&c, id, false, None)).await;
+    }
+    let mut replies = Vec::new();
+    while let Some(p) = conn.recv(Duration::from_millis(700)).await {
+        if let v5::Packet::Publish(p) = p {
+            replies.push(p.packet_id.unwrap());
+        }
+    }
+    assert_eq!(replies.len(), 1, "only one reply before a PUBACK");
+    for round in 0..2 {
+        let id = *replies.last().unwrap();
+        conn.send(v5::Packet::PublishAck(v5::PublishAck {
+            packet_id: id,
+            reason_code: v5::PublishAckReason::Success,
+            properties: Vec::new(),
+            reason_string: None,
+        }))
+        .await;
+        match conn.recv(wait).await {
+            Some(v5::Packet::Publish(p)) => replies.push(p.packet_id.unwrap()),
+            other => panic!("round {round}: expected the next reply, got {other:?}"),
+        }
+    }
+    assert_eq!(replies.len(), 3);
+
+    // Maximum Packet Size 64: the reply (about 270 bytes) is not sent; the
+    // connection stays up.
+    let mut small = V5::connect_packet(&c);
+    small.max_packet_size = NonZeroU32::new(64);
+    let (mut conn, _) = V5::connect(s.addr, small).await;
+    conn.subscribe(&c, QoS::AtMostOnce).await;
+    conn.send(V5::request(&c, 7, false, None)).await;
+    match conn.recv(wait).await {
+        Some(v5::Packet::PublishAck(a)) => assert_eq!(a.packet_id.get(), 7),
+        other => panic!("expected only the PUBACK, got {other:?}"),
+    }
+    assert!(conn.recv(Duration::from_millis(700)).await.is_none());
+    conn.send(v5::Packet::PingRequest).await;
+    assert!(matches!(
+        conn.recv(wait).await,
+        Some(v5::Packet::PingResponse)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_packets_before_the_connack_are_refused_in_a_connack() {
+    let s = server(EndpointConfig::default(), AuthPolicy::default()).await;
+    // A CONNECT larger than the maximum packet size: CONNACK 0x95, no DISCONNECT.
+    let c = creds("P0", "big", unix_now(), SignMethod::HmacSha256);
+    let mut big = V5::connect_packet(&c);
+    big.password = Some(vec![b'a'; 9000].into());
+    let (_, code) = V5::connect(s.addr, big).await;
+    assert_eq!(code, v5::ConnectAckReason::PacketTooLarge);
+    // A malformed CONNECT (a property that CONNECT may not carry): CONNACK 0x81.
+    let mut conn = V5::open(s.addr).await;
+    // CONNECT, protocol MQTT 5, flags clean start, keepalive 30, properties: 0x23
+    // (topic alias: not a CONNECT property) = 1, clientId "x".
+    let body = [
+        0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x1E, 0x03, 0x23, 0x00, 0x01, 0x00,
+        0x01, b'x',
+    ];
+    let mut packet = vec![0x10, u8::try_from(body.len()).unwrap()];
+    packet.extend_from_slice(&body);
+    conn.stream.write_all(&packet).await.unwrap();
+    match conn.recv(Duration::from_secs(3)).await {
+        Some(v5::Packet::ConnectAck(a)) => {
+            assert_eq!(a.reason_code, v5::ConnectAckReason::MalformedPacket);
+        }
+        other => panic!("expected CONNACK 0x81, got {other:?}"),
+    }
+}

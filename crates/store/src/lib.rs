@@ -9,10 +9,12 @@
 //!
 //! ## Layout
 //! - [`crypto`]: the master key and the sealing of secrets.
+//! - [`factory_csv`]: reading the factory CSV of triplets that `pool import` takes.
 //! - [`sqlite`]: [`SqliteStore`]: the [`dynreg_registrar::Store`] implementation and the
 //!   operator's operations (products, pools, devices).
 
 pub mod crypto;
+pub mod factory_csv;
 pub mod sqlite;
 
 pub use crypto::{KeySource, MasterKey};

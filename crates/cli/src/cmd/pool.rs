@@ -3,7 +3,6 @@
 //! The factory CSV has the header `uuid,secret,mac,barcode` (mac and barcode columns may
 //! be left out on import, or left empty).
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,14 +10,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use dynreg_registrar::{NewTriplet, Secret, TripletState};
+use dynreg_registrar::{NewTriplet, TripletState};
 use serde_json::json;
 
 use crate::progress::Bar;
 use crate::{Global, now, output};
 
 /// The factory CSV header.
-pub(crate) const CSV_HEADER: [&str; 4] = ["uuid", "secret", "mac", "barcode"];
+pub(crate) const CSV_HEADER: [&str; 4] = dynreg_store::factory_csv::HEADER;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum PoolCmd {
@@ -162,71 +161,12 @@ pub(crate) fn report_written(
 /// Reads a factory CSV: each triplet with its line number. Every problem names the
 /// file and line.
 fn read_csv(file: &Path) -> anyhow::Result<(Vec<NewTriplet>, Vec<u64>)> {
-    let name = file.display();
-    let mut rdr = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_path(file)
-        .with_context(|| format!("cannot read {name}"))?;
-    let headers = rdr
-        .headers()
-        .with_context(|| format!("{name}: cannot read the header line"))?
-        .clone();
-    let mut col = HashMap::new();
-    for (i, h) in headers.iter().enumerate() {
-        if !CSV_HEADER.contains(&h) {
-            bail!("{name} line 1: unknown column `{h}` (the header is uuid,secret,mac,barcode)");
-        }
-        if col.insert(h.to_owned(), i).is_some() {
-            bail!("{name} line 1: column `{h}` appears twice");
-        }
-    }
-    let (Some(&u), Some(&s)) = (col.get("uuid"), col.get("secret")) else {
-        bail!(
-            "{name} line 1: the header must name at least uuid and secret (uuid,secret,mac,barcode)"
-        );
-    };
-    let (m, b) = (col.get("mac").copied(), col.get("barcode").copied());
-    let mut triplets = Vec::new();
-    let mut lines = Vec::new();
-    let mut seen_uuid: HashMap<String, u64> = HashMap::new();
-    let mut seen_barcode: HashMap<String, u64> = HashMap::new();
-    for rec in rdr.records() {
-        let rec = rec.map_err(|e| match e.position() {
-            Some(p) => anyhow::anyhow!("{name} line {}: malformed: {e}", p.line()),
-            None => anyhow::anyhow!("{name}: malformed: {e}"),
-        })?;
-        let line = rec.position().map_or(0, csv::Position::line);
-        let get = |i: Option<usize>| i.and_then(|i| rec.get(i)).unwrap_or("").to_owned();
-        let t = NewTriplet {
-            uuid: get(Some(u)),
-            secret: Secret::new(get(Some(s))),
-            mac: get(m),
-            barcode: get(b),
-        };
-        if t.uuid.is_empty() || t.secret.expose().is_empty() {
-            bail!("{name} line {line}: uuid and secret must not be empty");
-        }
-        if let Some(first) = seen_uuid.insert(t.uuid.clone(), line) {
-            bail!(
-                "{name} line {line}: duplicate uuid `{}` (first on line {first})",
-                t.uuid
-            );
-        }
-        if !t.barcode.is_empty() {
-            if let Some(first) = seen_barcode.insert(t.barcode.clone(), line) {
-                bail!(
-                    "{name} line {line}: duplicate barcode `{}` (first on line {first})",
-                    t.barcode
-                );
-            }
-        }
-        triplets.push(t);
-        lines.push(line);
-    }
-    if triplets.is_empty() {
-        bail!("{name}: no triplets after the header line");
-    }
-    Ok((triplets, lines))
+    let name = file.display().to_string();
+    let reader = std::fs::File::open(file).with_context(|| format!("cannot read {name}"))?;
+    Ok(dynreg_store::factory_csv::read_triplets(
+        std::io::BufReader::new(reader),
+        &name,
+    )?)
 }
 
 pub(crate) fn run(g: &Global, cmd: PoolCmd) -> anyhow::Result<()> {

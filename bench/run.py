@@ -9,6 +9,7 @@ latency, and server CPU per registration (from /proc of the server processes).
 
 Usage:  python3 bench/run.py            (N=10000 C=200 RUNS=3 by default)
         N=50000 RUNS=3 python3 bench/run.py
+        DYNREG_BIN=/path/to/dynreg python3 bench/run.py   (measure that build instead)
 Needs: cargo, mosquitto (Debian: apt-get install mosquitto), Linux /proc.
 """
 
@@ -28,7 +29,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = int(os.environ.get("N", "10000"))
 C = int(os.environ.get("C", "200"))
 RUNS = int(os.environ.get("RUNS", "3"))
-BIN = os.path.join(ROOT, "target", "release", "dynreg")
+# The binary this script builds: where cargo puts it (CARGO_TARGET_DIR when set), or
+# DYNREG_BIN to measure another build.
+BIN = os.environ.get("DYNREG_BIN") or os.path.join(
+    os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release", "dynreg")
 TICK = os.sysconf("SC_CLK_TCK")
 # 20,000 held connections, or as many as the open-file hard limit lets one process
 # hold (each side needs a descriptor per connection plus a few of its own).
@@ -100,7 +104,8 @@ def fmt(values, digits=0):
 def main():
     if not shutil.which("mosquitto"):
         sys.exit("mosquitto is not installed (apt-get install mosquitto)")
-    subprocess.run(["cargo", "build", "--release", "-p", "dynreg"], cwd=ROOT, check=True)
+    if not os.environ.get("DYNREG_BIN"):
+        subprocess.run(["cargo", "build", "--release", "-p", "dynreg"], cwd=ROOT, check=True)
     tmp = tempfile.mkdtemp(prefix="dynreg-bench-")
     procs = []
     try:
@@ -115,8 +120,11 @@ def main():
                         # An end-entity certificate: rustls refuses a CA certificate as a server's.
                         "-addext", "basicConstraints=critical,CA:FALSE",
                         "-keyout", key, "-out", cert], check=True, capture_output=True)
+        # The replay guard is off: every simulated device of a run signs with the same ts,
+        # which the guard would refuse as replays after the first per second (see
+        # docs/security.md; its cost is measured by `cargo bench -p dynreg-registrar`).
         dynreg = subprocess.Popen([BIN, "--data-dir", data, "serve", "--listen", f"127.0.0.1:{dport}",
-                                   "--connections-per-ip", "0", "--tls-listen", f"127.0.0.1:{dtls}",
+                                   "--replay-guard", "off", "--tls-listen", f"127.0.0.1:{dtls}",
                                    "--tls-cert", cert, "--tls-key", key], stderr=subprocess.DEVNULL)
         procs.append(dynreg)
         conf = os.path.join(tmp, "mosquitto.conf")

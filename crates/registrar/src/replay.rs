@@ -12,9 +12,8 @@
 //! processes keeps the same facts in the database instead. Both are reached through
 //! [`crate::Store::claim_credential`].
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::hash::{BuildHasher, Hasher, RandomState};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
@@ -64,6 +63,11 @@ pub const DEFAULT_CAPACITY: usize = 1_000_000;
 /// that names both uniques of a replay. Entries leave when their credential expires;
 /// when the memory is full, the soonest-expiring entry is dropped early and counted
 /// ([`ReplayGuard::evicted`]).
+///
+/// Expiry times are whole seconds within about twice the ts window of now, so entries
+/// are kept in one bucket per second (a few thousand buckets at most): adding and
+/// expiring an entry costs O(1) plus a lookup among the buckets. A binary heap of a
+/// million entries cost 2.9 µs per claim here, in cache misses of its sift-down.
 #[derive(Debug)]
 pub struct ReplayGuard {
     hasher: RandomState,
@@ -74,10 +78,37 @@ pub struct ReplayGuard {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// credential hash -> (expires_at, unique)
-    map: HashMap<u64, (u64, Box<str>)>,
-    /// (expires_at, credential hash), soonest first.
-    expiry: BinaryHeap<Reverse<(u64, u64)>>,
+    /// credential hash -> (expires_at, unique). The key is already a keyed hash.
+    map: HashMap<u64, (u64, Box<str>), BuildHasherDefault<PassThrough>>,
+    /// expires_at -> the credential hashes that expire then.
+    expiry: BTreeMap<u64, Vec<u64>>,
+}
+
+impl Inner {
+    /// Forgets the entry `key` listed under `at`, if the map still holds it for `at`.
+    fn forget(&mut self, key: u64, at: u64) {
+        if self.map.get(&key).is_some_and(|(e, _)| *e == at) {
+            self.map.remove(&key);
+        }
+    }
+}
+
+/// The identity hash for keys that are already keyed hashes.
+#[derive(Debug, Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
 }
 
 impl Default for ReplayGuard {
@@ -117,15 +148,16 @@ impl ReplayGuard {
     pub fn claim(&self, c: &CredentialUse<'_>, now: u64) -> Claim {
         let key = self.key(c);
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let Inner { map, expiry } = &mut *inner;
-        while let Some(Reverse((at, k))) = expiry.peek().copied() {
-            if at > now {
+        while let Some(bucket) = inner.expiry.first_entry() {
+            if *bucket.key() > now {
                 break;
             }
-            expiry.pop();
-            map.remove(&k);
+            let (at, keys) = bucket.remove_entry();
+            for k in keys {
+                inner.forget(k, at);
+            }
         }
-        if let Some((_, first)) = map.get(&key) {
+        if let Some((_, first)) = inner.map.get(&key) {
             return if **first == *c.unique {
                 Claim::Repeat
             } else {
@@ -137,15 +169,25 @@ impl ReplayGuard {
         if c.expires_at <= now {
             return Claim::First;
         }
-        while map.len() >= self.capacity {
-            let Some(Reverse((_, k))) = expiry.pop() else {
+        while inner.map.len() >= self.capacity {
+            let Some(mut bucket) = inner.expiry.first_entry() else {
                 break;
             };
-            map.remove(&k);
-            self.evicted.fetch_add(1, Ordering::Relaxed);
+            let at = *bucket.key();
+            let k = bucket.get_mut().pop();
+            if bucket.get().is_empty() {
+                bucket.remove();
+            }
+            if let Some(k) = k {
+                let before = inner.map.len();
+                inner.forget(k, at);
+                if inner.map.len() < before {
+                    self.evicted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
-        map.insert(key, (c.expires_at, c.unique.into()));
-        expiry.push(Reverse((c.expires_at, key)));
+        inner.map.insert(key, (c.expires_at, c.unique.into()));
+        inner.expiry.entry(c.expires_at).or_default().push(key);
         Claim::First
     }
 

@@ -234,6 +234,11 @@ impl Tx for MemTx<'_> {
         Ok(())
     }
 
+    fn count_bound_device(&mut self, _pid: &str) -> Result<(), StoreError> {
+        // `bound_devices` counts the registrations themselves.
+        Ok(())
+    }
+
     fn bound_devices(&mut self, pid: &str) -> Result<u64, StoreError> {
         let n = self
             .s

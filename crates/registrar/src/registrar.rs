@@ -359,6 +359,9 @@ impl Plan {
             }
         }
         tx.insert_registration(&self.key_pid, &self.unique, &self.pid, &triplet, self.now)?;
+        if self.quota.is_some() {
+            tx.count_bound_device(&self.pid)?;
+        }
         triplet.state = TripletState::Bound;
         Ok(Ok(Registered {
             pid: self.pid.clone(),

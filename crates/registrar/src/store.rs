@@ -107,8 +107,12 @@ pub trait Tx {
 
     /// How many devices are registered under `pid` (revoked ones included: they hold
     /// their triplet). Only called for products that have a quota, so a store may keep
-    /// the count for those products only.
+    /// the count for those products only (see [`Tx::count_bound_device`]).
     fn bound_devices(&mut self, pid: &str) -> Result<u64, StoreError>;
+
+    /// Counts a device just registered under `pid` towards its quota. Called after
+    /// [`Tx::insert_registration`] for products that have a quota only.
+    fn count_bound_device(&mut self, pid: &str) -> Result<(), StoreError>;
 }
 
 /// A durable store of products, triplets and registrations.

@@ -357,7 +357,9 @@ impl SqliteStore {
 
     /// Changes a product's re-registration policy and quota. A quota applies to new
     /// bindings only: devices already registered keep their triplets even when there are
-    /// more of them than the new quota.
+    /// more of them than the new quota. Setting a quota recounts the product's devices;
+    /// a server that still serves the product from its cache (up to the cache TTL,
+    /// 2 s) does not count the devices it registers meanwhile.
     pub fn update_product(&self, pid: &str, update: ProductUpdate) -> Result<(), Error> {
         let pid_owned = pid.to_owned();
         self.write_blocking(move |conn, _| {
@@ -654,18 +656,23 @@ impl SqliteStore {
     pub fn reset(&self, key_pid: &str, unique: &str) -> Result<(), Error> {
         let (k, u) = (key_pid.to_owned(), unique.to_owned());
         self.write_blocking(move |conn, _| {
-            let revoked: Option<Option<i64>> = conn
-                .prepare_cached("SELECT revoked_at FROM registrations WHERE key_pid = ?1 AND unique_id = ?2")?
-                .query_row(params![k, u], |r| r.get(0))
+            let revoked: Option<(Option<i64>, String)> = conn
+                .prepare_cached("SELECT revoked_at, pid FROM registrations WHERE key_pid = ?1 AND unique_id = ?2")?
+                .query_row(params![k, u], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             match revoked {
                 None => Err(Error::NotFound(format!("no device `{u}` registered with pid `{k}`"))),
-                Some(None) => Err(Error::Conflict(format!(
+                Some((None, _)) => Err(Error::Conflict(format!(
                     "device `{u}` of pid `{k}` is not revoked: revoke it first (`dynreg device revoke`)"
                 ))),
-                Some(Some(_)) => {
+                Some((Some(_), pid)) => {
                     conn.prepare_cached("DELETE FROM registrations WHERE key_pid = ?1 AND unique_id = ?2")?
                         .execute(params![k, u])?;
+                    // The device no longer counts towards its product's quota.
+                    conn.prepare_cached(
+                        "UPDATE products SET bound = bound - 1 WHERE pid = ?1 AND quota IS NOT NULL AND bound > 0",
+                    )?
+                    .execute([pid])?;
                     Ok(())
                 }
             }
@@ -706,6 +713,10 @@ impl SqliteStore {
                     let id = conn.last_insert_rowid();
                     ins_r.execute(params![pid, format!("bulk-{}", base + i as u64), id, i64_of(now)])?;
                 }
+                conn.prepare_cached(
+                    "UPDATE products SET bound = bound + ?2 WHERE pid = ?1 AND quota IS NOT NULL",
+                )?
+                .execute(params![pid, i64_of(n)])?;
                 Ok(())
             })?;
             done += n;

@@ -78,20 +78,15 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // 3: per-product re-registration policy, quota and re-registration counters.
     // Products that existed before keep the behaviour they had (`always`); new ones get
     // the default policy from the operator's command. `bound` counts the devices
-    // registered under a product, kept by triggers only for products with a quota (the
-    // one place it is read), so that other products pay nothing for it; it is
-    // recomputed whenever a quota is set.
+    // registered under a product, kept only for products with a quota (the one place it
+    // is read: a registration of another product pays nothing for it, where a trigger
+    // would look the product up on every insert); it is recounted whenever a quota is
+    // set.
     "ALTER TABLE products ADD COLUMN rereg TEXT NOT NULL DEFAULT 'always';
     ALTER TABLE products ADD COLUMN quota INTEGER;
     ALTER TABLE products ADD COLUMN bound INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE products ADD COLUMN reregistrations INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE products ADD COLUMN reregistrations_refused INTEGER NOT NULL DEFAULT 0;
-    CREATE TRIGGER registrations_bound_insert AFTER INSERT ON registrations
-        WHEN (SELECT quota FROM products WHERE pid = NEW.pid) IS NOT NULL
-        BEGIN UPDATE products SET bound = bound + 1 WHERE pid = NEW.pid; END;
-    CREATE TRIGGER registrations_bound_delete AFTER DELETE ON registrations
-        WHEN (SELECT quota FROM products WHERE pid = OLD.pid) IS NOT NULL
-        BEGIN UPDATE products SET bound = bound - 1 WHERE pid = OLD.pid; END;",
+    ALTER TABLE products ADD COLUMN reregistrations_refused INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Sets the connection's pragmas: WAL, full durability, foreign keys, busy timeout.

@@ -324,8 +324,17 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
+    fn count_bound_device(&mut self, pid: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE products SET bound = bound + 1 WHERE pid = ?1")
+            .map_err(sql)?
+            .execute([pid])
+            .map_err(sql)?;
+        Ok(())
+    }
+
     fn bound_devices(&mut self, pid: &str) -> Result<u64, StoreError> {
-        // Kept by triggers for products with a quota (schema migration 3).
+        // Kept for products with a quota only (schema migration 3).
         let n: Option<i64> = self
             .conn
             .prepare_cached("SELECT bound FROM products WHERE pid = ?1")

@@ -375,18 +375,43 @@ async fn the_default_configuration_takes_a_burst_of_5000_from_one_address() {
     );
 }
 
+const PINGS: [u8; 1024] = {
+    let mut p = [0u8; 1024];
+    let mut i = 0;
+    while i < 1024 {
+        p[i] = 0xC0;
+        i += 2;
+    }
+    p
+};
+
 /// Floods PINGREQs without ever reading; true when the server reset the connection
 /// within `limit`.
 async fn flood_until_reset(stream: &mut TcpStream, limit: Duration) -> bool {
-    let pings = [0xC0u8, 0x00].repeat(512);
     let end = tokio::time::Instant::now() + limit;
     loop {
-        match tokio::time::timeout_at(end, stream.write_all(&pings)).await {
+        match tokio::time::timeout_at(end, stream.write_all(&PINGS)).await {
             Err(_) => return false,
             Ok(Err(_)) => return true,
             Ok(Ok(())) => {}
         }
     }
+}
+
+/// Floods PINGREQs without ever reading until the server stops taking them: a write
+/// that waits 500 ms means the server's replies to us are stuck (it reads nothing more
+/// while they wait). False when that did not happen within `limit`, or the connection
+/// ended first.
+async fn flood_until_stalled(stream: &mut TcpStream, limit: Duration) -> bool {
+    let end = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < end {
+        match tokio::time::timeout(Duration::from_millis(500), stream.write_all(&PINGS)).await {
+            Err(_) => return true,
+            Ok(Err(_)) => return false,
+            Ok(Ok(())) => {}
+        }
+    }
+    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,10 +421,23 @@ async fn a_client_that_never_reads_is_closed_by_its_timers_and_by_shutdown() {
         ..AuthPolicy::default()
     };
     let ts = unix_now();
-    let connected = async |addr, unique: &str| {
+    // A small receive buffer on our side, so that the server's replies back up soon.
+    let connected = async |addr: SocketAddr, unique: &str| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
         let c = creds("P0", unique, ts, SignMethod::HmacSha256);
-        let (conn, code) = V5::connect(addr, V5::connect_packet(&c)).await;
-        assert_eq!(code, v5::ConnectAckReason::Success);
+        let mut conn = V5 {
+            stream,
+            codec: v5::Codec::new(0, 0),
+            buf: BytesMut::new(),
+        };
+        conn.send(v5::Packet::Connect(Box::new(V5::connect_packet(&c))))
+            .await;
+        assert!(matches!(
+            conn.recv(Duration::from_secs(5)).await,
+            Some(v5::Packet::ConnectAck(a)) if a.reason_code == v5::ConnectAckReason::Success
+        ));
         conn.stream
     };
     // The idle timeout (pings are not activity) applies while the server's write waits.
@@ -414,8 +452,8 @@ async fn a_client_that_never_reads_is_closed_by_its_timers_and_by_shutdown() {
     .await;
     let mut stream = connected(s.addr, "idle").await;
     assert!(
-        flood_until_reset(&mut stream, Duration::from_secs(8)).await,
-        "still connected 6 s past a 2 s idle timeout"
+        flood_until_reset(&mut stream, Duration::from_secs(10)).await,
+        "still connected 8 s past a 2 s idle timeout"
     );
 
     // A write that makes no progress for the write timeout closes the connection.
@@ -429,8 +467,12 @@ async fn a_client_that_never_reads_is_closed_by_its_timers_and_by_shutdown() {
     .await;
     let mut stream = connected(s.addr, "stall").await;
     assert!(
+        flood_until_stalled(&mut stream, Duration::from_secs(60)).await,
+        "the server kept reading a client that does not read"
+    );
+    assert!(
         flood_until_reset(&mut stream, Duration::from_secs(8)).await,
-        "still connected 6 s past a 2 s write timeout"
+        "still connected 6 s past a 2 s write timeout with its writes blocked"
     );
 
     // Shutdown does not wait for a client that does not read.
@@ -445,8 +487,8 @@ async fn a_client_that_never_reads_is_closed_by_its_timers_and_by_shutdown() {
     .await;
     let mut stream = connected(s.addr, "shutdown").await;
     assert!(
-        !flood_until_reset(&mut stream, Duration::from_secs(2)).await,
-        "the server's writes are blocked"
+        flood_until_stalled(&mut stream, Duration::from_secs(60)).await,
+        "the server kept reading a client that does not read"
     );
     let asked = Instant::now();
     let _ = s.stop.take().unwrap().send(());

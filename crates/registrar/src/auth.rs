@@ -268,39 +268,35 @@ impl<S: Store> Registrar<S> {
                 product.ts_window,
             )
             .map_err(AuthError::Credentials)?;
-        if !self.replay_guard {
-            return Ok(Authenticated {
-                pid: creds.pid.to_owned(),
-                unique: creds.unique.to_owned(),
-                repeat: false,
-            });
-        }
-        let claim = self
-            .store()
-            .claim_credential(
-                &CredentialUse {
-                    pid: creds.pid,
-                    sign_method: creds.sign_method,
-                    ts: creds.ts,
-                    password,
-                    unique: creds.unique,
-                    // Valid while ts >= now - window, i.e. until ts + window inclusive.
-                    expires_at: creds.ts.saturating_add(product.ts_window).saturating_add(1),
-                },
-                now,
-            )
-            .map_err(AuthError::Store)?;
-        match claim {
-            Claim::Replayed { first_unique } => Err(AuthError::Replayed {
+        let claim = if self.replay_guard {
+            self.store()
+                .claim_credential(
+                    &CredentialUse {
+                        pid: creds.pid,
+                        sign_method: creds.sign_method,
+                        ts: creds.ts,
+                        password,
+                        unique: creds.unique,
+                        // Valid while ts >= now - window, i.e. until ts + window inclusive.
+                        expires_at: creds.ts.saturating_add(product.ts_window).saturating_add(1),
+                    },
+                    now,
+                )
+                .map_err(AuthError::Store)?
+        } else {
+            Claim::First
+        };
+        if let Claim::Replayed { first_unique } = claim {
+            return Err(AuthError::Replayed {
                 first_unique,
                 unique: creds.unique.to_owned(),
-            }),
-            Claim::First | Claim::Repeat => Ok(Authenticated {
-                pid: creds.pid.to_owned(),
-                unique: creds.unique.to_owned(),
-                repeat: claim == Claim::Repeat,
-            }),
+            });
         }
+        Ok(Authenticated {
+            pid: creds.pid.to_owned(),
+            unique: creds.unique.to_owned(),
+            repeat: claim == Claim::Repeat,
+        })
     }
 }
 

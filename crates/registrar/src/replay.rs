@@ -51,7 +51,8 @@ pub enum Claim {
     },
 }
 
-/// The default bound on remembered credentials. At about 80 bytes each this is at most
+/// The default bound on remembered credentials. At an estimated 80 bytes each (key,
+/// expiry, the boxed unique and the table's overhead; not measured) this is at most
 /// ~80 MB, and it only fills when a million CONNECTs are accepted within one ts window
 /// (30 minutes with the default ±15: about 550 per second, sustained).
 pub const DEFAULT_CAPACITY: usize = 1_000_000;

@@ -10,6 +10,7 @@ latency, and server CPU per registration (from /proc of the server processes).
 Usage:  python3 bench/run.py            (N=10000 C=200 RUNS=3 by default)
         N=50000 RUNS=3 python3 bench/run.py
         DYNREG_BIN=/path/to/dynreg python3 bench/run.py   (measure that build instead)
+        python3 bench/run.py --print-bin   (print the binary it would measure, and stop)
 Needs: cargo, mosquitto (Debian: apt-get install mosquitto), Linux /proc.
 """
 
@@ -29,10 +30,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = int(os.environ.get("N", "10000"))
 C = int(os.environ.get("C", "200"))
 RUNS = int(os.environ.get("RUNS", "3"))
-# The binary this script builds: where cargo puts it (CARGO_TARGET_DIR when set), or
-# DYNREG_BIN to measure another build.
-BIN = os.environ.get("DYNREG_BIN") or os.path.join(
-    os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release", "dynreg")
+
+
+def target_dir():
+    """Where cargo puts this workspace's builds, as cargo itself resolves it
+    (CARGO_TARGET_DIR, relative to the workspace when relative, or a config file)."""
+    out = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)["target_directory"]
+
+
+# The binary this script builds, or DYNREG_BIN to measure another build.
+BIN = os.environ.get("DYNREG_BIN") or os.path.join(target_dir(), "release", "dynreg")
 TICK = os.sysconf("SC_CLK_TCK")
 # 20,000 held connections, or as many as the open-file hard limit lets one process
 # hold (each side needs a descriptor per connection plus a few of its own).
@@ -102,6 +111,9 @@ def fmt(values, digits=0):
 
 
 def main():
+    if sys.argv[1:] == ["--print-bin"]:
+        print(BIN)
+        return
     if not shutil.which("mosquitto"):
         sys.exit("mosquitto is not installed (apt-get install mosquitto)")
     if not os.environ.get("DYNREG_BIN"):

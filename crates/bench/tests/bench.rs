@@ -143,6 +143,10 @@ async fn full_cycles_against_the_endpoint() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    no_mosquitto,
+    ignore = "mosquitto is not installed (apt-get install mosquitto; .ci/run installs it)"
+)]
 async fn responder_on_a_real_mosquitto() {
     if std::process::Command::new("mosquitto")
         .arg("-h")

@@ -25,6 +25,10 @@ pub(crate) const DEFAULT_TLS_LISTEN: SocketAddr =
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileConfig {
     pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) master_key_file: Option<PathBuf>,
+    /// `[env.NAME]`: where `dynreg register --env NAME` connects.
+    #[serde(default)]
+    pub(crate) env: std::collections::BTreeMap<String, dynreg_client::Environment>,
     #[serde(default)]
     pub(crate) mqtt: MqttSection,
     #[serde(default)]

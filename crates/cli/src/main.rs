@@ -2,19 +2,24 @@
 //! crates; the rules live in `dynreg-registrar` and `dynreg-store`, not here.
 //!
 //! Exit codes: 0 success; 1 the operation failed (unknown pid, conflict, bad file...);
-//! 2 bad arguments (from clap).
+//! 2 bad arguments (from clap, or a [`Usage`] error). Under `--json`, an error is one
+//! JSON document on stderr: `{"error": "...", "exit": N}`.
 
 mod cmd;
 mod config;
 mod logging;
+mod outfile;
 mod output;
 mod progress;
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use dynreg_store::{KeySource, SqliteConfig, SqliteStore};
+
+use crate::config::FileConfig;
 
 /// dynreg: dynamic registration of IoT devices over MQTT.
 ///
@@ -32,29 +37,61 @@ struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub(crate) struct Global {
-    /// The data dir: database and (by default) master key [default: dynreg-data].
+    /// The config file, read by every command [default: ./dynreg.toml when it exists].
+    #[arg(long, global = true, env = "DYNREG_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// The data dir: database and (by default) master key [default: `data_dir` from
+    /// the config file, else dynreg-data].
     #[arg(long, global = true, env = "DYNREG_DATA_DIR")]
     pub(crate) data_dir: Option<PathBuf>,
-    /// A file holding the master key (64 hex digits). Default: DATA_DIR/master.key,
-    /// generated on first use. The key itself may instead be given in DYNREG_MASTER_KEY.
+    /// A file holding the master key (64 hex digits) [default: `master_key_file` from
+    /// the config file, else DATA_DIR/master.key, generated when the store is created].
+    /// The key itself may instead be given in DYNREG_MASTER_KEY.
     #[arg(long, global = true, env = "DYNREG_MASTER_KEY_FILE")]
     pub(crate) master_key_file: Option<PathBuf>,
-    /// Print one JSON document on stdout instead of tables.
+    /// Print one JSON document on stdout instead of tables (errors: one JSON document
+    /// on stderr). Commands that write CSV write CSV either way.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+}
+
+/// A usage error found after parsing (exit code 2, like clap's).
+#[derive(Debug)]
+pub(crate) struct Usage(pub(crate) String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// Whether a command may create the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Open {
+    /// Only an existing store: a missing data dir is an error naming it.
+    Existing,
+    /// Create the data dir, key and database when missing (`init`, `serve`,
+    /// `product create`, `product import`).
+    Create,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the registration service: the embedded MQTT endpoint on the SQLite store.
     Serve(cmd::serve::ServeArgs),
-    /// Create, list, show, enable, disable products; rotate their secrets.
+    /// Create a store (data dir, master key, database) and say where.
+    Init,
+    /// Create, list, show, update, enable, disable, delete, export and import
+    /// products; rotate and retire their secrets.
     #[command(subcommand)]
     Product(cmd::product::ProductCmd),
-    /// Generate, import and count a product's triplet pool.
+    /// Generate, import, export, count and withdraw a product's triplet pool.
     #[command(subcommand)]
     Pool(cmd::pool::PoolCmd),
-    /// List, show, revoke, reset and export registered devices.
+    /// List, show (by pid and unique, uuid, barcode or MAC), revoke, reset and export
+    /// registered devices.
     #[command(subcommand)]
     Device(cmd::device::DeviceCmd),
     /// Register a device (or a CSV of devices) like firmware would, and print its
@@ -68,28 +105,86 @@ enum Command {
 /// The data dir when neither a flag, the environment nor a config file names one.
 pub(crate) const DEFAULT_DATA_DIR: &str = "dynreg-data";
 
+/// The database file a command opened, named in database errors.
+static OPENED: OnceLock<PathBuf> = OnceLock::new();
+
+/// Where the store is, and which setting said so.
+pub(crate) struct StoreLocation {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) from: &'static str,
+    pub(crate) key: KeySource,
+}
+
 impl Global {
-    /// Opens the store in the data dir with the configured master key.
-    pub(crate) fn open(&self) -> anyhow::Result<SqliteStore> {
-        let dir = self
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        self.open_at(&dir)
+    /// The config file (read once): `--config`/`DYNREG_CONFIG`, else `./dynreg.toml`
+    /// when it exists, else nothing.
+    pub(crate) fn file(&self) -> anyhow::Result<&'static (FileConfig, Option<PathBuf>)> {
+        static FILE: OnceLock<(FileConfig, Option<PathBuf>)> = OnceLock::new();
+        if let Some(f) = FILE.get() {
+            return Ok(f);
+        }
+        let loaded = FileConfig::load(self.config.as_deref())?;
+        Ok(FILE.get_or_init(|| loaded))
     }
 
-    /// Opens the store in `data_dir` with the configured master key.
-    pub(crate) fn open_at(&self, data_dir: &std::path::Path) -> anyhow::Result<SqliteStore> {
-        let key = match (std::env::var("DYNREG_MASTER_KEY"), &self.master_key_file) {
-            (Ok(hex), _) if !hex.is_empty() => KeySource::Hex(hex),
-            (_, Some(file)) => KeySource::File(file.clone()),
+    /// The data dir and master key every command uses: flag or environment, then the
+    /// config file, then the defaults.
+    pub(crate) fn location(&self) -> anyhow::Result<StoreLocation> {
+        let (file, _) = self.file()?;
+        let (data_dir, from) = match (&self.data_dir, &file.data_dir) {
+            (Some(d), _) => (d.clone(), "--data-dir / DYNREG_DATA_DIR"),
+            (None, Some(d)) => (d.clone(), "data_dir in the config file"),
+            (None, None) => (PathBuf::from(DEFAULT_DATA_DIR), "the default"),
+        };
+        let key = match (
+            std::env::var("DYNREG_MASTER_KEY"),
+            &self.master_key_file,
+            &file.master_key_file,
+        ) {
+            (Ok(hex), _, _) if !hex.is_empty() => KeySource::Hex(hex),
+            (_, Some(f), _) | (_, None, Some(f)) => KeySource::File(f.clone()),
             _ => KeySource::DataDir,
         };
-        let config = SqliteConfig {
+        Ok(StoreLocation {
+            data_dir,
+            from,
             key,
-            ..SqliteConfig::new(data_dir)
+        })
+    }
+
+    /// Opens the store the config names. Says on stderr which one (not under
+    /// `--json`).
+    pub(crate) fn open(&self, mode: Open) -> anyhow::Result<SqliteStore> {
+        let loc = self.location()?;
+        let store = self.open_location(&loc, mode)?;
+        if !self.json {
+            let config = match self.file()? {
+                (_, Some(p)) => format!(", config {}", p.display()),
+                (_, None) => String::new(),
+            };
+            eprintln!(
+                "store: {} (data dir from {}{config})",
+                store.path().display(),
+                loc.from
+            );
+        }
+        Ok(store)
+    }
+
+    /// Opens the store at `loc`.
+    pub(crate) fn open_location(
+        &self,
+        loc: &StoreLocation,
+        mode: Open,
+    ) -> anyhow::Result<SqliteStore> {
+        let config = SqliteConfig {
+            key: loc.key.clone(),
+            create: mode == Open::Create,
+            ..SqliteConfig::new(&loc.data_dir)
         };
-        Ok(SqliteStore::open(&config)?)
+        let store = SqliteStore::open(&config)?;
+        let _ = OPENED.set(store.path().to_owned());
+        Ok(store)
     }
 }
 
@@ -101,9 +196,23 @@ pub(crate) fn now() -> u64 {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let json = std::env::args().any(|a| a == "--json");
+            if json && e.use_stderr() {
+                let msg = e.render().to_string();
+                let doc = serde_json::json!({ "error": msg.trim(), "exit": 2 });
+                eprintln!("{doc}");
+                std::process::exit(2);
+            }
+            e.exit();
+        }
+    };
+    let json = cli.global.json;
     let result = match cli.command {
         Command::Serve(args) => cmd::serve::run(&cli.global, &args),
+        Command::Init => init(&cli.global),
         Command::Product(c) => cmd::product::run(&cli.global, c),
         Command::Pool(c) => cmd::pool::run(&cli.global, c),
         Command::Device(c) => cmd::device::run(&cli.global, c),
@@ -114,7 +223,69 @@ fn main() {
         },
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(report(json, &e));
     }
+}
+
+/// Prints an error (JSON on stderr under `--json`) and returns the exit code.
+pub(crate) fn report(json: bool, e: &anyhow::Error) -> i32 {
+    let code = if e.downcast_ref::<Usage>().is_some() {
+        2
+    } else {
+        1
+    };
+    let mut msg = format!("{e:#}");
+    let from_database = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<dynreg_store::Error>(),
+            Some(dynreg_store::Error::Sqlite(_))
+        )
+    });
+    if let (true, Some(path)) = (from_database, OPENED.get()) {
+        msg.push_str(&format!(" (database {})", path.display()));
+    }
+    if json {
+        eprintln!("{}", serde_json::json!({ "error": msg, "exit": code }));
+    } else {
+        eprintln!("error: {msg}");
+    }
+    code
+}
+
+/// `dynreg init`.
+fn init(g: &Global) -> anyhow::Result<()> {
+    let loc = g.location()?;
+    let existed = loc
+        .data_dir
+        .join(dynreg_store::sqlite::DB_FILE_NAME)
+        .exists();
+    let store = g.open_location(&loc, Open::Create)?;
+    let path = store.path().to_owned();
+    store.close()?;
+    let key = match &loc.key {
+        KeySource::DataDir => loc
+            .data_dir
+            .join(dynreg_store::crypto::KEY_FILE_NAME)
+            .display()
+            .to_string(),
+        KeySource::File(f) => f.display().to_string(),
+        KeySource::Hex(_) => "DYNREG_MASTER_KEY".into(),
+    };
+    if g.json {
+        output::json(&serde_json::json!({
+            "database": path, "master_key": key, "created": !existed,
+        }))?;
+    } else if existed {
+        println!(
+            "a store exists at {} (master key from {key}): nothing to do",
+            path.display()
+        );
+    } else {
+        println!(
+            "store created: {} (data dir from {}); master key in {key}: back it up, the secrets cannot be read without it",
+            path.display(),
+            loc.from
+        );
+    }
+    Ok(())
 }

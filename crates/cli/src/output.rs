@@ -73,8 +73,97 @@ pub(crate) fn time(secs: u64) -> String {
     )
 }
 
+/// Parses a point in time given on the command line: RFC 3339 UTC
+/// (`2026-11-28T14:28:35Z`), a UTC date (`2026-11-28`), Unix seconds, or a duration
+/// before `now` (`24h`, `7d`, `90m`).
+pub(crate) fn parse_time(s: &str, now: u64) -> Result<u64, String> {
+    let t = s.trim();
+    let bad = || {
+        format!(
+            "`{s}` is not a time: use 2026-11-28T14:28:35Z, 2026-11-28, Unix seconds, or a duration ago like 24h or 7d"
+        )
+    };
+    if t.chars().all(|c| c.is_ascii_digit()) && !t.is_empty() {
+        return t.parse().map_err(|_| bad());
+    }
+    if t.ends_with(['s', 'm', 'h', 'd']) && t[..t.len() - 1].chars().all(|c| c.is_ascii_digit()) {
+        let d = dynreg_registrar::model::parse_duration(t)?;
+        return Ok(now.saturating_sub(d));
+    }
+    let (date, time) = match t.split_once(['T', 't', ' ']) {
+        Some((d, tm)) => (d, Some(tm)),
+        None => (t, None),
+    };
+    let num = |x: &str, len: usize| -> Result<i64, String> {
+        if x.len() == len && x.chars().all(|c| c.is_ascii_digit()) {
+            x.parse().map_err(|_| bad())
+        } else {
+            Err(bad())
+        }
+    };
+    let mut parts = date.split('-');
+    let (Some(y), Some(m), Some(d), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    let (y, m, d) = (num(y, 4)?, num(m, 2)?, num(d, 2)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return Err(bad());
+    }
+    let secs = match time {
+        None => 0,
+        Some(tm) => {
+            let tm = tm.strip_suffix(['Z', 'z']).ok_or_else(|| {
+                format!("`{s}`: give the time in UTC with a Z (2026-11-28T14:28:35Z)")
+            })?;
+            let mut hms = tm.split(':');
+            let (Some(h), Some(mi), sec) = (hms.next(), hms.next(), hms.next()) else {
+                return Err(bad());
+            };
+            let (h, mi) = (num(h, 2)?, num(mi, 2)?);
+            let sec = match sec {
+                Some(x) => num(x, 2)?,
+                None => 0,
+            };
+            if h > 23 || mi > 59 || sec > 60 {
+                return Err(bad());
+            }
+            h * 3600 + mi * 60 + sec
+        }
+    };
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + secs).map_err(|_| bad())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn times_parse_back() {
+        for t in [0, 951_782_400, 1_626_197_189, 4_102_444_800] {
+            assert_eq!(super::parse_time(&super::time(t), 0), Ok(t));
+        }
+        assert_eq!(super::parse_time("2021-07-13", 0), Ok(1_626_134_400));
+        assert_eq!(super::parse_time("1626197189", 0), Ok(1_626_197_189));
+        assert_eq!(super::parse_time("24h", 100_000), Ok(100_000 - 86_400));
+        for bad in [
+            "yesterday",
+            "2021-13-01",
+            "2021-07-13T10:00",
+            "2021-7-1",
+            "",
+        ] {
+            assert!(super::parse_time(bad, 0).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn rfc3339() {
         assert_eq!(super::time(0), "1970-01-01T00:00:00Z");

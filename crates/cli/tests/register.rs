@@ -229,6 +229,142 @@ fn options_idempotency_and_state() {
         (forced["uuid"].clone(), forced["source"].as_str()),
         (first["uuid"].clone(), Some("network"))
     );
+    // The state file answers only for its own device: another pid or unique is a
+    // usage error (exit 2) that says so, with or without --force.
+    for extra in [
+        vec!["--unique", "someone-else"],
+        vec!["--unique", "someone-else", "--force"],
+    ] {
+        let mut args = vec!["--state", "device.json"];
+        args.extend(extra);
+        let o = register(&s, &args);
+        assert_eq!(o.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("answers only for its own device"), "{err}");
+    }
+    let o = bin()
+        .args([
+            "register",
+            "--port",
+            "1",
+            "--pid",
+            "other",
+            "--state",
+            "device.json",
+        ])
+        .env("DYNREG_SECRET", "irrelevant")
+        .current_dir(&s.dir)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("of pid {}, not", s.pid)));
+}
+
+/// Accepts connections on a fake MQTT 3.1.1 server that refuses every CONNECT (not
+/// authorized) and counts them.
+fn refusing_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 512];
+                if stream.read(&mut buf).unwrap_or(0) > 0 {
+                    let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x05]);
+                }
+                let _ = stream.read(&mut buf);
+            });
+        }
+    });
+    (port, count)
+}
+
+#[test]
+fn attempts_one_opens_exactly_one_connection() {
+    let (port, count) = refusing_server();
+    let o = bin()
+        .args([
+            "register",
+            "--port",
+            &port.to_string(),
+            "--pid",
+            "p",
+            "--secret",
+            "s",
+            "--mqtt",
+            "3",
+            "--attempts",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[test]
+fn named_environments_come_from_the_config_file() {
+    let s = serve();
+    std::fs::write(
+        s.dir.join("dynreg.toml"),
+        format!(
+            "[env.test]\nhost = \"127.0.0.1\"\nport = {}\n\n[env.formal]\nhost = \"127.0.0.1\"\nport = 1\n",
+            s.port
+        ),
+    )
+    .unwrap();
+    let t = json(
+        &bin()
+            .args([
+                "--json", "register", "--env", "test", "--pid", &s.pid, "--unique", "env-dev",
+            ])
+            .env("DYNREG_SECRET", &s.secret)
+            .current_dir(&s.dir)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(t["unique"], "env-dev");
+    // The formal profile points elsewhere (nothing listens on port 1).
+    let o = bin()
+        .args([
+            "register",
+            "--env",
+            "formal",
+            "--pid",
+            &s.pid,
+            "--attempts",
+            "1",
+        ])
+        .env("DYNREG_SECRET", &s.secret)
+        .current_dir(&s.dir)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("127.0.0.1:1"));
+    // An environment the file does not define is a usage error naming what it has.
+    let o = bin()
+        .args(["register", "--env", "staging", "--pid", &s.pid])
+        .env("DYNREG_SECRET", &s.secret)
+        .current_dir(&s.dir)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no [env.staging] in dynreg.toml") && err.contains("formal, test"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -264,7 +400,37 @@ fn exit_codes() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("CONNECT refused"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("127.0.0.1:{} refused the CONNECT: the server refused the credentials (a wrong product secret, or this machine's clock off", s.port)),
+        "in words, with the server: {err}"
+    );
+    // Under --json the error is one JSON document on stderr, and stdout is empty.
+    let o = bin()
+        .args([
+            "--json",
+            "register",
+            "--port",
+            &s.port.to_string(),
+            "--pid",
+            "nope",
+            "--secret",
+            "x",
+            "--attempts",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    assert!(o.stdout.is_empty());
+    let doc: Value = serde_json::from_slice(&o.stderr).expect("a JSON error on stderr");
+    assert!(
+        doc["error"]
+            .as_str()
+            .unwrap()
+            .contains("refused the product (unknown pid"),
+        "{doc}"
+    );
     // Network error: nothing listens.
     let closed = free_port().to_string();
     let o = bin()
@@ -338,6 +504,19 @@ fn batch_of_500_with_concurrency_50() {
         (summary["registered"].as_u64(), summary["failed"].as_u64()),
         (Some(500), Some(0))
     );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(s.dir.join("result.csv"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600,
+            "the result holds device secrets"
+        );
+    }
     let result = std::fs::read_to_string(s.dir.join("result.csv")).unwrap();
     let mut uuids = std::collections::HashSet::new();
     for line in result.lines().skip(1) {
@@ -385,4 +564,23 @@ fn over_tls_with_a_ca_file() {
         .output()
         .unwrap();
     assert_eq!(json(&o)["pid"], s.pid.as_str());
+    // A plain client on the TLS port is told that the port speaks TLS.
+    let o = bin()
+        .args([
+            "register",
+            "--port",
+            &tls_port,
+            "--pid",
+            &s.pid,
+            "--attempts",
+            "1",
+            "--timeout",
+            "5",
+        ])
+        .env("DYNREG_SECRET", &s.secret)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(6));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("add --tls"), "{err}");
 }

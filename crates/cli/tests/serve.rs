@@ -108,7 +108,9 @@ fn one_address_holding_idle_connections_cannot_lock_others_out() {
     // This test holds 2,000 connections itself.
     let limit = dynreg_endpoint::limit::raise_open_file_limit(8192).unwrap();
     if limit < 4096 {
-        eprintln!(
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
             "SKIPPED one_address_holding_idle_connections_cannot_lock_others_out: open-file limit {limit} < 4096"
         );
         return;

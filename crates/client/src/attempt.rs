@@ -77,14 +77,20 @@ macro_rules! exchange {
         #[allow(clippy::redundant_closure_call)]
         ($setup)(&mut opts, reg.timeout);
         let (client, mut events) = Client::new(opts, 4);
+        let server = format!("{}:{port}", reg.host);
+        // Whether the server accepted the CONNECT: only then is there a connection to
+        // close politely (polling the event loop again after a refusal or a network
+        // error would open a second connection).
+        let mut connected = false;
         let result = loop {
             match events.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    connected = true;
                     if let Err(e) = client
                         .subscribe(wire.response_topic.clone(), QoS::AtLeastOnce)
                         .await
                     {
-                        break Err(Error::Network(e.to_string()));
+                        break Err(Error::Network(format!("{server}: {e}")));
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
@@ -114,16 +120,66 @@ macro_rules! exchange {
                 }
                 Ok(_) => {}
                 Err(ConnectionError::ConnectionRefused(code)) => {
-                    break Err(Error::ConnectRefused(format!("{code:?}")));
+                    break Err(Error::ConnectRefused {
+                        server,
+                        code: format!("{code:?}"),
+                    });
                 }
-                Err(e) => break Err(Error::Network(e.to_string())),
+                Err(e) => break Err(network_error(&server, reg, &e)),
             }
         };
-        // Be polite: say goodbye, and let the DISCONNECT go out.
-        let _ = client.try_disconnect();
-        let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
+        if connected {
+            // Be polite: say goodbye, and let the DISCONNECT go out.
+            let _ = client.try_disconnect();
+            let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
+        }
         result
     }};
+}
+
+/// A network error in words, with a hint when the port seems to speak the other
+/// transport: a plain client on a TLS port reads a TLS record as a malformed MQTT
+/// packet, and a TLS client on a plain port gets no TLS answer.
+fn network_error<E: std::fmt::Display + std::fmt::Debug>(
+    server: &str,
+    reg: &Registration,
+    e: &E,
+) -> Error {
+    let tls = reg.tls.is_some();
+    let debug = format!("{e:?}");
+    // rumqttc's connection timeout (3.1.1: NetworkTimeout; 5: Timeout) is the
+    // attempt's own timeout.
+    if debug.starts_with("NetworkTimeout") || debug.starts_with("Timeout(") {
+        return Error::Timeout(reg.timeout);
+    }
+    let shown = e.to_string();
+    let text = format!("{shown} {debug}").to_lowercase();
+    let hint = if !tls
+        && (text.contains("deserialization")
+            || text.contains("boundary")
+            || text.contains("malformed")
+            || text.contains("invalidprotocol")
+            || text.contains("incorrectpacketformat"))
+    {
+        Some(
+            "the answer is not MQTT: if this is the server's TLS port (8883 by default), add --tls (and --ca for a private CA)",
+        )
+    } else if tls
+        && (text.contains("corrupt")
+            || text.contains("invalidcontenttype")
+            || text.contains("invalidmessage")
+            || text.contains("peerincompatible"))
+    {
+        Some(
+            "the answer is not TLS: if this is the server's plain MQTT port (1883 by default), drop --tls",
+        )
+    } else {
+        None
+    };
+    match hint {
+        Some(h) => Error::Network(format!("{server}: {h} ({shown})")),
+        None => Error::Network(format!("{server}: {shown}")),
+    }
 }
 
 impl Registration {

@@ -57,6 +57,43 @@ pub enum Tls {
     CaPem(Vec<u8>),
 }
 
+/// The names of the protocol's two environments: a test one and the formal
+/// (production) one. They run the same service against different hosts and data; a
+/// product is defined in each (see `dynreg product export`).
+pub const ENVIRONMENTS: [&str; 2] = ["test", "formal"];
+
+/// Where one environment's registration service is: the profile of
+/// `[env.NAME]` in `dynreg.toml` (any serde format works).
+///
+/// ```
+/// # use dynreg_client::{Environment, Registration};
+/// let test = Environment { host: "reg.test.example.com".into(), port: Some(8883), tls: true, ca: None };
+/// let r = Registration::new("unused", "pid", "secret").environment(&test);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    /// The host name or address.
+    pub host: String,
+    /// The port [default: 1883, or 8883 with TLS].
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Connect over TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// A PEM CA file to trust for TLS [default: the system's roots].
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+}
+
+impl Environment {
+    /// The TLS settings, if TLS is on.
+    pub fn tls_settings(&self) -> Option<Tls> {
+        self.tls
+            .then(|| self.ca.clone().map_or(Tls::SystemRoots, Tls::CaFile))
+    }
+}
+
 /// How registration retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -142,10 +179,15 @@ pub enum Error {
     /// The connection could not be made or broke (network, TLS).
     #[error("network: {0}")]
     Network(String),
-    /// The server refused the CONNECT with this code (bad credentials, unknown or
-    /// disabled product, rate limit...).
-    #[error("CONNECT refused: {0}")]
-    ConnectRefused(String),
+    /// The server refused the CONNECT (bad credentials, unknown or disabled product,
+    /// rate limit...). Displayed in words, with the server and the MQTT code.
+    #[error("{server} refused the CONNECT: {} [{code}]", refusal_words(code))]
+    ConnectRefused {
+        /// The server's `host:port`.
+        server: String,
+        /// The CONNACK code's name (`BadUserNamePassword`, `NotAuthorized`, ...).
+        code: String,
+    },
     /// The server refused the subscription to the response topic.
     #[error("subscription to the response topic refused")]
     SubscribeRefused,
@@ -170,8 +212,8 @@ impl Error {
             Self::Refused { res, .. } => Status::from_code(*res)
                 .and_then(Status::retry_after)
                 .map(|s| Duration::from_secs(u64::from(s))),
-            Self::ConnectRefused(_) if self.is_bad_credentials() => Some(Duration::ZERO),
-            Self::Invalid(_) | Self::ConnectRefused(_) | Self::SubscribeRefused => None,
+            Self::ConnectRefused { .. } if self.is_bad_credentials() => Some(Duration::ZERO),
+            Self::Invalid(_) | Self::ConnectRefused { .. } | Self::SubscribeRefused => None,
         }
     }
 
@@ -179,7 +221,30 @@ impl Error {
     /// MQTT 5 0x86): a wrong secret or clock, or a credential collision under the
     /// server's replay guard.
     pub fn is_bad_credentials(&self) -> bool {
-        matches!(self, Self::ConnectRefused(code) if code == "BadUserNamePassword")
+        matches!(self, Self::ConnectRefused { code, .. } if code == "BadUserNamePassword")
+    }
+}
+
+/// What a CONNACK refusal code means for a dynreg device (PROTOCOL.md section 2).
+fn refusal_words(code: &str) -> &'static str {
+    match code {
+        "BadUserNamePassword" => {
+            "the server refused the credentials (a wrong product secret, or this machine's clock off by more than the product's ts window, 15 minutes by default)"
+        }
+        "NotAuthorized" => {
+            "the server refused the product (unknown pid, or its registration disabled; over MQTT 3.1.1 also a rate limit or a ban of this address)"
+        }
+        "QuotaExceeded" | "ConnectionRateExceeded" => {
+            "a rate limit refused the connection: try again later"
+        }
+        "Banned" => "this address is banned for a while after too many refused CONNECTs",
+        "ServiceUnavailable" | "ServerUnavailable" | "ServerBusy" => {
+            "the server cannot take the registration now (storage unavailable, or too many connections): try again later"
+        }
+        "BadClientId" | "ClientIdentifierNotValid" => {
+            "the server refused the clientId (a pid or unique it does not accept)"
+        }
+        _ => "the server refused the CONNECT",
     }
 }
 
@@ -240,6 +305,27 @@ impl Registration {
     #[must_use]
     pub fn port(mut self, port: u16) -> Self {
         self.port = Some(port);
+        self
+    }
+
+    /// The broker host.
+    #[must_use]
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = host.into();
+        self
+    }
+
+    /// The broker host this registration connects to.
+    pub fn host_value(&self) -> &str {
+        &self.host
+    }
+
+    /// Connects to `env`: its host, port and TLS settings replace the ones set so far.
+    #[must_use]
+    pub fn environment(mut self, env: &Environment) -> Self {
+        self.host.clone_from(&env.host);
+        self.port = env.port;
+        self.tls = env.tls_settings();
         self
     }
 
@@ -429,14 +515,21 @@ mod tests {
         );
         assert!(Error::Network("x".into()).retry_after().is_some());
         assert_eq!(
-            Error::ConnectRefused("BadUserNamePassword".into()).retry_after(),
+            Error::ConnectRefused {
+                server: "h:1".into(),
+                code: "BadUserNamePassword".into()
+            }
+            .retry_after(),
             Some(Duration::ZERO),
             "a replay-guard collision clears with a fresh ts"
         );
         assert!(
-            Error::ConnectRefused("NotAuthorized".into())
-                .retry_after()
-                .is_none()
+            Error::ConnectRefused {
+                server: "h:1".into(),
+                code: "NotAuthorized".into()
+            }
+            .retry_after()
+            .is_none()
         );
         assert_eq!(
             Error::Refused {

@@ -174,7 +174,10 @@ async fn errors_say_which_step_and_are_not_retried_when_final() {
     );
     assert_eq!(
         out.result,
-        Err(Error::ConnectRefused("BadUserNamePassword".into()))
+        Err(Error::ConnectRefused {
+            server: format!("127.0.0.1:{}", s.addr.port()),
+            code: "BadUserNamePassword".into()
+        })
     );
     let out = Registration::new("127.0.0.1", "OFF", "secret-of-OFF")
         .port(s.addr.port())
@@ -184,7 +187,10 @@ async fn errors_say_which_step_and_are_not_retried_when_final() {
     assert_eq!(out.attempts, 1, "other CONNECT refusals are not retried");
     assert_eq!(
         out.result,
-        Err(Error::ConnectRefused("NotAuthorized".into()))
+        Err(Error::ConnectRefused {
+            server: format!("127.0.0.1:{}", s.addr.port()),
+            code: "NotAuthorized".into()
+        })
     );
     let out = reg(s.addr, "G").unique("a_b").register_detailed().await;
     assert!(matches!(out.result, Err(Error::Invalid(_))));

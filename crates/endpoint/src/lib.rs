@@ -16,5 +16,5 @@ pub mod server;
 pub mod session;
 pub mod wire;
 
-pub use server::{Endpoint, EndpointConfig, TlsSettings};
+pub use server::{Endpoint, EndpointConfig, Listeners, TlsSettings};
 pub use session::{Action, CloseReason, Session, SessionConfig};

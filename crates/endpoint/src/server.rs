@@ -209,20 +209,51 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-impl<S: Store> Endpoint<S> {
-    /// Binds the listener (inside a tokio runtime).
-    pub fn bind(config: EndpointConfig, registrar: Arc<Registrar<S>>) -> io::Result<Self> {
-        let listener = listen(config.listen, config.backlog)?;
-        let tls = match &config.tls {
-            Some(t) => Some((listen(t.listen, config.backlog)?, t.acceptor.clone())),
-            None => None,
-        };
+/// The endpoint's listening sockets, bound before anything else is opened (so that a
+/// port in use is reported before a store is created).
+#[derive(Debug)]
+pub struct Listeners {
+    plain: TcpListener,
+    tls: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `config.listen` and, with TLS, `config.tls.listen` (inside a tokio
+    /// runtime). An error names the address that could not be bound.
+    pub fn bind(config: &EndpointConfig) -> io::Result<Self> {
         Ok(Self {
-            listener,
+            plain: listen(config.listen, config.backlog)?,
+            tls: match &config.tls {
+                Some(t) => Some(listen(t.listen, config.backlog)?),
+                None => None,
+            },
+        })
+    }
+}
+
+impl<S: Store> Endpoint<S> {
+    /// Binds the listeners (inside a tokio runtime) and makes the endpoint.
+    pub fn bind(config: EndpointConfig, registrar: Arc<Registrar<S>>) -> io::Result<Self> {
+        let listeners = Listeners::bind(&config)?;
+        Ok(Self::with_listeners(listeners, config, registrar))
+    }
+
+    /// Makes the endpoint on listeners bound by [`Listeners::bind`] for `config`.
+    pub fn with_listeners(
+        listeners: Listeners,
+        config: EndpointConfig,
+        registrar: Arc<Registrar<S>>,
+    ) -> Self {
+        let tls = match (listeners.tls, &config.tls) {
+            (Some(l), Some(t)) => Some((l, t.acceptor.clone())),
+            _ => None,
+        };
+        Self {
+            listener: listeners.plain,
             tls,
             registrar,
             config: Arc::new(config),
-        })
+        }
     }
 
     /// The address actually bound (useful with port 0).
@@ -404,6 +435,11 @@ impl<S: Store> Endpoint<S> {
 
 /// Binds a listener with the given backlog.
 fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    bind_socket(addr, backlog)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+fn bind_socket(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {

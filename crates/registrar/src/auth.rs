@@ -14,10 +14,11 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dynreg_proto::Refusal;
-use dynreg_proto::credentials::{CredentialError, Credentials};
+use dynreg_proto::credentials::{CredentialError, Credentials, check_ts, verify_password};
 use tracing::warn;
 
 use crate::ban::{BanPolicy, Failure};
+use crate::model::SecretMatch;
 use crate::registrar::Registrar;
 use crate::replay::{Claim, CredentialUse};
 use crate::store::{Store, StoreError};
@@ -90,6 +91,14 @@ pub enum AuthError {
         /// The unique it is presented with now.
         unique: String,
     },
+    /// The password was signed with the product's previous secret after its grace
+    /// period ended (the device was flashed before a rotation). The client is told
+    /// "bad credentials" like any other bad signature; the log says which.
+    #[error("signed with the product's previous secret, whose grace period ended at {until}")]
+    PreviousSecretExpired {
+        /// The end of the grace period (Unix seconds).
+        until: u64,
+    },
     /// The product or the replay guard could not be read.
     #[error("storage unavailable: {0}")]
     Store(StoreError),
@@ -100,7 +109,9 @@ impl AuthError {
     pub fn refusal(&self) -> Refusal {
         match self {
             Self::Banned => Refusal::Banned,
-            Self::MissingCredentials | Self::Replayed { .. } => Refusal::BadCredentials,
+            Self::MissingCredentials
+            | Self::Replayed { .. }
+            | Self::PreviousSecretExpired { .. } => Refusal::BadCredentials,
             Self::Credentials(e) => e.refusal(),
             Self::UnknownProduct | Self::DisabledProduct => Refusal::NotAuthorized,
             Self::Store(_) => Refusal::ServerUnavailable,
@@ -260,14 +271,30 @@ impl<S: Store> Registrar<S> {
         if !product.enabled {
             return Err(AuthError::DisabledProduct);
         }
-        creds
-            .verify(
-                product.secret.expose().as_bytes(),
+        check_ts(creds.ts, now, product.ts_window).map_err(AuthError::Credentials)?;
+        // The current secret, then (during and after a rotation's grace period) the
+        // previous one; each comparison is constant-time.
+        let matched = product.match_secret(now, |secret| {
+            verify_password(
+                creds.sign_method,
+                secret.expose().as_bytes(),
+                creds.pid,
+                creds.ts,
                 password,
-                now,
-                product.ts_window,
             )
-            .map_err(AuthError::Credentials)?;
+            .is_ok()
+        });
+        match matched {
+            SecretMatch::Current | SecretMatch::Previous => {}
+            SecretMatch::PreviousExpired => {
+                return Err(AuthError::PreviousSecretExpired {
+                    until: product.previous_secret.as_ref().map_or(0, |p| p.until),
+                });
+            }
+            SecretMatch::None => {
+                return Err(AuthError::Credentials(CredentialError::BadSignature));
+            }
+        }
         let claim = if self.replay_guard {
             self.store()
                 .claim_credential(
@@ -349,6 +376,47 @@ mod tests {
             password: Some(c.password.as_bytes()),
             peer: Some(peer.parse().unwrap()),
         }
+    }
+
+    #[test]
+    fn the_previous_secret_verifies_until_its_grace_ends_and_is_then_named() {
+        let store = MemoryStore::new();
+        let mut p = product("g", SourceMode::Generate);
+        p.secret = crate::Secret::new("new-secret");
+        p.previous_secret = Some(crate::PreviousSecret {
+            secret: crate::Secret::new("old-secret"),
+            until: NOW + 100,
+        });
+        store.put_product(p);
+        let r = Registrar::with_policy(
+            store,
+            AuthPolicy {
+                ban: BanPolicy::default(),
+                replay_guard: true,
+            },
+        );
+        let new = creds("g", "a", NOW, "new-secret");
+        let old = creds("g", "b", NOW, "old-secret");
+        r.authenticate(NOW, connect(&new, "10.0.0.1")).unwrap();
+        // Same second, other secret: another credential, not a replay.
+        r.authenticate(NOW, connect(&old, "10.0.0.1")).unwrap();
+        let late_old = creds("g", "c", NOW + 100, "old-secret");
+        assert_eq!(
+            r.authenticate(NOW + 100, connect(&late_old, "10.0.0.1")),
+            Err(AuthError::PreviousSecretExpired { until: NOW + 100 })
+        );
+        assert_eq!(
+            AuthError::PreviousSecretExpired { until: 1 }.refusal(),
+            Refusal::BadCredentials
+        );
+        let wrong = creds("g", "d", NOW, "neither");
+        assert_eq!(
+            r.authenticate(NOW, connect(&wrong, "10.0.0.1")),
+            Err(AuthError::Credentials(CredentialError::BadSignature))
+        );
+        let late_new = creds("g", "e", NOW + 100, "new-secret");
+        r.authenticate(NOW + 100, connect(&late_new, "10.0.0.1"))
+            .unwrap();
     }
 
     #[test]

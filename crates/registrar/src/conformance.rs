@@ -96,6 +96,7 @@ pub fn product(pid: &str, mode: SourceMode) -> Product {
         ts_window: 900,
         rereg: crate::ReregPolicy::DEFAULT,
         quota: None,
+        previous_secret: None,
         created_at: NOW,
     }
 }
@@ -106,10 +107,20 @@ pub fn pool(prefix: &str, n: usize) -> Vec<NewTriplet> {
         .map(|i| NewTriplet {
             uuid: format!("{prefix}-u{i}"),
             secret: Secret::new(format!("{prefix}-s{i}")),
-            mac: format!("{prefix}-m{i}"),
+            mac: pool_mac(prefix, i),
             barcode: format!("{prefix}-b{i}"),
         })
         .collect()
+}
+
+/// The MAC of triplet `i` of [`pool`]`(prefix, ..)`: `02:` (locally administered), two
+/// bytes of a hash of the prefix, three of `i`; distinct across the prefixes tests use.
+pub fn pool_mac(prefix: &str, i: usize) -> String {
+    let h = prefix.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    let i = u64::try_from(i).unwrap_or(u64::MAX) & 0xFF_FFFF;
+    MacRange::format((0x02 << 40) | (u64::from(h & 0xFFFF) << 24) | i)
 }
 
 fn setup<F: Fixture>(store: F) -> Registrar<F> {
@@ -176,7 +187,7 @@ pub async fn reply_carries_triplet_and_echoes<F: Fixture>(store: F) {
     );
     assert_eq!(reply.data.uuid.as_deref(), Some("P-u0"));
     assert_eq!(reply.data.secret.as_deref(), Some("P-s0"));
-    assert_eq!(reply.data.mac.as_deref(), Some("P-m0"));
+    assert_eq!(reply.data.mac, Some(pool_mac("P", 0)));
     assert_eq!(reply.data.pid.as_deref(), Some("P"));
     let bad = r
         .register(

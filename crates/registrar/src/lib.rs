@@ -32,8 +32,8 @@ pub mod store;
 pub use auth::{AuthError, AuthPolicy, AuthStats, Authenticated, Connect};
 pub use ban::BanPolicy;
 pub use model::{
-    MacRange, NewTriplet, Product, Registration, ReregPolicy, Secret, SourceMode, Triplet,
-    TripletId, TripletState,
+    MacRange, NewTriplet, PreviousSecret, Product, Registration, ReregPolicy, Secret, SecretMatch,
+    SourceMode, Triplet, TripletId, TripletState,
 };
 pub use registrar::{Device, Handled, Registered, Registrar};
 pub use replay::{Claim, CredentialUse, ReplayGuard};

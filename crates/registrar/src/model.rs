@@ -116,6 +116,34 @@ impl MacRange {
         )
     }
 
+    /// Normalises a MAC address given as six pairs of hex digits separated by `:` or
+    /// `-`, or as twelve hex digits, in either case, to the one canonical form
+    /// `AA:BB:CC:DD:EE:FF` (upper case, colons).
+    pub fn normalise(s: &str) -> Result<String, String> {
+        let sep = s.chars().find(|c| *c == ':' || *c == '-');
+        let well_formed = match sep {
+            None => s.len() == 12,
+            Some(sep) => {
+                s.len() == 17
+                    && s.split(sep).all(|p| p.len() == 2)
+                    && !s.contains(if sep == ':' { '-' } else { ':' })
+            }
+        };
+        let digits: String = s.chars().filter(|c| *c != ':' && *c != '-').collect();
+        if !well_formed || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!(
+                "`{s}` is not a MAC address (expected AA:BB:CC:DD:EE:FF, AA-BB-CC-DD-EE-FF or AABBCCDDEEFF)"
+            ));
+        }
+        let value = u64::from_str_radix(&digits, 16).map_err(|e| format!("`{s}`: {e}"))?;
+        Ok(Self::format(value))
+    }
+
+    /// Whether `mac` (a value of [`MacRange::parse_mac`]) lies in the range.
+    pub const fn contains(&self, mac: u64) -> bool {
+        self.start <= mac && mac <= self.end
+    }
+
     /// Parses one address: six hex pairs separated by `:` (or written without
     /// separators as 12 hex digits).
     pub fn parse_mac(s: &str) -> Result<u64, String> {
@@ -298,8 +326,56 @@ pub struct Product {
     pub rereg: ReregPolicy,
     /// The most devices the product may bind (`None`: no limit).
     pub quota: Option<u64>,
+    /// The secret replaced by the last rotation, kept until it is retired: it verifies
+    /// until its grace ends, and afterwards lets a refusal say that the device still
+    /// holds the old secret.
+    pub previous_secret: Option<PreviousSecret>,
     /// When the product was created (Unix seconds).
     pub created_at: u64,
+}
+
+/// A product's secret from before its last rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousSecret {
+    /// The old secret.
+    pub secret: Secret,
+    /// The end of the grace period (Unix seconds): the old secret verifies while
+    /// `now < until`.
+    pub until: u64,
+}
+
+/// Which of a product's secrets a presented secret (or signature) matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretMatch {
+    /// The current secret.
+    Current,
+    /// The previous secret, within its grace period.
+    Previous,
+    /// The previous secret after its grace ended: refused.
+    PreviousExpired,
+    /// Neither.
+    None,
+}
+
+impl Product {
+    /// Checks `matches` (a constant-time comparison or signature check) against the
+    /// current secret, then against the previous one. Each check is constant-time in
+    /// the secret; the previous secret is tried only when the current one fails.
+    pub fn match_secret(&self, now: u64, mut matches: impl FnMut(&Secret) -> bool) -> SecretMatch {
+        if matches(&self.secret) {
+            return SecretMatch::Current;
+        }
+        match &self.previous_secret {
+            Some(p) if matches(&p.secret) => {
+                if now < p.until {
+                    SecretMatch::Previous
+                } else {
+                    SecretMatch::PreviousExpired
+                }
+            }
+            _ => SecretMatch::None,
+        }
+    }
 }
 
 /// A triplet's row id in the store.

@@ -31,6 +31,7 @@ use tracing::error;
 use crate::auth::{AuthCounters, AuthPolicy};
 use crate::ban::Bans;
 use crate::generate;
+use crate::model::SecretMatch;
 use crate::model::{
     NewTriplet, Product, ReregPolicy, SourceMode, Triplet, TripletId, TripletState,
 };
@@ -256,7 +257,12 @@ impl<S: Store> Registrar<S> {
                 let target = self
                     .product(now, replace_pid)?
                     .ok_or(Status::ReplacePidUnknown)?;
-                if !target.secret.ct_eq(secret.as_bytes()) {
+                // The replacement product's current secret, or its previous one during
+                // a rotation's grace period.
+                if !matches!(
+                    target.match_secret(now, |s| s.ct_eq(secret.as_bytes())),
+                    SecretMatch::Current | SecretMatch::Previous
+                ) {
                     return Err(Status::ReplacePidSecretWrong);
                 }
                 if !target.enabled {

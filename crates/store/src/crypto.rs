@@ -30,7 +30,8 @@ const NONCE_LEN: usize = 24;
 pub enum KeySource {
     /// The key itself, as 64 hex digits (e.g. from `DYNREG_MASTER_KEY`).
     Hex(String),
-    /// A file holding the key as 64 hex digits; it must exist.
+    /// A file holding the key as 64 hex digits; generated with mode 0600 when absent
+    /// and the store is new, else it must exist.
     File(PathBuf),
     /// `<data-dir>/master.key`, generated with mode 0600 when absent.
     DataDir,
@@ -73,9 +74,9 @@ fn parse_hex_key(text: &str, origin: &str) -> Result<[u8; 32], Error> {
 }
 
 impl MasterKey {
-    /// Loads the key from `source`, generating `<data_dir>/master.key` if that is the
-    /// source, it does not exist and `may_create` (the database is new). Returns the key
-    /// and whether it was just created.
+    /// Loads the key from `source`, generating the key file (`<data_dir>/master.key`, or
+    /// the file `source` names) if it does not exist and `may_create` (the database is
+    /// new). Returns the key and whether it was just created.
     pub fn load(
         source: &KeySource,
         data_dir: &Path,
@@ -89,18 +90,11 @@ impl MasterKey {
                 ),
                 false,
             )),
-            KeySource::File(path) => {
-                let origin = path.display().to_string();
-                let text = fs::read_to_string(path).map_err(|e| {
-                    Error::Config(format!("cannot read master key file {origin}: {e}"))
-                })?;
-                Ok((
-                    Self::from_bytes(&parse_hex_key(&text, &origin)?, &origin),
-                    false,
-                ))
-            }
-            KeySource::DataDir => {
-                let path = data_dir.join(KEY_FILE_NAME);
+            KeySource::File(_) | KeySource::DataDir => {
+                let path = match source {
+                    KeySource::File(p) => p.clone(),
+                    _ => data_dir.join(KEY_FILE_NAME),
+                };
                 let origin = path.display().to_string();
                 match fs::read_to_string(&path) {
                     Ok(text) => Ok((
@@ -113,6 +107,7 @@ impl MasterKey {
                             data_dir.display()
                         )))
                     }
+                    // A new store: its key is made where the configuration says.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         let key = generate::bytes::<32>();
                         write_key_file(&path, &key)?;

@@ -16,6 +16,29 @@ pub const HEADER: [&str; 4] = ["uuid", "secret", "mac", "barcode"];
 #[error("{0}")]
 pub struct CsvError(String);
 
+/// A CSV reading error in the words of the other messages: `line N: ...`.
+pub fn describe(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::UnequalLengths {
+            pos,
+            expected_len,
+            len,
+        } => format!(
+            "line {}: {len} fields where the header has {expected_len}",
+            pos.as_ref().map_or(0, csv::Position::line)
+        ),
+        csv::ErrorKind::Utf8 { pos, .. } => format!(
+            "line {}: not UTF-8 text",
+            pos.as_ref().map_or(0, csv::Position::line)
+        ),
+        csv::ErrorKind::Io(io) => format!("cannot be read: {io}"),
+        _ => match e.position() {
+            Some(p) => format!("line {}: malformed CSV", p.line()),
+            None => format!("malformed CSV: {e}"),
+        },
+    }
+}
+
 /// The triplets of a factory CSV read from `reader` (named `name` in errors), each with
 /// its line number.
 pub fn read_triplets<R: Read>(
@@ -54,12 +77,7 @@ pub fn read_triplets<R: Read>(
     for rec in rdr.records() {
         let rec = match rec {
             Ok(r) => r,
-            Err(e) => {
-                return fail(match e.position() {
-                    Some(p) => format!("{name} line {}: malformed: {e}", p.line()),
-                    None => format!("{name}: malformed: {e}"),
-                });
-            }
+            Err(e) => return fail(format!("{name} {}", describe(&e))),
         };
         let line = rec.position().map_or(0, csv::Position::line);
         let get = |i: Option<usize>| i.and_then(|i| rec.get(i)).unwrap_or("").to_owned();
@@ -127,7 +145,10 @@ mod tests {
                 "f.csv line 2: uuid and secret must not be empty",
             ),
             ("uuid,secret\n", "no triplets"),
-            ("uuid,secret\nu1,s1\nu2\n", "f.csv line 3: malformed"),
+            (
+                "uuid,secret\nu1,s1\nu2\n",
+                "f.csv line 3: 1 fields where the header has 2",
+            ),
         ] {
             let e = read_triplets(text.as_bytes(), "f.csv")
                 .unwrap_err()

@@ -19,8 +19,8 @@ pub mod sqlite;
 
 pub use crypto::{KeySource, MasterKey};
 pub use sqlite::{
-    DeviceFilter, NewProduct, PoolStats, ProductSummary, ProductUpdate, Progress, SqliteConfig,
-    SqliteStore, WriterStats,
+    Deleted, DeviceFilter, HistoryEntry, NewProduct, PoolStats, ProductSummary, ProductUpdate,
+    Progress, SqliteConfig, SqliteStore, TripletRef, Withdrawal, WriterStats,
 };
 
 use dynreg_registrar::StoreError;

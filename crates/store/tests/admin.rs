@@ -59,7 +59,7 @@ fn products_create_list_enable_rotate() {
         Err(Error::NotFound(_))
     ));
 
-    let new_secret = s.rotate_secret("lamp-1").unwrap();
+    let new_secret = s.rotate_secret("lamp-1", 0, 1_700_000_000).unwrap();
     assert_ne!(new_secret, q.secret);
     assert_eq!(
         s.load_product("lamp-1").unwrap().unwrap().secret,
@@ -184,7 +184,7 @@ async fn devices_revoke_reset_and_listing() {
             "a"
         );
         assert!(
-            matches!(s.reset("g", "a"), Err(Error::Conflict(_))),
+            matches!(s.reset("g", "a", 1_700_000_000), Err(Error::Conflict(_))),
             "reset needs a revoked device"
         );
         s.revoke("g", "a", 200).unwrap();
@@ -198,7 +198,7 @@ async fn devices_revoke_reset_and_listing() {
             .unwrap();
         assert_eq!(revoked.len(), 1);
         assert_eq!(revoked[0].revoked_at, Some(200));
-        s.reset("g", "a").unwrap();
+        s.reset("g", "a", 1_700_000_000).unwrap();
         assert!(s.device("g", "a").unwrap().is_none());
         let stats = s.pool_stats("g").unwrap();
         assert_eq!((stats.bound, stats.revoked, stats.devices), (2, 1, 2));
@@ -308,6 +308,7 @@ async fn policy_and_quota_are_stored_changed_and_counted() {
             ProductUpdate {
                 rereg: Some(ReregPolicy::Never),
                 quota: Some(Some(3)),
+                ..ProductUpdate::default()
             },
         )
         .unwrap();
@@ -337,8 +338,8 @@ async fn policy_and_quota_are_stored_changed_and_counted() {
         s.update_product(
             "q",
             ProductUpdate {
-                rereg: None,
                 quota: Some(None),
+                ..ProductUpdate::default()
             },
         )
         .unwrap();
@@ -349,4 +350,321 @@ async fn policy_and_quota_are_stored_changed_and_counted() {
     let s = open(dir.path());
     let p = tokio::task::block_in_place(|| s.load_product("q").unwrap().unwrap());
     assert_eq!((p.rereg, p.quota), (ReregPolicy::Never, None));
+}
+
+fn triplet(uuid: &str, mac: &str, barcode: &str) -> NewTriplet {
+    NewTriplet {
+        uuid: uuid.into(),
+        secret: Secret::new(format!("s-{uuid}")),
+        mac: mac.into(),
+        barcode: barcode.into(),
+    }
+}
+
+#[test]
+fn import_validates_normalises_and_deduplicates_macs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create_product(
+        new_product(
+            Some("r"),
+            SourceMode::Pool,
+            Some("02:1A:00:00:00:00-02:1A:00:00:00:FF"),
+        ),
+        1,
+    )
+    .unwrap();
+    s.create_product(new_product(Some("free"), SourceMode::Pool, None), 1)
+        .unwrap();
+    let item = |r: Result<u64, Error>| match r {
+        Err(Error::Item { index, message }) => (index, message),
+        other => panic!("{other:?}"),
+    };
+    // Malformed.
+    let (i, m) = item(s.import_pool("free", vec![triplet("a", "zz:zz", "")], none()));
+    assert_eq!(i, 0);
+    assert!(m.contains("`zz:zz` is not a MAC address"), "{m}");
+    // Twice in one file, whatever the spelling.
+    let (i, m) = item(s.import_pool(
+        "free",
+        vec![
+            triplet("a", "aa-bb-cc-dd-ee-ff", ""),
+            triplet("b", "AABBCCDDEEFF", ""),
+        ],
+        none(),
+    ));
+    assert_eq!(i, 1);
+    assert!(m.contains("AA:BB:CC:DD:EE:FF appears twice"), "{m}");
+    // Normalised to one canonical form.
+    s.import_pool("free", vec![triplet("a", "aa-bb-cc-dd-ee-ff", "")], none())
+        .unwrap();
+    assert_eq!(s.triplet("a").unwrap().unwrap().mac, "AA:BB:CC:DD:EE:FF");
+    // Already in the store (in another product too).
+    let (_, m) = item(s.import_pool("free", vec![triplet("b", "aa:bb:cc:dd:ee:ff", "")], none()));
+    assert!(
+        m.contains("already in use by triplet `a` of product `free`"),
+        "{m}"
+    );
+    // Outside the product's range.
+    let (_, m) = item(s.import_pool("r", vec![triplet("c", "02:1B:00:00:00:00", "")], none()));
+    assert!(m.contains("outside the MAC range"), "{m}");
+    // Inside it: generation then never hands the address out again.
+    s.import_pool("r", vec![triplet("c", "02:1a:00:00:00:01", "")], none())
+        .unwrap();
+    let generated = s.generate_pool("r", 2, "", 5, none()).unwrap();
+    let macs: Vec<&str> = generated.iter().map(|t| t.mac.as_str()).collect();
+    assert_eq!(macs, ["02:1A:00:00:00:02", "02:1A:00:00:00:03"]);
+    assert_eq!(
+        s.pool_stats("free").unwrap().free,
+        1,
+        "nothing of the refused imports"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_delete_withdraw_lookups_and_history() {
+    use dynreg_proto::RegisterRequest;
+    use dynreg_registrar::{Device, Registrar, TripletState};
+    use dynreg_store::{ProductUpdate, TripletRef};
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let block = |f: &mut dyn FnMut()| tokio::task::block_in_place(f);
+    block(&mut || {
+        s.create_product(new_product(Some("u"), SourceMode::Pool, None), 1)
+            .unwrap();
+        s.import_pool(
+            "u",
+            (0..4)
+                .map(|i| {
+                    triplet(
+                        &format!("t{i}"),
+                        &format!("02:00:00:00:00:0{i}"),
+                        &format!("B{i}"),
+                    )
+                })
+                .collect(),
+            none(),
+        )
+        .unwrap();
+        // Every field of a product can change; bad values are refused by name.
+        s.update_product(
+            "u",
+            ProductUpdate {
+                name: Some("Bulb".into()),
+                mode: Some(SourceMode::PoolThenGenerate),
+                mac_range: Some(Some("02:00:00:00:01:00-02:00:00:00:01:FF".parse().unwrap())),
+                ts_window: Some(60),
+                rereg: Some(ReregPolicy::Always),
+                quota: None,
+            },
+        )
+        .unwrap();
+        let e = s
+            .update_product(
+                "u",
+                ProductUpdate {
+                    ts_window: Some(0),
+                    ..ProductUpdate::default()
+                },
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("ts window 0"), "{e}");
+    });
+    let p = s.load_product("u").unwrap().unwrap();
+    assert_eq!(
+        (p.name.as_str(), p.mode, p.ts_window, p.rereg),
+        (
+            "Bulb",
+            SourceMode::PoolThenGenerate,
+            60,
+            ReregPolicy::Always
+        )
+    );
+    assert_eq!(
+        p.mac_range.unwrap().to_string(),
+        "02:00:00:00:01:00-02:00:00:00:01:FF"
+    );
+
+    let r = Registrar::new(s.clone());
+    let req = RegisterRequest::new("1", 1000);
+    assert_eq!(
+        r.register(
+            1000,
+            Device {
+                pid: "u",
+                unique: "d1"
+            },
+            &req
+        )
+        .await
+        .res,
+        0
+    );
+    let held = s.device("u", "d1").unwrap().unwrap();
+
+    block(&mut || {
+        // Withdraw: free triplets only, all or nothing.
+        let e = s
+            .withdrawal_candidates(
+                "u",
+                &[
+                    TripletRef::Barcode("B1".into()),
+                    TripletRef::Uuid(held.triplet.uuid.clone()),
+                ],
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Item { index: 1, message } if message.contains("bound to a device")),
+            "{e}"
+        );
+        let e = s
+            .withdrawal_candidates("u", &[TripletRef::Barcode("nope".into())])
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("no triplet with barcode `nope`"),
+            "{e}"
+        );
+        let c = s
+            .withdrawal_candidates(
+                "u",
+                &[
+                    TripletRef::Barcode("B1".into()),
+                    TripletRef::Uuid("t1".into()),
+                ],
+            )
+            .unwrap();
+        assert_eq!(c.len(), 1, "named twice, withdrawn once");
+        assert_eq!(s.withdraw("u", vec!["t1".into()], 5).unwrap(), 1);
+        assert!(
+            s.withdraw("u", vec!["t1".into()], 5).is_err(),
+            "no longer free"
+        );
+        let st = s.pool_stats("u").unwrap();
+        assert_eq!((st.free, st.bound, st.revoked, st.withdrawn), (2, 1, 0, 1));
+        assert_eq!(
+            s.triplet("t1").unwrap().unwrap().state,
+            TripletState::Revoked
+        );
+
+        // Lookups by barcode (with or without the pid) and by MAC in any spelling.
+        let by_b = s
+            .device_by_barcode(None, &held.triplet.barcode)
+            .unwrap()
+            .unwrap();
+        assert_eq!(by_b.unique, "d1");
+        assert!(
+            s.device_by_barcode(Some("u"), "B3").unwrap().is_none(),
+            "free triplet: no device"
+        );
+        let by_mac = s
+            .devices_by_mac(&held.triplet.mac.to_lowercase().replace(':', "-"))
+            .unwrap();
+        assert_eq!(by_mac.len(), 1);
+        assert_eq!(
+            s.list_devices(&DeviceFilter {
+                since: Some(1001),
+                ..Default::default()
+            })
+            .unwrap()
+            .len(),
+            0
+        );
+        assert_eq!(
+            s.list_devices(&DeviceFilter {
+                since: Some(1000),
+                ..Default::default()
+            })
+            .unwrap()
+            .len(),
+            1
+        );
+
+        // After revoke and reset, the old triplet's holder stays findable.
+        s.revoke("u", "d1", 2000).unwrap();
+        s.reset("u", "d1", 3000).unwrap();
+        assert!(s.device_by_uuid(&held.triplet.uuid).unwrap().is_none());
+        let h = s.triplet_history(&held.triplet.uuid).unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(
+            (
+                h[0].unique.as_str(),
+                h[0].registered_at,
+                h[0].revoked_at,
+                h[0].reset_at
+            ),
+            ("d1", 1000, Some(2000), 3000)
+        );
+        assert_eq!(s.device_history("u", "d1").unwrap(), h);
+
+        // Delete: refused while devices are registered, unless forced.
+        s.create_product(new_product(Some("gone"), SourceMode::Generate, None), 1)
+            .unwrap();
+        s.import_pool("gone", vec![triplet("g0", "", "")], none())
+            .unwrap();
+    });
+    assert_eq!(
+        r.register(
+            1000,
+            Device {
+                pid: "gone",
+                unique: "x"
+            },
+            &req
+        )
+        .await
+        .res,
+        0
+    );
+    block(&mut || {
+        let e = s.delete_product("gone", false).unwrap_err();
+        assert!(e.to_string().contains("1 registered devices"), "{e}");
+        let d = s.delete_product("gone", true).unwrap();
+        assert_eq!(
+            (d.devices, d.triplets),
+            (1, 2),
+            "the bound triplet and the free one"
+        );
+        assert!(s.load_product("gone").unwrap().is_none());
+        assert!(
+            s.triplet("g0").unwrap().is_none(),
+            "its free triplets went too"
+        );
+        assert!(matches!(
+            s.delete_product("gone", false),
+            Err(Error::NotFound(_))
+        ));
+    });
+}
+
+#[test]
+fn rotation_keeps_the_previous_secret_for_its_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let p = s
+        .create_product(new_product(Some("k"), SourceMode::Generate, None), 1)
+        .unwrap();
+    assert!(
+        matches!(s.retire_secret("k", 100), Err(Error::Conflict(_))),
+        "nothing to retire"
+    );
+    let new = s.rotate_secret("k", 3600, 100).unwrap();
+    let q = s.load_product("k").unwrap().unwrap();
+    assert_eq!(q.secret, new);
+    let prev = q.previous_secret.unwrap();
+    assert_eq!((prev.secret, prev.until), (p.secret, 3700));
+    assert_eq!(
+        s.product_summary("k").unwrap().previous_secret_until,
+        Some(3700)
+    );
+    s.retire_secret("k", 200).unwrap();
+    assert_eq!(
+        s.load_product("k")
+            .unwrap()
+            .unwrap()
+            .previous_secret
+            .unwrap()
+            .until,
+        200
+    );
+    assert!(s.retire_secret("k", 300).is_err(), "already retired");
 }

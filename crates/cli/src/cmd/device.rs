@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 
 use crate::cmd::pool::{CsvOut, report_written};
 use crate::progress::Bar;
-use crate::{Global, now, output};
+use crate::{Global, Open, Usage, now, output};
+use dynreg_store::HistoryEntry;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum DeviceCmd {
@@ -25,21 +26,35 @@ pub(crate) enum DeviceCmd {
         /// Only revoked devices.
         #[arg(long)]
         revoked: bool,
+        /// Only devices registered at or after TIME: 2026-11-28T14:28:35Z, 2026-11-28
+        /// (UTC), Unix seconds, or a duration ago (24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
         /// At most this many (0: all).
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Show one device.
+    /// Show one device, with the triplets it held before a reset. Name it by --pid and
+    /// --unique, or by what is in hand: --uuid, --barcode (with --pid to pick the
+    /// product) or --mac. A uuid whose device was reset shows who held it.
     Show {
-        /// The pid the device authenticates with.
-        #[arg(long, requires = "unique", conflicts_with = "uuid")]
+        /// The pid the device authenticates with (with --unique), or the product of
+        /// --barcode.
+        #[arg(long, conflicts_with_all = ["uuid", "mac"])]
         pid: Option<String>,
         /// The device's unique.
-        #[arg(long, requires = "pid")]
+        #[arg(long, requires = "pid", conflicts_with = "barcode")]
         unique: Option<String>,
-        /// Find the device by its triplet's uuid instead.
-        #[arg(long)]
+        /// Find the device by its triplet's uuid.
+        #[arg(long, conflicts_with_all = ["barcode", "mac"])]
         uuid: Option<String>,
+        /// Find the device by the barcode on its label.
+        #[arg(long, conflicts_with = "mac")]
+        barcode: Option<String>,
+        /// Find the device by its MAC (AA:BB:CC:DD:EE:FF, AA-BB-CC-DD-EE-FF or
+        /// AABBCCDDEEFF).
+        #[arg(long)]
+        mac: Option<String>,
         /// Also print the device secret.
         #[arg(long)]
         reveal_secret: bool,
@@ -76,12 +91,12 @@ pub(crate) enum DeviceCmd {
         #[arg(long, default_value_t = 0)]
         start: u64,
     },
-    /// Write a product's devices as CSV.
+    /// Write a product's devices as CSV (CSV even under --json).
     Export {
         /// The product the devices are registered under.
         #[arg(long)]
         pid: String,
-        /// Write here (refused if the file exists); default: stdout.
+        /// Write here, mode 0600 (refused if the file exists); default: stdout.
         #[arg(long)]
         out: Option<PathBuf>,
         /// Include each device's secret.
@@ -121,17 +136,47 @@ const EXPORT_HEADER: [&str; 9] = [
     "from_pid",
 ];
 
+fn history_json(h: &HistoryEntry) -> Value {
+    json!({
+        "uuid": h.uuid, "pid": h.pid, "auth_pid": h.key_pid, "unique": h.unique,
+        "registered_at": output::time(h.registered_at),
+        "revoked_at": h.revoked_at.map(output::time),
+        "reset_at": output::time(h.reset_at),
+    })
+}
+
+fn history_line(h: &HistoryEntry) -> String {
+    format!(
+        "triplet {} of {} held by {} of {} from {}{}, reset {}",
+        h.uuid,
+        h.pid,
+        h.unique,
+        h.key_pid,
+        output::time(h.registered_at),
+        h.revoked_at
+            .map_or_else(String::new, |t| format!(", revoked {}", output::time(t))),
+        output::time(h.reset_at)
+    )
+}
+
 pub(crate) fn run(g: &Global, cmd: DeviceCmd) -> anyhow::Result<()> {
-    let store = g.open()?;
+    let store = g.open(Open::Existing)?;
     match cmd {
         DeviceCmd::List {
             pid,
             revoked,
+            since,
             limit,
         } => {
+            let since = since
+                .as_deref()
+                .map(|s| output::parse_time(s, now()))
+                .transpose()
+                .map_err(|e| Usage(format!("--since: {e}")))?;
             let list = store.list_devices(&DeviceFilter {
                 pid,
                 revoked_only: revoked,
+                since,
                 limit,
             })?;
             if g.json {
@@ -165,19 +210,53 @@ pub(crate) fn run(g: &Global, cmd: DeviceCmd) -> anyhow::Result<()> {
             pid,
             unique,
             uuid,
+            barcode,
+            mac,
             reveal_secret,
         } => {
-            let found = match (pid, unique, uuid) {
-                (Some(p), Some(u), None) => store
-                    .device(&p, &u)?
-                    .with_context(|| format!("no device `{u}` registered with pid `{p}`"))?,
-                (None, None, Some(id)) => store
-                    .device_by_uuid(&id)?
-                    .with_context(|| format!("no device holds uuid `{id}`"))?,
-                _ => bail!("name the device with --pid and --unique, or with --uuid"),
+            let (found, what) = match (pid, unique, uuid, barcode, mac) {
+                (Some(p), Some(u), None, None, None) => (
+                    store.device(&p, &u)?,
+                    format!("no device `{u}` registered with pid `{p}`"),
+                ),
+                (None, None, Some(id), None, None) => {
+                    let found = store.device_by_uuid(&id)?;
+                    if found.is_none() {
+                        return show_triplet_history(g, &store, &id);
+                    }
+                    (found, String::new())
+                }
+                (p, None, None, Some(b), None) => (
+                    store.device_by_barcode(p.as_deref(), &b)?,
+                    format!(
+                        "no device holds a triplet with barcode `{b}`{}",
+                        p.map_or_else(String::new, |p| format!(" of product `{p}`"))
+                    ),
+                ),
+                (None, None, None, None, Some(m)) => {
+                    let mut all = store.devices_by_mac(&m)?;
+                    if all.len() > 1 {
+                        eprintln!(
+                            "{} devices hold MAC {m}; showing the latest (pool imported before MACs were checked?)",
+                            all.len()
+                        );
+                    }
+                    (all.pop(), format!("no device holds a triplet with MAC {m}"))
+                }
+                _ => {
+                    return Err(Usage(
+                        "name the device with --pid and --unique, --uuid, --barcode [--pid], or --mac"
+                            .into(),
+                    )
+                    .into());
+                }
             };
+            let found = found.context(what)?;
+            let history = store.device_history(&found.key_pid, &found.unique)?;
             if g.json {
-                output::json(&device_json(&found, reveal_secret))?;
+                let mut v = device_json(&found, reveal_secret);
+                v["history"] = Value::Array(history.iter().map(history_json).collect());
+                output::json(&v)?;
             } else {
                 let mut f = vec![
                     ("pid", found.pid.clone()),
@@ -201,6 +280,9 @@ pub(crate) fn run(g: &Global, cmd: DeviceCmd) -> anyhow::Result<()> {
                 if reveal_secret {
                     f.insert(3, ("secret", found.triplet.secret.expose().to_owned()));
                 }
+                for h in &history {
+                    f.push(("before", history_line(h)));
+                }
                 output::fields(&f)?;
             }
         }
@@ -213,7 +295,7 @@ pub(crate) fn run(g: &Global, cmd: DeviceCmd) -> anyhow::Result<()> {
             }
         }
         DeviceCmd::Reset { pid, unique } => {
-            store.reset(&pid, &unique)?;
+            store.reset(&pid, &unique, now())?;
             if g.json {
                 output::json(&json!({ "pid": pid, "unique": unique, "reset": true }))?;
             } else {
@@ -249,8 +331,7 @@ pub(crate) fn run(g: &Global, cmd: DeviceCmd) -> anyhow::Result<()> {
             let mut n = 0u64;
             let filter = DeviceFilter {
                 pid: Some(pid.clone()),
-                revoked_only: false,
-                limit: 0,
+                ..DeviceFilter::default()
             };
             store.for_each_device(&filter, |r| {
                 n += 1;
@@ -274,6 +355,44 @@ pub(crate) fn run(g: &Global, cmd: DeviceCmd) -> anyhow::Result<()> {
             csv.finish()?;
             report_written(g, &pid, n, "devices", out.as_deref())?;
         }
+    }
+    store.close()?;
+    Ok(())
+}
+
+/// `device show --uuid` for a triplet no device holds now: its state, and who held it
+/// before a reset.
+fn show_triplet_history(
+    g: &Global,
+    store: &dynreg_store::SqliteStore,
+    uuid: &str,
+) -> anyhow::Result<()> {
+    let triplet = store.triplet(uuid)?;
+    let history = store.triplet_history(uuid)?;
+    let Some(t) = triplet else {
+        bail!("no triplet has uuid `{uuid}`");
+    };
+    if g.json {
+        output::json(&json!({
+            "uuid": t.uuid, "pid": t.pid, "mac": t.mac, "barcode": t.barcode,
+            "state": t.state.name(), "device": null,
+            "history": history.iter().map(history_json).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        let mut f = vec![
+            ("uuid", t.uuid.clone()),
+            ("pid", t.pid.clone()),
+            ("mac", t.mac.clone()),
+            ("barcode", t.barcode.clone()),
+            (
+                "state",
+                format!("{} (no device holds it now)", t.state.name()),
+            ),
+        ];
+        for h in &history {
+            f.push(("held before", history_line(h)));
+        }
+        output::fields(&f)?;
     }
     store.close()?;
     Ok(())

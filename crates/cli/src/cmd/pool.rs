@@ -3,7 +3,6 @@
 //! The factory CSV has the header `uuid,secret,mac,barcode` (mac and barcode columns may
 //! be left out on import, or left empty).
 
-use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,10 +10,12 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use dynreg_registrar::{NewTriplet, TripletState};
+use dynreg_store::TripletRef;
 use serde_json::json;
 
+use crate::outfile::OutFile;
 use crate::progress::Bar;
-use crate::{Global, now, output};
+use crate::{Global, Open, Usage, now, output};
 
 /// The factory CSV header.
 pub(crate) const CSV_HEADER: [&str; 4] = dynreg_store::factory_csv::HEADER;
@@ -22,7 +23,8 @@ pub(crate) const CSV_HEADER: [&str; 4] = dynreg_store::factory_csv::HEADER;
 #[derive(Debug, Subcommand)]
 pub(crate) enum PoolCmd {
     /// Generate free triplets (random uuid and secret, MAC from the product's range,
-    /// barcode PREFIX + 12-digit serial) and write the factory CSV.
+    /// barcode PREFIX + 12-digit serial) and write the factory CSV (CSV even under
+    /// --json, which then only changes the summary printed after --out).
     Generate {
         /// The product id.
         #[arg(long)]
@@ -33,12 +35,15 @@ pub(crate) enum PoolCmd {
         /// Text put before every barcode's serial number.
         #[arg(long, default_value = "")]
         barcode_prefix: String,
-        /// Write the CSV here (refused if the file exists); default: stdout.
+        /// Write the CSV here, mode 0600 (refused if the file exists; claimed before
+        /// any triplet is made); default: stdout.
         #[arg(long)]
         out: Option<PathBuf>,
     },
     /// Import triplets from a CSV file (header uuid,secret,mac,barcode) as free: all or
-    /// nothing.
+    /// nothing. MACs are checked (AA:BB:CC:DD:EE:FF, AA-BB-CC-DD-EE-FF or
+    /// AABBCCDDEEFF, stored as AA:BB:CC:DD:EE:FF), must be unique in the file and the
+    /// store, and inside the product's MAC range when it has one.
     Import {
         /// The product id.
         #[arg(long)]
@@ -52,17 +57,40 @@ pub(crate) enum PoolCmd {
         #[arg(long)]
         pid: String,
     },
-    /// Write the pool's triplets (secrets included) as a factory CSV again.
+    /// Write the pool's triplets (secrets included) as a factory CSV again (CSV even
+    /// under --json).
     Export {
         /// The product id.
         #[arg(long)]
         pid: String,
-        /// Only triplets in this state: free, bound or revoked.
+        /// Only triplets in this state: free, bound or revoked (withdrawn ones count
+        /// as revoked).
         #[arg(long, value_parser = parse_state)]
         state: Option<TripletState>,
-        /// Write the CSV here (refused if the file exists); default: stdout.
+        /// Write the CSV here, mode 0600 (refused if the file exists); default: stdout.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Withdraw leaked or damaged free triplets: they are never handed out. Name them
+    /// by --barcode, --uuid or a --file; all must be free triplets of the product, or
+    /// nothing is withdrawn. Asks for confirmation unless --yes.
+    Withdraw {
+        /// The product id.
+        #[arg(long)]
+        pid: String,
+        /// A barcode (repeat the flag for more).
+        #[arg(long)]
+        barcode: Vec<String>,
+        /// A uuid (repeat the flag for more).
+        #[arg(long)]
+        uuid: Vec<String>,
+        /// A CSV file with a header naming a `uuid` or a `barcode` column (a factory
+        /// CSV qualifies; a barcode list is a file whose first line is `barcode`).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -75,38 +103,27 @@ fn parse_state(s: &str) -> Result<TripletState, String> {
     }
 }
 
-/// A CSV destination: a new file written beside its final name and renamed into place
-/// once complete (so a half-written CSV never carries the final name), or stdout.
+/// A CSV destination: a file claimed and written as [`OutFile`] describes (exclusive,
+/// 0600, complete or absent), or stdout.
 pub(crate) struct CsvOut {
     writer: csv::Writer<Box<dyn Write>>,
-    paths: Option<(PathBuf, PathBuf)>,
+    file: Option<OutFile>,
 }
 
 impl CsvOut {
-    /// Opens the destination. A file that exists is refused: a factory CSV holds
+    /// Claims the destination. A file that exists is refused: a factory CSV holds
     /// secrets that exist nowhere else in clear, and overwriting one loses them.
     pub(crate) fn create(out: Option<&Path>) -> anyhow::Result<Self> {
         let Some(path) = out else {
             return Ok(Self {
                 writer: csv::Writer::from_writer(Box::new(std::io::stdout())),
-                paths: None,
+                file: None,
             });
         };
-        if path.exists() {
-            bail!(
-                "{} exists: choose another file (it may hold secrets found nowhere else)",
-                path.display()
-            );
-        }
-        let name = path
-            .file_name()
-            .with_context(|| format!("{} is not a file name", path.display()))?;
-        let tmp = path.with_file_name(format!(".{}.partial", name.to_string_lossy()));
-        let file =
-            fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let file = OutFile::claim(path)?;
         Ok(Self {
-            writer: csv::Writer::from_writer(Box::new(file)),
-            paths: Some((tmp, path.to_owned())),
+            writer: csv::Writer::from_writer(Box::new(file.handle()?)),
+            file: Some(file),
         })
     }
 
@@ -114,28 +131,25 @@ impl CsvOut {
         &mut self,
         fields: impl IntoIterator<Item = I>,
     ) -> anyhow::Result<()> {
-        self.writer.write_record(fields)?;
-        Ok(())
+        self.writer.write_record(fields).map_err(|e| self.error(&e))
+    }
+
+    fn error(&self, e: &csv::Error) -> anyhow::Error {
+        match &self.file {
+            Some(f) => anyhow::anyhow!("cannot write {}: {e}", f.path().display()),
+            None => anyhow::anyhow!("cannot write to stdout: {e}"),
+        }
     }
 
     /// Flushes, syncs and renames the file into place.
     pub(crate) fn finish(mut self) -> anyhow::Result<()> {
-        self.writer.flush()?;
-        if let Some((tmp, path)) = self.paths.take() {
-            fs::File::open(&tmp)?.sync_all()?;
-            fs::rename(&tmp, &path).with_context(|| {
-                format!("cannot rename {} to {}", tmp.display(), path.display())
-            })?;
+        self.writer
+            .flush()
+            .map_err(|e| self.error(&csv::Error::from(e)))?;
+        if let Some(f) = self.file.take() {
+            f.commit()?;
         }
         Ok(())
-    }
-}
-
-impl Drop for CsvOut {
-    fn drop(&mut self) {
-        if let Some((tmp, _)) = &self.paths {
-            let _ = fs::remove_file(tmp);
-        }
     }
 }
 
@@ -169,8 +183,66 @@ fn read_csv(file: &Path) -> anyhow::Result<(Vec<NewTriplet>, Vec<u64>)> {
     )?)
 }
 
+/// Reads triplet references from a CSV whose header names a `uuid` or `barcode`
+/// column; every problem names the file and line.
+fn read_refs(path: &Path) -> anyhow::Result<Vec<TripletRef>> {
+    let name = path.display();
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .with_context(|| format!("cannot read {name}"))?;
+    let headers = rdr
+        .headers()
+        .with_context(|| format!("{name} line 1: not a CSV header"))?
+        .clone();
+    let col = |n: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(n));
+    let (at, uuid) = match (col("uuid"), col("barcode")) {
+        (Some(i), _) => (i, true),
+        (None, Some(i)) => (i, false),
+        _ => bail!("{name} line 1: the header names no `uuid` or `barcode` column"),
+    };
+    let mut refs = Vec::new();
+    for rec in rdr.records() {
+        let rec =
+            rec.map_err(|e| anyhow::anyhow!("{name} {}", dynreg_store::factory_csv::describe(&e)))?;
+        let line = rec.position().map_or(0, csv::Position::line);
+        let v = rec.get(at).unwrap_or("");
+        if v.is_empty() {
+            bail!(
+                "{name} line {line}: empty {}",
+                if uuid { "uuid" } else { "barcode" }
+            );
+        }
+        refs.push(if uuid {
+            TripletRef::Uuid(v.to_owned())
+        } else {
+            TripletRef::Barcode(v.to_owned())
+        });
+    }
+    if refs.is_empty() {
+        bail!("{name}: no triplets listed");
+    }
+    Ok(refs)
+}
+
+/// Asks `question` on the terminal; `false` unless the answer starts with y.
+pub(crate) fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal};
+    if !std::io::stdin().is_terminal() {
+        return Err(Usage(format!(
+            "{question}: stdin is not a terminal to ask on; add --yes to confirm"
+        ))
+        .into());
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(answer.trim_start().starts_with(['y', 'Y']))
+}
+
 pub(crate) fn run(g: &Global, cmd: PoolCmd) -> anyhow::Result<()> {
-    let store = g.open()?;
+    let store = g.open(Open::Existing)?;
     match cmd {
         PoolCmd::Generate {
             pid,
@@ -178,7 +250,7 @@ pub(crate) fn run(g: &Global, cmd: PoolCmd) -> anyhow::Result<()> {
             barcode_prefix,
             out,
         } => {
-            // Open the destination first: a CSV that cannot be written must not leave
+            // Claim the destination first: a CSV that cannot be written must not leave
             // triplets in the store whose secrets nobody has.
             let mut csv = CsvOut::create(out.as_deref())?;
             let bar = Arc::new(Bar::new("generating", count));
@@ -191,6 +263,10 @@ pub(crate) fn run(g: &Global, cmd: PoolCmd) -> anyhow::Result<()> {
                 Arc::new(move |n| b.set(n)),
             )?;
             bar.finish();
+            crate::outfile::note_on_interrupt(format!(
+                "the {} triplets were committed before the interruption: `dynreg pool export --pid {pid} --state free` writes their CSV again",
+                triplets.len()
+            ));
             csv.row(CSV_HEADER)?;
             for t in &triplets {
                 csv.row([t.uuid.as_str(), t.secret.expose(), &t.mac, &t.barcode])?;
@@ -231,7 +307,7 @@ pub(crate) fn run(g: &Global, cmd: PoolCmd) -> anyhow::Result<()> {
             if g.json {
                 output::json(&json!({
                     "pid": pid, "free": s.free, "bound": s.bound, "revoked": s.revoked,
-                    "devices": s.devices, "mac_left": s.mac_left,
+                    "withdrawn": s.withdrawn, "devices": s.devices, "mac_left": s.mac_left,
                 }))?;
             } else {
                 let mut f = vec![
@@ -239,12 +315,68 @@ pub(crate) fn run(g: &Global, cmd: PoolCmd) -> anyhow::Result<()> {
                     ("free", s.free.to_string()),
                     ("bound", s.bound.to_string()),
                     ("revoked", s.revoked.to_string()),
+                    ("withdrawn", s.withdrawn.to_string()),
                     ("devices", s.devices.to_string()),
                 ];
                 if let Some(m) = s.mac_left {
                     f.push(("MACs left", m.to_string()));
                 }
                 output::fields(&f)?;
+            }
+        }
+        PoolCmd::Withdraw {
+            pid,
+            barcode,
+            uuid,
+            file,
+            yes,
+        } => {
+            let mut refs: Vec<TripletRef> = barcode.into_iter().map(TripletRef::Barcode).collect();
+            refs.extend(uuid.into_iter().map(TripletRef::Uuid));
+            let from_file = match &file {
+                Some(f) => read_refs(f)?,
+                None => Vec::new(),
+            };
+            let flags = refs.len();
+            refs.extend(from_file);
+            if refs.is_empty() {
+                return Err(Usage(
+                    "pool withdraw: name triplets with --barcode, --uuid or --file".into(),
+                )
+                .into());
+            }
+            let found = store
+                .withdrawal_candidates(&pid, &refs)
+                .map_err(|e| match e {
+                    dynreg_store::Error::Item { index, message } => {
+                        match (&file, index.checked_sub(flags)) {
+                            (Some(f), Some(row)) => anyhow::anyhow!(
+                                "{} data row {}: {message}; nothing was withdrawn",
+                                f.display(),
+                                row + 1
+                            ),
+                            _ => anyhow::anyhow!("{message}; nothing was withdrawn"),
+                        }
+                    }
+                    other => anyhow::Error::new(other),
+                })?;
+            let n = found.len();
+            if !yes
+                && !confirm(&format!(
+                    "withdraw {n} free triplets of {pid}? They will never be handed out"
+                ))?
+            {
+                bail!("not confirmed: nothing was withdrawn");
+            }
+            let withdrawn =
+                store.withdraw(&pid, found.iter().map(|w| w.uuid.clone()).collect(), now())?;
+            if g.json {
+                output::json(&json!({
+                    "pid": pid, "withdrawn": withdrawn,
+                    "triplets": found.iter().map(|w| json!({"uuid": w.uuid, "barcode": w.barcode, "mac": w.mac})).collect::<Vec<_>>(),
+                }))?;
+            } else {
+                println!("{withdrawn} free triplets of {pid} withdrawn");
             }
         }
         PoolCmd::Export { pid, state, out } => {

@@ -1,12 +1,25 @@
-//! `dynreg product ...`: create, list, show, update, enable, disable, rotate-secret.
+//! `dynreg product ...`: create, list, show, update, enable, disable, delete,
+//! rotate-secret, retire-secret, export, import.
 
-use anyhow::Context;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
 use clap::Subcommand;
-use dynreg_registrar::{MacRange, ReregPolicy, SourceMode};
+use dynreg_registrar::{MacRange, Product, ReregPolicy, Secret, SourceMode, model};
 use dynreg_store::{NewProduct, ProductSummary, ProductUpdate};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::{Global, now, output};
+use crate::outfile::OutFile;
+use crate::{Global, Open, Usage, now, output};
+
+/// The grace period of `rotate-secret` when `--grace` is not given: 90 days.
+///
+/// A routine rotation must not lock out devices flashed with the old secret that have
+/// not registered yet, and those sit in warehouses and shops for months. A leak is
+/// the other case, and it is a deliberate act: `--grace 0`.
+pub(crate) const DEFAULT_GRACE: &str = "90d";
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ProductCmd {
@@ -39,10 +52,27 @@ pub(crate) enum ProductCmd {
         #[arg(long)]
         quota: Option<u64>,
     },
-    /// Change a product's re-registration policy or quota.
+    /// Change a product: name, mode, MAC range, ts window, re-registration policy,
+    /// quota. Only the options given change.
     Update {
         /// The product id.
         pid: String,
+        /// A new name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Where triplets come from: pool, generate or pool-then-generate.
+        #[arg(long)]
+        mode: Option<SourceMode>,
+        /// A new MAC range START-END for generated triplets (addresses already handed
+        /// out from the old range are skipped).
+        #[arg(long, conflicts_with = "no_mac_range")]
+        mac_range: Option<MacRange>,
+        /// Remove the MAC range (generated triplets get no MAC).
+        #[arg(long)]
+        no_mac_range: bool,
+        /// The CONNECT ts skew window in seconds (1 to 604800).
+        #[arg(long)]
+        ts_window: Option<u64>,
         /// `always`, `never`, or `window:DURATION` (e.g. window:24h).
         #[arg(long)]
         reregistration: Option<ReregPolicy>,
@@ -75,11 +105,77 @@ pub(crate) enum ProductCmd {
         pid: String,
     },
     /// Give the product a new secret and print it. Devices still to be flashed need the
-    /// new one; devices already registered are not affected.
+    /// new one; devices already registered are not affected. The old secret keeps
+    /// working for the grace period, for devices flashed with it that have not
+    /// registered yet.
     RotateSecret {
         /// The product id.
         pid: String,
+        /// How long the old secret keeps working (e.g. 0, 12h, 30d). 0: at once, the
+        /// case of a leaked secret. The default covers devices that sit in shops for
+        /// months; `retire-secret` ends it early.
+        #[arg(long, default_value = DEFAULT_GRACE, value_parser = model::parse_duration)]
+        grace: u64,
     },
+    /// End the grace period of the product's previous secret now: devices that still
+    /// hold it are refused (and the log says that they hold the old secret).
+    RetireSecret {
+        /// The product id.
+        pid: String,
+    },
+    /// Delete a product and its triplets. Refused while devices are registered under
+    /// it, unless --force (which forgets those devices too).
+    Delete {
+        /// The product id.
+        pid: String,
+        /// Delete even with registered devices, and forget them.
+        #[arg(long)]
+        force: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Write a product's definition (name, mode, MAC range, ts window, policy, quota;
+    /// with --with-secret its secret) as JSON, to move it from the test environment
+    /// to the formal one with `product import`. Never its triplets or devices.
+    Export {
+        /// The product id.
+        pid: String,
+        /// Include the product secret (devices flashed for one environment then work
+        /// in the other). The file is created mode 0600.
+        #[arg(long)]
+        with_secret: bool,
+        /// Write here (refused if the file exists); default: stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Create a product from a `product export` file. Without a secret in the file,
+    /// the product gets a new one, printed here.
+    Import {
+        /// The file `product export` wrote.
+        file: PathBuf,
+        /// Create it under this pid instead of the file's.
+        #[arg(long)]
+        pid: Option<String>,
+    },
+}
+
+/// The `product export` document.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Definition {
+    /// The format's version (1).
+    dynreg_product: u32,
+    pid: String,
+    name: String,
+    mode: String,
+    mac_range: Option<String>,
+    ts_window: u64,
+    reregistration: String,
+    quota: Option<u64>,
+    enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
 }
 
 fn summary_json(p: &ProductSummary) -> Value {
@@ -92,11 +188,13 @@ fn summary_json(p: &ProductSummary) -> Value {
         "ts_window": p.ts_window,
         "reregistration": p.rereg.to_string(),
         "quota": p.quota,
+        "previous_secret_until": p.previous_secret_until.map(output::time),
         "created_at": output::time(p.created_at),
         "pool": {
             "free": p.stats.free,
             "bound": p.stats.bound,
             "revoked": p.stats.revoked,
+            "withdrawn": p.stats.withdrawn,
         },
         "devices": p.stats.devices,
         "mac_left": p.stats.mac_left,
@@ -118,6 +216,14 @@ fn summary_fields(p: &ProductSummary) -> Vec<(&'static str, String)> {
         ("ts window", format!("{} s", p.ts_window)),
         ("re-registration", p.rereg.to_string()),
         ("quota", p.quota.map_or("-".into(), |q| q.to_string())),
+        (
+            "previous secret",
+            match p.previous_secret_until {
+                None => "-".into(),
+                Some(t) if t > now() => format!("works until {}", output::time(t)),
+                Some(t) => format!("retired {}", output::time(t)),
+            },
+        ),
         ("created", output::time(p.created_at)),
         (
             "pool",
@@ -138,7 +244,11 @@ fn summary_fields(p: &ProductSummary) -> Vec<(&'static str, String)> {
 }
 
 pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
-    let store = g.open()?;
+    let mode = match cmd {
+        ProductCmd::Create { .. } | ProductCmd::Import { .. } => Open::Create,
+        _ => Open::Existing,
+    };
+    let store = g.open(mode)?;
     match cmd {
         ProductCmd::Create {
             name,
@@ -161,31 +271,7 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
                 },
                 now(),
             )?;
-            if g.json {
-                output::json(&json!({
-                    "pid": p.pid, "name": p.name, "secret": p.secret.expose(), "mode": p.mode.name(),
-                    "mac_range": p.mac_range.map(|r| r.to_string()), "ts_window": p.ts_window,
-                    "reregistration": p.rereg.to_string(), "quota": p.quota,
-                    "enabled": p.enabled, "created_at": output::time(p.created_at),
-                }))?;
-            } else {
-                output::fields(&[
-                    ("pid", p.pid.clone()),
-                    ("secret", p.secret.expose().to_owned()),
-                    ("name", p.name.clone()),
-                    ("mode", p.mode.name().into()),
-                    (
-                        "mac range",
-                        p.mac_range.map_or("-".into(), |r| r.to_string()),
-                    ),
-                    ("ts window", format!("{} s", p.ts_window)),
-                    ("re-registration", p.rereg.to_string()),
-                    ("quota", p.quota.map_or("-".into(), |q| q.to_string())),
-                ])?;
-                eprintln!(
-                    "Keep the secret: it is flashed into every device of the product and shown again only with `product show --reveal-secret`."
-                );
-            }
+            print_created(g, &p, true)?;
         }
         ProductCmd::List => {
             let list = store.list_products()?;
@@ -240,27 +326,38 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
         }
         ProductCmd::Update {
             pid,
+            name,
+            mode,
+            mac_range,
+            no_mac_range,
+            ts_window,
             reregistration,
             quota,
             no_quota,
         } => {
-            let quota = if no_quota {
-                Some(None)
-            } else {
-                quota.map(Some)
-            };
-            if reregistration.is_none() && quota.is_none() {
-                anyhow::bail!(
-                    "product update {pid}: nothing to change (give --reregistration, --quota or --no-quota)"
-                );
-            }
-            store.update_product(
-                &pid,
-                ProductUpdate {
-                    rereg: reregistration,
-                    quota,
+            let update = ProductUpdate {
+                name,
+                mode,
+                mac_range: if no_mac_range {
+                    Some(None)
+                } else {
+                    mac_range.map(Some)
                 },
-            )?;
+                ts_window,
+                rereg: reregistration,
+                quota: if no_quota {
+                    Some(None)
+                } else {
+                    quota.map(Some)
+                },
+            };
+            if update.is_empty() {
+                return Err(Usage(format!(
+                    "product update {pid}: nothing to change (give --name, --mode, --mac-range, --no-mac-range, --ts-window, --reregistration, --quota or --no-quota)"
+                ))
+                .into());
+            }
+            store.update_product(&pid, update)?;
             let p = store.product_summary(&pid)?;
             if g.json {
                 output::json(&summary_json(&p))?;
@@ -270,13 +367,165 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
         }
         ProductCmd::Enable { pid } => set_enabled(g, &store, &pid, true)?,
         ProductCmd::Disable { pid } => set_enabled(g, &store, &pid, false)?,
-        ProductCmd::RotateSecret { pid } => {
-            let secret = store.rotate_secret(&pid)?;
+        ProductCmd::RotateSecret { pid, grace } => {
+            let at = now();
+            let secret = store.rotate_secret(&pid, grace, at)?;
+            let until = at.saturating_add(grace);
             if g.json {
-                output::json(&json!({ "pid": pid, "secret": secret.expose() }))?;
+                output::json(&json!({
+                    "pid": pid, "secret": secret.expose(),
+                    "previous_secret_until": output::time(until),
+                }))?;
             } else {
-                output::fields(&[("pid", pid), ("secret", secret.expose().to_owned())])?;
+                output::fields(&[
+                    ("pid", pid.clone()),
+                    ("secret", secret.expose().to_owned()),
+                    (
+                        "old secret",
+                        if grace == 0 {
+                            "refused from now on".to_owned()
+                        } else {
+                            format!(
+                                "works until {} ({}); `dynreg product retire-secret {pid}` ends that early",
+                                output::time(until),
+                                model::format_duration(grace)
+                            )
+                        },
+                    ),
+                ])?;
             }
+        }
+        ProductCmd::RetireSecret { pid } => {
+            store.retire_secret(&pid, now())?;
+            if g.json {
+                output::json(&json!({ "pid": pid, "previous_secret_retired": true }))?;
+            } else {
+                println!(
+                    "product {pid}: the previous secret is refused from now on (servers see this within 2 s)"
+                );
+            }
+        }
+        ProductCmd::Delete { pid, force, yes } => {
+            let s = store.product_summary(&pid)?;
+            if s.stats.devices > 0 && !force {
+                bail!(
+                    "product `{pid}` has {} registered devices: revoke or move them, or add --force (which forgets them too)",
+                    s.stats.devices
+                );
+            }
+            let what = format!(
+                "delete product {pid} ({}) with {} free, {} bound, {} revoked triplets and {} devices?",
+                s.name,
+                s.stats.free,
+                s.stats.bound,
+                s.stats.revoked + s.stats.withdrawn,
+                s.stats.devices
+            );
+            if !yes && !crate::cmd::pool::confirm(&what)? {
+                bail!("not confirmed: nothing was deleted");
+            }
+            let d = store.delete_product(&pid, force)?;
+            if g.json {
+                output::json(
+                    &json!({ "pid": pid, "deleted": true, "devices": d.devices, "triplets": d.triplets }),
+                )?;
+            } else {
+                println!(
+                    "product {pid} deleted, with {} triplets and {} devices",
+                    d.triplets, d.devices
+                );
+            }
+        }
+        ProductCmd::Export {
+            pid,
+            with_secret,
+            out,
+        } => {
+            let p = store
+                .load_product(&pid)?
+                .with_context(|| format!("unknown pid `{pid}`"))?;
+            let def = Definition {
+                dynreg_product: 1,
+                pid: p.pid.clone(),
+                name: p.name.clone(),
+                mode: p.mode.name().into(),
+                mac_range: p.mac_range.map(|r| r.to_string()),
+                ts_window: p.ts_window,
+                reregistration: p.rereg.to_string(),
+                quota: p.quota,
+                enabled: p.enabled,
+                secret: with_secret.then(|| p.secret.expose().to_owned()),
+            };
+            let mut text = serde_json::to_vec_pretty(&def)?;
+            text.push(b'\n');
+            match &out {
+                None => std::io::stdout().write_all(&text)?,
+                Some(path) => {
+                    let file = OutFile::claim(path)?;
+                    file.handle()?
+                        .write_all(&text)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    file.commit()?;
+                    eprintln!(
+                        "product {pid} written to {}{}",
+                        path.display(),
+                        if with_secret {
+                            " (with its secret)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+        }
+        ProductCmd::Import { file, pid } => {
+            let name = file.display();
+            let text = std::fs::read(&file).with_context(|| format!("cannot read {name}"))?;
+            let def: Definition = serde_json::from_slice(&text)
+                .with_context(|| format!("{name} is not a `dynreg product export` file"))?;
+            if def.dynreg_product != 1 {
+                bail!("{name}: format version {} is not 1", def.dynreg_product);
+            }
+            let field = |key: &str, e: String| anyhow::anyhow!("{name}: {key}: {e}");
+            let pid = pid.unwrap_or(def.pid);
+            let mode: SourceMode = def.mode.parse().map_err(|e| field("mode", e))?;
+            let mac_range: Option<MacRange> = def
+                .mac_range
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| field("mac_range", e))?;
+            let rereg: ReregPolicy = def
+                .reregistration
+                .parse()
+                .map_err(|e| field("reregistration", e))?;
+            let new = NewProduct {
+                pid: Some(pid.clone()),
+                name: def.name,
+                mode,
+                mac_range,
+                ts_window: def.ts_window,
+                rereg,
+                quota: def.quota,
+            };
+            let (p, generated) = match def.secret {
+                // The same validation as `product create`, then the given secret.
+                Some(secret) => {
+                    let mut p = store.validate_new_product(new, now())?;
+                    p.secret = Secret::new(secret);
+                    p.enabled = def.enabled;
+                    store.insert_product(&p)?;
+                    (p, false)
+                }
+                None => {
+                    let p = store.create_product(new, now())?;
+                    if !def.enabled {
+                        store.set_enabled(&pid, false)?;
+                    }
+                    (p, true)
+                }
+            };
+            print_created(g, &p, generated)?;
         }
     }
     store.close()?;
@@ -297,6 +546,39 @@ fn set_enabled(
             "product {pid}: registration {}",
             if enabled { "enabled" } else { "disabled" }
         );
+    }
+    Ok(())
+}
+
+/// Prints a created product with its secret.
+fn print_created(g: &Global, p: &Product, new_secret: bool) -> anyhow::Result<()> {
+    if g.json {
+        output::json(&json!({
+            "pid": p.pid, "name": p.name, "secret": p.secret.expose(), "mode": p.mode.name(),
+            "mac_range": p.mac_range.map(|r| r.to_string()), "ts_window": p.ts_window,
+            "reregistration": p.rereg.to_string(), "quota": p.quota,
+            "enabled": p.enabled, "created_at": output::time(p.created_at),
+        }))?;
+    } else {
+        output::fields(&[
+            ("pid", p.pid.clone()),
+            ("secret", p.secret.expose().to_owned()),
+            ("name", p.name.clone()),
+            ("mode", p.mode.name().into()),
+            (
+                "mac range",
+                p.mac_range.map_or("-".into(), |r| r.to_string()),
+            ),
+            ("ts window", format!("{} s", p.ts_window)),
+            ("re-registration", p.rereg.to_string()),
+            ("quota", p.quota.map_or("-".into(), |q| q.to_string())),
+            ("enabled", p.enabled.to_string()),
+        ])?;
+        if new_secret {
+            eprintln!(
+                "Keep the secret: it is flashed into every device of the product and shown again only with `product show --reveal-secret`."
+            );
+        }
     }
     Ok(())
 }

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use dynreg_client::{Error, MqttVersion, Registration, RetryPolicy, Tls, Triplet};
+use dynreg_client::{Environment, Error, MqttVersion, Registration, RetryPolicy, Tls, Triplet};
 use dynreg_proto::credentials::SignMethod;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::cmd::pool::CsvOut;
 use crate::progress::Bar;
-use crate::{Global, now, output};
+use crate::{Global, Usage, now, output};
 
 /// Exit codes of `dynreg register`.
 pub(crate) mod exit {
@@ -43,10 +43,15 @@ const EXIT_CODES: &str = "Exit codes: 0 registered (or read from --state); 1 oth
 #[derive(Debug, Args)]
 #[command(after_help = EXIT_CODES)]
 pub(crate) struct RegisterArgs {
-    /// The broker host.
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    /// The broker port [default: 1883, or 8883 with --tls].
+    /// The named environment to register in (`test` or `formal`, or any other
+    /// `[env.NAME]` of the config file): its host, port, TLS and CA. The flags below
+    /// override it.
+    #[arg(long)]
+    env: Option<String>,
+    /// The broker host [default: 127.0.0.1, or the environment's].
+    #[arg(long)]
+    host: Option<String>,
+    /// The broker port [default: 1883, or 8883 with --tls, or the environment's].
     #[arg(long)]
     port: Option<u16>,
     /// The product id.
@@ -83,7 +88,7 @@ pub(crate) struct RegisterArgs {
     #[arg(long)]
     tls: bool,
     /// A PEM CA file to trust for TLS.
-    #[arg(long, requires = "tls")]
+    #[arg(long)]
     ca: Option<PathBuf>,
     /// Seconds each attempt may take.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
@@ -92,11 +97,15 @@ pub(crate) struct RegisterArgs {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     attempts: u32,
     /// Keep the unique and the triplet in FILE, like a device's flash: a later run
-    /// returns them without touching the network (unless --force). Written atomically,
-    /// mode 0600.
+    /// with the same --pid (and --unique, if given) returns them without touching the
+    /// network; another pid or unique is a usage error (the file answers only for its
+    /// own device). Written atomically, mode 0600.
     #[arg(long, conflicts_with = "batch")]
     state: Option<PathBuf>,
-    /// With --state: register again even if the file holds a triplet (same unique).
+    /// With --state: register again over the network even though the file holds a
+    /// triplet, with the file's unique, and replace the file with the new triplet
+    /// (the server hands the same device its triplet again when the product's
+    /// re-registration policy allows).
     #[arg(long, requires = "state")]
     force: bool,
     /// Register every device of a CSV (columns `unique[,barcode]`, optional header).
@@ -105,7 +114,9 @@ pub(crate) struct RegisterArgs {
     /// With --batch: devices registering at once.
     #[arg(long, default_value_t = 10, requires = "batch", value_parser = clap::value_parser!(u64).range(1..=10_000))]
     concurrency: u64,
-    /// With --batch: write the result CSV here (refused if it exists); default stdout.
+    /// With --batch: write the result CSV here, mode 0600 (refused if it exists);
+    /// default stdout. The result is CSV even under --json (which then prints a
+    /// summary).
     #[arg(long, requires = "batch")]
     out: Option<PathBuf>,
 }
@@ -168,7 +179,7 @@ fn write_state(path: &Path, state: &State) -> anyhow::Result<()> {
 
 fn exit_code(e: &Error) -> i32 {
     match e {
-        Error::ConnectRefused(_) => exit::CONNECT_REFUSED,
+        Error::ConnectRefused { .. } => exit::CONNECT_REFUSED,
         Error::Refused { .. } | Error::SubscribeRefused => exit::REFUSED,
         Error::Timeout(_) => exit::TIMEOUT,
         Error::Network(_) => exit::NETWORK,
@@ -177,8 +188,16 @@ fn exit_code(e: &Error) -> i32 {
 }
 
 impl RegisterArgs {
-    fn registration(&self) -> Registration {
-        let mut r = Registration::new(&self.host, &self.pid, &self.secret)
+    /// The registration these options describe, in the environment `env` if any.
+    fn registration(&self, env: Option<&Environment>) -> Registration {
+        let mut r = Registration::new("127.0.0.1", &self.pid, &self.secret);
+        if let Some(e) = env {
+            r = r.environment(e);
+        }
+        if let Some(h) = &self.host {
+            r = r.host(h);
+        }
+        r = r
             .sign_method(self.sign_method)
             .mqtt_version(if self.mqtt == "3" {
                 MqttVersion::V311
@@ -193,7 +212,7 @@ impl RegisterArgs {
         if let Some(p) = self.port {
             r = r.port(p);
         }
-        if self.tls {
+        if self.tls || self.ca.is_some() {
             r = r.tls(self.ca.clone().map_or(Tls::SystemRoots, Tls::CaFile));
         }
         if let (Some(p), Some(s)) = (&self.replace_pid, &self.replace_secret) {
@@ -221,20 +240,62 @@ fn print_triplet(g: &Global, t: &Triplet, source: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The environment `--env` names, from the config file.
+fn environment(g: &Global, args: &RegisterArgs) -> anyhow::Result<Option<Environment>> {
+    let Some(name) = &args.env else {
+        return Ok(None);
+    };
+    let (file, path) = g.file()?;
+    match file.env.get(name) {
+        Some(e) => Ok(Some(e.clone())),
+        None => {
+            let known: Vec<&str> = file.env.keys().map(String::as_str).collect();
+            Err(Usage(format!(
+                "--env {name}: no [env.{name}] in {} ({})",
+                path.as_deref().map_or_else(
+                    || "the config (no dynreg.toml here, and no --config)".into(),
+                    |p| p.display().to_string()
+                ),
+                if known.is_empty() {
+                    "it defines no environments; see docs/configuration.md".to_owned()
+                } else {
+                    format!("it defines {}", known.join(", "))
+                }
+            ))
+            .into())
+        }
+    }
+}
+
 /// Runs `dynreg register`; returns the process exit code.
 pub(crate) fn run(g: &Global, args: &RegisterArgs) -> anyhow::Result<i32> {
+    let env = environment(g, args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     if let Some(batch) = &args.batch {
-        return runtime.block_on(run_batch(g, args, batch));
+        // Claimed before the runtime runs anything (and before any device registers).
+        let csv = CsvOut::create(args.out.as_deref())?;
+        return runtime.block_on(run_batch(g, args, env.as_ref(), batch, csv));
     }
     let stored = match &args.state {
         Some(path) => read_state(path)?,
         None => None,
     };
-    if let Some(s) = &stored {
+    if let (Some(s), Some(path)) = (&stored, &args.state) {
+        let other_unique = args.unique.as_ref().filter(|u| **u != s.unique);
+        if s.pid != args.pid || other_unique.is_some() {
+            return Err(Usage(format!(
+                "state file {} holds device {} of pid {}, not {} of pid {}: a state file answers only for its own device (use another --state file)",
+                path.display(),
+                s.unique,
+                s.pid,
+                other_unique.map_or(s.unique.as_str(), String::as_str),
+                args.pid
+            ))
+            .into());
+        }
         if !args.force {
             eprintln!("from the state file (no network); --force registers again");
             let t = Triplet {
@@ -248,7 +309,7 @@ pub(crate) fn run(g: &Global, args: &RegisterArgs) -> anyhow::Result<i32> {
             return Ok(exit::REGISTERED);
         }
     }
-    let mut r = args.registration();
+    let mut r = args.registration(env.as_ref());
     if let Some(u) = args
         .unique
         .clone()
@@ -271,7 +332,7 @@ pub(crate) fn run(g: &Global, args: &RegisterArgs) -> anyhow::Result<i32> {
                         uuid: t.uuid.clone(),
                         secret: t.secret.clone(),
                         mac: t.mac.clone(),
-                        host: args.host.clone(),
+                        host: r.host_value().to_owned(),
                         registered_at: now(),
                     },
                 )?;
@@ -280,11 +341,16 @@ pub(crate) fn run(g: &Global, args: &RegisterArgs) -> anyhow::Result<i32> {
             Ok(exit::REGISTERED)
         }
         Err(e) => {
+            let code = exit_code(&e);
             if g.json {
-                output::json(&json!({ "error": e.to_string(), "unique": r.unique_value() }))?;
+                eprintln!(
+                    "{}",
+                    json!({ "error": e.to_string(), "unique": r.unique_value(), "exit": code })
+                );
+            } else {
+                eprintln!("error: {e}");
             }
-            eprintln!("error: {e}");
-            Ok(exit_code(&e))
+            Ok(code)
         }
     }
 }
@@ -301,7 +367,8 @@ fn read_batch(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
     let mut rows = Vec::new();
     let mut seen = HashSet::new();
     for (i, rec) in rdr.records().enumerate() {
-        let rec = rec.map_err(|e| anyhow::anyhow!("{name}: malformed: {e}"))?;
+        let rec =
+            rec.map_err(|e| anyhow::anyhow!("{name} {}", dynreg_store::factory_csv::describe(&e)))?;
         let line = rec.position().map_or(i as u64 + 1, csv::Position::line);
         let unique = rec.get(0).unwrap_or("").to_owned();
         if i == 0 && unique.eq_ignore_ascii_case("unique") {
@@ -329,10 +396,15 @@ fn read_batch(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
     Ok(rows)
 }
 
-async fn run_batch(g: &Global, args: &RegisterArgs, path: &Path) -> anyhow::Result<i32> {
+async fn run_batch(
+    g: &Global,
+    args: &RegisterArgs,
+    env: Option<&Environment>,
+    path: &Path,
+    mut csv: CsvOut,
+) -> anyhow::Result<i32> {
     let rows = read_batch(path)?;
-    let mut csv = CsvOut::create(args.out.as_deref())?;
-    let base = args.registration();
+    let base = args.registration(env);
     let limit = Arc::new(tokio::sync::Semaphore::new(
         usize::try_from(args.concurrency).unwrap_or(10),
     ));

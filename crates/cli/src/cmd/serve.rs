@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use dynreg_endpoint::{Endpoint, EndpointConfig, TlsSettings};
+use dynreg_endpoint::{Endpoint, EndpointConfig, Listeners, TlsSettings};
 use dynreg_proto::credentials::{Credentials, SignMethod, sign};
 use dynreg_proto::{RegisterRequest, Topic};
 use dynreg_registrar::{AuthPolicy, BanPolicy, Registrar, SourceMode};
@@ -16,16 +16,13 @@ use tracing::info;
 
 use crate::logging::LogGuard;
 
-use crate::config::{self, FileConfig, Setting};
-use crate::{DEFAULT_DATA_DIR, Global, now};
+use crate::config::{self, Setting};
+use crate::{Global, Open, now};
 
 /// Options of `dynreg serve`. Each also comes from `dynreg.toml` (see
 /// `dynreg.example.toml`); defaults are given there and in docs/configuration.md.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// The config file [default: ./dynreg.toml when it exists].
-    #[arg(long, env = "DYNREG_CONFIG")]
-    config: Option<PathBuf>,
     /// The TCP address for MQTT [default: 0.0.0.0:1883].
     #[arg(long, env = "DYNREG_LISTEN")]
     listen: Option<SocketAddr>,
@@ -85,7 +82,7 @@ pub(crate) struct ServeArgs {
 
 /// Everything `serve` needs, validated.
 struct Resolved {
-    data_dir: PathBuf,
+    store: crate::StoreLocation,
     endpoint: EndpointConfig,
     auth: AuthPolicy,
 }
@@ -93,15 +90,11 @@ struct Resolved {
 /// Merges flags/env, the file and the defaults, and validates every value (naming the
 /// key) before anything is opened or bound.
 fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
-    let (file, path) = FileConfig::load(args.config.as_deref())?;
-    if let Some(p) = &path {
+    let (file, path) = g.file()?;
+    if let Some(p) = path {
         info!(config = %p.display(), "configuration file read");
     }
-    let data_dir = g
-        .data_dir
-        .clone()
-        .or(file.data_dir.clone())
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let store = g.location()?;
     // The defaults are the endpoint's own, so that they are written down once.
     let d = EndpointConfig::default();
     let listen = config::address(
@@ -250,7 +243,7 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
         }
     };
     Ok(Resolved {
-        data_dir,
+        store,
         endpoint: EndpointConfig {
             listen,
             max_packet_size,
@@ -322,6 +315,11 @@ fn demo(store: &SqliteStore, listen: SocketAddr) -> anyhow::Result<()> {
         }
     };
     let product = store.load_product(&pid)?.context("demo product vanished")?;
+    if !product.enabled {
+        println!(
+            "demo product {pid} is disabled: the command below is refused (CONNECT not authorized) until `dynreg product enable {pid}`\n"
+        );
+    }
     let ts = now();
     let unique = format!("demo{}", ts % 100_000);
     let creds = Credentials {
@@ -362,7 +360,7 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
     // Dropped last, on every way out of this function: writes out the buffered lines.
     let _log = init_tracing();
     let Resolved {
-        data_dir,
+        store: location,
         endpoint: mut config,
         auth,
     } = resolve(g, args)?;
@@ -372,21 +370,31 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
             "the replay guard is off: a CONNECT credential seen on the wire works for any unique while its ts is in the window (see docs/security.md)"
         );
     }
-    let store = g.open_at(&data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // The ports first: a port in use must not leave a new store behind.
+    let listeners = runtime
+        .block_on(async { Listeners::bind(&config) })
+        .map_err(|e| {
+            let flag = if config.tls.is_some() {
+                "--listen / --tls-listen (mqtt.listen / tls.listen)"
+            } else {
+                "--listen (mqtt.listen)"
+            };
+            anyhow::anyhow!("{e}: is another server on it? choose another address with {flag}")
+        })?;
+    let store = g.open_location(&location, Open::Create)?;
     let registrar = Arc::new(Registrar::with_policy(store.clone(), auth));
-    let listen = config.listen;
     runtime.block_on(async {
-        let endpoint = Endpoint::bind(config, registrar).with_context(|| format!("cannot listen on {listen} (or the TLS address)"))?;
+        let endpoint = Endpoint::with_listeners(listeners, config, registrar);
         let shutdown = shutdown_signal().context("cannot install the signal handlers")?;
         if args.demo {
             demo(&store, endpoint.local_addr()?)?;
         }
         let tls = endpoint.tls_local_addr().transpose()?.map(|a| a.to_string());
-        info!(listen = %endpoint.local_addr()?, tls = tls.as_deref().unwrap_or("off"), data_dir = %data_dir.display(), "dynreg serving MQTT registrations");
+        info!(listen = %endpoint.local_addr()?, tls = tls.as_deref().unwrap_or("off"), database = %store.path().display(), data_dir_from = location.from, "dynreg serving MQTT registrations");
         // On the runtime's workers, not on this thread: one thread fewer to switch to.
         tokio::spawn(endpoint.run(shutdown)).await??;
         anyhow::Ok(())

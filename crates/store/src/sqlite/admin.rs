@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use dynreg_registrar::model::PreviousSecret;
 use dynreg_registrar::model::{MAX_NAME_LEN, is_valid_pid};
 use dynreg_registrar::{
     MacRange, NewTriplet, Product, Registration, ReregPolicy, Secret, SourceMode, Triplet,
@@ -47,13 +48,90 @@ pub struct NewProduct {
     pub quota: Option<u64>,
 }
 
-/// Changes to a product's registration rules; `None` leaves a field as it is.
-#[derive(Debug, Clone, Copy, Default)]
+/// Changes to a product; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
 pub struct ProductUpdate {
+    /// A new name.
+    pub name: Option<String>,
+    /// A new source of triplets.
+    pub mode: Option<SourceMode>,
+    /// A new MAC range for generated triplets: `Some(None)` removes it.
+    pub mac_range: Option<Option<MacRange>>,
+    /// A new CONNECT ts window, seconds.
+    pub ts_window: Option<u64>,
     /// A new re-registration policy.
     pub rereg: Option<ReregPolicy>,
     /// A new quota: `Some(None)` removes it.
     pub quota: Option<Option<u64>>,
+}
+
+impl ProductUpdate {
+    /// Whether the update changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.mode.is_none()
+            && self.mac_range.is_none()
+            && self.ts_window.is_none()
+            && self.rereg.is_none()
+            && self.quota.is_none()
+    }
+}
+
+/// What [`SqliteStore::delete_product`] removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Deleted {
+    /// Devices (registrations) removed.
+    pub devices: u64,
+    /// Triplets removed (free, bound, revoked and withdrawn).
+    pub triplets: u64,
+}
+
+/// A triplet named by what an operator has in hand.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TripletRef {
+    /// By uuid.
+    Uuid(String),
+    /// By barcode (within the product).
+    Barcode(String),
+}
+
+impl std::fmt::Display for TripletRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Uuid(u) => write!(f, "uuid `{u}`"),
+            Self::Barcode(b) => write!(f, "barcode `{b}`"),
+        }
+    }
+}
+
+/// A free triplet chosen for withdrawal (no secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Withdrawal {
+    /// The triplet's uuid.
+    pub uuid: String,
+    /// Its barcode (empty if none).
+    pub barcode: String,
+    /// Its MAC (empty if none).
+    pub mac: String,
+}
+
+/// A device that held a triplet before an operator reset it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// The triplet's uuid.
+    pub uuid: String,
+    /// The product the triplet belongs to.
+    pub pid: String,
+    /// The pid the device authenticated with.
+    pub key_pid: String,
+    /// The device's unique.
+    pub unique: String,
+    /// When the device registered (Unix seconds).
+    pub registered_at: u64,
+    /// When it was revoked.
+    pub revoked_at: Option<u64>,
+    /// When the operator reset it (the registration was forgotten).
+    pub reset_at: u64,
 }
 
 /// A product without its secret, with its pool and device counts.
@@ -75,6 +153,8 @@ pub struct ProductSummary {
     pub rereg: ReregPolicy,
     /// The most devices the product may bind, if limited.
     pub quota: Option<u64>,
+    /// When the previous secret's grace period ends (or ended), if a rotation left one.
+    pub previous_secret_until: Option<u64>,
     /// Creation time, Unix seconds.
     pub created_at: u64,
     /// Triplet and device counts.
@@ -90,6 +170,8 @@ pub struct PoolStats {
     pub bound: u64,
     /// Triplets of revoked devices (never handed out again).
     pub revoked: u64,
+    /// Free triplets an operator withdrew (never handed out).
+    pub withdrawn: u64,
     /// Devices registered under the product.
     pub devices: u64,
     /// MAC addresses left in the product's range, if it has one.
@@ -107,6 +189,8 @@ pub struct DeviceFilter {
     pub pid: Option<String>,
     /// Only revoked devices.
     pub revoked_only: bool,
+    /// Only devices registered at or after this time (Unix seconds).
+    pub since: Option<u64>,
     /// At most this many (0: no limit).
     pub limit: usize,
 }
@@ -122,7 +206,7 @@ pub(crate) fn read_product(
     pid: &str,
 ) -> Result<Option<Product>, Error> {
     let mut stmt = conn.prepare_cached(
-        "SELECT pid, name, secret_enc, enabled, mode, mac_start, mac_end, ts_window, created_at, rereg, quota FROM products WHERE pid = ?1",
+        "SELECT pid, name, secret_enc, enabled, mode, mac_start, mac_end, ts_window, created_at, rereg, quota, previous_secret_enc, previous_secret_until FROM products WHERE pid = ?1",
     )?;
     let row = stmt
         .query_row([pid], |r| {
@@ -138,6 +222,8 @@ pub(crate) fn read_product(
                 r.get::<_, i64>(8)?,
                 r.get::<_, String>(9)?,
                 r.get::<_, Option<i64>>(10)?,
+                r.get::<_, Option<Vec<u8>>>(11)?,
+                r.get::<_, Option<i64>>(12)?,
             ))
         })
         .optional()?;
@@ -153,11 +239,20 @@ pub(crate) fn read_product(
         created_at,
         rereg,
         quota,
+        previous_enc,
+        previous_until,
     )) = row
     else {
         return Ok(None);
     };
     let secret = key.open_string(&product_aad(&pid), &secret_enc)?;
+    let previous_secret = match (previous_enc, previous_until) {
+        (Some(enc), Some(until)) => Some(PreviousSecret {
+            secret: Secret::new(key.open_string(&previous_aad(&pid), &enc)?),
+            until: u64_of(until),
+        }),
+        _ => None,
+    };
     Ok(Some(Product {
         pid,
         name,
@@ -174,8 +269,33 @@ pub(crate) fn read_product(
         ts_window: u64_of(ts_window),
         rereg: rereg.parse().map_err(Error::Invalid)?,
         quota: quota.map(u64_of),
+        previous_secret,
         created_at: u64_of(created_at),
     }))
+}
+
+/// The associated data that binds a product's previous secret to its row.
+fn previous_aad(pid: &str) -> Vec<u8> {
+    [b"product-previous:".as_slice(), pid.as_bytes()].concat()
+}
+
+fn validate_name(name: &str) -> Result<String, Error> {
+    let name = name.trim().to_owned();
+    if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+        return Err(Error::Invalid(format!(
+            "product name must be 1 to {MAX_NAME_LEN} bytes of printable text"
+        )));
+    }
+    Ok(name)
+}
+
+fn validate_ts_window(ts_window: u64) -> Result<(), Error> {
+    if ts_window == 0 || ts_window > 7 * 24 * 3600 {
+        return Err(Error::Invalid(format!(
+            "ts window {ts_window} is out of range: use 1 second to 7 days (604800)"
+        )));
+    }
+    Ok(())
 }
 
 fn require_product(conn: &Connection, pid: &str) -> Result<(), Error> {
@@ -191,15 +311,17 @@ fn require_product(conn: &Connection, pid: &str) -> Result<(), Error> {
 
 fn pool_stats(conn: &Connection, pid: &str) -> Result<PoolStats, Error> {
     let mut stats = PoolStats::default();
-    let mut stmt =
-        conn.prepare_cached("SELECT state, count(*) FROM triplets WHERE pid = ?1 GROUP BY state")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT state, withdrawn_at IS NOT NULL, count(*) FROM triplets WHERE pid = ?1 GROUP BY 1, 2",
+    )?;
     let mut rows = stmt.query([pid])?;
     while let Some(r) = rows.next()? {
-        let n = u64_of(r.get(1)?);
-        match r.get::<_, i64>(0)? {
-            0 => stats.free = n,
-            1 => stats.bound = n,
-            _ => stats.revoked += n,
+        let n = u64_of(r.get(2)?);
+        match (r.get::<_, i64>(0)?, r.get::<_, bool>(1)?) {
+            (0, _) => stats.free += n,
+            (1, _) => stats.bound += n,
+            (_, true) => stats.withdrawn += n,
+            (_, false) => stats.revoked += n,
         }
     }
     stats.devices = u64_of(
@@ -261,6 +383,14 @@ pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 impl SqliteStore {
     /// Creates a product with a fresh secret. The pid is generated when not given.
     pub fn create_product(&self, new: NewProduct, now: u64) -> Result<Product, Error> {
+        let product = self.validate_new_product(new, now)?;
+        self.insert_product(&product)?;
+        Ok(product)
+    }
+
+    /// Checks what an operator gave for a new product and makes the product (with a
+    /// fresh secret, enabled), without storing it.
+    pub fn validate_new_product(&self, new: NewProduct, now: u64) -> Result<Product, Error> {
         if let Some(pid) = &new.pid {
             if !is_valid_pid(pid) {
                 return Err(Error::Invalid(format!(
@@ -268,18 +398,9 @@ impl SqliteStore {
                 )));
             }
         }
-        let name = new.name.trim().to_owned();
-        if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
-            return Err(Error::Invalid(format!(
-                "product name must be 1 to {MAX_NAME_LEN} bytes of printable text"
-            )));
-        }
-        if new.ts_window == 0 || new.ts_window > 7 * 24 * 3600 {
-            return Err(Error::Invalid(
-                "ts window must be 1 second to 7 days".into(),
-            ));
-        }
-        let product = Product {
+        let name = validate_name(&new.name)?;
+        validate_ts_window(new.ts_window)?;
+        Ok(Product {
             pid: new.pid.unwrap_or_else(generate::pid),
             name,
             secret: generate::secret(),
@@ -289,10 +410,9 @@ impl SqliteStore {
             ts_window: new.ts_window,
             rereg: new.rereg,
             quota: new.quota,
+            previous_secret: None,
             created_at: now,
-        };
-        self.insert_product(&product)?;
-        Ok(product)
+        })
     }
 
     /// Inserts a product exactly as given, secret included (moving products between
@@ -311,10 +431,17 @@ impl SqliteStore {
                 Some(r) => (Some(i64_of(r.start)), Some(i64_of(r.end))),
                 None => (None, None),
             };
+            let (previous, until) = match &p.previous_secret {
+                Some(prev) => (
+                    Some(key.seal(&previous_aad(&p.pid), prev.secret.expose().as_bytes())),
+                    Some(i64_of(prev.until)),
+                ),
+                None => (None, None),
+            };
             let n = conn.prepare_cached(
-                "INSERT INTO products (pid, name, secret_enc, enabled, mode, mac_start, mac_end, mac_next, ts_window, created_at, rereg, quota) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6, ?8, ?9, ?10, ?11) ON CONFLICT (pid) DO NOTHING",
+                "INSERT INTO products (pid, name, secret_enc, enabled, mode, mac_start, mac_end, mac_next, ts_window, created_at, rereg, quota, previous_secret_enc, previous_secret_until) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6, ?8, ?9, ?10, ?11, ?12, ?13) ON CONFLICT (pid) DO NOTHING",
             )?
-            .execute(params![p.pid, p.name, sealed, p.enabled, p.mode.name(), start, end, i64_of(p.ts_window), i64_of(p.created_at), p.rereg.to_string(), p.quota.map(i64_of)])?;
+            .execute(params![p.pid, p.name, sealed, p.enabled, p.mode.name(), start, end, i64_of(p.ts_window), i64_of(p.created_at), p.rereg.to_string(), p.quota.map(i64_of), previous, until])?;
             if n == 0 {
                 return Err(Error::Conflict(format!("a product with pid `{}` exists", p.pid)));
             }
@@ -350,25 +477,79 @@ impl SqliteStore {
             ts_window: product.ts_window,
             rereg: product.rereg,
             quota: product.quota,
+            previous_secret_until: product.previous_secret.map(|p| p.until),
             created_at: product.created_at,
             stats,
         })
     }
 
-    /// Changes a product's re-registration policy and quota. A quota applies to new
-    /// bindings only: devices already registered keep their triplets even when there are
-    /// more of them than the new quota. Setting a quota recounts the product's devices;
-    /// a server that still serves the product from its cache (up to the cache TTL,
-    /// 2 s) does not count the devices it registers meanwhile.
+    /// Changes a product. Each field is validated as at creation.
+    ///
+    /// - A quota applies to new bindings only: devices already registered keep their
+    ///   triplets even when there are more of them than the new quota. Setting a quota
+    ///   recounts the product's devices; a server that still serves the product from
+    ///   its cache (up to the cache TTL, 2 s) does not count the devices it registers
+    ///   meanwhile.
+    /// - A new MAC range starts handing out addresses at its start, or just past the
+    ///   addresses already handed out from the old range when the new one contains
+    ///   them, so that a widened range never repeats an address.
+    /// - A new ts window or re-registration policy applies to the next CONNECT or
+    ///   request.
     pub fn update_product(&self, pid: &str, update: ProductUpdate) -> Result<(), Error> {
+        let ProductUpdate {
+            name,
+            mode,
+            mac_range,
+            ts_window,
+            rereg,
+            quota,
+        } = update;
+        let name = name.as_deref().map(validate_name).transpose()?;
+        if let Some(w) = ts_window {
+            validate_ts_window(w)?;
+        }
         let pid_owned = pid.to_owned();
         self.write_blocking(move |conn, _| {
             require_product(conn, &pid_owned)?;
-            if let Some(rereg) = update.rereg {
+            if let Some(name) = name {
+                conn.prepare_cached("UPDATE products SET name = ?2 WHERE pid = ?1")?
+                    .execute(params![pid_owned, name])?;
+            }
+            if let Some(mode) = mode {
+                conn.prepare_cached("UPDATE products SET mode = ?2 WHERE pid = ?1")?
+                    .execute(params![pid_owned, mode.name()])?;
+            }
+            if let Some(w) = ts_window {
+                conn.prepare_cached("UPDATE products SET ts_window = ?2 WHERE pid = ?1")?
+                    .execute(params![pid_owned, i64_of(w)])?;
+            }
+            if let Some(range) = mac_range {
+                let (old_start, old_next): (Option<i64>, Option<i64>) = conn
+                    .prepare_cached("SELECT mac_start, mac_next FROM products WHERE pid = ?1")?
+                    .query_row([&pid_owned], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let (start, end, next) = match range {
+                    None => (None, None, None),
+                    Some(r) => {
+                        let (start, end) = (i64_of(r.start), i64_of(r.end));
+                        // Addresses old_start..old_next were handed out: skip those
+                        // that lie in the new range.
+                        let next = match (old_start, old_next) {
+                            (Some(os), Some(on)) if on > start && os <= end => on.max(start),
+                            _ => start,
+                        };
+                        (Some(start), Some(end), Some(next))
+                    }
+                };
+                conn.prepare_cached(
+                    "UPDATE products SET mac_start = ?2, mac_end = ?3, mac_next = ?4 WHERE pid = ?1",
+                )?
+                .execute(params![pid_owned, start, end, next])?;
+            }
+            if let Some(rereg) = rereg {
                 conn.prepare_cached("UPDATE products SET rereg = ?2 WHERE pid = ?1")?
                     .execute(params![pid_owned, rereg.to_string()])?;
             }
-            if let Some(quota) = update.quota {
+            if let Some(quota) = quota {
                 // The count is kept only while a quota is set: recount when one is set.
                 conn.prepare_cached(
                     "UPDATE products SET quota = ?2, bound = (SELECT count(*) FROM registrations WHERE pid = ?1) WHERE pid = ?1",
@@ -379,6 +560,45 @@ impl SqliteStore {
         })?;
         self.invalidate(pid);
         Ok(())
+    }
+
+    /// Deletes a product with its triplets. Refused while devices are registered under
+    /// it or authenticate with its pid, unless `force`, which removes those devices too
+    /// (they keep working triplets that this store then no longer knows). Returns what
+    /// was removed.
+    pub fn delete_product(&self, pid: &str, force: bool) -> Result<Deleted, Error> {
+        let pid_owned = pid.to_owned();
+        let deleted = self.write_blocking(move |conn, _| {
+            require_product(conn, &pid_owned)?;
+            let devices: i64 = conn
+                .prepare_cached(
+                    "SELECT count(*) FROM registrations WHERE pid = ?1 OR key_pid = ?1",
+                )?
+                .query_row([&pid_owned], |r| r.get(0))?;
+            if devices > 0 && !force {
+                return Err(Error::Conflict(format!(
+                    "product `{pid_owned}` has {devices} registered devices: revoke or move them, or delete with --force (which forgets them too)"
+                )));
+            }
+            // Devices of other products that hold a triplet of this one (replacePid)
+            // go with it: their triplet would otherwise dangle.
+            let n_reg = conn
+                .prepare_cached(
+                    "DELETE FROM registrations WHERE pid = ?1 OR key_pid = ?1 OR triplet_id IN (SELECT id FROM triplets WHERE pid = ?1)",
+                )?
+                .execute([&pid_owned])?;
+            let n_trip = conn
+                .prepare_cached("DELETE FROM triplets WHERE pid = ?1")?
+                .execute([&pid_owned])?;
+            conn.prepare_cached("DELETE FROM products WHERE pid = ?1")?
+                .execute([&pid_owned])?;
+            Ok(Deleted {
+                devices: n_reg as u64,
+                triplets: n_trip as u64,
+            })
+        })?;
+        self.invalidate(pid);
+        Ok(deleted)
     }
 
     /// Enables or disables registration for a product.
@@ -397,23 +617,55 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Gives a product a new secret and returns it. Devices not yet registered need the
-    /// new secret from now on.
-    pub fn rotate_secret(&self, pid: &str) -> Result<Secret, Error> {
+    /// Gives a product a new secret and returns it. The old secret keeps verifying for
+    /// `grace_secs` from `now` (0: it stops at once, the case of a leaked secret), so
+    /// that devices flashed with it that have not registered yet still can. It is kept
+    /// after its grace, until the next rotation, only to say in the log that a refused
+    /// device holds it. A rotation during another's grace replaces the older secret.
+    pub fn rotate_secret(&self, pid: &str, grace_secs: u64, now: u64) -> Result<Secret, Error> {
         let secret = generate::secret();
         let (pid_owned, s) = (pid.to_owned(), secret.clone());
         self.write_blocking(move |conn, key| {
+            let old = read_product(conn, key, &pid_owned)?
+                .ok_or_else(|| Error::NotFound(format!("unknown pid `{pid_owned}`")))?;
             let sealed = key.seal(&product_aad(&pid_owned), s.expose().as_bytes());
-            let n = conn
-                .prepare_cached("UPDATE products SET secret_enc = ?2 WHERE pid = ?1")?
-                .execute(params![pid_owned, sealed])?;
-            if n == 0 {
-                return Err(Error::NotFound(format!("unknown pid `{pid_owned}`")));
-            }
+            let previous = key.seal(&previous_aad(&pid_owned), old.secret.expose().as_bytes());
+            conn.prepare_cached(
+                "UPDATE products SET secret_enc = ?2, previous_secret_enc = ?3, previous_secret_until = ?4 WHERE pid = ?1",
+            )?
+            .execute(params![
+                pid_owned,
+                sealed,
+                previous,
+                i64_of(now.saturating_add(grace_secs))
+            ])?;
             Ok(())
         })?;
         self.invalidate(pid);
         Ok(secret)
+    }
+
+    /// Ends the grace period of a product's previous secret now: devices that still
+    /// hold it are refused from now on (and the log says so). Refused when the product
+    /// has no previous secret in its grace period.
+    pub fn retire_secret(&self, pid: &str, now: u64) -> Result<(), Error> {
+        let pid_owned = pid.to_owned();
+        self.write_blocking(move |conn, _| {
+            require_product(conn, &pid_owned)?;
+            let n = conn
+                .prepare_cached(
+                    "UPDATE products SET previous_secret_until = ?2 WHERE pid = ?1 AND previous_secret_until > ?2",
+                )?
+                .execute(params![pid_owned, i64_of(now)])?;
+            if n == 0 {
+                return Err(Error::Conflict(format!(
+                    "product `{pid_owned}` has no previous secret in a grace period (nothing to retire)"
+                )));
+            }
+            Ok(())
+        })?;
+        self.invalidate(pid);
+        Ok(())
     }
 
     /// Counts of a product's pool and devices.
@@ -502,8 +754,18 @@ impl SqliteStore {
                 "the file holds {count} triplets: import 1 to {MAX_POOL_BATCH}"
             )));
         }
-        for (i, t) in triplets.iter().enumerate() {
+        let mut triplets = triplets;
+        let mut macs = std::collections::HashMap::new();
+        for (i, t) in triplets.iter_mut().enumerate() {
             validate_import(t).map_err(|message| Error::Item { index: i, message })?;
+            if !t.mac.is_empty() {
+                if let Some(first) = macs.insert(t.mac.clone(), i) {
+                    return Err(Error::Item {
+                        index: i,
+                        message: format!("MAC {} appears twice (first at item {first})", t.mac),
+                    });
+                }
+            }
         }
         require_product(&self.reader(), pid)?;
         let key = self.inner.key.clone();
@@ -513,6 +775,18 @@ impl SqliteStore {
             let mut uuid_exists = conn.prepare_cached("SELECT 1 FROM triplets WHERE uuid = ?1")?;
             let mut barcode_exists =
                 conn.prepare_cached("SELECT 1 FROM triplets WHERE pid = ?1 AND barcode = ?2")?;
+            let mut mac_holder =
+                conn.prepare_cached("SELECT pid, uuid FROM triplets WHERE mac = ?1 LIMIT 1")?;
+            let range: (Option<i64>, Option<i64>, Option<i64>) = conn
+                .prepare_cached("SELECT mac_start, mac_end, mac_next FROM products WHERE pid = ?1")?
+                .query_row([&pid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            let range = match range {
+                (Some(s), Some(e), next) => Some((MacRange { start: u64_of(s), end: u64_of(e) }, next)),
+                _ => None,
+            };
+            // Imported MACs in the range at or past its next address would be handed
+            // out again by generation: the range moves past the highest of them.
+            let mut next_after: Option<u64> = None;
             let mut without_mac: Vec<(NewTriplet, Vec<u8>)> = Vec::new();
             let mut without_mac_at: Vec<usize> = Vec::new();
             for (i, t) in triplets.into_iter().enumerate() {
@@ -536,11 +810,39 @@ impl SqliteStore {
                     without_mac_at.push(i);
                     continue;
                 }
+                if let Some((holder_pid, holder)) = mac_holder
+                    .query_row([&t.mac], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                    .optional()?
+                {
+                    return Err(Error::Item {
+                        index: i,
+                        message: format!(
+                            "MAC {} is already in use by triplet `{holder}` of product `{holder_pid}`",
+                            t.mac
+                        ),
+                    });
+                }
+                if let Some((r, next)) = &range {
+                    let value = MacRange::parse_mac(&t.mac).map_err(Error::Invalid)?;
+                    if !r.contains(value) {
+                        return Err(Error::Item {
+                            index: i,
+                            message: format!("MAC {} is outside the MAC range of `{pid}` ({r})", t.mac),
+                        });
+                    }
+                    if next.is_some_and(|n| value >= u64_of(n)) {
+                        next_after = Some(next_after.map_or(value + 1, |m| m.max(value + 1)));
+                    }
+                }
                 insert_triplet(conn, &key, &pid, &t, TripletState::Free)
                     .map_err(|e| conflict_at(i, &t, e))?;
                 if i % 4096 == 0 {
                     progress(i as u64);
                 }
+            }
+            if let Some(next) = next_after {
+                conn.prepare_cached("UPDATE products SET mac_next = ?2 WHERE pid = ?1")?
+                    .execute(params![pid, i64_of(next)])?;
             }
             assign_macs(conn, &pid, &mut without_mac)?;
             for ((t, _), i) in without_mac.iter().zip(without_mac_at) {
@@ -598,9 +900,10 @@ impl SqliteStore {
             i64::try_from(filter.limit).unwrap_or(i64::MAX)
         };
         let mut stmt = conn.prepare(&format!(
-            "{REGISTRATION_SELECT} WHERE (?1 IS NULL OR r.pid = ?1) AND (?2 = 0 OR r.revoked_at IS NOT NULL) ORDER BY r.registered_at DESC, r.key_pid, r.unique_id LIMIT ?3"
+            "{REGISTRATION_SELECT} WHERE (?1 IS NULL OR r.pid = ?1) AND (?2 = 0 OR r.revoked_at IS NOT NULL) AND r.registered_at >= ?4 ORDER BY r.registered_at DESC, r.key_pid, r.unique_id LIMIT ?3"
         ))?;
-        let mut rows = stmt.query(params![filter.pid, filter.revoked_only, limit])?;
+        let since = i64_of(filter.since.unwrap_or(0));
+        let mut rows = stmt.query(params![filter.pid, filter.revoked_only, limit, since])?;
         while let Some(row) = rows.next()? {
             f(SealedRegistration::read(row)?.open(self.key())?)?;
         }
@@ -629,6 +932,170 @@ impl SqliteStore {
             .transpose()
     }
 
+    /// The device holding the triplet with `barcode`: in product `pid` when given,
+    /// else in any product (barcodes are unique within a product; the first match by
+    /// pid is returned when two products share one).
+    pub fn device_by_barcode(
+        &self,
+        pid: Option<&str>,
+        barcode: &str,
+    ) -> Result<Option<Registration>, Error> {
+        let conn = self.reader();
+        if let Some(p) = pid {
+            require_product(&conn, p)?;
+        }
+        // `t.pid IN (...)` lets SQLite use the (pid, barcode) index for every product.
+        let mut stmt = conn.prepare_cached(&format!(
+            "{REGISTRATION_SELECT} WHERE t.pid IN (SELECT pid FROM products WHERE ?1 IS NULL OR pid = ?1) AND t.barcode = ?2 ORDER BY t.pid LIMIT 1"
+        ))?;
+        stmt.query_row(params![pid, barcode], SealedRegistration::read)
+            .optional()?
+            .map(|s| s.open(self.key()))
+            .transpose()
+    }
+
+    /// The devices holding a triplet with `mac` (given in any form
+    /// [`MacRange::normalise`] accepts). A MAC is normally held by one device; pools
+    /// imported before MACs were checked may hold a MAC twice.
+    pub fn devices_by_mac(&self, mac: &str) -> Result<Vec<Registration>, Error> {
+        let mac = MacRange::normalise(mac).map_err(Error::Invalid)?;
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "{REGISTRATION_SELECT} WHERE t.mac = ?1 ORDER BY r.registered_at"
+        ))?;
+        let mut rows = stmt.query([&mac])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(SealedRegistration::read(row)?.open(self.key())?);
+        }
+        Ok(out)
+    }
+
+    /// The triplet `uuid`, whatever its state (with its secret).
+    pub fn triplet(&self, uuid: &str) -> Result<Option<Triplet>, Error> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {TRIPLET_COLUMNS} FROM triplets t WHERE t.uuid = ?1"
+        ))?;
+        stmt.query_row([uuid], |r| SealedTriplet::read(r, 0))
+            .optional()?
+            .map(|t| t.open(self.key()))
+            .transpose()
+    }
+
+    /// Who held the triplet `uuid` before an operator reset them, oldest first.
+    pub fn triplet_history(&self, uuid: &str) -> Result<Vec<HistoryEntry>, Error> {
+        self.history("uuid = ?1", params![uuid])
+    }
+
+    /// The triplets the device (`key_pid`, `unique`) held before an operator reset
+    /// it, oldest first.
+    pub fn device_history(&self, key_pid: &str, unique: &str) -> Result<Vec<HistoryEntry>, Error> {
+        self.history("key_pid = ?1 AND unique_id = ?2", params![key_pid, unique])
+    }
+
+    fn history(
+        &self,
+        filter: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<HistoryEntry>, Error> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT uuid, pid, key_pid, unique_id, registered_at, revoked_at, reset_at FROM device_history WHERE {filter} ORDER BY id"
+        ))?;
+        let rows = stmt.query_map(args, |r| {
+            Ok(HistoryEntry {
+                uuid: r.get(0)?,
+                pid: r.get(1)?,
+                key_pid: r.get(2)?,
+                unique: r.get(3)?,
+                registered_at: u64_of(r.get(4)?),
+                revoked_at: r.get::<_, Option<i64>>(5)?.map(u64_of),
+                reset_at: u64_of(r.get(6)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Finds free triplets of `pid` to withdraw. Every reference must name a triplet
+    /// of the product that is still free (a bound one belongs to a device: revoke the
+    /// device instead); the first that does not is refused as [`Error::Item`] with
+    /// its position. A triplet named twice is listed once.
+    pub fn withdrawal_candidates(
+        &self,
+        pid: &str,
+        refs: &[TripletRef],
+    ) -> Result<Vec<Withdrawal>, Error> {
+        if refs.is_empty() {
+            return Err(Error::Invalid("no triplets named".into()));
+        }
+        let conn = self.reader();
+        require_product(&conn, pid)?;
+        let mut by_uuid =
+            conn.prepare_cached("SELECT uuid, barcode, mac, state, withdrawn_at IS NOT NULL, pid FROM triplets WHERE uuid = ?1")?;
+        let mut by_barcode = conn.prepare_cached(
+            "SELECT uuid, barcode, mac, state, withdrawn_at IS NOT NULL, pid FROM triplets WHERE pid = ?1 AND barcode = ?2",
+        )?;
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for (index, r) in refs.iter().enumerate() {
+            let read = |row: &rusqlite::Row<'_>| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, bool>(4)?,
+                    row.get::<_, String>(5)?,
+                ))
+            };
+            let found = match r {
+                TripletRef::Uuid(u) => by_uuid.query_row([u], read).optional()?,
+                TripletRef::Barcode(b) => by_barcode.query_row(params![pid, b], read).optional()?,
+            };
+            let message = match found {
+                None => format!("no triplet with {r} in product `{pid}`"),
+                Some((_, _, _, _, _, ref other)) if other != pid => {
+                    format!("{r} belongs to product `{other}`, not `{pid}`")
+                }
+                Some((uuid, barcode, mac, 0, _, _)) => {
+                    if seen.insert(uuid.clone()) {
+                        out.push(Withdrawal { uuid, barcode, mac });
+                    }
+                    continue;
+                }
+                Some((_, _, _, 1, _, _)) => format!(
+                    "{r} is bound to a device: revoke the device instead (`dynreg device revoke`)"
+                ),
+                Some((_, _, _, _, true, _)) => format!("{r} is already withdrawn"),
+                Some(_) => format!("{r} belongs to a revoked device"),
+            };
+            return Err(Error::Item { index, message });
+        }
+        Ok(out)
+    }
+
+    /// Withdraws free triplets of `pid` (from [`SqliteStore::withdrawal_candidates`]) in
+    /// one transaction: they are never handed out, and count as withdrawn. Refused, with
+    /// nothing changed, if any of them stopped being free meanwhile. Returns how many.
+    pub fn withdraw(&self, pid: &str, uuids: Vec<String>, now: u64) -> Result<u64, Error> {
+        let pid = pid.to_owned();
+        self.write_blocking(move |conn, _| {
+            let mut stmt = conn.prepare_cached(
+                "UPDATE triplets SET state = 2, withdrawn_at = ?3 WHERE pid = ?1 AND uuid = ?2 AND state = 0",
+            )?;
+            for (index, uuid) in uuids.iter().enumerate() {
+                if stmt.execute(params![pid, uuid, i64_of(now)])? != 1 {
+                    return Err(Error::Item {
+                        index,
+                        message: format!("uuid `{uuid}` is no longer a free triplet of `{pid}`"),
+                    });
+                }
+            }
+            Ok(uuids.len() as u64)
+        })
+    }
+
     /// Revokes a device: its registrations are refused with `DeviceRevoked` and its
     /// triplet is never handed out again.
     pub fn revoke(&self, key_pid: &str, unique: &str, now: u64) -> Result<(), Error> {
@@ -652,8 +1119,10 @@ impl SqliteStore {
     }
 
     /// Forgets a revoked device's registration so that it may register again (it gets
-    /// a fresh triplet; the old one stays revoked).
-    pub fn reset(&self, key_pid: &str, unique: &str) -> Result<(), Error> {
+    /// a fresh triplet; the old one stays revoked). Who held the old triplet, and when
+    /// it was registered, revoked and reset, stays in the device history
+    /// ([`SqliteStore::triplet_history`], [`SqliteStore::device_history`]).
+    pub fn reset(&self, key_pid: &str, unique: &str, now: u64) -> Result<(), Error> {
         let (k, u) = (key_pid.to_owned(), unique.to_owned());
         self.write_blocking(move |conn, _| {
             let revoked: Option<(Option<i64>, String)> = conn
@@ -666,6 +1135,10 @@ impl SqliteStore {
                     "device `{u}` of pid `{k}` is not revoked: revoke it first (`dynreg device revoke`)"
                 ))),
                 Some((Some(_), pid)) => {
+                    conn.prepare_cached(
+                        "INSERT INTO device_history (uuid, pid, key_pid, unique_id, registered_at, revoked_at, reset_at) SELECT t.uuid, r.pid, r.key_pid, r.unique_id, r.registered_at, r.revoked_at, ?3 FROM registrations r JOIN triplets t ON t.id = r.triplet_id WHERE r.key_pid = ?1 AND r.unique_id = ?2",
+                    )?
+                    .execute(params![k, u, i64_of(now)])?;
                     conn.prepare_cached("DELETE FROM registrations WHERE key_pid = ?1 AND unique_id = ?2")?
                         .execute(params![k, u])?;
                     // The device no longer counts towards its product's quota.
@@ -743,8 +1216,9 @@ fn printable(s: &str) -> bool {
     !s.chars().any(char::is_control)
 }
 
-/// Checks one imported triplet's fields.
-fn validate_import(t: &NewTriplet) -> Result<(), String> {
+/// Checks one imported triplet's fields and normalises its MAC (see
+/// [`MacRange::normalise`]).
+fn validate_import(t: &mut NewTriplet) -> Result<(), String> {
     if t.uuid.is_empty()
         || t.uuid.len() > MAX_FIELD_LEN
         || !printable(&t.uuid)
@@ -762,11 +1236,8 @@ fn validate_import(t: &NewTriplet) -> Result<(), String> {
             t.uuid
         ));
     }
-    if t.mac.len() > MAX_FIELD_LEN || !printable(&t.mac) {
-        return Err(format!(
-            "mac of `{}` must be at most {MAX_FIELD_LEN} printable characters",
-            t.uuid
-        ));
+    if !t.mac.is_empty() {
+        t.mac = MacRange::normalise(&t.mac).map_err(|e| format!("mac of `{}`: {e}", t.uuid))?;
     }
     if t.barcode.len() > MAX_FIELD_LEN || !printable(&t.barcode) {
         return Err(format!(

@@ -28,8 +28,8 @@ use dynreg_registrar::{Claim, CredentialUse, Product, ReplayGuard, Store, StoreE
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 pub use admin::{
-    DeviceFilter, MAX_DEVICE_SECRET_LEN, MAX_FIELD_LEN, MAX_POOL_BATCH, NewProduct, PoolStats,
-    ProductSummary, ProductUpdate, Progress,
+    Deleted, DeviceFilter, HistoryEntry, MAX_DEVICE_SECRET_LEN, MAX_FIELD_LEN, MAX_POOL_BATCH,
+    NewProduct, PoolStats, ProductSummary, ProductUpdate, Progress, TripletRef, Withdrawal,
 };
 
 use crate::Error;
@@ -52,6 +52,11 @@ pub struct SqliteConfig {
     pub max_batch: usize,
     /// The most CONNECT credentials the replay guard remembers at once.
     pub replay_capacity: usize,
+    /// Create the data dir, master key and database when they are missing. When
+    /// `false`, a missing data dir or database is an error that names the path
+    /// (commands that only read or change an existing store must not create an empty
+    /// one at a mistyped path).
+    pub create: bool,
 }
 
 impl SqliteConfig {
@@ -64,6 +69,7 @@ impl SqliteConfig {
             product_cache_ttl: Duration::from_secs(2),
             max_batch: 512,
             replay_capacity: dynreg_registrar::replay::DEFAULT_CAPACITY,
+            create: true,
         }
     }
 }
@@ -118,9 +124,21 @@ pub(crate) fn classify(e: &rusqlite::Error) -> StoreError {
     }
 }
 
-fn create_data_dir(dir: &Path) -> Result<(), Error> {
+fn create_data_dir(dir: &Path, create: bool) -> Result<(), Error> {
     if dir.is_dir() {
         return Ok(());
+    }
+    if dir.exists() {
+        return Err(Error::Config(format!(
+            "data dir {} is a file, not a directory",
+            dir.display()
+        )));
+    }
+    if !create {
+        return Err(Error::Config(format!(
+            "data dir {} does not exist: check --data-dir (or data_dir in the config file), or create a store there with `dynreg init`",
+            dir.display()
+        )));
     }
     let mut b = std::fs::DirBuilder::new();
     b.recursive(true);
@@ -131,6 +149,10 @@ fn create_data_dir(dir: &Path) -> Result<(), Error> {
     }
     b.create(dir)
         .map_err(|e| Error::Config(format!("cannot create data dir {}: {e}", dir.display())))
+}
+
+fn db_display(config: &SqliteConfig) -> String {
+    config.data_dir.join(DB_FILE_NAME).display().to_string()
 }
 
 /// Creates an empty database file readable by its owner only; SQLite gives the WAL and
@@ -156,7 +178,8 @@ fn open_connection(path: &Path) -> Result<Connection, Error> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| Error::Config(format!("cannot open database {}: {e}", path.display())))?;
-    schema::configure(&conn)?;
+    schema::configure(&conn)
+        .map_err(|e| Error::Config(format!("database {}: {e}", path.display())))?;
     Ok(conn)
 }
 
@@ -187,14 +210,44 @@ impl SqliteStore {
     /// or generates the master key, applies migrations, checks that the key is the one
     /// the database was written with, and starts the writer thread.
     pub fn open(config: &SqliteConfig) -> Result<Self, Error> {
-        create_data_dir(&config.data_dir)?;
+        create_data_dir(&config.data_dir, config.create)?;
         let path = config.data_dir.join(DB_FILE_NAME);
         let existed = path.exists();
         if !existed {
+            if !config.create {
+                return Err(Error::Config(format!(
+                    "{} holds no dynreg database ({DB_FILE_NAME}): check --data-dir (or data_dir in the config file), or create a store there with `dynreg init`",
+                    config.data_dir.display()
+                )));
+            }
             create_private_file(&path)?;
         }
+        // Every failure from here on names the database file.
+        Self::open_file(config, path, existed).map_err(|e| match e {
+            Error::Sqlite(e) => Error::Config(format!("database {}: {e}", db_display(config))),
+            other => other,
+        })
+    }
+
+    fn open_file(config: &SqliteConfig, path: PathBuf, existed: bool) -> Result<Self, Error> {
         let (key, _) = MasterKey::load(&config.key, &config.data_dir, !existed)?;
         let mut write_conn = open_connection(&path)?;
+        // SQLite opens a file it may not write read-only without a word, and the first
+        // write (or the checkpoint at close) fails far from here: find out now.
+        let read_only = write_conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false);
+        let writable = if read_only {
+            Err("the file is read-only for this user".to_owned())
+        } else {
+            write_conn
+                .execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+                .map_err(|e| e.to_string())
+        };
+        if let Err(why) = writable {
+            return Err(Error::Config(format!(
+                "database {} cannot be written ({why}): dynreg needs write access to it and to its directory, even to read",
+                path.display()
+            )));
+        }
         schema::migrate(&mut write_conn)?;
 
         // A key check value tells "wrong key" apart from corruption before any secret is
@@ -266,8 +319,13 @@ impl SqliteStore {
     /// the background checkpointer does not spend the next minutes catching up.
     pub fn checkpoint(&self) -> Result<(), Error> {
         self.reader()
-            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
-        Ok(())
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .map_err(|e| {
+                Error::Config(format!(
+                    "database {}: checkpoint failed: {e}",
+                    self.inner.path.display()
+                ))
+            })
     }
 
     pub(crate) fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {

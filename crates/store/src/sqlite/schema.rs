@@ -87,6 +87,27 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE products ADD COLUMN bound INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE products ADD COLUMN reregistrations INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE products ADD COLUMN reregistrations_refused INTEGER NOT NULL DEFAULT 0;",
+    // 4: secret rotation with a grace period (the previous secret, sealed, and the end of
+    // its grace); withdrawn free triplets (state 2, never handed out, told apart from
+    // revoked ones by `withdrawn_at`); MAC lookups (imports refuse MACs in use, the
+    // returns desk finds a device by MAC); the history of triplets whose device was
+    // reset, so that the old triplet stays findable.
+    "ALTER TABLE products ADD COLUMN previous_secret_enc BLOB;
+    ALTER TABLE products ADD COLUMN previous_secret_until INTEGER;
+    ALTER TABLE triplets ADD COLUMN withdrawn_at INTEGER;
+    CREATE INDEX triplets_mac ON triplets (mac) WHERE mac <> '';
+    CREATE TABLE device_history (
+        id            INTEGER PRIMARY KEY,
+        uuid          TEXT NOT NULL,
+        pid           TEXT NOT NULL,
+        key_pid       TEXT NOT NULL,
+        unique_id     TEXT NOT NULL,
+        registered_at INTEGER NOT NULL,
+        revoked_at    INTEGER,
+        reset_at      INTEGER NOT NULL
+    );
+    CREATE INDEX device_history_uuid ON device_history (uuid);
+    CREATE INDEX device_history_device ON device_history (key_pid, unique_id);",
 ];
 
 /// Sets the connection's pragmas: WAL, full durability, foreign keys, busy timeout.
@@ -234,7 +255,12 @@ mod tests {
             .collect();
         assert_eq!(
             indexes,
-            ["triplets_barcode", "triplets_free", "triplets_pid_state"]
+            [
+                "triplets_barcode",
+                "triplets_free",
+                "triplets_mac",
+                "triplets_pid_state"
+            ]
         );
         let dup = conn.execute(
             "INSERT INTO triplets (pid, uuid, secret_enc, barcode, state) VALUES ('p', 'y', x'00', 'B1', 0)",

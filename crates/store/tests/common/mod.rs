@@ -74,7 +74,7 @@ impl Fixture for TempStore {
     }
 
     fn reset(&self, key_pid: &str, unique: &str) {
-        blocking(|| self.store.reset(key_pid, unique).unwrap());
+        blocking(|| self.store.reset(key_pid, unique, 1_700_000_000).unwrap());
     }
 
     fn pool_counts(&self, pid: &str) -> (u64, u64, u64) {

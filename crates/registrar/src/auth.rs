@@ -94,8 +94,12 @@ pub enum AuthError {
     /// The password was signed with the product's previous secret after its grace
     /// period ended (the device was flashed before a rotation). The client is told
     /// "bad credentials" like any other bad signature; the log says which.
-    #[error("signed with the product's previous secret, whose grace period ended at {until}")]
+    #[error(
+        "signed with the previous secret of product {pid}, whose grace period ended at {until} (Unix time): the device was flashed before the secret was rotated"
+    )]
     PreviousSecretExpired {
+        /// The product.
+        pid: String,
         /// The end of the grace period (Unix seconds).
         until: u64,
     },
@@ -288,6 +292,7 @@ impl<S: Store> Registrar<S> {
             SecretMatch::Current | SecretMatch::Previous => {}
             SecretMatch::PreviousExpired => {
                 return Err(AuthError::PreviousSecretExpired {
+                    pid: product.pid.clone(),
                     until: product.previous_secret.as_ref().map_or(0, |p| p.until),
                 });
             }
@@ -403,10 +408,17 @@ mod tests {
         let late_old = creds("g", "c", NOW + 100, "old-secret");
         assert_eq!(
             r.authenticate(NOW + 100, connect(&late_old, "10.0.0.1")),
-            Err(AuthError::PreviousSecretExpired { until: NOW + 100 })
+            Err(AuthError::PreviousSecretExpired {
+                pid: "g".into(),
+                until: NOW + 100
+            })
         );
         assert_eq!(
-            AuthError::PreviousSecretExpired { until: 1 }.refusal(),
+            AuthError::PreviousSecretExpired {
+                pid: "g".into(),
+                until: 1
+            }
+            .refusal(),
             Refusal::BadCredentials
         );
         let wrong = creds("g", "d", NOW, "neither");

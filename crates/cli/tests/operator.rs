@@ -679,20 +679,24 @@ fn demo_with_the_product_disabled_says_so() {
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let mut first = common::bin()
-        .args(["--data-dir", "data", "serve", "--demo", "--listen", &listen])
-        .current_dir(d)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = common::stderr_lines(&mut first);
-    common::wait_for(&rx, "dynreg serving");
-    let _ = Command::new("kill")
-        .args(["-TERM", &first.id().to_string()])
-        .status();
-    let out = first.wait_with_output().unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout);
+    // Starts `serve --demo`, stops it once it serves, and returns what it printed.
+    let demo = || {
+        let mut child = common::bin()
+            .args(["--data-dir", "data", "serve", "--demo", "--listen", &listen])
+            .current_dir(d)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let rx = common::stderr_lines(&mut child);
+        common::wait_for(&rx, "dynreg serving");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let printed = demo();
     let pid = printed
         .split("pid ")
         .nth(1)
@@ -700,20 +704,7 @@ fn demo_with_the_product_disabled_says_so() {
         .unwrap()
         .to_owned();
     ok(&run(d, &["product", "disable", &pid]));
-    let mut second = common::bin()
-        .args(["--data-dir", "data", "serve", "--demo", "--listen", &listen])
-        .current_dir(d)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = common::stderr_lines(&mut second);
-    common::wait_for(&rx, "dynreg serving");
-    let _ = Command::new("kill")
-        .args(["-TERM", &second.id().to_string()])
-        .status();
-    let out = second.wait_with_output().unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout);
+    let printed = demo();
     assert!(
         printed.contains(&format!("demo product {pid} is disabled"))
             && printed.contains(&format!("dynreg product enable {pid}")),

@@ -1,3 +1,5 @@
+//! The build script of dynreg-endpoint and dynreg-bench (their Cargo.toml point here).
+//!
 //! Finds Mosquitto's programs when the tests are built, so that the tests that need
 //! them are marked ignored on a machine without them: `cargo test` then counts them
 //! as "ignored" in its summary and names the reason, instead of passing them.

@@ -476,6 +476,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn macs_normalise_to_one_form() {
+        for ok in ["aa-bb-cc-dd-ee-0f", "AA:BB:CC:DD:EE:0F", "aabbccddee0F"] {
+            assert_eq!(
+                MacRange::normalise(ok).as_deref(),
+                Ok("AA:BB:CC:DD:EE:0F"),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "zz:zz",
+            "aa:bb:cc:dd:ee",
+            "aa-bb:cc-dd:ee-ff",
+            "aa:bb:cc:dd:ee:fg",
+            "aabbccddeeff0",
+            "+a:bb:cc:dd:ee:ff",
+            "",
+        ] {
+            assert!(MacRange::normalise(bad).is_err(), "{bad}");
+        }
+        let r: MacRange = "02:00:00:00:00:00-02:00:00:00:00:0F".parse().unwrap();
+        assert!(r.contains(0x0200_0000_000F) && !r.contains(0x0200_0000_0010));
+    }
+
+    #[test]
     fn mac_range_parse_and_format() {
         let r: MacRange = "AA:BB:CC:00:00:00-aa:bb:cc:00:00:ff".parse().unwrap();
         assert_eq!(r.len(), 256);

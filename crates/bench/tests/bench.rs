@@ -5,11 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dynreg_bench::{BenchConfig, Failure, responder, run};
-use dynreg_endpoint::{Endpoint, EndpointConfig};
+use dynreg_endpoint::EndpointConfig;
 use dynreg_proto::credentials::SignMethod;
-use dynreg_registrar::conformance::product;
-use dynreg_registrar::{AuthPolicy, Registrar, SourceMode};
-use dynreg_store::{SqliteConfig, SqliteStore};
+use dynreg_registrar::{AuthPolicy, SourceMode};
+use dynreg_testkit::{ServerOptions, TempStore, TestServer};
 
 fn config(addr: String, secret: &str, v5: bool, qos: u8) -> BenchConfig {
     BenchConfig {
@@ -34,44 +33,32 @@ fn config(addr: String, secret: &str, v5: bool, qos: u8) -> BenchConfig {
 struct Server {
     /// The plain TCP address (or the TLS one when TLS is configured).
     addr: String,
-    store: SqliteStore,
-    _dir: tempfile::TempDir,
+    server: TestServer,
 }
 
-/// Starts an endpoint with `config` (its listen addresses replaced by port 0 on
-/// loopback); `dir` holds the store (and whatever else the test put there). The replay
-/// guard is off: every simulated device of one run signs with the same ts, which the
-/// guard would refuse as replays after the first (docs/security.md).
+/// Starts an endpoint with `config` on loopback port 0; `dir` holds the store (and
+/// whatever else the test put there). The replay guard is off: every simulated device
+/// of one run signs with the same ts, which the guard would refuse as replays after the
+/// first (docs/security.md).
 async fn endpoint(dir: tempfile::TempDir, config: EndpointConfig) -> Server {
-    let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("data"))).unwrap();
+    let store = TempStore::in_dir(dir);
     tokio::task::block_in_place(|| {
-        store
-            .insert_product(&product("G", SourceMode::Generate))
-            .unwrap();
+        store.product("G", SourceMode::Generate);
     });
-    let endpoint = Endpoint::bind(
-        EndpointConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            ..config
-        },
-        Arc::new(Registrar::with_policy(
-            store.clone(),
-            AuthPolicy {
+    let server = TestServer::start(
+        store,
+        ServerOptions {
+            endpoint: config,
+            policy: AuthPolicy {
                 replay_guard: false,
                 ..AuthPolicy::default()
             },
-        )),
-    )
-    .unwrap();
-    let addr = match endpoint.tls_local_addr() {
-        Some(tls) => tls.unwrap(),
-        None => endpoint.local_addr().unwrap(),
-    };
-    tokio::spawn(endpoint.run(std::future::pending()));
+            ..ServerOptions::default()
+        },
+    );
     Server {
-        addr: addr.to_string(),
-        store,
-        _dir: dir,
+        addr: server.tls_addr.unwrap_or(server.addr).to_string(),
+        server,
     }
 }
 
@@ -85,7 +72,7 @@ async fn full_cycles_against_the_endpoint() {
         },
     )
     .await;
-    let (addr, store) = (s.addr.clone(), &s.store);
+    let (addr, store) = (s.addr.clone(), &s.server.store);
     for v5 in [false, true] {
         for qos in [0, 1] {
             let r = run(

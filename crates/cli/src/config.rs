@@ -181,10 +181,7 @@ mod tests {
             c.limits.connections_per_ip_per_sec,
             Some(d.connections_per_ip_per_sec)
         );
-        assert_eq!(
-            c.limits.registrations_per_pid_per_sec,
-            Some(d.registrations_per_pid_per_sec)
-        );
+        assert_eq!(c.limits.registrations_per_pid_per_sec, Some(0));
         assert_eq!(c.limits.max_pending_per_ip, Some(d.max_pending_per_ip));
         let auth = dynreg_registrar::AuthPolicy::default();
         assert_eq!(c.limits.replay_guard, Some(auth.replay_guard));

@@ -1,67 +1,43 @@
 //! The SDK against the endpoint in-process, on port 0.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dynreg_client::{Error, MqttVersion, Registration, RetryPolicy, Tls};
-use dynreg_endpoint::{Endpoint, EndpointConfig, TlsSettings};
+use dynreg_endpoint::{EndpointConfig, TlsSettings};
 use dynreg_proto::credentials::SignMethod;
-use dynreg_registrar::conformance::product;
-use dynreg_registrar::{AuthPolicy, Registrar, SourceMode};
-use dynreg_store::{SqliteConfig, SqliteStore};
-
-struct Server {
-    addr: SocketAddr,
-    tls_addr: Option<SocketAddr>,
-    store: SqliteStore,
-    _stop: tokio::sync::oneshot::Sender<()>,
-    _dir: tempfile::TempDir,
-}
+use dynreg_registrar::{AuthPolicy, SourceMode};
+use dynreg_testkit::{ServerOptions, TempStore, TestServer};
 
 /// An endpoint without the replay guard: these tests register several devices of one
 /// product in the same second, which the guard refuses as replays (PROTOCOL.md section
 /// 2); `guarded_server` has it on.
-async fn server(config: EndpointConfig) -> Server {
-    server_with(
-        config,
-        AuthPolicy {
-            replay_guard: false,
-            ..AuthPolicy::default()
-        },
-    )
-    .await
+async fn server(config: impl Into<ServerOptions>) -> TestServer {
+    let mut options = config.into();
+    options.policy.replay_guard = false;
+    TestServer::start(store(), options)
 }
 
-async fn server_with(config: EndpointConfig, policy: AuthPolicy) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("data"))).unwrap();
+async fn server_with(config: EndpointConfig, policy: AuthPolicy) -> TestServer {
+    TestServer::start(
+        store(),
+        ServerOptions {
+            endpoint: config,
+            policy,
+            ..ServerOptions::default()
+        },
+    )
+}
+
+/// Products G and Q (generate mode) and OFF (disabled).
+fn store() -> TempStore {
+    let t = TempStore::new();
     tokio::task::block_in_place(|| {
-        store
-            .insert_product(&product("G", SourceMode::Generate))
-            .unwrap();
-        store
-            .insert_product(&product("Q", SourceMode::Generate))
-            .unwrap();
-        let mut off = product("OFF", SourceMode::Generate);
-        off.enabled = false;
-        store.insert_product(&off).unwrap();
+        t.product("G", SourceMode::Generate)
+            .product("Q", SourceMode::Generate)
+            .disabled("OFF", SourceMode::Generate);
     });
-    let registrar = Arc::new(Registrar::with_policy(store.clone(), policy));
-    let endpoint = Endpoint::bind(config, registrar).unwrap();
-    let addr = endpoint.local_addr().unwrap();
-    let tls_addr = endpoint.tls_local_addr().map(Result::unwrap);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(endpoint.run(async move {
-        let _ = rx.await;
-    }));
-    Server {
-        addr,
-        tls_addr,
-        store,
-        _stop: tx,
-        _dir: dir,
-    }
+    t
 }
 
 fn local() -> EndpointConfig {
@@ -256,9 +232,10 @@ async fn the_server_comes_up_after_the_client_started() {
 async fn a_retryable_refusal_then_success() {
     // One registration per second per product: the second device is told 4290 (retry
     // after 5 s) and succeeds on its next attempt.
-    let s = server(EndpointConfig {
-        registrations_per_pid_per_sec: 1,
-        ..local()
+    let s = server(ServerOptions {
+        endpoint: local(),
+        registrations_per_pid: 1,
+        ..ServerOptions::default()
     })
     .await;
     reg(s.addr, "G").unique("first").register().await.unwrap();

@@ -30,7 +30,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BytesMut};
-use dynreg_registrar::{AuthError, Connect, Device, Handled, Registrar, Store};
+use dynreg_registrar::{AuthError, Connect, Device, Registrar, Store};
 use rmqtt_codec::error::DecodeError;
 use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
 use rmqtt_codec::{MqttCodec, v3, v5};
@@ -42,11 +42,12 @@ use tokio_rustls::rustls;
 use tokio_util::codec::{Decoder, Encoder};
 use tracing::{debug, info, warn};
 
-use dynreg_proto::{RegisterReply, RegisterRequest, Status};
+use dynreg_proto::RegisterReply;
 
-use crate::limit::{PendingPerIp, PendingSlot, RateLimiter};
+use crate::limit::{PendingPerIp, PendingSlot};
 use crate::session::{Action, CloseReason, RefusalCause, Session, SessionConfig};
 use crate::wire::{self, Advertised, Out, Version};
+use dynreg_registrar::rate::RateLimiter;
 
 /// How the endpoint listens and what it allows.
 #[derive(Debug, Clone)]
@@ -77,9 +78,6 @@ pub struct EndpointConfig {
     /// more get their CONNECT refused with "quota exceeded". 0: no limit (the
     /// default: the failed-authentication ban protects instead).
     pub connections_per_ip_per_sec: u32,
-    /// Registrations per second allowed for one pid (bursts of as many); more are
-    /// answered with status 4290 (rate limited). 0: no limit.
-    pub registrations_per_pid_per_sec: u32,
     /// MQTT over TLS, when configured.
     pub tls: Option<TlsSettings>,
 }
@@ -146,7 +144,6 @@ impl Default for EndpointConfig {
             write_timeout: Duration::from_secs(10),
             max_pending_per_ip: 256,
             connections_per_ip_per_sec: 0,
-            registrations_per_pid_per_sec: 0,
             tls: None,
         }
     }
@@ -288,7 +285,6 @@ impl<S: Store> Endpoint<S> {
         let (abort_tx, abort_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             registrar: self.registrar.clone(),
-            per_pid: RateLimiter::new(self.config.registrations_per_pid_per_sec, 100_000),
             config: self.config.clone(),
             epoch: Instant::now(),
             stop: stop_rx,
@@ -460,7 +456,6 @@ fn elapsed_ms(epoch: Instant) -> u64 {
 /// What every connection task shares.
 struct Shared<S> {
     registrar: Arc<Registrar<S>>,
-    per_pid: RateLimiter<String>,
     config: Arc<EndpointConfig>,
     /// Times are kept in ms since this instant.
     epoch: Instant,
@@ -837,8 +832,7 @@ impl<S: Store> Conn<'_, S> {
         closed
     }
 
-    /// Registers the connection's device with `payload` (subject to the per-pid rate
-    /// limit) and logs the outcome; `None` when the request asked for no reply, or when
+    /// Registers the connection's device with `payload` and logs the outcome; `None` when the request asked for no reply, or when
     /// the shutdown grace ran out first.
     async fn register(&self, session: &Session, payload: &[u8]) -> Option<RegisterReply> {
         let id = session.identity()?;
@@ -848,18 +842,14 @@ impl<S: Store> Conn<'_, S> {
             pid: &id.pid,
             unique: &id.unique,
         };
-        let handled = if self.shared.per_pid.allow(&id.pid, self.now_ms()) {
-            let mut abort = self.shared.abort.clone();
-            tokio::select! {
-                biased;
-                handled = self.shared.registrar.register_payload(now, device, payload) => handled,
-                _ = abort.wait_for(|aborting| *aborting) => {
-                    warn!(%peer, pid = %id.pid, unique = %id.unique, "registration abandoned: shutdown grace over");
-                    return None;
-                }
+        let mut abort = self.shared.abort.clone();
+        let handled = tokio::select! {
+            biased;
+            handled = self.shared.registrar.register_payload(now, device, payload) => handled,
+            _ = abort.wait_for(|aborting| *aborting) => {
+                warn!(%peer, pid = %id.pid, unique = %id.unique, "registration abandoned: shutdown grace over");
+                return None;
             }
-        } else {
-            rate_limited(now, payload)
         };
         let (pid, unique) = (id.pid.as_str(), id.unique.as_str());
         let uuid = handled
@@ -879,21 +869,5 @@ impl<S: Store> Conn<'_, S> {
             }
         }
         handled.reply
-    }
-}
-
-/// The answer to a request refused by the per-pid rate limit (no reply when it asked
-/// for none), echoing its id and code.
-fn rate_limited(now: u64, payload: &[u8]) -> Handled {
-    let (id, code, wants) = match RegisterRequest::from_json(payload) {
-        Ok(r) => {
-            let wants = r.wants_reply();
-            (r.id, r.code, wants)
-        }
-        Err(e) => (e.id, e.code, true),
-    };
-    Handled {
-        reply: wants.then(|| RegisterReply::failure(id, code, now, Status::RateLimited)),
-        outcome: Err(Status::RateLimited),
     }
 }

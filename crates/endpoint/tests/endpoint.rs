@@ -11,7 +11,7 @@ use dynreg_proto::credentials::{SignMethod, sign};
 use dynreg_proto::{RegisterReply, Topic};
 use dynreg_registrar::conformance::{pool, product};
 use dynreg_registrar::{Registrar, SourceMode};
-use dynreg_store::{SqliteConfig, SqliteStore};
+use dynreg_testkit::{ServerOptions, TempStore, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
@@ -22,64 +22,21 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-struct Server {
-    addr: SocketAddr,
-    tls_addr: Option<SocketAddr>,
-    store: SqliteStore,
-    stop: Option<oneshot::Sender<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
-}
-
-async fn server(config: EndpointConfig) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("data"))).unwrap();
+/// Products G, Q (generate), P (pool of 5) and OFF (disabled).
+fn standard_store() -> TempStore {
+    let t = TempStore::new();
     tokio::task::block_in_place(|| {
-        store
-            .insert_product(&product("G", SourceMode::Generate))
-            .unwrap();
-        store
-            .insert_product(&product("P", SourceMode::Pool))
-            .unwrap();
-        store
-            .insert_product(&product("Q", SourceMode::Generate))
-            .unwrap();
-        let mut off = product("OFF", SourceMode::Generate);
-        off.enabled = false;
-        store.insert_product(&off).unwrap();
-        store
-            .import_pool("P", pool("P", 5), Arc::new(|_| {}))
-            .unwrap();
+        t.product("G", SourceMode::Generate)
+            .product("P", SourceMode::Pool)
+            .product("Q", SourceMode::Generate)
+            .disabled("OFF", SourceMode::Generate)
+            .pool("P", pool("P", 5));
     });
-    let registrar = Arc::new(Registrar::new(store.clone()));
-    let endpoint = Endpoint::bind(
-        EndpointConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            ..config
-        },
-        registrar,
-    )
-    .unwrap();
-    let addr = endpoint.local_addr().unwrap();
-    let tls_addr = endpoint.tls_local_addr().map(Result::unwrap);
-    let (tx, rx) = oneshot::channel();
-    tokio::spawn(endpoint.run(async move {
-        let _ = rx.await;
-    }));
-    Server {
-        addr,
-        tls_addr,
-        store,
-        stop: Some(tx),
-        _dir: dir,
-    }
+    t
+}
+
+async fn server(config: impl Into<ServerOptions>) -> TestServer {
+    TestServer::start(standard_store(), config)
 }
 
 /// How a device connects.
@@ -696,9 +653,9 @@ async fn rate_limits_refuse_clearly() {
     }
 
     // One registration per second per pid: the second request at once gets 4290.
-    let s = server(EndpointConfig {
-        registrations_per_pid_per_sec: 1,
-        ..EndpointConfig::default()
+    let s = server(ServerOptions {
+        registrations_per_pid: 1,
+        ..ServerOptions::default()
     })
     .await;
     let dev = Dev::new("G", "pid1", true);

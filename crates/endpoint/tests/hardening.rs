@@ -9,12 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
-use dynreg_endpoint::{Endpoint, EndpointConfig};
+use dynreg_endpoint::EndpointConfig;
 use dynreg_proto::credentials::{SignMethod, sign};
 use dynreg_proto::{RegisterReply, RegisterRequest, Topic};
-use dynreg_registrar::conformance::product;
-use dynreg_registrar::{AuthPolicy, BanPolicy, Registrar, SourceMode};
-use dynreg_store::{SqliteConfig, SqliteStore};
+use dynreg_registrar::{AuthPolicy, BanPolicy, SourceMode};
+use dynreg_testkit::{ServerOptions, TempStore, TestServer};
 use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::{v3, v5};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,44 +27,23 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-struct Server {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<std::io::Result<()>>,
-    _dir: tempfile::TempDir,
-}
-
 /// An endpoint on loopback port 0 with products `P0`..`P4` (generate mode) and the
 /// given limits and CONNECT policy.
-async fn server(config: EndpointConfig, policy: AuthPolicy) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("data"))).unwrap();
+async fn server(config: EndpointConfig, policy: AuthPolicy) -> TestServer {
+    let store = TempStore::new();
     tokio::task::block_in_place(|| {
         for i in 0..5 {
-            store
-                .insert_product(&product(&format!("P{i}"), SourceMode::Generate))
-                .unwrap();
+            store.product(&format!("P{i}"), SourceMode::Generate);
         }
     });
-    let endpoint = Endpoint::bind(
-        EndpointConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            ..config
+    TestServer::start(
+        store,
+        ServerOptions {
+            endpoint: config,
+            policy,
+            ..ServerOptions::default()
         },
-        Arc::new(Registrar::with_policy(store, policy)),
     )
-    .unwrap();
-    let addr = endpoint.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let done = tokio::spawn(endpoint.run(async move {
-        let _ = rx.await;
-    }));
-    Server {
-        addr,
-        stop: Some(tx),
-        done,
-        _dir: dir,
-    }
 }
 
 /// A device's credentials, signed at `ts` with `method`.
@@ -476,7 +454,7 @@ async fn a_client_that_never_reads_is_closed_by_its_timers_and_by_shutdown() {
     );
 
     // Shutdown does not wait for a client that does not read.
-    let mut s = server(
+    let s = server(
         EndpointConfig {
             write_timeout: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(30),
@@ -491,11 +469,9 @@ async fn a_client_that_never_reads_is_closed_by_its_timers_and_by_shutdown() {
         "the server kept reading a client that does not read"
     );
     let asked = Instant::now();
-    let _ = s.stop.take().unwrap().send(());
-    tokio::time::timeout(Duration::from_secs(5), &mut s.done)
+    tokio::time::timeout(Duration::from_secs(5), s.stop())
         .await
         .expect("shutdown waited for a client that does not read")
-        .unwrap()
         .unwrap();
     assert!(asked.elapsed() < Duration::from_secs(5));
 }

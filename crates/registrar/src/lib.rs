@@ -25,6 +25,7 @@ pub mod conformance;
 pub mod generate;
 pub mod memory;
 pub mod model;
+pub mod rate;
 pub mod registrar;
 pub mod replay;
 pub mod store;

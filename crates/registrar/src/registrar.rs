@@ -35,6 +35,7 @@ use crate::model::SecretMatch;
 use crate::model::{
     NewTriplet, Product, ReregPolicy, SourceMode, Triplet, TripletId, TripletState,
 };
+use crate::rate::RateLimiter;
 use crate::store::{Store, StoreError, Tx};
 
 /// An authenticated device identity: the pid and unique of its clientId.
@@ -105,11 +106,18 @@ impl ErrorLog {
     }
 }
 
+/// The most products the per-product rate limiter tracks at once.
+const MAX_RATE_KEYS: usize = 100_000;
+
 /// The registration decision over a [`Store`], and the CONNECT decision
 /// ([`Registrar::authenticate`]).
 #[derive(Debug)]
 pub struct Registrar<S> {
     store: S,
+    /// Registrations per second per product (the pid the device authenticates with).
+    per_pid: RateLimiter<String>,
+    /// The origin of the per-product limiter's millisecond clock.
+    epoch: std::time::Instant,
     pub(crate) bans: Bans,
     pub(crate) replay_guard: bool,
     pub(crate) auth_counters: AuthCounters,
@@ -127,11 +135,22 @@ impl<S: Store> Registrar<S> {
     pub fn with_policy(store: S, policy: AuthPolicy) -> Self {
         Self {
             store,
+            per_pid: RateLimiter::new(0, MAX_RATE_KEYS),
+            epoch: std::time::Instant::now(),
             bans: Bans::new(policy.ban),
             replay_guard: policy.replay_guard,
             auth_counters: AuthCounters::default(),
             store_errors: ErrorLog::default(),
         }
+    }
+
+    /// Limits registrations to `per_second` per product (bursts of as many); more are
+    /// answered [`Status::RateLimited`] (`res` 4290: the device retries after 5 s).
+    /// 0, the default, is no limit.
+    #[must_use]
+    pub fn limit_registrations_per_pid(mut self, per_second: u32) -> Self {
+        self.per_pid = RateLimiter::new(per_second, MAX_RATE_KEYS);
+        self
     }
 
     /// Storage failures seen by registrations since start.
@@ -238,6 +257,10 @@ impl<S: Store> Registrar<S> {
         device: Device<'_>,
         request: &RegisterRequest,
     ) -> Result<Registered, Status> {
+        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if !self.per_pid.is_unlimited() && !self.per_pid.allow(&device.pid.to_owned(), now_ms) {
+            return Err(Status::RateLimited);
+        }
         request.validate()?;
         let product = self
             .product(now, device.pid)?

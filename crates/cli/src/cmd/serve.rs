@@ -85,6 +85,8 @@ struct Resolved {
     store: crate::StoreLocation,
     endpoint: EndpointConfig,
     auth: AuthPolicy,
+    /// Registrations per second per product (0: no limit).
+    per_pid: u32,
 }
 
 /// Merges flags/env, the file and the defaults, and validates every value (naming the
@@ -211,7 +213,7 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
         env: "DYNREG_REGISTRATIONS_PER_PID",
         cli: args.registrations_per_pid,
         file: file.limits.registrations_per_pid_per_sec,
-        default: d.registrations_per_pid_per_sec,
+        default: 0,
     }
     .in_range(0, 10_000_000)?;
     let cert = args.tls_cert.clone().or(file.tls.cert.clone());
@@ -253,11 +255,11 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
             write_timeout: config::secs(write_timeout),
             max_pending_per_ip,
             connections_per_ip_per_sec: per_ip,
-            registrations_per_pid_per_sec: per_pid,
             tls,
             ..d
         },
         auth: AuthPolicy { ban, replay_guard },
+        per_pid,
     })
 }
 
@@ -363,6 +365,7 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
         store: location,
         endpoint: mut config,
         auth,
+        per_pid,
     } = resolve(g, args)?;
     fit_to_open_files(&mut config)?;
     if !auth.replay_guard {
@@ -386,7 +389,8 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
             anyhow::anyhow!("{e}: is another server on it? choose another address with {flag}")
         })?;
     let store = g.open_location(&location, Open::Create)?;
-    let registrar = Arc::new(Registrar::with_policy(store.clone(), auth));
+    let registrar =
+        Arc::new(Registrar::with_policy(store.clone(), auth).limit_registrations_per_pid(per_pid));
     runtime.block_on(async {
         let endpoint = Endpoint::with_listeners(listeners, config, registrar);
         let shutdown = shutdown_signal().context("cannot install the signal handlers")?;

@@ -340,20 +340,14 @@ pub async fn run(cfg: BenchConfig, progress: Arc<dyn Fn(u64) + Send + Sync>) -> 
 }
 
 /// Opens `count` registration connections (CONNECT without keepalive + SUBSCRIBE) and
-/// keeps them; returns them once all are established (drop them to close). Raises this
-/// process's open-file limit as far as allowed and says so when it is too low.
+/// keeps them; returns them once all are established (drop them to close). Each is a
+/// file descriptor: the caller raises the open-file limit first (`dynreg bench --hold`
+/// does).
 pub async fn hold(
     cfg: &BenchConfig,
     count: u64,
     progress: &(dyn Fn(u64) + Sync),
 ) -> std::io::Result<Held> {
-    let want = count + 64;
-    let got = dynreg_endpoint::limit::raise_open_file_limit(want).unwrap_or(0);
-    if got < want {
-        return Err(std::io::Error::other(format!(
-            "the open-file limit is {got}, {want} are needed: raise it (ulimit -n; raising the hard limit needs root with CAP_SYS_RESOURCE)"
-        )));
-    }
     let mut held = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
     let ts = unix_now();
     for serial in 0..count {

@@ -7,6 +7,7 @@
 
 mod cmd;
 mod config;
+mod fdlimit;
 mod logging;
 mod outfile;
 mod output;

@@ -106,7 +106,7 @@ fn serves_and_stops_gracefully_on_sigterm() {
 #[test]
 fn one_address_holding_idle_connections_cannot_lock_others_out() {
     // This test holds 2,000 connections itself.
-    let limit = dynreg_endpoint::limit::raise_open_file_limit(8192).unwrap();
+    let limit = rlimit::increase_nofile_limit(8192).unwrap();
     if limit < 4096 {
         use std::io::Write;
         let _ = writeln!(

@@ -3,7 +3,6 @@
 //! the registrar's [`dynreg_registrar::rate::RateLimiter`]).
 
 use std::collections::HashMap;
-use std::io;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -74,29 +73,6 @@ impl Drop for PendingSlot {
             }
         }
     }
-}
-
-/// Raises this process's open-file limit to at least `want` where allowed, and returns
-/// the limit now in force (which may still be lower: the caller says so).
-///
-/// The soft limit is raised up to the hard limit, as any process may. When that is not
-/// enough and the process is privileged (root or `CAP_SYS_RESOURCE`), the hard limit is
-/// raised too, up to the kernel's per-process maximum (`fs.nr_open`); unprivileged, that
-/// step fails quietly and the lower limit is returned.
-pub fn raise_open_file_limit(want: u64) -> io::Result<u64> {
-    let got = rlimit::increase_nofile_limit(want)?;
-    if got >= want {
-        return Ok(got);
-    }
-    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(want);
-    let target = want.min(ceiling);
-    if target > got && rlimit::setrlimit(rlimit::Resource::NOFILE, target, target).is_ok() {
-        return Ok(target);
-    }
-    Ok(got)
 }
 
 #[cfg(test)]

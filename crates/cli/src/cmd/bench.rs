@@ -233,6 +233,13 @@ pub(crate) fn run(g: &Global, args: &BenchArgs) -> anyhow::Result<()> {
         spread_sources: !args.single_source,
     };
     if let Some(n) = args.hold {
+        let want = n + 64;
+        let got = crate::fdlimit::raise_open_file_limit(want).unwrap_or(0);
+        if got < want {
+            anyhow::bail!(
+                "--hold {n}: the open-file limit is {got}, {want} are needed: raise it (ulimit -n; raising the hard limit needs root with CAP_SYS_RESOURCE)"
+            );
+        }
         let bar = Bar::new("connecting", n);
         let held = runtime
             .block_on(dynreg_bench::hold(&cfg, n, &|k| bar.set(k)))

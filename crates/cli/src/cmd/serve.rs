@@ -416,7 +416,7 @@ fn fit_to_open_files(config: &mut EndpointConfig) -> anyhow::Result<()> {
     use dynreg_endpoint::server::RESERVED_FILES;
     let wanted = u64::try_from(config.max_connections).unwrap_or(u64::MAX);
     let want = wanted.saturating_add(RESERVED_FILES);
-    let limit = match dynreg_endpoint::limit::raise_open_file_limit(want) {
+    let limit = match crate::fdlimit::raise_open_file_limit(want) {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read or raise the open-file limit; max_connections left as configured");

@@ -158,8 +158,8 @@ impl<S: Store> Registrar<S> {
         self.store_errors.total()
     }
 
-    /// The store this registrar uses.
-    pub fn store(&self) -> &S {
+    /// The store this registrar uses (the CONNECT decision reads products through it).
+    pub(crate) fn store(&self) -> &S {
         &self.store
     }
 

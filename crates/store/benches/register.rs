@@ -33,11 +33,12 @@ fn env_u64(name: &str, default: u64) -> u64 {
 /// Registers `n` new devices of `pid` (uniques `<tag>-<i>`) from 64 concurrent callers.
 async fn measure(
     r: &Arc<Registrar<SqliteStore>>,
+    store: &SqliteStore,
     pid: &str,
     tag: &str,
     n: usize,
 ) -> (Duration, f64) {
-    let before = r.store().writer_stats();
+    let before = store.writer_stats();
     let start = Instant::now();
     let mut handles = Vec::new();
     for c in 0..CALLERS {
@@ -66,7 +67,7 @@ async fn measure(
         h.await.unwrap();
     }
     let took = start.elapsed();
-    let after = r.store().writer_stats();
+    let after = store.writer_stats();
     let batch = (after.jobs - before.jobs) as f64 / (after.batches - before.batches).max(1) as f64;
     (took, batch)
 }
@@ -76,6 +77,7 @@ async fn measure(
 fn rounds(
     rt: &tokio::runtime::Runtime,
     r: &Arc<Registrar<SqliteStore>>,
+    store: &SqliteStore,
     pid: &str,
     tag: &str,
     n: usize,
@@ -84,7 +86,7 @@ fn rounds(
     let mut rates = Vec::new();
     let mut batches = Vec::new();
     for round in 0..ROUNDS {
-        let (took, batch) = rt.block_on(measure(r, pid, &format!("{tag}-{round}"), n));
+        let (took, batch) = rt.block_on(measure(r, store, pid, &format!("{tag}-{round}"), n));
         rates.push(n as f64 / took.as_secs_f64());
         batches.push(batch);
     }
@@ -138,10 +140,18 @@ fn main() {
     let mut empty_g = 0.0;
     let mut empty_p = 0.0;
     if gen_on {
-        empty_g = rounds(&rt, &r, "G", "empty-g", n, "generate mode, empty store");
+        empty_g = rounds(
+            &rt,
+            &r,
+            &store,
+            "G",
+            "empty-g",
+            n,
+            "generate mode, empty store",
+        );
     }
     if pool_on {
-        empty_p = rounds(&rt, &r, "P", "empty-p", n, "pool mode, empty store");
+        empty_p = rounds(&rt, &r, &store, "P", "empty-p", n, "pool mode, empty store");
     }
 
     let t = Instant::now();
@@ -159,12 +169,12 @@ fn main() {
 
     if gen_on {
         let label = format!("generate mode, {total} stored");
-        let full_g = rounds(&rt, &r, "G", "full-g", n, &label);
+        let full_g = rounds(&rt, &r, &store, "G", "full-g", n, &label);
         println!("ratio stored/empty, generate mode: {:.2}", full_g / empty_g);
     }
     if pool_on {
         let label = format!("pool mode, {total} stored");
-        let full_p = rounds(&rt, &r, "P", "full-p", n, &label);
+        let full_p = rounds(&rt, &r, &store, "P", "full-p", n, &label);
         println!("ratio stored/empty, pool mode: {:.2}", full_p / empty_p);
     }
     store.close().unwrap();

@@ -20,7 +20,8 @@ async fn sixty_four_tasks_one_pool() {
     let store = common::TempStore::new();
     store.put_product(product("P", SourceMode::Pool));
     store.add_pool("P", pool("P", POOL));
-    let registrar = Arc::new(Registrar::new(store));
+    let store = Arc::new(store);
+    let registrar = Arc::new(Registrar::new(store.clone()));
 
     let mut handles = Vec::new();
     for task in 0..TASKS {
@@ -64,7 +65,6 @@ async fn sixty_four_tasks_one_pool() {
     }
     assert_eq!(uuids.len(), POOL, "every pool triplet was handed out once");
     assert_eq!(exhausted, TASKS * PER_TASK - POOL);
-    let store = registrar.store();
     assert_eq!(store.pool_counts("P"), (0, POOL as u64, 0));
     let stats = store.store.pool_stats("P").unwrap();
     assert_eq!(stats.devices, POOL as u64);

@@ -803,7 +803,9 @@ impl dynreg_registrar::Store for Stuck {
     fn product(
         &self,
         pid: &str,
-    ) -> Result<Option<Arc<dynreg_registrar::Product>>, dynreg_registrar::StoreError> {
+    ) -> impl Future<
+        Output = Result<Option<Arc<dynreg_registrar::Product>>, dynreg_registrar::StoreError>,
+    > + Send {
         self.0.product(pid)
     }
 
@@ -824,7 +826,8 @@ impl dynreg_registrar::Store for Stuck {
         &self,
         c: &dynreg_registrar::CredentialUse<'_>,
         now: u64,
-    ) -> Result<dynreg_registrar::Claim, dynreg_registrar::StoreError> {
+    ) -> impl Future<Output = Result<dynreg_registrar::Claim, dynreg_registrar::StoreError>> + Send
+    {
         self.0.claim_credential(c, now)
     }
 }

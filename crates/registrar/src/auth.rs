@@ -201,8 +201,9 @@ impl fmt::Debug for Connect<'_> {
 
 impl<S: Store> Registrar<S> {
     /// Decides whether a CONNECT is allowed at `now` (Unix seconds).
-    pub fn authenticate(&self, now: u64, c: Connect<'_>) -> Result<Authenticated, AuthError> {
-        let result = self.decide_connect(now, c);
+    pub async fn authenticate(&self, now: u64, c: Connect<'_>) -> Result<Authenticated, AuthError> {
+        let peer = c.peer;
+        let result = self.decide_connect(now, c).await;
         let counters = &self.auth_counters;
         match &result {
             Ok(_) => {
@@ -219,7 +220,7 @@ impl<S: Store> Registrar<S> {
                     }
                     _ => {}
                 }
-                if let (Some(ip), true) = (c.peer, e.counts_against_address()) {
+                if let (Some(ip), true) = (peer, e.counts_against_address()) {
                     if let Failure::BannedUntil(until) = self.bans.record_failure(ip, now) {
                         counters.bans.fetch_add(1, Ordering::Relaxed);
                         let p = self.bans.policy();
@@ -257,7 +258,7 @@ impl<S: Store> Registrar<S> {
         self.auth_counters.snapshot()
     }
 
-    fn decide_connect(&self, now: u64, c: Connect<'_>) -> Result<Authenticated, AuthError> {
+    async fn decide_connect(&self, now: u64, c: Connect<'_>) -> Result<Authenticated, AuthError> {
         if let Some(ip) = c.peer {
             if self.bans.is_banned(ip, now) {
                 return Err(AuthError::Banned);
@@ -268,8 +269,8 @@ impl<S: Store> Registrar<S> {
         };
         let creds = Credentials::parse(c.client_id, username).map_err(AuthError::Credentials)?;
         let product = self
-            .store()
-            .product(creds.pid)
+            .lookup(creds.pid)
+            .await
             .map_err(AuthError::Store)?
             .ok_or(AuthError::UnknownProduct)?;
         if !product.enabled {
@@ -314,6 +315,7 @@ impl<S: Store> Registrar<S> {
                     },
                     now,
                 )
+                .await
                 .map_err(AuthError::Store)?
         } else {
             Claim::First
@@ -383,8 +385,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_previous_secret_verifies_until_its_grace_ends_and_is_then_named() {
+    #[tokio::test]
+    async fn the_previous_secret_verifies_until_its_grace_ends_and_is_then_named() {
         let store = MemoryStore::new();
         let mut p = product("g", SourceMode::Generate);
         p.secret = crate::Secret::new("new-secret");
@@ -402,12 +404,17 @@ mod tests {
         );
         let new = creds("g", "a", NOW, "new-secret");
         let old = creds("g", "b", NOW, "old-secret");
-        r.authenticate(NOW, connect(&new, "10.0.0.1")).unwrap();
+        r.authenticate(NOW, connect(&new, "10.0.0.1"))
+            .await
+            .unwrap();
         // Same second, other secret: another credential, not a replay.
-        r.authenticate(NOW, connect(&old, "10.0.0.1")).unwrap();
+        r.authenticate(NOW, connect(&old, "10.0.0.1"))
+            .await
+            .unwrap();
         let late_old = creds("g", "c", NOW + 100, "old-secret");
         assert_eq!(
-            r.authenticate(NOW + 100, connect(&late_old, "10.0.0.1")),
+            r.authenticate(NOW + 100, connect(&late_old, "10.0.0.1"))
+                .await,
             Err(AuthError::PreviousSecretExpired {
                 pid: "g".into(),
                 until: NOW + 100
@@ -423,31 +430,39 @@ mod tests {
         );
         let wrong = creds("g", "d", NOW, "neither");
         assert_eq!(
-            r.authenticate(NOW, connect(&wrong, "10.0.0.1")),
+            r.authenticate(NOW, connect(&wrong, "10.0.0.1")).await,
             Err(AuthError::Credentials(CredentialError::BadSignature))
         );
         let late_new = creds("g", "e", NOW + 100, "new-secret");
         r.authenticate(NOW + 100, connect(&late_new, "10.0.0.1"))
+            .await
             .unwrap();
     }
 
-    #[test]
-    fn a_captured_credential_works_for_its_own_unique_only() {
+    #[tokio::test]
+    async fn a_captured_credential_works_for_its_own_unique_only() {
         let r = registrar(BanPolicy::default());
         let good = creds("p", "dev1", NOW, "secret-of-p");
-        let ok = r.authenticate(NOW, connect(&good, "10.0.0.1")).unwrap();
+        let ok = r
+            .authenticate(NOW, connect(&good, "10.0.0.1"))
+            .await
+            .unwrap();
         assert_eq!(
             (ok.pid.as_str(), ok.unique.as_str(), ok.repeat),
             ("p", "dev1", false)
         );
         // The device reconnects with the same credential (its reply was lost).
-        let again = r.authenticate(NOW + 5, connect(&good, "10.0.0.1")).unwrap();
+        let again = r
+            .authenticate(NOW + 5, connect(&good, "10.0.0.1"))
+            .await
+            .unwrap();
         assert!(again.repeat);
         // Someone who sniffed it signs up another unique, in either case of hex.
         let mut stolen = creds("p", "attacker", NOW, "secret-of-p");
         stolen.password = good.password.to_uppercase();
         let e = r
             .authenticate(NOW + 6, connect(&stolen, "10.0.0.9"))
+            .await
             .unwrap_err();
         assert_eq!(
             e,
@@ -460,25 +475,31 @@ mod tests {
         assert!(e.to_string().contains("dev1") && e.to_string().contains("attacker"));
         // A fresh ts is a fresh credential.
         let next = creds("p", "dev2", NOW + 1, "secret-of-p");
-        assert!(r.authenticate(NOW + 6, connect(&next, "10.0.0.1")).is_ok());
+        assert!(
+            r.authenticate(NOW + 6, connect(&next, "10.0.0.1"))
+                .await
+                .is_ok()
+        );
         let stats = r.auth_stats();
         assert_eq!((stats.allowed, stats.refused, stats.replayed), (3, 1, 1));
     }
 
-    #[test]
-    fn replays_do_not_ban_and_the_guard_can_be_off() {
+    #[tokio::test]
+    async fn replays_do_not_ban_and_the_guard_can_be_off() {
         let r = registrar(BanPolicy {
             failures: 3,
             window_secs: 60,
             duration_secs: 300,
         });
         let first = creds("p", "u0", NOW, "secret-of-p");
-        r.authenticate(NOW, connect(&first, "10.0.0.5")).unwrap();
+        r.authenticate(NOW, connect(&first, "10.0.0.5"))
+            .await
+            .unwrap();
         // Devices behind one NAT that signed in the same second: refused, never banned.
         for i in 1..10 {
             let same_second = creds("p", &format!("u{i}"), NOW, "secret-of-p");
             assert!(matches!(
-                r.authenticate(NOW, connect(&same_second, "10.0.0.5")),
+                r.authenticate(NOW, connect(&same_second, "10.0.0.5")).await,
                 Err(AuthError::Replayed { .. })
             ));
         }
@@ -492,13 +513,14 @@ mod tests {
             let same_second = creds("p", &format!("u{i}"), NOW, "secret-of-p");
             assert!(
                 off.authenticate(NOW, connect(&same_second, "10.0.0.5"))
+                    .await
                     .is_ok()
             );
         }
     }
 
-    #[test]
-    fn refusals_name_their_cause() {
+    #[tokio::test]
+    async fn refusals_name_their_cause() {
         let r = registrar(BanPolicy::default());
         let cases = [
             (
@@ -519,7 +541,10 @@ mod tests {
             ),
         ];
         for (c, want) in cases {
-            assert_eq!(r.authenticate(NOW, connect(&c, "10.0.0.1")), Err(want));
+            assert_eq!(
+                r.authenticate(NOW, connect(&c, "10.0.0.1")).await,
+                Err(want)
+            );
         }
         let c = creds("p", "d", NOW, "secret-of-p");
         let missing = Connect {
@@ -527,13 +552,13 @@ mod tests {
             ..connect(&c, "10.0.0.1")
         };
         assert_eq!(
-            r.authenticate(NOW, missing),
+            r.authenticate(NOW, missing).await,
             Err(AuthError::MissingCredentials)
         );
     }
 
-    #[test]
-    fn repeated_failures_ban_the_address_not_others() {
+    #[tokio::test]
+    async fn repeated_failures_ban_the_address_not_others() {
         let r = registrar(BanPolicy {
             failures: 5,
             window_secs: 60,
@@ -542,21 +567,26 @@ mod tests {
         let bad = creds("p", "d", NOW, "guess");
         for _ in 0..5 {
             assert!(matches!(
-                r.authenticate(NOW, connect(&bad, "10.0.0.66")),
+                r.authenticate(NOW, connect(&bad, "10.0.0.66")).await,
                 Err(AuthError::Credentials(_))
             ));
         }
         let good = creds("p", "d", NOW, "secret-of-p");
         assert_eq!(
-            r.authenticate(NOW + 1, connect(&good, "10.0.0.66")),
+            r.authenticate(NOW + 1, connect(&good, "10.0.0.66")).await,
             Err(AuthError::Banned),
             "even good credentials, while banned"
         );
         assert_eq!(AuthError::Banned.refusal(), Refusal::Banned);
         assert!(r.is_banned("10.0.0.66".parse().unwrap(), NOW + 299));
-        assert!(r.authenticate(NOW + 1, connect(&good, "10.0.0.7")).is_ok());
+        assert!(
+            r.authenticate(NOW + 1, connect(&good, "10.0.0.7"))
+                .await
+                .is_ok()
+        );
         assert!(
             r.authenticate(NOW + 301, connect(&good, "10.0.0.66"))
+                .await
                 .is_ok()
         );
         let stats = r.auth_stats();

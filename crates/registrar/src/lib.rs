@@ -21,6 +21,7 @@
 
 pub mod auth;
 pub mod ban;
+pub mod cache;
 pub mod conformance;
 pub mod generate;
 pub mod memory;
@@ -38,4 +39,4 @@ pub use model::{
 };
 pub use registrar::{Device, Handled, Registered, Registrar};
 pub use replay::{Claim, CredentialUse, ReplayGuard};
-pub use store::{Store, StoreError, Tx};
+pub use store::{ProductListener, Store, StoreError, Tx};

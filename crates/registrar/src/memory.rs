@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::conformance::Fixture;
 use crate::model::{MacRange, NewTriplet, Product, Registration, Triplet, TripletId, TripletState};
 use crate::replay::{Claim, CredentialUse, ReplayGuard};
-use crate::store::{Store, StoreError, Tx};
+use crate::store::{ProductListener, Store, StoreError, Tx};
 
 #[derive(Debug, Clone)]
 struct Row {
@@ -35,10 +35,19 @@ struct State {
 }
 
 /// An in-memory store.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
     replay: ReplayGuard,
+    listeners: Mutex<Vec<ProductListener>>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MemoryStore {
@@ -251,8 +260,18 @@ impl Tx for MemTx<'_> {
 }
 
 impl Store for MemoryStore {
-    fn product(&self, pid: &str) -> Result<Option<Arc<Product>>, StoreError> {
-        Ok(self.lock().products.get(pid).cloned())
+    fn product(
+        &self,
+        pid: &str,
+    ) -> impl Future<Output = Result<Option<Arc<Product>>, StoreError>> + Send {
+        std::future::ready(Ok(self.lock().products.get(pid).cloned()))
+    }
+
+    fn on_product_change(&self, listener: ProductListener) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(listener);
     }
 
     fn transact<T, F>(&self, mut work: F) -> impl Future<Output = Result<T, StoreError>> + Send
@@ -276,8 +295,8 @@ impl Store for MemoryStore {
         &self,
         credential: &CredentialUse<'_>,
         now: u64,
-    ) -> Result<Claim, StoreError> {
-        Ok(self.replay.claim(credential, now))
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
+        std::future::ready(Ok(self.replay.claim(credential, now)))
     }
 }
 
@@ -287,7 +306,17 @@ impl Fixture for MemoryStore {
         if let Some(r) = product.mac_range {
             s.mac_next.entry(product.pid.clone()).or_insert(r.start);
         }
-        s.products.insert(product.pid.clone(), Arc::new(product));
+        let pid = product.pid.clone();
+        s.products.insert(pid.clone(), Arc::new(product));
+        drop(s);
+        for l in self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            l(&pid);
+        }
     }
 
     fn add_pool(&self, pid: &str, triplets: Vec<NewTriplet>) {

@@ -2,34 +2,45 @@
 //! time passed in.
 //!
 //! Each key has a bucket of `burst` tokens refilled at `rate` per second; an event takes
-//! one token or is refused. The map of buckets is bounded: when it reaches its limit,
-//! buckets that have refilled completely (indistinguishable from absent ones) are
-//! dropped, and if none has, the event is refused rather than the map grown, so a flood
-//! of distinct keys cannot exhaust memory.
+//! one token or is refused. The buckets are kept in a bounded cache (`quick_cache`,
+//! CLOCK-PRO eviction: nothing ever scans the whole map): past `max_keys`, the coldest
+//! buckets are forgotten, and a forgotten bucket starts full again. A flood of distinct
+//! keys therefore cannot grow memory, and can reset a key's bucket only by outnumbering
+//! the cache, at which point the flood's own keys are the ones limited.
 
-use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use quick_cache::sync::Cache;
+
+/// A bucket: tokens left, and when they were counted (ms).
+type Bucket = Arc<Mutex<(f64, u64)>>;
 
 /// A set of token buckets.
-#[derive(Debug)]
 pub struct RateLimiter<K> {
     /// Tokens per second; 0 disables the limit.
     rate: f64,
     burst: f64,
-    max_keys: usize,
-    buckets: Mutex<HashMap<K, (f64, u64)>>,
+    buckets: Cache<K, Bucket>,
+}
+
+impl<K: Hash + Eq> std::fmt::Debug for RateLimiter<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("rate", &self.rate)
+            .field("keys", &self.buckets.len())
+            .finish()
+    }
 }
 
 impl<K: Hash + Eq + Clone> RateLimiter<K> {
-    /// `rate` events per second per key, bursts of up to `rate` (at least 1); `rate` 0
-    /// allows everything.
+    /// `rate` events per second per key, bursts of up to `rate` (at least 1), for about
+    /// `max_keys` keys at once; `rate` 0 allows everything.
     pub fn new(rate: u32, max_keys: usize) -> Self {
         Self {
             rate: f64::from(rate),
             burst: f64::from(rate.max(1)),
-            max_keys,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Cache::new(max_keys.max(1)),
         }
     }
 
@@ -43,29 +54,28 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         if self.is_unlimited() {
             return true;
         }
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        let refill = |(tokens, at): (f64, u64)| {
-            let elapsed = now_ms.saturating_sub(at) as f64 / 1000.0;
-            (tokens + elapsed * self.rate).min(self.burst)
+        let bucket = match self.buckets.get(key) {
+            Some(b) => b,
+            None => {
+                let fresh: Bucket = Arc::new(Mutex::new((self.burst, now_ms)));
+                self.buckets.insert(key.clone(), fresh.clone());
+                fresh
+            }
         };
-        if let Some(bucket) = buckets.get_mut(key) {
-            let tokens = refill(*bucket);
-            if tokens < 1.0 {
-                *bucket = (tokens, now_ms);
-                return false;
-            }
-            *bucket = (tokens - 1.0, now_ms);
-            return true;
+        let mut b = bucket.lock().unwrap_or_else(PoisonError::into_inner);
+        let elapsed = now_ms.saturating_sub(b.1) as f64 / 1000.0;
+        let tokens = (b.0 + elapsed * self.rate).min(self.burst);
+        if tokens < 1.0 {
+            *b = (tokens, now_ms);
+            return false;
         }
-        if buckets.len() >= self.max_keys {
-            let burst = self.burst;
-            buckets.retain(|_, b| refill(*b) < burst);
-            if buckets.len() >= self.max_keys {
-                return false;
-            }
-        }
-        buckets.insert(key.clone(), (self.burst - 1.0, now_ms));
+        *b = (tokens - 1.0, now_ms);
         true
+    }
+
+    /// How many keys have a bucket now.
+    pub fn keys(&self) -> usize {
+        self.buckets.len()
     }
 }
 
@@ -93,13 +103,17 @@ mod tests {
     fn unlimited_and_bounded() {
         let l = RateLimiter::new(0, 1);
         assert!((0..1000).all(|i| l.allow(&i, 0)));
-        let l = RateLimiter::new(1, 2);
-        assert!(l.allow(&1, 0));
-        assert!(l.allow(&2, 0));
-        assert!(
-            !l.allow(&3, 0),
-            "map full of busy keys: refuse, do not grow"
-        );
-        assert!(l.allow(&3, 5_000), "full buckets are dropped to make room");
+        let l = RateLimiter::new(1, 100);
+        for k in 0..100_000u32 {
+            assert!(l.allow(&k, 0), "a new key starts with a full bucket");
+        }
+        assert!(l.keys() <= 200, "bounded: {} keys", l.keys());
+        // A key in constant use keeps its bucket through the flood.
+        let hot = RateLimiter::new(1, 100);
+        assert!(hot.allow(&u32::MAX, 0));
+        for k in 0..10_000u32 {
+            hot.allow(&k, 0);
+            assert!(!hot.allow(&u32::MAX, 0), "at {k}: the hot key stayed limited");
+        }
     }
 }

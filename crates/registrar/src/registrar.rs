@@ -30,6 +30,7 @@ use tracing::error;
 
 use crate::auth::{AuthCounters, AuthPolicy};
 use crate::ban::Bans;
+use crate::cache::ProductCache;
 use crate::generate;
 use crate::model::SecretMatch;
 use crate::model::{
@@ -118,6 +119,8 @@ pub struct Registrar<S> {
     per_pid: RateLimiter<String>,
     /// The origin of the per-product limiter's millisecond clock.
     epoch: std::time::Instant,
+    /// Product lookups, in front of the store.
+    products: Arc<ProductCache>,
     pub(crate) bans: Bans,
     pub(crate) replay_guard: bool,
     pub(crate) auth_counters: AuthCounters,
@@ -133,7 +136,18 @@ impl<S: Store> Registrar<S> {
 
     /// A registrar over `store` that decides CONNECTs under `policy`.
     pub fn with_policy(store: S, policy: AuthPolicy) -> Self {
+        let products = Arc::new(ProductCache::new(
+            crate::cache::DEFAULT_CAPACITY,
+            crate::cache::DEFAULT_TTL,
+        ));
+        let dropped = Arc::downgrade(&products);
+        store.on_product_change(Arc::new(move |pid| {
+            if let Some(cache) = dropped.upgrade() {
+                cache.invalidate(pid);
+            }
+        }));
         Self {
+            products,
             store,
             per_pid: RateLimiter::new(0, MAX_RATE_KEYS),
             epoch: std::time::Instant::now(),
@@ -158,7 +172,8 @@ impl<S: Store> Registrar<S> {
         self.store_errors.total()
     }
 
-    /// The store this registrar uses (the CONNECT decision reads products through it).
+    /// The store this registrar uses (the CONNECT decision claims credentials
+    /// through it).
     pub(crate) fn store(&self) -> &S {
         &self.store
     }
@@ -226,10 +241,15 @@ impl<S: Store> Registrar<S> {
         }
     }
 
-    fn product(&self, now: u64, pid: &str) -> Result<Option<Arc<Product>>, Status> {
-        self.store
-            .product(pid)
+    async fn product(&self, now: u64, pid: &str) -> Result<Option<Arc<Product>>, Status> {
+        self.lookup(pid)
+            .await
             .map_err(|e| self.store_failure(now, &e))
+    }
+
+    /// The product `pid` through the cache.
+    pub(crate) async fn lookup(&self, pid: &str) -> Result<Option<Arc<Product>>, StoreError> {
+        self.products.get(pid, || self.store.product(pid)).await
     }
 
     /// The status a device sees for a storage failure, which is logged with its cause
@@ -263,7 +283,8 @@ impl<S: Store> Registrar<S> {
         }
         request.validate()?;
         let product = self
-            .product(now, device.pid)?
+            .product(now, device.pid)
+            .await?
             .ok_or(Status::ProductUnknown)?;
         if !product.enabled {
             return Err(Status::RegistrationDisabled);
@@ -278,7 +299,8 @@ impl<S: Store> Registrar<S> {
                     .replace_secret()
                     .ok_or(Status::ReplacePidSecretMissing)?;
                 let target = self
-                    .product(now, replace_pid)?
+                    .product(now, replace_pid)
+                    .await?
                     .ok_or(Status::ReplacePidUnknown)?;
                 // The replacement product's current secret, or its previous one during
                 // a rotation's grace period.
@@ -456,7 +478,10 @@ mod tests {
     struct Full(MemoryStore);
 
     impl Store for Full {
-        fn product(&self, pid: &str) -> Result<Option<Arc<Product>>, StoreError> {
+        fn product(
+            &self,
+            pid: &str,
+        ) -> impl Future<Output = Result<Option<Arc<Product>>, StoreError>> + Send {
             self.0.product(pid)
         }
         fn transact<T, F>(&self, _: F) -> impl Future<Output = Result<T, StoreError>> + Send
@@ -466,7 +491,11 @@ mod tests {
         {
             std::future::ready(Err(StoreError::Backend("database or disk is full".into())))
         }
-        fn claim_credential(&self, c: &CredentialUse<'_>, now: u64) -> Result<Claim, StoreError> {
+        fn claim_credential(
+            &self,
+            c: &CredentialUse<'_>,
+            now: u64,
+        ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
             self.0.claim_credential(c, now)
         }
     }

@@ -115,11 +115,26 @@ pub trait Tx {
     fn count_bound_device(&mut self, pid: &str) -> Result<(), StoreError>;
 }
 
+/// Called with the pid of a product that changed (see [`Store::on_product_change`]).
+pub type ProductListener = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// A durable store of products, triplets and registrations.
 pub trait Store: Send + Sync + 'static {
-    /// The product `pid`, if it exists. May be served from a cache that lags writes by
-    /// other processes by a few seconds.
-    fn product(&self, pid: &str) -> Result<Option<Arc<Product>>, StoreError>;
+    /// The product `pid`, if it exists, read from the store (the registrar keeps the
+    /// cache, [`crate::cache::ProductCache`]).
+    fn product(
+        &self,
+        pid: &str,
+    ) -> impl Future<Output = Result<Option<Arc<Product>>, StoreError>> + Send;
+
+    /// Registers `listener`, to be called with the pid of every product this store
+    /// changes (and, for a database shared by several instances, that another instance
+    /// changes, where the backend can tell). Caches use it to drop the product at once;
+    /// changes nobody reports are seen within the cache's TTL. The default reports
+    /// nothing.
+    fn on_product_change(&self, listener: ProductListener) {
+        let _ = listener;
+    }
 
     /// Runs `work` as one atomic unit and resolves once it is durably committed (or
     /// rolled back, when `work` returns `Err`). `work` may be called more than once,
@@ -138,12 +153,19 @@ pub trait Store: Send + Sync + 'static {
         &self,
         credential: &CredentialUse<'_>,
         now: u64,
-    ) -> Result<Claim, StoreError>;
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 }
 
 impl<S: Store> Store for Arc<S> {
-    fn product(&self, pid: &str) -> Result<Option<Arc<Product>>, StoreError> {
+    fn product(
+        &self,
+        pid: &str,
+    ) -> impl Future<Output = Result<Option<Arc<Product>>, StoreError>> + Send {
         (**self).product(pid)
+    }
+
+    fn on_product_change(&self, listener: ProductListener) {
+        (**self).on_product_change(listener);
     }
 
     fn transact<T, F>(&self, work: F) -> impl Future<Output = Result<T, StoreError>> + Send
@@ -158,7 +180,7 @@ impl<S: Store> Store for Arc<S> {
         &self,
         credential: &CredentialUse<'_>,
         now: u64,
-    ) -> Result<Claim, StoreError> {
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
         (**self).claim_credential(credential, now)
     }
 }

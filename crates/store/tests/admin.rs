@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use dynreg_registrar::{MacRange, NewTriplet, ReregPolicy, Secret, SourceMode, Store};
+use dynreg_registrar::{MacRange, NewTriplet, ReregPolicy, Secret, SourceMode};
 use dynreg_store::{DeviceFilter, Error, KeySource, NewProduct, SqliteConfig, SqliteStore};
 
 fn open(dir: &std::path::Path) -> SqliteStore {
@@ -51,7 +51,7 @@ fn products_create_list_enable_rotate() {
 
     s.set_enabled("lamp-1", false).unwrap();
     assert!(
-        !s.product("lamp-1").unwrap().unwrap().enabled,
+        !s.load_product("lamp-1").unwrap().unwrap().enabled,
         "visible at once through the same store"
     );
     assert!(matches!(
@@ -65,7 +65,10 @@ fn products_create_list_enable_rotate() {
         s.load_product("lamp-1").unwrap().unwrap().secret,
         new_secret
     );
-    assert_eq!(s.product("lamp-1").unwrap().unwrap().secret, new_secret);
+    assert_eq!(
+        s.load_product("lamp-1").unwrap().unwrap().secret,
+        new_secret
+    );
 }
 
 #[test]

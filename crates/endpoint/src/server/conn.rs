@@ -352,15 +352,17 @@ impl<S: Store> Conn<'_, S> {
                     username,
                     password,
                 } => {
-                    let result = registrar.authenticate(
-                        unix_now(),
-                        Connect {
-                            client_id: &client_id,
-                            username: username.as_deref(),
-                            password: password.as_deref(),
-                            peer: Some(peer.ip()),
-                        },
-                    );
+                    let result = registrar
+                        .authenticate(
+                            unix_now(),
+                            Connect {
+                                client_id: &client_id,
+                                username: username.as_deref(),
+                                password: password.as_deref(),
+                                peer: Some(peer.ip()),
+                            },
+                        )
+                        .await;
                     if let Err(AuthError::Store(e)) = &result {
                         warn!(%peer, error = %e, "CONNECT could not be checked: storage unavailable");
                     }

@@ -8,23 +8,24 @@
 //!   are undone.
 //! - Reads (product lookups, listings) use a separate read connection; WAL lets them
 //!   run while the writer commits.
-//! - Product lookups are cached for [`SqliteConfig::product_cache_ttl`] so that the hot
-//!   path does not decrypt a product secret per request; changes made by another process
-//!   (the CLI while `dynreg serve` runs) are seen within that time, changes made through
-//!   this store at once.
+//! - Product lookups read the database; the registrar caches them
+//!   ([`dynreg_registrar::cache::ProductCache`]), and this store tells it of every
+//!   product it changes ([`Store::on_product_change`]), so changes made through this
+//!   store are seen at once and changes by another process (the CLI while `dynreg
+//!   serve` runs) within the cache's TTL.
 
 mod admin;
 mod schema;
 mod tx;
 mod writer;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use dynreg_registrar::{Claim, CredentialUse, Product, ReplayGuard, Store, StoreError, Tx};
+use dynreg_registrar::{
+    Claim, CredentialUse, Product, ProductListener, ReplayGuard, Store, StoreError, Tx,
+};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 pub use admin::{
@@ -46,8 +47,6 @@ pub struct SqliteConfig {
     pub data_dir: PathBuf,
     /// Where the master key comes from.
     pub key: KeySource,
-    /// How long a product lookup may be served from the cache.
-    pub product_cache_ttl: Duration,
     /// The most jobs committed together in one transaction.
     pub max_batch: usize,
     /// The most CONNECT credentials the replay guard remembers at once.
@@ -60,13 +59,11 @@ pub struct SqliteConfig {
 }
 
 impl SqliteConfig {
-    /// The defaults for `data_dir`: key in the data dir, 2 s product cache, batches of
-    /// up to 512 jobs.
+    /// The defaults for `data_dir`: key in the data dir, batches of up to 512 jobs.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
             key: KeySource::DataDir,
-            product_cache_ttl: Duration::from_secs(2),
             max_batch: 512,
             replay_capacity: dynreg_registrar::replay::DEFAULT_CAPACITY,
             create: true,
@@ -85,14 +82,12 @@ pub struct WriterStats {
     pub reruns: u64,
 }
 
-type CacheEntry = (Option<Arc<Product>>, Instant);
-
 pub(crate) struct Inner {
     key: Arc<MasterKey>,
     reader: Mutex<Connection>,
     writer: Writer,
-    cache: RwLock<HashMap<String, CacheEntry>>,
-    ttl: Duration,
+    /// Told of every product this store changes (the registrar's cache).
+    listeners: Mutex<Vec<ProductListener>>,
     path: PathBuf,
     /// One process serves a SQLite database, so the replay guard lives in its memory.
     replay: ReplayGuard,
@@ -281,8 +276,7 @@ impl SqliteStore {
                 key,
                 reader: Mutex::new(reader),
                 writer,
-                cache: RwLock::new(HashMap::new()),
-                ttl: config.product_cache_ttl,
+                listeners: Mutex::new(Vec::new()),
                 path,
                 replay: ReplayGuard::with_capacity(config.replay_capacity),
             }),
@@ -358,13 +352,17 @@ impl SqliteStore {
             .map_err(|_| Error::Unavailable("the writer stopped".into()))?
     }
 
-    /// Drops cached lookups of `pid` (after a change made through this store).
+    /// Tells the listeners that `pid` changed (after a change made through this store).
     pub(crate) fn invalidate(&self, pid: &str) {
-        self.inner
-            .cache
-            .write()
+        for l in self
+            .inner
+            .listeners
+            .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(pid);
+            .iter()
+        {
+            l(pid);
+        }
     }
 
     /// Reads a product from the database, bypassing the cache.
@@ -459,36 +457,24 @@ where
 }
 
 impl Store for SqliteStore {
-    fn product(&self, pid: &str) -> Result<Option<Arc<Product>>, StoreError> {
-        if let Some((p, at)) = self
-            .inner
-            .cache
-            .read()
+    fn product(
+        &self,
+        pid: &str,
+    ) -> impl Future<Output = Result<Option<Arc<Product>>, StoreError>> + Send {
+        // A read of the read connection: quick, and reached only on a cache miss.
+        std::future::ready(
+            self.load_product(pid)
+                .map(|p| p.map(Arc::new))
+                .map_err(StoreError::from),
+        )
+    }
+
+    fn on_product_change(&self, listener: ProductListener) {
+        self.inner
+            .listeners
+            .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(pid)
-        {
-            if at.elapsed() < self.inner.ttl {
-                return Ok(p.clone());
-            }
-        }
-        let product = self
-            .load_product(pid)
-            .map_err(StoreError::from)?
-            .map(Arc::new);
-        let mut cache = self
-            .inner
-            .cache
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        // Unknown pids are cached too, so that a flood of them does not reach the
-        // database; the map is bounded so that such a flood cannot grow it forever.
-        if cache.len() >= 100_000 {
-            cache.retain(|_, (_, at)| at.elapsed() < self.inner.ttl);
-        }
-        if cache.len() < 100_000 {
-            cache.insert(pid.to_owned(), (product.clone(), Instant::now()));
-        }
-        Ok(product)
+            .push(listener);
     }
 
     fn transact<T, F>(&self, work: F) -> impl Future<Output = Result<T, StoreError>> + Send
@@ -513,7 +499,7 @@ impl Store for SqliteStore {
         &self,
         credential: &CredentialUse<'_>,
         now: u64,
-    ) -> Result<Claim, StoreError> {
-        Ok(self.inner.replay.claim(credential, now))
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
+        std::future::ready(Ok(self.inner.replay.claim(credential, now)))
     }
 }

@@ -24,8 +24,15 @@ impl TempStore {
 }
 
 impl Store for TempStore {
-    fn product(&self, pid: &str) -> Result<Option<Arc<Product>>, StoreError> {
+    fn product(
+        &self,
+        pid: &str,
+    ) -> impl Future<Output = Result<Option<Arc<Product>>, StoreError>> + Send {
         self.store.product(pid)
+    }
+
+    fn on_product_change(&self, listener: dynreg_registrar::ProductListener) {
+        self.store.on_product_change(listener);
     }
 
     fn transact<T, F>(&self, work: F) -> impl Future<Output = Result<T, StoreError>> + Send
@@ -36,7 +43,11 @@ impl Store for TempStore {
         self.store.transact(work)
     }
 
-    fn claim_credential(&self, c: &CredentialUse<'_>, now: u64) -> Result<Claim, StoreError> {
+    fn claim_credential(
+        &self,
+        c: &CredentialUse<'_>,
+        now: u64,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
         self.store.claim_credential(c, now)
     }
 }

@@ -113,7 +113,10 @@ mod tests {
         assert!(hot.allow(&u32::MAX, 0));
         for k in 0..10_000u32 {
             hot.allow(&k, 0);
-            assert!(!hot.allow(&u32::MAX, 0), "at {k}: the hot key stayed limited");
+            assert!(
+                !hot.allow(&u32::MAX, 0),
+                "at {k}: the hot key stayed limited"
+            );
         }
     }
 }

@@ -8,20 +8,24 @@
 //! own savepoint, so that only its writes are undone). Product and device secrets are encrypted at rest ([`crypto`]).
 //!
 //! ## Layout
+//! - [`admin`]: the operator's operations independent of the backend: what they take,
+//!   what they answer, and the validation every backend applies.
 //! - [`crypto`]: the master key and the sealing of secrets.
 //! - [`factory_csv`]: reading the factory CSV of triplets that `pool import` takes.
 //! - [`sqlite`]: [`SqliteStore`]: the [`dynreg_registrar::Store`] implementation and the
 //!   operator's operations (products, pools, devices).
 
+pub mod admin;
 pub mod crypto;
 pub mod factory_csv;
 pub mod sqlite;
 
-pub use crypto::{KeySource, MasterKey};
-pub use sqlite::{
+pub use admin::{
     Deleted, DeviceFilter, HistoryEntry, NewProduct, PoolStats, ProductSummary, ProductUpdate,
-    Progress, SqliteConfig, SqliteStore, TripletRef, Withdrawal, WriterStats,
+    Progress, TripletRef, Withdrawal,
 };
+pub use crypto::{KeySource, MasterKey};
+pub use sqlite::{SqliteConfig, SqliteStore, WriterStats};
 
 use dynreg_registrar::StoreError;
 

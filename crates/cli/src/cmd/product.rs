@@ -511,7 +511,7 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
             let (p, generated) = match def.secret {
                 // The same validation as `product create`, then the given secret.
                 Some(secret) => {
-                    let mut p = store.validate_new_product(new, now())?;
+                    let mut p = dynreg_store::admin::new_product(new, now())?;
                     p.secret = Secret::new(secret);
                     p.enabled = def.enabled;
                     store.insert_product(&p)?;

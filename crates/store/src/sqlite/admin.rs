@@ -1,16 +1,15 @@
-//! The operator's operations: products, pools, devices.
+//! The operator's operations on SQLite: products, pools, devices (what they take and
+//! answer, and their validation, are backend-neutral: [`crate::admin`]).
 //!
 //! Writes run on the writer thread like registrations (so they are serialised with
 //! them and committed durably); reads use the read connection. Multi-row writes
 //! (pool generation, import) are one transaction: all or nothing.
 
-use std::sync::Arc;
-
 use dynreg_registrar::model::PreviousSecret;
-use dynreg_registrar::model::{MAX_NAME_LEN, is_valid_pid};
+use dynreg_registrar::model::is_valid_pid;
 use dynreg_registrar::{
-    MacRange, NewTriplet, Product, Registration, ReregPolicy, Secret, SourceMode, Triplet,
-    TripletState, generate,
+    MacRange, NewTriplet, Product, Registration, Secret, SourceMode, Triplet, TripletState,
+    generate,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -20,180 +19,12 @@ use super::tx::{
 };
 use super::{SqliteStore, i64_of, product_aad, u64_of};
 use crate::Error;
+use crate::admin::{
+    Deleted, DeviceFilter, HistoryEntry, MAX_POOL_BATCH, NewProduct, PoolStats, ProductSummary,
+    ProductUpdate, Progress, TripletRef, Withdrawal, new_product, validate_import_batch,
+    validate_name, validate_ts_window,
+};
 use crate::crypto::MasterKey;
-
-/// The most triplets one `generate_pool` or `import_pool` call accepts.
-pub const MAX_POOL_BATCH: u64 = 10_000_000;
-/// The longest uuid, mac, barcode accepted by import, in bytes.
-pub const MAX_FIELD_LEN: usize = 64;
-/// The longest device secret accepted by import, in bytes.
-pub const MAX_DEVICE_SECRET_LEN: usize = 128;
-
-/// What an operator gives to create a product.
-#[derive(Debug, Clone)]
-pub struct NewProduct {
-    /// The pid; generated when `None`.
-    pub pid: Option<String>,
-    /// A human name.
-    pub name: String,
-    /// Where triplets come from.
-    pub mode: SourceMode,
-    /// MAC addresses for generated triplets.
-    pub mac_range: Option<MacRange>,
-    /// CONNECT ts skew window, seconds.
-    pub ts_window: u64,
-    /// When a device that registered before gets its triplet again.
-    pub rereg: ReregPolicy,
-    /// The most devices the product may bind (`None`: no limit).
-    pub quota: Option<u64>,
-}
-
-/// Changes to a product; `None` leaves a field as it is.
-#[derive(Debug, Clone, Default)]
-pub struct ProductUpdate {
-    /// A new name.
-    pub name: Option<String>,
-    /// A new source of triplets.
-    pub mode: Option<SourceMode>,
-    /// A new MAC range for generated triplets: `Some(None)` removes it.
-    pub mac_range: Option<Option<MacRange>>,
-    /// A new CONNECT ts window, seconds.
-    pub ts_window: Option<u64>,
-    /// A new re-registration policy.
-    pub rereg: Option<ReregPolicy>,
-    /// A new quota: `Some(None)` removes it.
-    pub quota: Option<Option<u64>>,
-}
-
-impl ProductUpdate {
-    /// Whether the update changes nothing.
-    pub fn is_empty(&self) -> bool {
-        self.name.is_none()
-            && self.mode.is_none()
-            && self.mac_range.is_none()
-            && self.ts_window.is_none()
-            && self.rereg.is_none()
-            && self.quota.is_none()
-    }
-}
-
-/// What [`SqliteStore::delete_product`] removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Deleted {
-    /// Devices (registrations) removed.
-    pub devices: u64,
-    /// Triplets removed (free, bound, revoked and withdrawn).
-    pub triplets: u64,
-}
-
-/// A triplet named by what an operator has in hand.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum TripletRef {
-    /// By uuid.
-    Uuid(String),
-    /// By barcode (within the product).
-    Barcode(String),
-}
-
-impl std::fmt::Display for TripletRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Uuid(u) => write!(f, "uuid `{u}`"),
-            Self::Barcode(b) => write!(f, "barcode `{b}`"),
-        }
-    }
-}
-
-/// A free triplet chosen for withdrawal (no secret).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Withdrawal {
-    /// The triplet's uuid.
-    pub uuid: String,
-    /// Its barcode (empty if none).
-    pub barcode: String,
-    /// Its MAC (empty if none).
-    pub mac: String,
-}
-
-/// A device that held a triplet before an operator reset it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryEntry {
-    /// The triplet's uuid.
-    pub uuid: String,
-    /// The product the triplet belongs to.
-    pub pid: String,
-    /// The pid the device authenticated with.
-    pub key_pid: String,
-    /// The device's unique.
-    pub unique: String,
-    /// When the device registered (Unix seconds).
-    pub registered_at: u64,
-    /// When it was revoked.
-    pub revoked_at: Option<u64>,
-    /// When the operator reset it (the registration was forgotten).
-    pub reset_at: u64,
-}
-
-/// A product without its secret, with its pool and device counts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProductSummary {
-    /// The pid.
-    pub pid: String,
-    /// The name.
-    pub name: String,
-    /// Whether registration is enabled.
-    pub enabled: bool,
-    /// Where triplets come from.
-    pub mode: SourceMode,
-    /// The MAC range, if any.
-    pub mac_range: Option<MacRange>,
-    /// The ts window in seconds.
-    pub ts_window: u64,
-    /// The re-registration policy.
-    pub rereg: ReregPolicy,
-    /// The most devices the product may bind, if limited.
-    pub quota: Option<u64>,
-    /// When the previous secret's grace period ends (or ended), if a rotation left one.
-    pub previous_secret_until: Option<u64>,
-    /// Creation time, Unix seconds.
-    pub created_at: u64,
-    /// Triplet and device counts.
-    pub stats: PoolStats,
-}
-
-/// Counts of a product's triplets and devices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PoolStats {
-    /// Triplets not yet handed out.
-    pub free: u64,
-    /// Triplets bound to a device.
-    pub bound: u64,
-    /// Triplets of revoked devices (never handed out again).
-    pub revoked: u64,
-    /// Free triplets an operator withdrew (never handed out).
-    pub withdrawn: u64,
-    /// Devices registered under the product.
-    pub devices: u64,
-    /// MAC addresses left in the product's range, if it has one.
-    pub mac_left: Option<u64>,
-    /// Re-registrations served (a device that registered before got its triplet again).
-    pub reregistrations: u64,
-    /// Re-registrations refused by the product's policy.
-    pub reregistrations_refused: u64,
-}
-
-/// Which devices to list.
-#[derive(Debug, Clone, Default)]
-pub struct DeviceFilter {
-    /// Only devices registered under this product.
-    pub pid: Option<String>,
-    /// Only revoked devices.
-    pub revoked_only: bool,
-    /// Only devices registered at or after this time (Unix seconds).
-    pub since: Option<u64>,
-    /// At most this many (0: no limit).
-    pub limit: usize,
-}
 
 fn mode_from(s: &str) -> Result<SourceMode, Error> {
     s.parse().map_err(Error::Invalid)
@@ -279,25 +110,6 @@ fn previous_aad(pid: &str) -> Vec<u8> {
     [b"product-previous:".as_slice(), pid.as_bytes()].concat()
 }
 
-fn validate_name(name: &str) -> Result<String, Error> {
-    let name = name.trim().to_owned();
-    if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
-        return Err(Error::Invalid(format!(
-            "product name must be 1 to {MAX_NAME_LEN} bytes of printable text"
-        )));
-    }
-    Ok(name)
-}
-
-fn validate_ts_window(ts_window: u64) -> Result<(), Error> {
-    if ts_window == 0 || ts_window > 7 * 24 * 3600 {
-        return Err(Error::Invalid(format!(
-            "ts window {ts_window} is out of range: use 1 second to 7 days (604800)"
-        )));
-    }
-    Ok(())
-}
-
 fn require_product(conn: &Connection, pid: &str) -> Result<(), Error> {
     let exists: bool = conn
         .prepare_cached("SELECT 1 FROM products WHERE pid = ?1")?
@@ -377,42 +189,12 @@ fn assign_macs(
     Ok(())
 }
 
-/// Progress of a long operation: called with the number of items done so far.
-pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
-
 impl SqliteStore {
     /// Creates a product with a fresh secret. The pid is generated when not given.
     pub fn create_product(&self, new: NewProduct, now: u64) -> Result<Product, Error> {
-        let product = self.validate_new_product(new, now)?;
+        let product = new_product(new, now)?;
         self.insert_product(&product)?;
         Ok(product)
-    }
-
-    /// Checks what an operator gave for a new product and makes the product (with a
-    /// fresh secret, enabled), without storing it.
-    pub fn validate_new_product(&self, new: NewProduct, now: u64) -> Result<Product, Error> {
-        if let Some(pid) = &new.pid {
-            if !is_valid_pid(pid) {
-                return Err(Error::Invalid(format!(
-                    "pid `{pid}` is not valid: use 1 to 64 of A-Z a-z 0-9 . _ -"
-                )));
-            }
-        }
-        let name = validate_name(&new.name)?;
-        validate_ts_window(new.ts_window)?;
-        Ok(Product {
-            pid: new.pid.unwrap_or_else(generate::pid),
-            name,
-            secret: generate::secret(),
-            enabled: true,
-            mode: new.mode,
-            mac_range: new.mac_range,
-            ts_window: new.ts_window,
-            rereg: new.rereg,
-            quota: new.quota,
-            previous_secret: None,
-            created_at: now,
-        })
     }
 
     /// Inserts a product exactly as given, secret included (moving products between
@@ -749,24 +531,8 @@ impl SqliteStore {
         progress: Progress,
     ) -> Result<u64, Error> {
         let count = triplets.len() as u64;
-        if count == 0 || count > MAX_POOL_BATCH {
-            return Err(Error::Invalid(format!(
-                "the file holds {count} triplets: import 1 to {MAX_POOL_BATCH}"
-            )));
-        }
         let mut triplets = triplets;
-        let mut macs = std::collections::HashMap::new();
-        for (i, t) in triplets.iter_mut().enumerate() {
-            validate_import(t).map_err(|message| Error::Item { index: i, message })?;
-            if !t.mac.is_empty() {
-                if let Some(first) = macs.insert(t.mac.clone(), i) {
-                    return Err(Error::Item {
-                        index: i,
-                        message: format!("MAC {} appears twice (first at item {first})", t.mac),
-                    });
-                }
-            }
-        }
+        validate_import_batch(&mut triplets)?;
         require_product(&self.reader(), pid)?;
         let key = self.inner.key.clone();
         let pid = pid.to_owned();
@@ -1210,40 +976,4 @@ fn conflict_at(i: usize, t: &NewTriplet, e: rusqlite::Error) -> Error {
         },
         _ => Error::Sqlite(e),
     }
-}
-
-fn printable(s: &str) -> bool {
-    !s.chars().any(char::is_control)
-}
-
-/// Checks one imported triplet's fields and normalises its MAC (see
-/// [`MacRange::normalise`]).
-fn validate_import(t: &mut NewTriplet) -> Result<(), String> {
-    if t.uuid.is_empty()
-        || t.uuid.len() > MAX_FIELD_LEN
-        || !printable(&t.uuid)
-        || t.uuid.contains(['/', '+', '#'])
-    {
-        return Err(format!(
-            "uuid `{}` must be 1 to {MAX_FIELD_LEN} printable characters without / + #",
-            t.uuid
-        ));
-    }
-    let secret = t.secret.expose();
-    if secret.is_empty() || secret.len() > MAX_DEVICE_SECRET_LEN || !printable(secret) {
-        return Err(format!(
-            "secret of `{}` must be 1 to {MAX_DEVICE_SECRET_LEN} printable characters",
-            t.uuid
-        ));
-    }
-    if !t.mac.is_empty() {
-        t.mac = MacRange::normalise(&t.mac).map_err(|e| format!("mac of `{}`: {e}", t.uuid))?;
-    }
-    if t.barcode.len() > MAX_FIELD_LEN || !printable(&t.barcode) {
-        return Err(format!(
-            "barcode of `{}` must be at most {MAX_FIELD_LEN} printable characters",
-            t.uuid
-        ));
-    }
-    Ok(())
 }

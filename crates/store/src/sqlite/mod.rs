@@ -28,11 +28,6 @@ use dynreg_registrar::{
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-pub use admin::{
-    Deleted, DeviceFilter, HistoryEntry, MAX_DEVICE_SECRET_LEN, MAX_FIELD_LEN, MAX_POOL_BATCH,
-    NewProduct, PoolStats, ProductSummary, ProductUpdate, Progress, TripletRef, Withdrawal,
-};
-
 use crate::Error;
 use crate::crypto::{KeySource, MasterKey};
 use writer::Writer;

@@ -721,7 +721,8 @@ async fn tls_with_a_certificate_made_here() {
     // Bad files are refused with their name.
     let err =
         dynreg_endpoint::TlsSettings::load("127.0.0.1:0".parse().unwrap(), &key, &key).unwrap_err();
-    assert!(err.contains("key.pem"), "{err}");
+    assert!(err.to_string().contains("key.pem"), "{err}");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

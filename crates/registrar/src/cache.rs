@@ -154,9 +154,7 @@ mod tests {
         assert_eq!(lookups.load(Ordering::SeqCst), 3);
         // A failed lookup is not kept.
         let failed = cache
-            .get("q", || async {
-                Err(StoreError::Unavailable("down".into()))
-            })
+            .get("q", || async { Err(StoreError::unavailable("down")) })
             .await;
         assert!(failed.is_err());
         let found = cache.get("q", || async { Ok(None) }).await.unwrap();

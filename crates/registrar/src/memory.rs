@@ -102,7 +102,7 @@ impl Tx for MemTx<'_> {
             .products
             .get(pid)
             .and_then(|p| p.mac_range)
-            .ok_or_else(|| StoreError::Invalid(format!("product {pid} has no MAC range")))?;
+            .ok_or_else(|| StoreError::invalid(format!("product {pid} has no MAC range")))?;
         let next = self.s.mac_next.entry(pid.to_owned()).or_insert(range.start);
         if *next > range.end {
             return Ok(None);
@@ -119,7 +119,7 @@ impl Tx for MemTx<'_> {
         state: TripletState,
     ) -> Result<Triplet, StoreError> {
         if self.s.triplets.iter().any(|x| x.uuid == t.uuid) {
-            return Err(StoreError::Conflict(format!("uuid {} exists", t.uuid)));
+            return Err(StoreError::conflict(format!("uuid {} exists", t.uuid)));
         }
         if !t.barcode.is_empty()
             && self
@@ -128,7 +128,7 @@ impl Tx for MemTx<'_> {
                 .iter()
                 .any(|x| x.pid == pid && x.barcode == t.barcode)
         {
-            return Err(StoreError::Conflict(format!(
+            return Err(StoreError::conflict(format!(
                 "barcode {} exists",
                 t.barcode
             )));
@@ -168,7 +168,7 @@ impl Tx for MemTx<'_> {
                 .iter()
                 .any(|t| t.id != triplet && t.pid == pid && t.barcode == barcode)
         {
-            return Err(StoreError::Conflict(format!("barcode {barcode} exists")));
+            return Err(StoreError::conflict(format!("barcode {barcode} exists")));
         }
         barcode.clone_into(&mut self.s.triplets[index(triplet)].barcode);
         Ok(())
@@ -185,19 +185,19 @@ impl Tx for MemTx<'_> {
         let triplet = triplet.id;
         let key = (key_pid.to_owned(), unique.to_owned());
         if self.s.registrations.contains_key(&key) {
-            return Err(StoreError::Conflict(format!(
+            return Err(StoreError::conflict(format!(
                 "device {key_pid}/{unique} exists"
             )));
         }
         let t = &mut self.s.triplets[index(triplet)];
         if t.state != TripletState::Free && t.state != TripletState::Bound {
-            return Err(StoreError::Conflict(format!(
+            return Err(StoreError::conflict(format!(
                 "triplet {} is {}",
                 t.uuid, t.state
             )));
         }
         if self.s.registrations.values().any(|r| r.triplet == triplet) {
-            return Err(StoreError::Conflict("triplet already bound".into()));
+            return Err(StoreError::conflict("triplet already bound"));
         }
         self.s.triplets[index(triplet)].state = TripletState::Bound;
         self.s.registrations.insert(

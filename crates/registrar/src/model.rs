@@ -5,6 +5,24 @@ use std::str::FromStr;
 
 use subtle::ConstantTimeEq;
 
+/// An operator value that does not parse (a mode, MAC, MAC range, duration or
+/// re-registration policy); the message names the value and says what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
+
+impl From<String> for InvalidValue {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl From<InvalidValue> for String {
+    fn from(e: InvalidValue) -> Self {
+        e.0
+    }
+}
+
 /// A secret string (product or device secret). Its `Debug` and `Display` never show
 /// the value, and it compares in constant time.
 #[derive(Clone, PartialEq, Eq)]
@@ -67,15 +85,15 @@ impl SourceMode {
 }
 
 impl FromStr for SourceMode {
-    type Err = String;
+    type Err = InvalidValue;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "pool" => Ok(Self::Pool),
             "generate" => Ok(Self::Generate),
             "pool-then-generate" => Ok(Self::PoolThenGenerate),
-            _ => Err(format!(
+            _ => Err(InvalidValue(format!(
                 "unknown mode `{s}` (expected pool, generate or pool-then-generate)"
-            )),
+            ))),
         }
     }
 }
@@ -119,7 +137,7 @@ impl MacRange {
     /// Normalises a MAC address given as six pairs of hex digits separated by `:` or
     /// `-`, or as twelve hex digits, in either case, to the one canonical form
     /// `AA:BB:CC:DD:EE:FF` (upper case, colons).
-    pub fn normalise(s: &str) -> Result<String, String> {
+    pub fn normalise(s: &str) -> Result<String, InvalidValue> {
         let sep = s.chars().find(|c| *c == ':' || *c == '-');
         let well_formed = match sep {
             None => s.len() == 12,
@@ -131,11 +149,12 @@ impl MacRange {
         };
         let digits: String = s.chars().filter(|c| *c != ':' && *c != '-').collect();
         if !well_formed || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(format!(
+            return Err(InvalidValue(format!(
                 "`{s}` is not a MAC address (expected AA:BB:CC:DD:EE:FF, AA-BB-CC-DD-EE-FF or AABBCCDDEEFF)"
-            ));
+            )));
         }
-        let value = u64::from_str_radix(&digits, 16).map_err(|e| format!("`{s}`: {e}"))?;
+        let value =
+            u64::from_str_radix(&digits, 16).map_err(|e| InvalidValue(format!("`{s}`: {e}")))?;
         Ok(Self::format(value))
     }
 
@@ -146,30 +165,32 @@ impl MacRange {
 
     /// Parses one address: six hex pairs separated by `:` (or written without
     /// separators as 12 hex digits).
-    pub fn parse_mac(s: &str) -> Result<u64, String> {
+    pub fn parse_mac(s: &str) -> Result<u64, InvalidValue> {
         let digits: String = s.chars().filter(|c| *c != ':').collect();
         let well_formed = digits.len() == 12
             && digits.chars().all(|c| c.is_ascii_hexdigit())
             && (s.len() == 12 || (s.len() == 17 && s.split(':').all(|p| p.len() == 2)));
         if !well_formed {
-            return Err(format!(
+            return Err(InvalidValue(format!(
                 "`{s}` is not a MAC address (expected AA:BB:CC:DD:EE:FF)"
-            ));
+            )));
         }
-        u64::from_str_radix(&digits, 16).map_err(|e| format!("`{s}`: {e}"))
+        u64::from_str_radix(&digits, 16).map_err(|e| InvalidValue(format!("`{s}`: {e}")))
     }
 }
 
 impl FromStr for MacRange {
-    type Err = String;
+    type Err = InvalidValue;
     /// Parses `START-END`, e.g. `AA:BB:CC:00:00:00-AA:BB:CC:00:FF:FF`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (a, b) = s
             .split_once('-')
-            .ok_or_else(|| format!("MAC range `{s}` is not START-END"))?;
+            .ok_or_else(|| InvalidValue(format!("MAC range `{s}` is not START-END")))?;
         let (start, end) = (Self::parse_mac(a.trim())?, Self::parse_mac(b.trim())?);
         if start > end {
-            return Err(format!("MAC range `{s}` ends before it starts"));
+            return Err(InvalidValue(format!(
+                "MAC range `{s}` ends before it starts"
+            )));
         }
         Ok(Self { start, end })
     }
@@ -226,7 +247,7 @@ impl Default for ReregPolicy {
 }
 
 impl FromStr for ReregPolicy {
-    type Err = String;
+    type Err = InvalidValue;
     /// `always`, `never`, or `window:DURATION` (`DURATION` as [`parse_duration`]).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
@@ -235,10 +256,10 @@ impl FromStr for ReregPolicy {
             _ => match s.strip_prefix("window:") {
                 Some(d) => parse_duration(d)
                     .map(Self::Window)
-                    .map_err(|e| format!("re-registration policy `{s}`: {e}")),
-                None => Err(format!(
+                    .map_err(|e| InvalidValue(format!("re-registration policy `{s}`: {e}"))),
+                None => Err(InvalidValue(format!(
                     "unknown re-registration policy `{s}` (expected always, never or window:DURATION such as window:24h)"
-                )),
+                ))),
             },
         }
     }
@@ -256,26 +277,28 @@ impl fmt::Display for ReregPolicy {
 
 /// Parses a duration in seconds written as a number with a unit: `90s`, `15m`, `24h`,
 /// `7d` (a bare number is seconds). At most ten years.
-pub fn parse_duration(s: &str) -> Result<u64, String> {
+pub fn parse_duration(s: &str) -> Result<u64, InvalidValue> {
     let t = s.trim();
     let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (expected e.g. 90s, 15m, 24h, 7d)"))?;
+    let n: u64 = digits.parse().map_err(|_| {
+        InvalidValue(format!(
+            "`{s}` is not a duration (expected e.g. 90s, 15m, 24h, 7d)"
+        ))
+    })?;
     let scale = match unit {
         "" | "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
         _ => {
-            return Err(format!(
+            return Err(InvalidValue(format!(
                 "`{s}`: unknown unit `{unit}` (expected s, m, h or d)"
-            ));
+            )));
         }
     };
     n.checked_mul(scale)
         .filter(|v| *v <= 10 * 365 * 86_400)
-        .ok_or_else(|| format!("`{s}` is longer than ten years"))
+        .ok_or_else(|| InvalidValue(format!("`{s}` is longer than ten years")))
 }
 
 /// Formats seconds in the largest unit that divides them (`86400` as `1d`).

@@ -37,7 +37,7 @@ use crate::model::{
     NewTriplet, Product, ReregPolicy, SourceMode, Triplet, TripletId, TripletState,
 };
 use crate::rate::RateLimiter;
-use crate::store::{Store, StoreError, Tx};
+use crate::store::{Store, StoreError, StoreErrorKind, Tx};
 
 /// An authenticated device identity: the pid and unique of its clientId.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -256,7 +256,7 @@ impl<S: Store> Registrar<S> {
     /// (once per burst).
     fn store_failure(&self, now: u64, e: &StoreError) -> Status {
         let status = match e {
-            StoreError::Unavailable(_) => Status::TemporarilyUnavailable,
+            e if e.kind() == StoreErrorKind::Unavailable => Status::TemporarilyUnavailable,
             _ => Status::InternalError,
         };
         if let Some(suppressed) = self.store_errors.record(now) {
@@ -440,11 +440,11 @@ impl Plan {
             t.mac.clone_from(&mac);
             match tx.insert_triplet(&self.pid, &t, TripletState::Bound) {
                 Ok(stored) => return Ok(Some(stored)),
-                Err(StoreError::Conflict(e)) => last = Some(StoreError::Conflict(e)),
+                Err(e) if e.kind() == StoreErrorKind::Conflict => last = Some(e),
                 Err(e) => return Err(e),
             }
         }
-        Err(last.unwrap_or_else(|| StoreError::Backend("uuid generation failed".into())))
+        Err(last.unwrap_or_else(|| StoreError::backend("uuid generation failed")))
     }
 }
 
@@ -489,7 +489,7 @@ mod tests {
             F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
             T: Send + 'static,
         {
-            std::future::ready(Err(StoreError::Backend("database or disk is full".into())))
+            std::future::ready(Err(StoreError::backend("database or disk is full")))
         }
         fn claim_credential(
             &self,

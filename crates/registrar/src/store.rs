@@ -15,30 +15,129 @@ use std::sync::Arc;
 use crate::model::{NewTriplet, Product, Registration, Triplet, TripletId, TripletState};
 use crate::replay::{Claim, CredentialUse};
 
-/// A storage failure.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// What kind of failure a store reports: what a caller decides on (refuse, retry,
+/// report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum StoreError {
+pub enum StoreErrorKind {
     /// A uniqueness rule refused the write (duplicate uuid, barcode, pid...).
-    #[error("conflict: {0}")]
-    Conflict(String),
+    Conflict,
     /// A named record does not exist.
-    #[error("not found: {0}")]
-    NotFound(String),
-    /// The input is not acceptable to the store (says which and why).
-    #[error("invalid: {0}")]
-    Invalid(String),
+    NotFound,
+    /// The input is not acceptable to the store (the message says which and why).
+    Invalid,
     /// The store cannot serve now (shutting down, database busy or unreachable); the
     /// caller may retry.
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
+    Unavailable,
     /// Stored data could not be read back: corruption or the wrong master key.
-    #[error("stored data unreadable: {0}")]
-    Corrupt(String),
+    Corrupt,
     /// Any other failure of the storage backend.
-    #[error("storage error: {0}")]
-    Backend(String),
+    Backend,
 }
+
+impl StoreErrorKind {
+    const fn prefix(self) -> &'static str {
+        match self {
+            Self::Conflict => "conflict",
+            Self::NotFound => "not found",
+            Self::Invalid => "invalid",
+            Self::Unavailable => "storage unavailable",
+            Self::Corrupt => "stored data unreadable",
+            Self::Backend => "storage error",
+        }
+    }
+}
+
+/// A storage failure: its kind, what happened, and the backend's own error when there
+/// is one ([`std::error::Error::source`]). Cheap to clone (a failed group commit is
+/// reported to every job of the batch).
+#[derive(Debug, Clone)]
+pub struct StoreError {
+    kind: StoreErrorKind,
+    message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StoreError {
+    /// A failure of `kind`, described by `message`.
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A uniqueness rule refused the write.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StoreErrorKind::Conflict, message)
+    }
+
+    /// A named record does not exist.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StoreErrorKind::NotFound, message)
+    }
+
+    /// The input is not acceptable.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StoreErrorKind::Invalid, message)
+    }
+
+    /// The store cannot serve now.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StoreErrorKind::Unavailable, message)
+    }
+
+    /// Stored data could not be read back.
+    pub fn corrupt(message: impl Into<String>) -> Self {
+        Self::new(StoreErrorKind::Corrupt, message)
+    }
+
+    /// Any other backend failure.
+    pub fn backend(message: impl Into<String>) -> Self {
+        Self::new(StoreErrorKind::Backend, message)
+    }
+
+    /// The same failure, caused by `source`.
+    #[must_use]
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+
+    /// What happened.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.prefix(), self.message)
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Two failures are equal when their kind and message are (the source is detail).
+impl PartialEq for StoreError {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.message == other.message
+    }
+}
+
+impl Eq for StoreError {}
 
 /// The operations of one registration transaction.
 ///
@@ -61,7 +160,7 @@ pub trait Tx {
     fn next_mac(&mut self, pid: &str) -> Result<Option<String>, StoreError>;
 
     /// Stores a new triplet for `pid` in `state`. A uuid that exists anywhere in the store
-    /// gives [`StoreError::Conflict`].
+    /// gives a [`StoreErrorKind::Conflict`] error.
     fn insert_triplet(
         &mut self,
         pid: &str,
@@ -82,7 +181,7 @@ pub trait Tx {
     /// Binds `triplet` to the device (`key_pid`, `unique`), registered under `pid`, at
     /// `now`. `triplet` is one this transaction got from [`Tx::free_triplet`] (it then
     /// becomes [`TripletState::Bound`]) or stored with [`Tx::insert_triplet`] as bound.
-    /// A triplet held by another device, or revoked, gives [`StoreError::Conflict`].
+    /// A triplet held by another device, or revoked, gives a [`StoreErrorKind::Conflict`] error.
     fn insert_registration(
         &mut self,
         key_pid: &str,

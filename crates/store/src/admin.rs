@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use dynreg_registrar::model::{MAX_NAME_LEN, is_valid_pid};
+use dynreg_registrar::model::{InvalidValue, MAX_NAME_LEN, is_valid_pid};
 use dynreg_registrar::{MacRange, NewTriplet, Product, ReregPolicy, SourceMode, generate};
 
 use crate::Error;
@@ -246,7 +246,10 @@ pub fn validate_import_batch(triplets: &mut [NewTriplet]) -> Result<(), Error> {
     }
     let mut macs = std::collections::HashMap::new();
     for (i, t) in triplets.iter_mut().enumerate() {
-        validate_import(t).map_err(|message| Error::Item { index: i, message })?;
+        validate_import(t).map_err(|e| Error::Item {
+            index: i,
+            message: e.0,
+        })?;
         if !t.mac.is_empty() {
             if let Some(first) = macs.insert(t.mac.clone(), i) {
                 return Err(Error::Item {
@@ -265,32 +268,33 @@ fn printable(s: &str) -> bool {
 
 /// Checks one imported triplet's fields and normalises its MAC (see
 /// [`MacRange::normalise`]).
-fn validate_import(t: &mut NewTriplet) -> Result<(), String> {
+fn validate_import(t: &mut NewTriplet) -> Result<(), InvalidValue> {
     if t.uuid.is_empty()
         || t.uuid.len() > MAX_FIELD_LEN
         || !printable(&t.uuid)
         || t.uuid.contains(['/', '+', '#'])
     {
-        return Err(format!(
+        return Err(InvalidValue(format!(
             "uuid `{}` must be 1 to {MAX_FIELD_LEN} printable characters without / + #",
             t.uuid
-        ));
+        )));
     }
     let secret = t.secret.expose();
     if secret.is_empty() || secret.len() > MAX_DEVICE_SECRET_LEN || !printable(secret) {
-        return Err(format!(
+        return Err(InvalidValue(format!(
             "secret of `{}` must be 1 to {MAX_DEVICE_SECRET_LEN} printable characters",
             t.uuid
-        ));
+        )));
     }
     if !t.mac.is_empty() {
-        t.mac = MacRange::normalise(&t.mac).map_err(|e| format!("mac of `{}`: {e}", t.uuid))?;
+        t.mac = MacRange::normalise(&t.mac)
+            .map_err(|e| InvalidValue(format!("mac of `{}`: {e}", t.uuid)))?;
     }
     if t.barcode.len() > MAX_FIELD_LEN || !printable(&t.barcode) {
-        return Err(format!(
+        return Err(InvalidValue(format!(
             "barcode of `{}` must be at most {MAX_FIELD_LEN} printable characters",
             t.uuid
-        ));
+        )));
     }
     Ok(())
 }

@@ -66,16 +66,22 @@ pub enum Error {
     Sqlite(#[from] rusqlite::Error),
 }
 
+impl From<dynreg_registrar::model::InvalidValue> for Error {
+    fn from(e: dynreg_registrar::model::InvalidValue) -> Self {
+        Self::Invalid(e.0)
+    }
+}
+
 impl From<Error> for StoreError {
     fn from(e: Error) -> Self {
         match e {
-            Error::Conflict(m) => StoreError::Conflict(m),
-            Error::NotFound(m) => StoreError::NotFound(m),
-            Error::Invalid(m) | Error::Config(m) => StoreError::Invalid(m),
-            Error::Item { .. } => StoreError::Invalid(e.to_string()),
-            Error::Unavailable(m) => StoreError::Unavailable(m),
-            Error::WrongKey(_) => StoreError::Corrupt(e.to_string()),
-            Error::Sqlite(e) => sqlite::classify(&e),
+            Error::Conflict(m) => StoreError::conflict(m),
+            Error::NotFound(m) => StoreError::not_found(m),
+            Error::Invalid(m) | Error::Config(m) => StoreError::invalid(m),
+            Error::Item { .. } => StoreError::invalid(e.to_string()),
+            Error::Unavailable(m) => StoreError::unavailable(m),
+            Error::WrongKey(_) => StoreError::corrupt(e.to_string()),
+            Error::Sqlite(e) => sqlite::classify(e),
         }
     }
 }

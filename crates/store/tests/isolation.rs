@@ -26,7 +26,7 @@ async fn a_failing_job_is_rolled_back_alone() {
                     tx.insert_triplet("P", &t, TripletState::Free)?;
                     if i % 10 == 3 {
                         // Fails after writing: the write must vanish.
-                        return Err(StoreError::Invalid(format!("job {i} gives up")));
+                        return Err(StoreError::invalid(format!("job {i} gives up")));
                     }
                     Ok(i)
                 })
@@ -37,7 +37,7 @@ async fn a_failing_job_is_rolled_back_alone() {
     let results = join_all(jobs).await;
     for (i, r) in &results {
         if i % 10 == 3 {
-            assert_eq!(r, &Err(StoreError::Invalid(format!("job {i} gives up"))));
+            assert_eq!(r, &Err(StoreError::invalid(format!("job {i} gives up"))));
         } else {
             assert_eq!(r, &Ok(*i));
         }

@@ -226,7 +226,7 @@ pub(crate) fn run(g: &Global, args: &BenchArgs) -> anyhow::Result<()> {
             Some(path) => {
                 let pem = std::fs::read(path)
                     .with_context(|| format!("cannot read {}", path.display()))?;
-                Some(dynreg_bench::TlsClient::new(&pem, &args.host).map_err(anyhow::Error::msg)?)
+                Some(dynreg_bench::TlsClient::new(&pem, &args.host)?)
             }
             None => None,
         },

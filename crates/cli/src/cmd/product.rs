@@ -486,7 +486,7 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
             if def.dynreg_product != 1 {
                 bail!("{name}: format version {} is not 1", def.dynreg_product);
             }
-            let field = |key: &str, e: String| anyhow::anyhow!("{name}: {key}: {e}");
+            let field = |key: &str, e: model::InvalidValue| anyhow::anyhow!("{name}: {key}: {e}");
             let pid = pid.unwrap_or(def.pid);
             let mode: SourceMode = def.mode.parse().map_err(|e| field("mode", e))?;
             let mac_range: Option<MacRange> = def

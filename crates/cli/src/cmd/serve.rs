@@ -229,7 +229,7 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
             if tls_listen == listen {
                 bail!("tls.listen and mqtt.listen are both {listen}: give TLS its own port");
             }
-            Some(TlsSettings::load(tls_listen, &cert, &key).map_err(anyhow::Error::msg)?)
+            Some(TlsSettings::load(tls_listen, &cert, &key)?)
         }
         (Some(_), None) => {
             bail!("tls.cert is set but tls.key is not (flag --tls-key, env DYNREG_TLS_KEY)")

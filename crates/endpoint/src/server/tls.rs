@@ -1,5 +1,6 @@
 //! TLS: loading the certificate and key, and the handshake of each connection.
 
+use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -32,27 +33,31 @@ impl std::fmt::Debug for TlsSettings {
 
 impl TlsSettings {
     /// Loads a PEM certificate chain and private key (TLS 1.2 and 1.3, no client
-    /// certificates). The error names the file and what is wrong with it.
-    pub fn load(listen: SocketAddr, cert: &Path, key: &Path) -> Result<Self, String> {
+    /// certificates). The error (kind `InvalidInput`) names the file and what is wrong
+    /// with it.
+    pub fn load(listen: SocketAddr, cert: &Path, key: &Path) -> io::Result<Self> {
+        let bad = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
         use rustls_pki_types::pem::PemObject;
         use rustls_pki_types::{CertificateDer, PrivateKeyDer};
         let certs = CertificateDer::pem_file_iter(cert)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("TLS certificate {}: {e}", cert.display()))?;
+            .map_err(|e| bad(format!("TLS certificate {}: {e}", cert.display())))?;
         if certs.is_empty() {
-            return Err(format!(
+            return Err(bad(format!(
                 "TLS certificate {}: no certificate in the file",
                 cert.display()
-            ));
+            )));
         }
         let key = PrivateKeyDer::from_pem_file(key)
-            .map_err(|e| format!("TLS key {}: {e}", key.display()))?;
+            .map_err(|e| bad(format!("TLS key {}: {e}", key.display())))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
             .map_err(|e| {
-                format!("TLS certificate and key do not make a server configuration: {e}")
+                bad(format!(
+                    "TLS certificate and key do not make a server configuration: {e}"
+                ))
             })?;
         Ok(Self {
             listen,

@@ -27,7 +27,7 @@ use crate::admin::{
 use crate::crypto::MasterKey;
 
 fn mode_from(s: &str) -> Result<SourceMode, Error> {
-    s.parse().map_err(Error::Invalid)
+    s.parse().map_err(Error::from)
 }
 
 /// Reads a product with its secret opened.
@@ -98,7 +98,7 @@ pub(crate) fn read_product(
             _ => None,
         },
         ts_window: u64_of(ts_window),
-        rereg: rereg.parse().map_err(Error::Invalid)?,
+        rereg: rereg.parse().map_err(Error::from)?,
         quota: quota.map(u64_of),
         previous_secret,
         created_at: u64_of(created_at),
@@ -589,7 +589,7 @@ impl SqliteStore {
                     });
                 }
                 if let Some((r, next)) = &range {
-                    let value = MacRange::parse_mac(&t.mac).map_err(Error::Invalid)?;
+                    let value = MacRange::parse_mac(&t.mac).map_err(Error::from)?;
                     if !r.contains(value) {
                         return Err(Error::Item {
                             index: i,
@@ -724,7 +724,7 @@ impl SqliteStore {
     /// [`MacRange::normalise`] accepts). A MAC is normally held by one device; pools
     /// imported before MACs were checked may hold a MAC twice.
     pub fn devices_by_mac(&self, mac: &str) -> Result<Vec<Registration>, Error> {
-        let mac = MacRange::normalise(mac).map_err(Error::Invalid)?;
+        let mac = MacRange::normalise(mac).map_err(Error::from)?;
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!(
             "{REGISTRATION_SELECT} WHERE t.mac = ?1 ORDER BY r.registered_at"

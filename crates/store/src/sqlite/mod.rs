@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use dynreg_registrar::{
-    Claim, CredentialUse, Product, ProductListener, ReplayGuard, Store, StoreError, Tx,
+    Claim, CredentialUse, Product, ProductListener, ReplayGuard, Store, StoreError, StoreErrorKind,
+    Tx,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
@@ -102,16 +103,16 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-/// Maps a SQLite error to the registrar's view of it.
-pub(crate) fn classify(e: &rusqlite::Error) -> StoreError {
+/// Maps a SQLite error to the registrar's view of it (kind and message), keeping it as
+/// the source.
+pub(crate) fn classify(e: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode;
-    match e.sqlite_error_code() {
-        Some(ErrorCode::ConstraintViolation) => StoreError::Conflict(e.to_string()),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            StoreError::Unavailable(e.to_string())
-        }
-        _ => StoreError::Backend(e.to_string()),
-    }
+    let kind = match e.sqlite_error_code() {
+        Some(ErrorCode::ConstraintViolation) => StoreErrorKind::Conflict,
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreErrorKind::Unavailable,
+        _ => StoreErrorKind::Backend,
+    };
+    StoreError::new(kind, e.to_string()).with_source(e)
 }
 
 fn create_data_dir(dir: &Path, create: bool) -> Result<(), Error> {
@@ -370,12 +371,11 @@ impl SqliteStore {
 impl Error {
     /// The operator-facing form of a storage error.
     pub(crate) fn from_store(e: &StoreError) -> Self {
-        match e {
-            StoreError::Conflict(m) => Self::Conflict(m.clone()),
-            StoreError::NotFound(m) => Self::NotFound(m.clone()),
-            StoreError::Invalid(m) => Self::Invalid(m.clone()),
-            StoreError::Unavailable(m) => Self::Unavailable(m.clone()),
-            StoreError::Corrupt(m) | StoreError::Backend(m) => Self::Unavailable(m.clone()),
+        let m = e.message().to_owned();
+        match e.kind() {
+            StoreErrorKind::Conflict => Self::Conflict(m),
+            StoreErrorKind::NotFound => Self::NotFound(m),
+            StoreErrorKind::Invalid => Self::Invalid(m),
             _ => Self::Unavailable(e.to_string()),
         }
     }
@@ -408,7 +408,7 @@ where
         let out = match (commit, self.result) {
             (Some(e), _) => Err(e.clone()),
             (None, Some(r)) => r,
-            (None, None) => Err(StoreError::Unavailable("the job did not run".into())),
+            (None, None) => Err(StoreError::unavailable("the job did not run")),
         };
         let _ = self.reply.send(out);
     }
@@ -486,7 +486,7 @@ impl Store for SqliteStore {
         async move {
             submitted.map_err(StoreError::from)?;
             rx.await
-                .map_err(|_| StoreError::Unavailable("the store's writer stopped".into()))?
+                .map_err(|_| StoreError::unavailable("the store's writer stopped"))?
         }
     }
 

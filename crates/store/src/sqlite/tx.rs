@@ -145,9 +145,8 @@ pub(crate) fn insert_triplet(
     Ok(conn.last_insert_rowid())
 }
 
-#[allow(clippy::needless_pass_by_value)] // used as `map_err(sql)`
 fn sql(e: rusqlite::Error) -> StoreError {
-    classify(&e)
+    classify(e)
 }
 
 impl Tx for SqliteTx<'_> {
@@ -263,7 +262,7 @@ impl Tx for SqliteTx<'_> {
                     .prepare_cached("UPDATE triplets SET state = 1 WHERE id = ?1 AND state = 0")
                     .map_err(sql)?;
                 if bind.execute(params![triplet.id]).map_err(sql)? != 1 {
-                    return Err(StoreError::Conflict(format!(
+                    return Err(StoreError::conflict(format!(
                         "triplet {} is no longer free",
                         triplet.uuid
                     )));
@@ -271,7 +270,7 @@ impl Tx for SqliteTx<'_> {
             }
             TripletState::Bound => {}
             TripletState::Revoked => {
-                return Err(StoreError::Conflict(format!(
+                return Err(StoreError::conflict(format!(
                     "triplet {} is revoked",
                     triplet.uuid
                 )));

@@ -191,7 +191,7 @@ impl Batcher<'_> {
             if let Err(e) = exec(self.conn, "BEGIN IMMEDIATE") {
                 // Could not even start (database locked by another process for longer
                 // than the busy timeout): this job fails, the next batch tries again.
-                first.complete(Some(&super::classify(&e)));
+                first.complete(Some(&super::classify(e)));
                 continue;
             }
             batch.push(first);
@@ -261,7 +261,7 @@ impl Batcher<'_> {
                 if !self.conn.is_autocommit() {
                     let _ = exec(self.conn, "ROLLBACK");
                 }
-                let err = super::classify(&e);
+                let err = super::classify(e);
                 batch.drain(..).for_each(|j| j.complete(Some(&err)));
             }
         }

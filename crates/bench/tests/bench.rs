@@ -1,6 +1,7 @@
 //! The load generator against the endpoint in-process, and the responder against a real
 //! Mosquitto when one is installed.
 
+use dynreg_store::Operator;
 use std::sync::Arc;
 use std::time::Duration;
 

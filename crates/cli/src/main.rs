@@ -12,13 +12,16 @@ mod logging;
 mod outfile;
 mod output;
 mod progress;
+mod store;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
-use dynreg_store::{KeySource, SqliteConfig, SqliteStore};
+use dynreg_store::{KeySource, Operator, SqliteConfig, SqliteStore};
+
+use crate::store::Backend;
 
 use crate::config::FileConfig;
 
@@ -155,7 +158,7 @@ impl Global {
 
     /// Opens the store the config names. Says on stderr which one (not under
     /// `--json`).
-    pub(crate) fn open(&self, mode: Open) -> anyhow::Result<SqliteStore> {
+    pub(crate) fn open(&self, mode: Open) -> anyhow::Result<Backend> {
         let loc = self.location()?;
         let store = self.open_location(&loc, mode)?;
         if !self.json {
@@ -165,7 +168,7 @@ impl Global {
             };
             eprintln!(
                 "store: {} (data dir from {}{config})",
-                store.path().display(),
+                store.location(),
                 loc.from
             );
         }
@@ -173,11 +176,7 @@ impl Global {
     }
 
     /// Opens the store at `loc`.
-    pub(crate) fn open_location(
-        &self,
-        loc: &StoreLocation,
-        mode: Open,
-    ) -> anyhow::Result<SqliteStore> {
+    pub(crate) fn open_location(&self, loc: &StoreLocation, mode: Open) -> anyhow::Result<Backend> {
         let config = SqliteConfig {
             key: loc.key.clone(),
             create: mode == Open::Create,
@@ -185,7 +184,7 @@ impl Global {
         };
         let store = SqliteStore::open(&config)?;
         let _ = OPENED.set(store.path().to_owned());
-        Ok(store)
+        Ok(Backend::Sqlite(store))
     }
 }
 
@@ -261,7 +260,7 @@ fn init(g: &Global) -> anyhow::Result<()> {
         .join(dynreg_store::sqlite::DB_FILE_NAME)
         .exists();
     let store = g.open_location(&loc, Open::Create)?;
-    let path = store.path().to_owned();
+    let path = store.location();
     store.close()?;
     let key = match &loc.key {
         KeySource::DataDir => loc
@@ -279,13 +278,12 @@ fn init(g: &Global) -> anyhow::Result<()> {
     } else if existed {
         println!(
             "a store exists at {} (master key from {key}): nothing to do",
-            path.display()
+            path
         );
     } else {
         println!(
             "store created: {} (data dir from {}); master key in {key}: back it up, the secrets cannot be read without it",
-            path.display(),
-            loc.from
+            path, loc.from
         );
     }
     Ok(())

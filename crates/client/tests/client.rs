@@ -1,5 +1,6 @@
 //! The SDK against the endpoint in-process, on port 0.
 
+use dynreg_store::Operator;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

@@ -2,6 +2,7 @@
 //! 5), raw TCP for what no well-behaved client sends, and Mosquitto's `mosquitto_rr`
 //! as an independent client when it is installed.
 
+use dynreg_store::Operator;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -12,6 +12,7 @@
 
 #![allow(missing_docs)]
 
+use dynreg_store::Operator;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

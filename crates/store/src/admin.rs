@@ -6,7 +6,10 @@
 use std::sync::Arc;
 
 use dynreg_registrar::model::{InvalidValue, MAX_NAME_LEN, is_valid_pid};
-use dynreg_registrar::{MacRange, NewTriplet, Product, ReregPolicy, SourceMode, generate};
+use dynreg_registrar::{
+    MacRange, NewTriplet, Product, Registration, ReregPolicy, Secret, SourceMode, Triplet,
+    TripletState, generate,
+};
 
 use crate::Error;
 
@@ -185,6 +188,222 @@ pub struct DeviceFilter {
 
 /// Progress of a long operation: called with the number of items done so far.
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// The operator's operations on a store, for the CLI (and the admin API): one
+/// implementation per backend. The operations composed of others (creating a product,
+/// listing products, a product's summary, listing devices) are written here once; a
+/// backend implements the rest. Blocking: call them from a thread that may block (in
+/// an async context, through `spawn_blocking` or `block_in_place`).
+pub trait Operator {
+    /// Where the store is, for messages (a file path, a database URL without its
+    /// password).
+    fn location(&self) -> String;
+
+    /// Finishes pending work and closes the store; later writes fail.
+    fn close(&self) -> Result<(), Error>;
+
+    /// A product with its secret, read from the store (not cached).
+    fn load_product(&self, pid: &str) -> Result<Option<Product>, Error>;
+
+    /// Every product's pid, in order.
+    fn product_pids(&self) -> Result<Vec<String>, Error>;
+
+    /// Creates a product with a fresh secret. The pid is generated when not given.
+    fn create_product(&self, new: NewProduct, now: u64) -> Result<Product, Error> {
+        let product = new_product(new, now)?;
+        self.insert_product(&product)?;
+        Ok(product)
+    }
+
+    /// Inserts a product exactly as given, secret included (moving products between
+    /// stores, restoring from an export, tests). Refuses an existing pid.
+    fn insert_product(&self, product: &Product) -> Result<(), Error>;
+
+    /// Every product, without secrets, with counts, ordered by pid.
+    fn list_products(&self) -> Result<Vec<ProductSummary>, Error> {
+        self.product_pids()?
+            .iter()
+            .map(|p| self.product_summary(p))
+            .collect()
+    }
+
+    /// One product, without its secret, with counts.
+    fn product_summary(&self, pid: &str) -> Result<ProductSummary, Error> {
+        let product = self
+            .load_product(pid)?
+            .ok_or_else(|| Error::NotFound(format!("unknown pid `{pid}`")))?;
+        let stats = self.pool_stats(pid)?;
+        Ok(ProductSummary {
+            pid: product.pid,
+            name: product.name,
+            enabled: product.enabled,
+            mode: product.mode,
+            mac_range: product.mac_range,
+            ts_window: product.ts_window,
+            rereg: product.rereg,
+            quota: product.quota,
+            previous_secret_until: product.previous_secret.map(|p| p.until),
+            created_at: product.created_at,
+            stats,
+        })
+    }
+
+    /// Changes a product. Each field is validated as at creation.
+    ///
+    /// - A quota applies to new bindings only: devices already registered keep their
+    ///   triplets even when there are more of them than the new quota. Setting a quota
+    ///   recounts the product's devices; a server that still serves the product from
+    ///   its cache (up to the cache TTL, 2 s) does not count the devices it registers
+    ///   meanwhile.
+    /// - A new MAC range starts handing out addresses at its start, or just past the
+    ///   addresses already handed out from the old range when the new one contains
+    ///   them, so that a widened range never repeats an address.
+    /// - A new ts window or re-registration policy applies to the next CONNECT or
+    ///   request.
+    fn update_product(&self, pid: &str, update: ProductUpdate) -> Result<(), Error>;
+
+    /// Deletes a product with its triplets. Refused while devices are registered under
+    /// it or authenticate with its pid, unless `force`, which removes those devices too
+    /// (they keep working triplets that this store then no longer knows). Returns what
+    /// was removed.
+    fn delete_product(&self, pid: &str, force: bool) -> Result<Deleted, Error>;
+
+    /// Enables or disables registration for a product.
+    fn set_enabled(&self, pid: &str, enabled: bool) -> Result<(), Error>;
+
+    /// Gives a product a new secret and returns it. The old secret keeps verifying for
+    /// `grace_secs` from `now` (0: it stops at once, the case of a leaked secret), so
+    /// that devices flashed with it that have not registered yet still can. It is kept
+    /// after its grace, until the next rotation, only to say in the log that a refused
+    /// device holds it. A rotation during another's grace replaces the older secret.
+    fn rotate_secret(&self, pid: &str, grace_secs: u64, now: u64) -> Result<Secret, Error>;
+
+    /// Ends the grace period of a product's previous secret now: devices that still
+    /// hold it are refused from now on (and the log says so). Refused when the product
+    /// has no previous secret in its grace period.
+    fn retire_secret(&self, pid: &str, now: u64) -> Result<(), Error>;
+
+    /// Counts of a product's pool and devices.
+    fn pool_stats(&self, pid: &str) -> Result<PoolStats, Error>;
+
+    /// Generates `count` free triplets for `pid` (MACs from its range when it has one;
+    /// barcodes `prefix` + a 12-digit serial unique in the store) in one transaction,
+    /// and returns them, secrets included, for the factory CSV. `now` (Unix seconds)
+    /// goes into the generated uuids.
+    fn generate_pool(
+        &self,
+        pid: &str,
+        count: u64,
+        barcode_prefix: &str,
+        now: u64,
+        progress: Progress,
+    ) -> Result<Vec<NewTriplet>, Error>;
+
+    /// Imports triplets into `pid`'s pool as free, in one transaction: all or nothing.
+    /// Triplets without a MAC get one from the product's range when it has one. A
+    /// failure names the item (0-based) that caused it, as [`Error::Invalid`] or
+    /// [`Error::Conflict`] starting with `item N:`.
+    fn import_pool(
+        &self,
+        pid: &str,
+        triplets: Vec<NewTriplet>,
+        progress: Progress,
+    ) -> Result<u64, Error>;
+
+    /// Calls `f` for each triplet of `pid`'s pool (optionally only those in `state`), in
+    /// creation order, secrets opened: re-exporting a factory CSV.
+    fn for_each_triplet(
+        &self,
+        pid: &str,
+        state: Option<TripletState>,
+        f: impl FnMut(Triplet) -> Result<(), Error>,
+    ) -> Result<(), Error>;
+
+    /// Devices, newest first.
+    fn list_devices(&self, filter: &DeviceFilter) -> Result<Vec<Registration>, Error> {
+        let mut out = Vec::new();
+        self.for_each_device(filter, |r| {
+            out.push(r);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` for each device matching `filter`, newest first, without holding them
+    /// all in memory (for exports).
+    fn for_each_device(
+        &self,
+        filter: &DeviceFilter,
+        f: impl FnMut(Registration) -> Result<(), Error>,
+    ) -> Result<(), Error>;
+
+    /// The device (`key_pid`, `unique`): `key_pid` is the pid it authenticates with.
+    fn device(&self, key_pid: &str, unique: &str) -> Result<Option<Registration>, Error>;
+
+    /// The device holding the triplet `uuid`.
+    fn device_by_uuid(&self, uuid: &str) -> Result<Option<Registration>, Error>;
+
+    /// The device holding the triplet with `barcode`: in product `pid` when given,
+    /// else in any product (barcodes are unique within a product; the first match by
+    /// pid is returned when two products share one).
+    fn device_by_barcode(
+        &self,
+        pid: Option<&str>,
+        barcode: &str,
+    ) -> Result<Option<Registration>, Error>;
+
+    /// The devices holding a triplet with `mac` (given in any form
+    /// [`MacRange::normalise`] accepts). A MAC is normally held by one device; pools
+    /// imported before MACs were checked may hold a MAC twice.
+    fn devices_by_mac(&self, mac: &str) -> Result<Vec<Registration>, Error>;
+
+    /// The triplet `uuid`, whatever its state (with its secret).
+    fn triplet(&self, uuid: &str) -> Result<Option<Triplet>, Error>;
+
+    /// Who held the triplet `uuid` before an operator reset them, oldest first.
+    fn triplet_history(&self, uuid: &str) -> Result<Vec<HistoryEntry>, Error>;
+
+    /// The triplets the device (`key_pid`, `unique`) held before an operator reset
+    /// it, oldest first.
+    fn device_history(&self, key_pid: &str, unique: &str) -> Result<Vec<HistoryEntry>, Error>;
+
+    /// Finds free triplets of `pid` to withdraw. Every reference must name a triplet
+    /// of the product that is still free (a bound one belongs to a device: revoke the
+    /// device instead); the first that does not is refused as [`Error::Item`] with
+    /// its position. A triplet named twice is listed once.
+    fn withdrawal_candidates(
+        &self,
+        pid: &str,
+        refs: &[TripletRef],
+    ) -> Result<Vec<Withdrawal>, Error>;
+
+    /// Withdraws free triplets of `pid` (from [`SqliteStore::withdrawal_candidates`]) in
+    /// one transaction: they are never handed out, and count as withdrawn. Refused, with
+    /// nothing changed, if any of them stopped being free meanwhile. Returns how many.
+    fn withdraw(&self, pid: &str, uuids: Vec<String>, now: u64) -> Result<u64, Error>;
+
+    /// Revokes a device: its registrations are refused with `DeviceRevoked` and its
+    /// triplet is never handed out again.
+    fn revoke(&self, key_pid: &str, unique: &str, now: u64) -> Result<(), Error>;
+
+    /// Forgets a revoked device's registration so that it may register again (it gets
+    /// a fresh triplet; the old one stays revoked). Who held the old triplet, and when
+    /// it was registered, revoked and reset, stays in the device history
+    /// ([`SqliteStore::triplet_history`], [`SqliteStore::device_history`]).
+    fn reset(&self, key_pid: &str, unique: &str, now: u64) -> Result<(), Error>;
+
+    /// Registers `count` generated devices (uniques `bulk-<start>`...) under `pid` in
+    /// transactions of 50,000, without going through the registrar: for loading a store
+    /// before a benchmark. Returns how many were added.
+    fn bulk_load(
+        &self,
+        pid: &str,
+        start: u64,
+        count: u64,
+        now: u64,
+        progress: &dyn Fn(u64),
+    ) -> Result<u64, Error>;
+}
 
 /// Checks a product name; returns it trimmed.
 pub fn validate_name(name: &str) -> Result<String, Error> {

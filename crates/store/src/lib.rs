@@ -9,7 +9,9 @@
 //!
 //! ## Layout
 //! - [`admin`]: the operator's operations independent of the backend: what they take,
-//!   what they answer, and the validation every backend applies.
+//!   what they answer, the validation every backend applies, and the [`Operator`]
+//!   trait a backend implements (the operations composed of others are written there
+//!   once).
 //! - [`crypto`]: the master key and the sealing of secrets.
 //! - [`factory_csv`]: reading the factory CSV of triplets that `pool import` takes.
 //! - [`sqlite`]: [`SqliteStore`]: the [`dynreg_registrar::Store`] implementation and the
@@ -21,8 +23,8 @@ pub mod factory_csv;
 pub mod sqlite;
 
 pub use admin::{
-    Deleted, DeviceFilter, HistoryEntry, NewProduct, PoolStats, ProductSummary, ProductUpdate,
-    Progress, TripletRef, Withdrawal,
+    Deleted, DeviceFilter, HistoryEntry, NewProduct, Operator, PoolStats, ProductSummary,
+    ProductUpdate, Progress, TripletRef, Withdrawal,
 };
 pub use crypto::{KeySource, MasterKey};
 pub use sqlite::{SqliteConfig, SqliteStore, WriterStats};

@@ -1,5 +1,6 @@
 //! The operator's operations on the SQLite store.
 
+use dynreg_store::Operator;
 use std::sync::Arc;
 
 use dynreg_registrar::{MacRange, NewTriplet, ReregPolicy, Secret, SourceMode};

@@ -3,6 +3,7 @@
 
 mod common;
 
+use dynreg_store::Operator;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 

@@ -6,6 +6,7 @@
 //! The child is this test binary itself, re-run with `DYNREG_CRASH_CHILD` set, which
 //! makes the otherwise idle `crash_child` test run the loop.
 
+use dynreg_store::Operator;
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::Path;

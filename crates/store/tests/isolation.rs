@@ -3,6 +3,7 @@
 
 mod common;
 
+use dynreg_store::Operator;
 use std::sync::Arc;
 
 use dynreg_registrar::conformance::{Fixture, join_all, product};

@@ -9,6 +9,7 @@
 //! Products come from [`dynreg_registrar::conformance::product`] (secret
 //! `secret-of-<pid>`), so that a test signs credentials without asking the store.
 
+use dynreg_store::Operator;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;

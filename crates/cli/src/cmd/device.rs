@@ -3,6 +3,7 @@
 //! A device is named by the pid it authenticates with (its clientId's pid) and its
 //! unique; `--uuid` finds it by its triplet instead.
 
+use dynreg_store::Operator;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -364,7 +365,7 @@ pub(crate) fn run(g: &Global, cmd: DeviceCmd) -> anyhow::Result<()> {
 /// before a reset.
 fn show_triplet_history(
     g: &Global,
-    store: &dynreg_store::SqliteStore,
+    store: &crate::store::Backend,
     uuid: &str,
 ) -> anyhow::Result<()> {
     let triplet = store.triplet(uuid)?;

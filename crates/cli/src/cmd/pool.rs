@@ -3,6 +3,7 @@
 //! The factory CSV has the header `uuid,secret,mac,barcode` (mac and barcode columns may
 //! be left out on import, or left empty).
 
+use dynreg_store::Operator;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! `dynreg product ...`: create, list, show, update, enable, disable, delete,
 //! rotate-secret, retire-secret, export, import.
 
+use dynreg_store::Operator;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -534,7 +535,7 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
 
 fn set_enabled(
     g: &Global,
-    store: &dynreg_store::SqliteStore,
+    store: &crate::store::Backend,
     pid: &str,
     enabled: bool,
 ) -> anyhow::Result<()> {

@@ -1,5 +1,6 @@
 //! `dynreg serve`: the registration service on the embedded store.
 
+use dynreg_store::Operator;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -11,7 +12,9 @@ use dynreg_endpoint::{Endpoint, EndpointConfig, Listeners, TlsSettings};
 use dynreg_proto::credentials::{Credentials, SignMethod, sign};
 use dynreg_proto::{RegisterRequest, Topic};
 use dynreg_registrar::{AuthPolicy, BanPolicy, Registrar, SourceMode};
-use dynreg_store::{NewProduct, SqliteStore};
+use dynreg_store::NewProduct;
+
+use crate::store::Backend;
 use tracing::info;
 
 use crate::logging::LogGuard;
@@ -293,7 +296,7 @@ fn init_tracing() -> Option<LogGuard> {
 }
 
 /// Finds or creates the `demo` product and prints a ready-to-paste registration.
-fn demo(store: &SqliteStore, listen: SocketAddr) -> anyhow::Result<()> {
+fn demo(store: &Backend, listen: SocketAddr) -> anyhow::Result<()> {
     let existing = store
         .list_products()?
         .into_iter()
@@ -398,7 +401,7 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
             demo(&store, endpoint.local_addr()?)?;
         }
         let tls = endpoint.tls_local_addr().transpose()?.map(|a| a.to_string());
-        info!(listen = %endpoint.local_addr()?, tls = tls.as_deref().unwrap_or("off"), database = %store.path().display(), data_dir_from = location.from, "dynreg serving MQTT registrations");
+        info!(listen = %endpoint.local_addr()?, tls = tls.as_deref().unwrap_or("off"), store = %store.location(), data_dir_from = location.from, "dynreg serving MQTT registrations");
         // On the runtime's workers, not on this thread: one thread fewer to switch to.
         tokio::spawn(endpoint.run(shutdown)).await??;
         anyhow::Ok(())

@@ -20,9 +20,8 @@ use super::tx::{
 use super::{SqliteStore, i64_of, product_aad, u64_of};
 use crate::Error;
 use crate::admin::{
-    Deleted, DeviceFilter, HistoryEntry, MAX_POOL_BATCH, NewProduct, PoolStats, ProductSummary,
-    ProductUpdate, Progress, TripletRef, Withdrawal, new_product, validate_import_batch,
-    validate_name, validate_ts_window,
+    Deleted, DeviceFilter, HistoryEntry, MAX_POOL_BATCH, Operator, PoolStats, ProductUpdate,
+    Progress, TripletRef, Withdrawal, validate_import_batch, validate_name, validate_ts_window,
 };
 use crate::crypto::MasterKey;
 
@@ -189,17 +188,29 @@ fn assign_macs(
     Ok(())
 }
 
-impl SqliteStore {
-    /// Creates a product with a fresh secret. The pid is generated when not given.
-    pub fn create_product(&self, new: NewProduct, now: u64) -> Result<Product, Error> {
-        let product = new_product(new, now)?;
-        self.insert_product(&product)?;
-        Ok(product)
+impl Operator for SqliteStore {
+    fn location(&self) -> String {
+        self.path().display().to_string()
     }
 
-    /// Inserts a product exactly as given, secret included (moving products between
-    /// stores, restoring from an export, tests). Refuses an existing pid.
-    pub fn insert_product(&self, product: &Product) -> Result<(), Error> {
+    fn close(&self) -> Result<(), Error> {
+        SqliteStore::close(self)
+    }
+
+    fn load_product(&self, pid: &str) -> Result<Option<Product>, Error> {
+        SqliteStore::load_product(self, pid)
+    }
+
+    fn product_pids(&self) -> Result<Vec<String>, Error> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare("SELECT pid FROM products ORDER BY pid")?;
+        let pids = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(pids)
+    }
+
+    fn insert_product(&self, product: &Product) -> Result<(), Error> {
         if !is_valid_pid(&product.pid) {
             return Err(Error::Invalid(format!(
                 "pid `{}` is not valid",
@@ -233,51 +244,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Every product, without secrets, with counts, ordered by pid.
-    pub fn list_products(&self) -> Result<Vec<ProductSummary>, Error> {
-        let pids: Vec<String> = {
-            let conn = self.reader();
-            let mut stmt = conn.prepare("SELECT pid FROM products ORDER BY pid")?;
-            stmt.query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?
-        };
-        pids.iter().map(|p| self.product_summary(p)).collect()
-    }
-
-    /// One product, without its secret, with counts.
-    pub fn product_summary(&self, pid: &str) -> Result<ProductSummary, Error> {
-        let product = self
-            .load_product(pid)?
-            .ok_or_else(|| Error::NotFound(format!("unknown pid `{pid}`")))?;
-        let stats = pool_stats(&self.reader(), pid)?;
-        Ok(ProductSummary {
-            pid: product.pid,
-            name: product.name,
-            enabled: product.enabled,
-            mode: product.mode,
-            mac_range: product.mac_range,
-            ts_window: product.ts_window,
-            rereg: product.rereg,
-            quota: product.quota,
-            previous_secret_until: product.previous_secret.map(|p| p.until),
-            created_at: product.created_at,
-            stats,
-        })
-    }
-
-    /// Changes a product. Each field is validated as at creation.
-    ///
-    /// - A quota applies to new bindings only: devices already registered keep their
-    ///   triplets even when there are more of them than the new quota. Setting a quota
-    ///   recounts the product's devices; a server that still serves the product from
-    ///   its cache (up to the cache TTL, 2 s) does not count the devices it registers
-    ///   meanwhile.
-    /// - A new MAC range starts handing out addresses at its start, or just past the
-    ///   addresses already handed out from the old range when the new one contains
-    ///   them, so that a widened range never repeats an address.
-    /// - A new ts window or re-registration policy applies to the next CONNECT or
-    ///   request.
-    pub fn update_product(&self, pid: &str, update: ProductUpdate) -> Result<(), Error> {
+    fn update_product(&self, pid: &str, update: ProductUpdate) -> Result<(), Error> {
         let ProductUpdate {
             name,
             mode,
@@ -344,11 +311,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Deletes a product with its triplets. Refused while devices are registered under
-    /// it or authenticate with its pid, unless `force`, which removes those devices too
-    /// (they keep working triplets that this store then no longer knows). Returns what
-    /// was removed.
-    pub fn delete_product(&self, pid: &str, force: bool) -> Result<Deleted, Error> {
+    fn delete_product(&self, pid: &str, force: bool) -> Result<Deleted, Error> {
         let pid_owned = pid.to_owned();
         let deleted = self.write_blocking(move |conn, _| {
             require_product(conn, &pid_owned)?;
@@ -383,8 +346,7 @@ impl SqliteStore {
         Ok(deleted)
     }
 
-    /// Enables or disables registration for a product.
-    pub fn set_enabled(&self, pid: &str, enabled: bool) -> Result<(), Error> {
+    fn set_enabled(&self, pid: &str, enabled: bool) -> Result<(), Error> {
         let pid_owned = pid.to_owned();
         self.write_blocking(move |conn, _| {
             let n = conn
@@ -399,12 +361,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Gives a product a new secret and returns it. The old secret keeps verifying for
-    /// `grace_secs` from `now` (0: it stops at once, the case of a leaked secret), so
-    /// that devices flashed with it that have not registered yet still can. It is kept
-    /// after its grace, until the next rotation, only to say in the log that a refused
-    /// device holds it. A rotation during another's grace replaces the older secret.
-    pub fn rotate_secret(&self, pid: &str, grace_secs: u64, now: u64) -> Result<Secret, Error> {
+    fn rotate_secret(&self, pid: &str, grace_secs: u64, now: u64) -> Result<Secret, Error> {
         let secret = generate::secret();
         let (pid_owned, s) = (pid.to_owned(), secret.clone());
         self.write_blocking(move |conn, key| {
@@ -427,10 +384,7 @@ impl SqliteStore {
         Ok(secret)
     }
 
-    /// Ends the grace period of a product's previous secret now: devices that still
-    /// hold it are refused from now on (and the log says so). Refused when the product
-    /// has no previous secret in its grace period.
-    pub fn retire_secret(&self, pid: &str, now: u64) -> Result<(), Error> {
+    fn retire_secret(&self, pid: &str, now: u64) -> Result<(), Error> {
         let pid_owned = pid.to_owned();
         self.write_blocking(move |conn, _| {
             require_product(conn, &pid_owned)?;
@@ -450,18 +404,13 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Counts of a product's pool and devices.
-    pub fn pool_stats(&self, pid: &str) -> Result<PoolStats, Error> {
+    fn pool_stats(&self, pid: &str) -> Result<PoolStats, Error> {
         let conn = self.reader();
         require_product(&conn, pid)?;
         pool_stats(&conn, pid)
     }
 
-    /// Generates `count` free triplets for `pid` (MACs from its range when it has one;
-    /// barcodes `prefix` + a 12-digit serial unique in the store) in one transaction,
-    /// and returns them, secrets included, for the factory CSV. `now` (Unix seconds)
-    /// goes into the generated uuids.
-    pub fn generate_pool(
+    fn generate_pool(
         &self,
         pid: &str,
         count: u64,
@@ -520,11 +469,7 @@ impl SqliteStore {
         })
     }
 
-    /// Imports triplets into `pid`'s pool as free, in one transaction: all or nothing.
-    /// Triplets without a MAC get one from the product's range when it has one. A
-    /// failure names the item (0-based) that caused it, as [`Error::Invalid`] or
-    /// [`Error::Conflict`] starting with `item N:`.
-    pub fn import_pool(
+    fn import_pool(
         &self,
         pid: &str,
         triplets: Vec<NewTriplet>,
@@ -619,9 +564,7 @@ impl SqliteStore {
         })
     }
 
-    /// Calls `f` for each triplet of `pid`'s pool (optionally only those in `state`), in
-    /// creation order, secrets opened: re-exporting a factory CSV.
-    pub fn for_each_triplet(
+    fn for_each_triplet(
         &self,
         pid: &str,
         state: Option<TripletState>,
@@ -639,19 +582,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Devices, newest first.
-    pub fn list_devices(&self, filter: &DeviceFilter) -> Result<Vec<Registration>, Error> {
-        let mut out = Vec::new();
-        self.for_each_device(filter, |r| {
-            out.push(r);
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
-    /// Calls `f` for each device matching `filter`, newest first, without holding them
-    /// all in memory (for exports).
-    pub fn for_each_device(
+    fn for_each_device(
         &self,
         filter: &DeviceFilter,
         mut f: impl FnMut(Registration) -> Result<(), Error>,
@@ -676,8 +607,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// The device (`key_pid`, `unique`): `key_pid` is the pid it authenticates with.
-    pub fn device(&self, key_pid: &str, unique: &str) -> Result<Option<Registration>, Error> {
+    fn device(&self, key_pid: &str, unique: &str) -> Result<Option<Registration>, Error> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!(
             "{REGISTRATION_SELECT} WHERE r.key_pid = ?1 AND r.unique_id = ?2"
@@ -688,8 +618,7 @@ impl SqliteStore {
             .transpose()
     }
 
-    /// The device holding the triplet `uuid`.
-    pub fn device_by_uuid(&self, uuid: &str) -> Result<Option<Registration>, Error> {
+    fn device_by_uuid(&self, uuid: &str) -> Result<Option<Registration>, Error> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!("{REGISTRATION_SELECT} WHERE t.uuid = ?1"))?;
         stmt.query_row(params![uuid], SealedRegistration::read)
@@ -698,10 +627,7 @@ impl SqliteStore {
             .transpose()
     }
 
-    /// The device holding the triplet with `barcode`: in product `pid` when given,
-    /// else in any product (barcodes are unique within a product; the first match by
-    /// pid is returned when two products share one).
-    pub fn device_by_barcode(
+    fn device_by_barcode(
         &self,
         pid: Option<&str>,
         barcode: &str,
@@ -720,10 +646,7 @@ impl SqliteStore {
             .transpose()
     }
 
-    /// The devices holding a triplet with `mac` (given in any form
-    /// [`MacRange::normalise`] accepts). A MAC is normally held by one device; pools
-    /// imported before MACs were checked may hold a MAC twice.
-    pub fn devices_by_mac(&self, mac: &str) -> Result<Vec<Registration>, Error> {
+    fn devices_by_mac(&self, mac: &str) -> Result<Vec<Registration>, Error> {
         let mac = MacRange::normalise(mac).map_err(Error::from)?;
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!(
@@ -737,8 +660,7 @@ impl SqliteStore {
         Ok(out)
     }
 
-    /// The triplet `uuid`, whatever its state (with its secret).
-    pub fn triplet(&self, uuid: &str) -> Result<Option<Triplet>, Error> {
+    fn triplet(&self, uuid: &str) -> Result<Option<Triplet>, Error> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {TRIPLET_COLUMNS} FROM triplets t WHERE t.uuid = ?1"
@@ -749,45 +671,15 @@ impl SqliteStore {
             .transpose()
     }
 
-    /// Who held the triplet `uuid` before an operator reset them, oldest first.
-    pub fn triplet_history(&self, uuid: &str) -> Result<Vec<HistoryEntry>, Error> {
+    fn triplet_history(&self, uuid: &str) -> Result<Vec<HistoryEntry>, Error> {
         self.history("uuid = ?1", params![uuid])
     }
 
-    /// The triplets the device (`key_pid`, `unique`) held before an operator reset
-    /// it, oldest first.
-    pub fn device_history(&self, key_pid: &str, unique: &str) -> Result<Vec<HistoryEntry>, Error> {
+    fn device_history(&self, key_pid: &str, unique: &str) -> Result<Vec<HistoryEntry>, Error> {
         self.history("key_pid = ?1 AND unique_id = ?2", params![key_pid, unique])
     }
 
-    fn history(
-        &self,
-        filter: &str,
-        args: impl rusqlite::Params,
-    ) -> Result<Vec<HistoryEntry>, Error> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT uuid, pid, key_pid, unique_id, registered_at, revoked_at, reset_at FROM device_history WHERE {filter} ORDER BY id"
-        ))?;
-        let rows = stmt.query_map(args, |r| {
-            Ok(HistoryEntry {
-                uuid: r.get(0)?,
-                pid: r.get(1)?,
-                key_pid: r.get(2)?,
-                unique: r.get(3)?,
-                registered_at: u64_of(r.get(4)?),
-                revoked_at: r.get::<_, Option<i64>>(5)?.map(u64_of),
-                reset_at: u64_of(r.get(6)?),
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Finds free triplets of `pid` to withdraw. Every reference must name a triplet
-    /// of the product that is still free (a bound one belongs to a device: revoke the
-    /// device instead); the first that does not is refused as [`Error::Item`] with
-    /// its position. A triplet named twice is listed once.
-    pub fn withdrawal_candidates(
+    fn withdrawal_candidates(
         &self,
         pid: &str,
         refs: &[TripletRef],
@@ -841,10 +733,7 @@ impl SqliteStore {
         Ok(out)
     }
 
-    /// Withdraws free triplets of `pid` (from [`SqliteStore::withdrawal_candidates`]) in
-    /// one transaction: they are never handed out, and count as withdrawn. Refused, with
-    /// nothing changed, if any of them stopped being free meanwhile. Returns how many.
-    pub fn withdraw(&self, pid: &str, uuids: Vec<String>, now: u64) -> Result<u64, Error> {
+    fn withdraw(&self, pid: &str, uuids: Vec<String>, now: u64) -> Result<u64, Error> {
         let pid = pid.to_owned();
         self.write_blocking(move |conn, _| {
             let mut stmt = conn.prepare_cached(
@@ -862,9 +751,7 @@ impl SqliteStore {
         })
     }
 
-    /// Revokes a device: its registrations are refused with `DeviceRevoked` and its
-    /// triplet is never handed out again.
-    pub fn revoke(&self, key_pid: &str, unique: &str, now: u64) -> Result<(), Error> {
+    fn revoke(&self, key_pid: &str, unique: &str, now: u64) -> Result<(), Error> {
         let (k, u) = (key_pid.to_owned(), unique.to_owned());
         self.write_blocking(move |conn, _| {
             let triplet: Option<(i64, Option<i64>)> = conn
@@ -884,11 +771,7 @@ impl SqliteStore {
         })
     }
 
-    /// Forgets a revoked device's registration so that it may register again (it gets
-    /// a fresh triplet; the old one stays revoked). Who held the old triplet, and when
-    /// it was registered, revoked and reset, stays in the device history
-    /// ([`SqliteStore::triplet_history`], [`SqliteStore::device_history`]).
-    pub fn reset(&self, key_pid: &str, unique: &str, now: u64) -> Result<(), Error> {
+    fn reset(&self, key_pid: &str, unique: &str, now: u64) -> Result<(), Error> {
         let (k, u) = (key_pid.to_owned(), unique.to_owned());
         self.write_blocking(move |conn, _| {
             let revoked: Option<(Option<i64>, String)> = conn
@@ -918,10 +801,7 @@ impl SqliteStore {
         })
     }
 
-    /// Registers `count` generated devices (uniques `bulk-<start>`...) under `pid` in
-    /// transactions of 50,000, without going through the registrar: for loading a store
-    /// before a benchmark. Returns how many were added.
-    pub fn bulk_load(
+    fn bulk_load(
         &self,
         pid: &str,
         start: u64,
@@ -962,6 +842,31 @@ impl SqliteStore {
             progress(done);
         }
         Ok(done)
+    }
+}
+
+impl SqliteStore {
+    fn history(
+        &self,
+        filter: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<HistoryEntry>, Error> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT uuid, pid, key_pid, unique_id, registered_at, revoked_at, reset_at FROM device_history WHERE {filter} ORDER BY id"
+        ))?;
+        let rows = stmt.query_map(args, |r| {
+            Ok(HistoryEntry {
+                uuid: r.get(0)?,
+                pid: r.get(1)?,
+                key_pid: r.get(2)?,
+                unique: r.get(3)?,
+                registered_at: u64_of(r.get(4)?),
+                revoked_at: r.get::<_, Option<i64>>(5)?.map(u64_of),
+                reset_at: u64_of(r.get(6)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 

@@ -2,6 +2,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use dynreg_store::Operator;
 use std::future::Future;
 use std::sync::Arc;
 

@@ -68,7 +68,7 @@ impl ProductUpdate {
     }
 }
 
-/// What [`crate::SqliteStore::delete_product`] removed.
+/// What [`Operator::delete_product`] removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Deleted {
     /// Devices (registrations) removed.
@@ -377,7 +377,7 @@ pub trait Operator {
         refs: &[TripletRef],
     ) -> Result<Vec<Withdrawal>, Error>;
 
-    /// Withdraws free triplets of `pid` (from [`SqliteStore::withdrawal_candidates`]) in
+    /// Withdraws free triplets of `pid` (from [`Operator::withdrawal_candidates`]) in
     /// one transaction: they are never handed out, and count as withdrawn. Refused, with
     /// nothing changed, if any of them stopped being free meanwhile. Returns how many.
     fn withdraw(&self, pid: &str, uuids: Vec<String>, now: u64) -> Result<u64, Error>;
@@ -389,7 +389,7 @@ pub trait Operator {
     /// Forgets a revoked device's registration so that it may register again (it gets
     /// a fresh triplet; the old one stays revoked). Who held the old triplet, and when
     /// it was registered, revoked and reset, stays in the device history
-    /// ([`SqliteStore::triplet_history`], [`SqliteStore::device_history`]).
+    /// ([`Operator::triplet_history`], [`Operator::device_history`]).
     fn reset(&self, key_pid: &str, unique: &str, now: u64) -> Result<(), Error>;
 
     /// Registers `count` generated devices (uniques `bulk-<start>`...) under `pid` in

@@ -352,17 +352,18 @@ impl<S: Store> Conn<'_, S> {
                     username,
                     password,
                 } => {
-                    let result = registrar
-                        .authenticate(
-                            unix_now(),
-                            Connect {
-                                client_id: &client_id,
-                                username: username.as_deref(),
-                                password: password.as_deref(),
-                                peer: Some(peer.ip()),
-                            },
-                        )
-                        .await;
+                    // Boxed like the registration below: inline, the decision's future
+                    // would enlarge every connection's task for its whole life.
+                    let result = Box::pin(registrar.authenticate(
+                        unix_now(),
+                        Connect {
+                            client_id: &client_id,
+                            username: username.as_deref(),
+                            password: password.as_deref(),
+                            peer: Some(peer.ip()),
+                        },
+                    ))
+                    .await;
                     if let Err(AuthError::Store(e)) = &result {
                         warn!(%peer, error = %e, "CONNECT could not be checked: storage unavailable");
                     }

@@ -11,6 +11,7 @@
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use quick_cache::Equivalent;
 use quick_cache::sync::Cache;
 
 /// A bucket: tokens left, and when they were counted (ms).
@@ -49,19 +50,20 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         self.rate == 0.0
     }
 
-    /// Takes a token for `key` at `now_ms`; false when the key is over its rate.
-    pub fn allow(&self, key: &K, now_ms: u64) -> bool {
+    /// Takes a token for `key` at `now_ms`; false when the key is over its rate. The key
+    /// is borrowed (a `&str` for `String` keys): it is copied only when its bucket is
+    /// made.
+    pub fn allow<Q>(&self, key: &Q, now_ms: u64) -> bool
+    where
+        Q: Hash + Equivalent<K> + ToOwned<Owned = K> + ?Sized,
+    {
         if self.is_unlimited() {
             return true;
         }
-        let bucket = match self.buckets.get(key) {
-            Some(b) => b,
-            None => {
-                let fresh: Bucket = Arc::new(Mutex::new((self.burst, now_ms)));
-                self.buckets.insert(key.clone(), fresh.clone());
-                fresh
-            }
-        };
+        // One bucket per key even when its first events race.
+        let Ok(bucket) = self.buckets.get_or_insert_with(key, || {
+            Ok::<_, std::convert::Infallible>(Arc::new(Mutex::new((self.burst, now_ms))))
+        });
         let mut b = bucket.lock().unwrap_or_else(PoisonError::into_inner);
         let elapsed = now_ms.saturating_sub(b.1) as f64 / 1000.0;
         let tokens = (b.0 + elapsed * self.rate).min(self.burst);

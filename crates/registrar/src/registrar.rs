@@ -277,9 +277,11 @@ impl<S: Store> Registrar<S> {
         device: Device<'_>,
         request: &RegisterRequest,
     ) -> Result<Registered, Status> {
-        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        if !self.per_pid.is_unlimited() && !self.per_pid.allow(&device.pid.to_owned(), now_ms) {
-            return Err(Status::RateLimited);
+        if !self.per_pid.is_unlimited() {
+            let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            if !self.per_pid.allow(device.pid, now_ms) {
+                return Err(Status::RateLimited);
+            }
         }
         request.validate()?;
         let product = self

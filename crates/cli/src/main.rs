@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
-use dynreg_store::{KeySource, Operator, SqliteConfig, SqliteStore};
+use dynreg_store::{KeySource, SqliteConfig, SqliteStore};
 
 use crate::store::Backend;
 

@@ -143,6 +143,21 @@ pub(crate) fn parse_time(s: &str, now: u64) -> Result<u64, String> {
     u64::try_from(days * 86_400 + secs).map_err(|_| bad())
 }
 
+/// Asks `question` on the terminal; `false` unless the answer starts with y.
+pub(crate) fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal};
+    if !std::io::stdin().is_terminal() {
+        return Err(crate::Usage(format!(
+            "{question}: stdin is not a terminal to ask on; add --yes to confirm"
+        ))
+        .into());
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(answer.trim_start().starts_with(['y', 'Y']))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

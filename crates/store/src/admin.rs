@@ -152,6 +152,25 @@ pub struct ProductSummary {
     pub stats: PoolStats,
 }
 
+impl ProductSummary {
+    /// The summary of `product` (its secret left out) with `stats`.
+    pub fn new(product: Product, stats: PoolStats) -> Self {
+        Self {
+            pid: product.pid,
+            name: product.name,
+            enabled: product.enabled,
+            mode: product.mode,
+            mac_range: product.mac_range,
+            ts_window: product.ts_window,
+            rereg: product.rereg,
+            quota: product.quota,
+            previous_secret_until: product.previous_secret.map(|p| p.until),
+            created_at: product.created_at,
+            stats,
+        }
+    }
+}
+
 /// Counts of a product's triplets and devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PoolStats {
@@ -233,19 +252,7 @@ pub trait Operator {
             .load_product(pid)?
             .ok_or_else(|| Error::NotFound(format!("unknown pid `{pid}`")))?;
         let stats = self.pool_stats(pid)?;
-        Ok(ProductSummary {
-            pid: product.pid,
-            name: product.name,
-            enabled: product.enabled,
-            mode: product.mode,
-            mac_range: product.mac_range,
-            ts_window: product.ts_window,
-            rereg: product.rereg,
-            quota: product.quota,
-            previous_secret_until: product.previous_secret.map(|p| p.until),
-            created_at: product.created_at,
-            stats,
-        })
+        Ok(ProductSummary::new(product, stats))
     }
 
     /// Changes a product. Each field is validated as at creation.
@@ -263,9 +270,9 @@ pub trait Operator {
     fn update_product(&self, pid: &str, update: ProductUpdate) -> Result<(), Error>;
 
     /// Deletes a product with its triplets. Refused while devices are registered under
-    /// it or authenticate with its pid, unless `force`, which removes those devices too
-    /// (they keep working triplets that this store then no longer knows). Returns what
-    /// was removed.
+    /// it, unless `force`, which removes those devices too (they keep working triplets
+    /// that this store then no longer knows). Devices that moved from it to another
+    /// product (replacePid) belong to that product and stay. Returns what was removed.
     fn delete_product(&self, pid: &str, force: bool) -> Result<Deleted, Error>;
 
     /// Enables or disables registration for a product.
@@ -316,13 +323,13 @@ pub trait Operator {
         &self,
         pid: &str,
         state: Option<TripletState>,
-        f: impl FnMut(Triplet) -> Result<(), Error>,
+        f: &mut dyn FnMut(Triplet) -> Result<(), Error>,
     ) -> Result<(), Error>;
 
     /// Devices, newest first.
     fn list_devices(&self, filter: &DeviceFilter) -> Result<Vec<Registration>, Error> {
         let mut out = Vec::new();
-        self.for_each_device(filter, |r| {
+        self.for_each_device(filter, &mut |r| {
             out.push(r);
             Ok(())
         })?;
@@ -334,7 +341,7 @@ pub trait Operator {
     fn for_each_device(
         &self,
         filter: &DeviceFilter,
-        f: impl FnMut(Registration) -> Result<(), Error>,
+        f: &mut dyn FnMut(Registration) -> Result<(), Error>,
     ) -> Result<(), Error>;
 
     /// The device (`key_pid`, `unique`): `key_pid` is the pid it authenticates with.

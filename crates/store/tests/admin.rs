@@ -672,3 +672,41 @@ fn rotation_keeps_the_previous_secret_for_its_grace() {
     );
     assert!(s.retire_secret("k", 300).is_err(), "already retired");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_product_leaves_the_devices_that_moved_to_another() {
+    use dynreg_proto::RegisterRequest;
+    use dynreg_registrar::{Device, Registrar};
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let secret_b = tokio::task::block_in_place(|| {
+        s.create_product(new_product(Some("a"), SourceMode::Generate, None), 1)
+            .unwrap();
+        s.create_product(new_product(Some("b"), SourceMode::Generate, None), 1)
+            .unwrap()
+            .secret
+    });
+    let r = Registrar::new(s.clone());
+    let mut moved = RegisterRequest::new("1", 1000);
+    moved.data.replace_pid = "b".into();
+    moved.data.secret = secret_b.expose().to_owned();
+    let reply = r
+        .register(
+            1000,
+            Device {
+                pid: "a",
+                unique: "m",
+            },
+            &moved,
+        )
+        .await;
+    assert_eq!(reply.res, 0, "{reply:?}");
+    tokio::task::block_in_place(|| {
+        // Registered under b: a has no devices and goes without --force.
+        let d = s.delete_product("a", false).unwrap();
+        assert_eq!((d.devices, d.triplets), (0, 0));
+        let kept = s.device("a", "m").unwrap().expect("the moved device stays");
+        assert_eq!(kept.pid, "b");
+        assert_eq!(s.pool_stats("b").unwrap().devices, 1);
+    });
+}

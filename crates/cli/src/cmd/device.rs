@@ -3,7 +3,6 @@
 //! A device is named by the pid it authenticates with (its clientId's pid) and its
 //! unique; `--uuid` finds it by its triplet instead.
 
-use dynreg_store::Operator;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -334,7 +333,7 @@ pub(crate) fn run(g: &Global, cmd: DeviceCmd) -> anyhow::Result<()> {
                 pid: Some(pid.clone()),
                 ..DeviceFilter::default()
             };
-            store.for_each_device(&filter, |r| {
+            store.for_each_device(&filter, &mut |r| {
                 n += 1;
                 let mut row = vec![
                     r.pid.clone(),

@@ -3,7 +3,6 @@
 //! The factory CSV has the header `uuid,secret,mac,barcode` (mac and barcode columns may
 //! be left out on import, or left empty).
 
-use dynreg_store::Operator;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -227,21 +226,6 @@ fn read_refs(path: &Path) -> anyhow::Result<Vec<TripletRef>> {
     Ok(refs)
 }
 
-/// Asks `question` on the terminal; `false` unless the answer starts with y.
-pub(crate) fn confirm(question: &str) -> anyhow::Result<bool> {
-    use std::io::{BufRead, IsTerminal};
-    if !std::io::stdin().is_terminal() {
-        return Err(Usage(format!(
-            "{question}: stdin is not a terminal to ask on; add --yes to confirm"
-        ))
-        .into());
-    }
-    eprint!("{question} [y/N] ");
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    Ok(answer.trim_start().starts_with(['y', 'Y']))
-}
-
 pub(crate) fn run(g: &Global, cmd: PoolCmd) -> anyhow::Result<()> {
     let store = g.open(Open::Existing)?;
     match cmd {
@@ -363,7 +347,7 @@ pub(crate) fn run(g: &Global, cmd: PoolCmd) -> anyhow::Result<()> {
                 })?;
             let n = found.len();
             if !yes
-                && !confirm(&format!(
+                && !output::confirm(&format!(
                     "withdraw {n} free triplets of {pid}? They will never be handed out"
                 ))?
             {
@@ -384,7 +368,7 @@ pub(crate) fn run(g: &Global, cmd: PoolCmd) -> anyhow::Result<()> {
             let mut csv = CsvOut::create(out.as_deref())?;
             csv.row(CSV_HEADER)?;
             let mut n = 0u64;
-            store.for_each_triplet(&pid, state, |t| {
+            store.for_each_triplet(&pid, state, &mut |t| {
                 n += 1;
                 csv.row([t.uuid.as_str(), t.secret.expose(), &t.mac, &t.barcode])
                     .map_err(|e| dynreg_store::Error::Invalid(e.to_string()))

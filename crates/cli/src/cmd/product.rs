@@ -1,14 +1,13 @@
 //! `dynreg product ...`: create, list, show, update, enable, disable, delete,
 //! rotate-secret, retire-secret, export, import.
 
-use dynreg_store::Operator;
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use dynreg_registrar::{MacRange, Product, ReregPolicy, Secret, SourceMode, model};
-use dynreg_store::{NewProduct, ProductSummary, ProductUpdate};
+use dynreg_store::{NewProduct, PoolStats, ProductSummary, ProductUpdate};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -422,7 +421,7 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
                 s.stats.revoked + s.stats.withdrawn,
                 s.stats.devices
             );
-            if !yes && !crate::cmd::pool::confirm(&what)? {
+            if !yes && !output::confirm(&what)? {
                 bail!("not confirmed: nothing was deleted");
             }
             let d = store.delete_product(&pid, force)?;
@@ -551,30 +550,18 @@ fn set_enabled(
     Ok(())
 }
 
-/// Prints a created product with its secret.
+/// Prints a product just created, as `product show --reveal-secret` would.
 fn print_created(g: &Global, p: &Product, new_secret: bool) -> anyhow::Result<()> {
+    let summary = ProductSummary::new(p.clone(), PoolStats::default());
+    let secret = p.secret.expose().to_owned();
     if g.json {
-        output::json(&json!({
-            "pid": p.pid, "name": p.name, "secret": p.secret.expose(), "mode": p.mode.name(),
-            "mac_range": p.mac_range.map(|r| r.to_string()), "ts_window": p.ts_window,
-            "reregistration": p.rereg.to_string(), "quota": p.quota,
-            "enabled": p.enabled, "created_at": output::time(p.created_at),
-        }))?;
+        let mut v = summary_json(&summary);
+        v["secret"] = json!(secret);
+        output::json(&v)?;
     } else {
-        output::fields(&[
-            ("pid", p.pid.clone()),
-            ("secret", p.secret.expose().to_owned()),
-            ("name", p.name.clone()),
-            ("mode", p.mode.name().into()),
-            (
-                "mac range",
-                p.mac_range.map_or("-".into(), |r| r.to_string()),
-            ),
-            ("ts window", format!("{} s", p.ts_window)),
-            ("re-registration", p.rereg.to_string()),
-            ("quota", p.quota.map_or("-".into(), |q| q.to_string())),
-            ("enabled", p.enabled.to_string()),
-        ])?;
+        let mut f = summary_fields(&summary);
+        f.insert(1, ("secret", secret));
+        output::fields(&f)?;
         if new_secret {
             eprintln!(
                 "Keep the secret: it is flashed into every device of the product and shown again only with `product show --reveal-secret`."

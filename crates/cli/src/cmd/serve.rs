@@ -1,6 +1,5 @@
 //! `dynreg serve`: the registration service on the embedded store.
 
-use dynreg_store::Operator;
 use std::net::SocketAddr;
 use std::sync::Arc;
 

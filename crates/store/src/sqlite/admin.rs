@@ -316,21 +316,19 @@ impl Operator for SqliteStore {
         let deleted = self.write_blocking(move |conn, _| {
             require_product(conn, &pid_owned)?;
             let devices: i64 = conn
-                .prepare_cached(
-                    "SELECT count(*) FROM registrations WHERE pid = ?1 OR key_pid = ?1",
-                )?
+                .prepare_cached("SELECT count(*) FROM registrations WHERE pid = ?1")?
                 .query_row([&pid_owned], |r| r.get(0))?;
             if devices > 0 && !force {
                 return Err(Error::Conflict(format!(
                     "product `{pid_owned}` has {devices} registered devices: revoke or move them, or delete with --force (which forgets them too)"
                 )));
             }
-            // Devices of other products that hold a triplet of this one (replacePid)
-            // go with it: their triplet would otherwise dangle.
+            // A registration's pid is the product of its triplet: these are exactly the
+            // devices holding the product's triplets. Devices that authenticate with
+            // its pid but moved to another product (replacePid) hold that product's
+            // triplets and stay with it.
             let n_reg = conn
-                .prepare_cached(
-                    "DELETE FROM registrations WHERE pid = ?1 OR key_pid = ?1 OR triplet_id IN (SELECT id FROM triplets WHERE pid = ?1)",
-                )?
+                .prepare_cached("DELETE FROM registrations WHERE pid = ?1")?
                 .execute([&pid_owned])?;
             let n_trip = conn
                 .prepare_cached("DELETE FROM triplets WHERE pid = ?1")?
@@ -568,7 +566,7 @@ impl Operator for SqliteStore {
         &self,
         pid: &str,
         state: Option<TripletState>,
-        mut f: impl FnMut(Triplet) -> Result<(), Error>,
+        f: &mut dyn FnMut(Triplet) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let conn = self.reader();
         require_product(&conn, pid)?;
@@ -585,7 +583,7 @@ impl Operator for SqliteStore {
     fn for_each_device(
         &self,
         filter: &DeviceFilter,
-        mut f: impl FnMut(Registration) -> Result<(), Error>,
+        f: &mut dyn FnMut(Registration) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let conn = self.reader();
         if let Some(pid) = &filter.pid {

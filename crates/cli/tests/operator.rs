@@ -128,32 +128,35 @@ fn files_with_secrets_are_private_whatever_the_umask() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// `pool generate --pid plug --count COUNT --out big.csv` in `dir`, started.
+fn generate_into_big_csv(dir: &Path, count: &str) -> std::process::Child {
+    common::bin()
+        .args([
+            "--data-dir",
+            "data",
+            "pool",
+            "generate",
+            "--pid",
+            "plug",
+            "--count",
+        ])
+        .args([count, "--out", "big.csv"])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn two_generators_racing_for_one_file_one_wins_and_the_loser_commits_nothing() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     product(d, &["--pid", "plug"]);
-    let spawn = |count: &str| {
-        common::bin()
-            .args([
-                "--data-dir",
-                "data",
-                "pool",
-                "generate",
-                "--pid",
-                "plug",
-                "--count",
-                count,
-                "--out",
-                "big.csv",
-            ])
-            .current_dir(d)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let (big, small) = (spawn("20000"), spawn("10"));
+    let (big, small) = (
+        generate_into_big_csv(d, "20000"),
+        generate_into_big_csv(d, "10"),
+    );
     let (big, small) = (
         big.wait_with_output().unwrap(),
         small.wait_with_output().unwrap(),
@@ -167,7 +170,7 @@ fn two_generators_racing_for_one_file_one_wins_and_the_loser_commits_nothing() {
             String::from_utf8_lossy(&small.stderr)
         ),
     };
-    let _ = winner;
+    drop(winner);
     let err = fails_with(&loser, 1);
     assert!(err.contains("big.csv exists"), "names the path: {err}");
     let csv = std::fs::read_to_string(d.join("big.csv")).unwrap();
@@ -185,23 +188,7 @@ fn sigterm_during_generate_leaves_no_file_behind() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     product(d, &["--pid", "plug"]);
-    let child = common::bin()
-        .args([
-            "--data-dir",
-            "data",
-            "pool",
-            "generate",
-            "--pid",
-            "plug",
-            "--count",
-            "2000000",
-            "--out",
-            "big.csv",
-        ])
-        .current_dir(d)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = generate_into_big_csv(d, "2000000");
     // Wait until the output is claimed, then a little, then stop it.
     let start = Instant::now();
     while !d.join(".big.csv.partial").exists() {
@@ -209,11 +196,7 @@ fn sigterm_during_generate_leaves_no_file_behind() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    assert!(common::sigterm(&child));
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(143));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -690,9 +673,7 @@ fn demo_with_the_product_disabled_says_so() {
             .unwrap();
         let rx = common::stderr_lines(&mut child);
         common::wait_for(&rx, "dynreg serving");
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
+        common::sigterm(&child);
         let out = child.wait_with_output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };

@@ -77,11 +77,7 @@ fn serves_and_stops_gracefully_on_sigterm() {
         d.join("from-toml/dynreg.sqlite3").exists(),
         "data_dir from the TOML file"
     );
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    assert!(common::sigterm(&child));
     let exit = child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
     while let Ok(l) = rx.recv_timeout(Duration::from_secs(2)) {
@@ -186,9 +182,7 @@ fn one_address_holding_idle_connections_cannot_lock_others_out() {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(report["completed"], 20, "{report}");
     drop(idle);
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    common::sigterm(&child);
     let _ = child.wait();
     let mut rest = Vec::new();
     while let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {

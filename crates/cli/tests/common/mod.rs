@@ -47,3 +47,12 @@ pub fn wait_for(rx: &Receiver<String>, needle: &str) -> Vec<String> {
     }
     lines
 }
+
+/// Sends SIGTERM to `child` (through the shell's builtin `kill`, which every POSIX
+/// shell has, so the test needs no procps); true when it was sent.
+pub fn sigterm(child: &Child) -> bool {
+    Command::new("sh")
+        .args(["-c", "kill -TERM \"$0\"", &child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
+}

@@ -3,8 +3,10 @@
 //! the header, empty and duplicate values, and names the file and line of every
 //! problem; the store then checks lengths and uniqueness against what it holds.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::io::Read;
+use std::rc::Rc;
 
 use dynreg_registrar::{NewTriplet, Secret};
 
@@ -16,8 +18,92 @@ pub const HEADER: [&str; 4] = ["uuid", "secret", "mac", "barcode"];
 #[error("{0}")]
 pub struct CsvError(String);
 
+/// A reader that notes where the line breaks are (`\n`, `\r\n`, or a lone `\r`, as
+/// the `csv` crate reads them), so that [`Lines::at`] can turn a record's byte offset
+/// into the line a person sees in an editor. (The `csv` crate's own line count skips
+/// blank lines and does not advance at a lone `\r`.)
+#[derive(Debug)]
+pub struct LineCounting<R> {
+    inner: R,
+    breaks: Rc<RefCell<Breaks>>,
+}
+
+#[derive(Debug, Default)]
+struct Breaks {
+    /// Bytes read so far.
+    offset: u64,
+    /// The breaks read but not yet passed by a query: where each starts, and its length
+    /// (2 for `\r\n`).
+    ahead: VecDeque<(u64, u64)>,
+    /// Breaks before the last position asked about.
+    behind: u64,
+    /// Whether the last byte read was `\r` (a `\n` after it ends the same break).
+    after_cr: bool,
+}
+
+/// The line numbers of the records read through a [`LineCounting`] reader.
+#[derive(Debug, Clone)]
+pub struct Lines(Rc<RefCell<Breaks>>);
+
+/// Wraps `reader` to count its lines; the [`Lines`] answer for it.
+pub fn count_lines<R: Read>(reader: R) -> (LineCounting<R>, Lines) {
+    let breaks = Rc::new(RefCell::new(Breaks::default()));
+    (
+        LineCounting {
+            inner: reader,
+            breaks: breaks.clone(),
+        },
+        Lines(breaks),
+    )
+}
+
+impl<R: Read> Read for LineCounting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut b = self.breaks.borrow_mut();
+        for (i, &c) in buf[..n].iter().enumerate() {
+            let at = b.offset + i as u64;
+            if c == b'\n' && b.after_cr {
+                if let Some(last) = b.ahead.back_mut() {
+                    last.1 = 2;
+                }
+            } else if c == b'\r' || c == b'\n' {
+                b.ahead.push_back((at, 1));
+            }
+            b.after_cr = c == b'\r';
+        }
+        b.offset += n as u64;
+        Ok(n)
+    }
+}
+
+impl Lines {
+    /// The 1-based line of `pos` (a record's or an error's position); 0 when unknown.
+    /// Positions must be asked about in the order they come in the file.
+    ///
+    /// The `csv` crate puts a record's position just after the previous record (for a
+    /// `\r\n`, possibly on its `\n`), before the blank lines it skipped: the breaks
+    /// that follow one another from there are those blank lines, and count too.
+    pub fn at(&self, pos: Option<&csv::Position>) -> u64 {
+        let Some(pos) = pos else { return 0 };
+        let mut b = self.0.borrow_mut();
+        let mut cursor = pos.byte();
+        while let Some(&(at, len)) = b.ahead.front() {
+            if at > cursor {
+                break;
+            }
+            // A break that reaches the cursor or past it (the csv crate may place a
+            // record on the `\n` of a `\r\n`) ends where the next line starts.
+            cursor = cursor.max(at + len);
+            b.ahead.pop_front();
+            b.behind += 1;
+        }
+        b.behind + 1
+    }
+}
+
 /// A CSV reading error in the words of the other messages: `line N: ...`.
-pub fn describe(e: &csv::Error) -> String {
+pub fn describe(e: &csv::Error, lines: &Lines) -> String {
     match e.kind() {
         csv::ErrorKind::UnequalLengths {
             pos,
@@ -25,15 +111,14 @@ pub fn describe(e: &csv::Error) -> String {
             len,
         } => format!(
             "line {}: {len} fields where the header has {expected_len}",
-            pos.as_ref().map_or(0, csv::Position::line)
+            lines.at(pos.as_ref())
         ),
-        csv::ErrorKind::Utf8 { pos, .. } => format!(
-            "line {}: not UTF-8 text",
-            pos.as_ref().map_or(0, csv::Position::line)
-        ),
+        csv::ErrorKind::Utf8 { pos, .. } => {
+            format!("line {}: not UTF-8 text", lines.at(pos.as_ref()))
+        }
         csv::ErrorKind::Io(io) => format!("cannot be read: {io}"),
         _ => match e.position() {
-            Some(p) => format!("line {}: malformed CSV", p.line()),
+            Some(p) => format!("line {}: malformed CSV", lines.at(Some(p))),
             None => format!("malformed CSV: {e}"),
         },
     }
@@ -46,6 +131,7 @@ pub fn read_triplets<R: Read>(
     name: &str,
 ) -> Result<(Vec<NewTriplet>, Vec<u64>), CsvError> {
     let fail = |m: String| Err(CsvError(m));
+    let (reader, line_of) = count_lines(reader);
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_reader(reader);
@@ -77,9 +163,9 @@ pub fn read_triplets<R: Read>(
     for rec in rdr.records() {
         let rec = match rec {
             Ok(r) => r,
-            Err(e) => return fail(format!("{name} {}", describe(&e))),
+            Err(e) => return fail(format!("{name} {}", describe(&e, &line_of))),
         };
-        let line = rec.position().map_or(0, csv::Position::line);
+        let line = line_of.at(rec.position());
         let get = |i: Option<usize>| i.and_then(|i| rec.get(i)).unwrap_or("").to_owned();
         let t = NewTriplet {
             uuid: get(Some(u)),
@@ -128,7 +214,7 @@ mod tests {
         .unwrap();
         assert_eq!(t.len(), 2);
         assert_eq!((t[1].uuid.as_str(), t[1].barcode.as_str()), ("u2", ""));
-        assert_eq!(lines, [2, 3]);
+        assert_eq!(lines, [2, 4], "the blank line counts, as in an editor");
         for (text, want) in [
             (
                 "uuid,secret,colour\n",
@@ -155,5 +241,27 @@ mod tests {
                 .to_string();
             assert!(e.contains(want), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn lines_are_counted_as_an_editor_shows_them_whatever_the_line_ends() {
+        for (text, want) in [
+            ("uuid,secret\nu1,s\n\n\nu2,s\n", [2, 5]),
+            ("uuid,secret\r\nu1,s\r\n\r\nu2,s\r\n", [2, 4]),
+            ("uuid,secret\ru1,s\ru2,s", [2, 3]),
+            ("uuid,secret\nu1,\"multi\nline\"\nu2,s\n", [2, 4]),
+        ] {
+            let (_, lines) = read_triplets(text.as_bytes(), "f.csv").unwrap();
+            assert_eq!(lines, want, "{text:?}");
+        }
+        let e = read_triplets("uuid,secret\r\n\r\nu1,s\r\nu2\r\n".as_bytes(), "f.csv")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("f.csv line 4:"), "{e}");
+        // Found by the csv_import fuzz target: lone \r line ends numbered every record
+        // line 1, so the second record's line was not after the first's.
+        let found = b"uuid,secret\ruuid,{eecret\r\0id,{eecr\0\0\0\0";
+        let (_, lines) = read_triplets(&found[..], "f.csv").unwrap();
+        assert_eq!(lines, [2, 3]);
     }
 }

@@ -187,11 +187,12 @@ fn read_csv(file: &Path) -> anyhow::Result<(Vec<NewTriplet>, Vec<u64>)> {
 /// column; every problem names the file and line.
 fn read_refs(path: &Path) -> anyhow::Result<Vec<TripletRef>> {
     let name = path.display();
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {name}"))?;
+    let (counting, line_of) = dynreg_store::factory_csv::count_lines(std::io::BufReader::new(file));
     let mut rdr = csv::ReaderBuilder::new()
         .flexible(true)
         .trim(csv::Trim::All)
-        .from_path(path)
-        .with_context(|| format!("cannot read {name}"))?;
+        .from_reader(counting);
     let headers = rdr
         .headers()
         .with_context(|| format!("{name} line 1: not a CSV header"))?
@@ -204,9 +205,13 @@ fn read_refs(path: &Path) -> anyhow::Result<Vec<TripletRef>> {
     };
     let mut refs = Vec::new();
     for rec in rdr.records() {
-        let rec =
-            rec.map_err(|e| anyhow::anyhow!("{name} {}", dynreg_store::factory_csv::describe(&e)))?;
-        let line = rec.position().map_or(0, csv::Position::line);
+        let rec = rec.map_err(|e| {
+            anyhow::anyhow!(
+                "{name} {}",
+                dynreg_store::factory_csv::describe(&e, &line_of)
+            )
+        })?;
+        let line = line_of.at(rec.position());
         let v = rec.get(at).unwrap_or("");
         if v.is_empty() {
             bail!(

@@ -358,18 +358,23 @@ pub(crate) fn run(g: &Global, args: &RegisterArgs) -> anyhow::Result<i32> {
 /// Reads `unique[,barcode]` rows; a first row starting with `unique` is a header.
 fn read_batch(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
     let name = path.display();
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {name}"))?;
+    let (counting, line_of) = dynreg_store::factory_csv::count_lines(std::io::BufReader::new(file));
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .trim(csv::Trim::All)
-        .from_path(path)
-        .with_context(|| format!("cannot read {name}"))?;
+        .from_reader(counting);
     let mut rows = Vec::new();
     let mut seen = HashSet::new();
     for (i, rec) in rdr.records().enumerate() {
-        let rec =
-            rec.map_err(|e| anyhow::anyhow!("{name} {}", dynreg_store::factory_csv::describe(&e)))?;
-        let line = rec.position().map_or(i as u64 + 1, csv::Position::line);
+        let rec = rec.map_err(|e| {
+            anyhow::anyhow!(
+                "{name} {}",
+                dynreg_store::factory_csv::describe(&e, &line_of)
+            )
+        })?;
+        let line = line_of.at(rec.position());
         let unique = rec.get(0).unwrap_or("").to_owned();
         if i == 0 && unique.eq_ignore_ascii_case("unique") {
             continue;

@@ -37,6 +37,27 @@ pub struct CredentialUse<'a> {
     pub expires_at: u64,
 }
 
+impl CredentialUse<'_> {
+    /// Feeds the credential's identity (pid, signMethod, ts, password without regard
+    /// to case; not the unique) to `feed`, in a fixed order: the bytes a guard keys
+    /// its memory with.
+    pub fn identify(&self, mut feed: impl FnMut(&[u8])) {
+        feed(self.pid.as_bytes());
+        feed(&[
+            0xff,
+            match self.sign_method {
+                SignMethod::HmacSha1 => 1,
+                SignMethod::HmacSha256 => 2,
+            },
+        ]);
+        feed(&self.ts.to_be_bytes());
+        // Hex is verified without regard to case: `AB..` and `ab..` are one credential.
+        for b in self.password {
+            feed(&[b.to_ascii_lowercase()]);
+        }
+    }
+}
+
 /// What the guard says of a credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -131,17 +152,7 @@ impl ReplayGuard {
 
     fn key(&self, c: &CredentialUse<'_>) -> u64 {
         let mut h = self.hasher.build_hasher();
-        h.write(c.pid.as_bytes());
-        h.write_u8(0xff);
-        h.write_u8(match c.sign_method {
-            SignMethod::HmacSha1 => 1,
-            SignMethod::HmacSha256 => 2,
-        });
-        h.write_u64(c.ts);
-        // Hex is verified without regard to case: `AB..` and `ab..` are one credential.
-        for b in c.password {
-            h.write_u8(b.to_ascii_lowercase());
-        }
+        c.identify(|bytes| h.write(bytes));
         h.finish()
     }
 

@@ -20,6 +20,8 @@
 pub mod admin;
 pub mod crypto;
 pub mod factory_csv;
+pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 pub use admin::{
@@ -27,6 +29,7 @@ pub use admin::{
     ProductUpdate, Progress, TripletRef, Withdrawal,
 };
 pub use crypto::{KeySource, MasterKey};
+pub use postgres::{PgConfig, PgStore};
 pub use sqlite::{SqliteConfig, SqliteStore, WriterStats};
 
 use dynreg_registrar::StoreError;
@@ -66,6 +69,9 @@ pub enum Error {
     /// Any other SQLite failure.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// Any other PostgreSQL failure.
+    #[error("database error: {}", postgres::describe(.0))]
+    Postgres(#[from] ::postgres::Error),
 }
 
 impl From<dynreg_registrar::model::InvalidValue> for Error {
@@ -84,6 +90,7 @@ impl From<Error> for StoreError {
             Error::Unavailable(m) => StoreError::unavailable(m),
             Error::WrongKey(_) => StoreError::corrupt(e.to_string()),
             Error::Sqlite(e) => sqlite::classify(e),
+            Error::Postgres(e) => postgres::classify(e),
         }
     }
 }

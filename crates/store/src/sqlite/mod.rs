@@ -14,9 +14,7 @@
 //!   store are seen at once and changes by another process (the CLI while `dynreg
 //!   serve` runs) within the cache's TTL.
 
-mod admin;
 mod schema;
-mod tx;
 mod writer;
 
 use std::future::Future;
@@ -27,10 +25,12 @@ use dynreg_registrar::{
     Claim, CredentialUse, Product, ProductListener, ReplayGuard, Store, StoreError, StoreErrorKind,
     Tx,
 };
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags};
 
 use crate::Error;
 use crate::crypto::{KeySource, MasterKey};
+use crate::sql::batch::{OnceJob, TxJob};
+use crate::sql::{Conn, Row, SqlBackend, Value};
 use writer::Writer;
 
 /// The database file name inside the data dir.
@@ -174,28 +174,6 @@ fn open_connection(path: &Path) -> Result<Connection, Error> {
     Ok(conn)
 }
 
-/// The associated data that binds a product secret to its row.
-pub(crate) fn product_aad(pid: &str) -> Vec<u8> {
-    [b"product:".as_slice(), pid.as_bytes()].concat()
-}
-
-/// The associated data that binds a device secret to its row.
-pub(crate) fn triplet_aad(uuid: &str) -> Vec<u8> {
-    [b"triplet:".as_slice(), uuid.as_bytes()].concat()
-}
-
-/// A stored time or counter (SQLite integers are signed; ours are never negative).
-pub(crate) fn u64_of(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-/// A time or counter to store (saturating at `i64::MAX`, far beyond any real value).
-pub(crate) fn i64_of(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-const KEY_CHECK: &[u8] = b"dynreg master key check";
-
 impl SqliteStore {
     /// Opens (creating if needed) the store in `config.data_dir`: creates the dir, loads
     /// or generates the master key, applies migrations, checks that the key is the one
@@ -241,24 +219,7 @@ impl SqliteStore {
         }
         schema::migrate(&mut write_conn)?;
 
-        // A key check value tells "wrong key" apart from corruption before any secret is
-        // needed, and stops a fresh key from being paired with an existing database.
-        let check: Option<Vec<u8>> = write_conn
-            .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        match check {
-            Some(sealed) => {
-                key.open(b"meta:key_check", &sealed)?;
-            }
-            None => {
-                write_conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('key_check', ?1)",
-                    [key.seal(b"meta:key_check", KEY_CHECK)],
-                )?;
-            }
-        }
+        crate::sql::check_key(&mut write_conn, &key)?;
         let reader = open_connection(&path)?;
         let key = Arc::new(key);
         let writer = Writer::start(
@@ -325,17 +286,13 @@ impl SqliteStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn key(&self) -> &MasterKey {
-        &self.inner.key
-    }
-
     /// Runs `work` once on the writer thread, in a transaction of its own (operator
     /// changes cannot be re-run like registrations), and waits (blocking) until it is
     /// committed. For operator operations; do not call from
     /// an async task.
     pub(crate) fn write_blocking<T, F>(&self, work: F) -> Result<T, Error>
     where
-        F: FnOnce(&Connection, &MasterKey) -> Result<T, Error> + Send + 'static,
+        F: FnOnce(&mut dyn Conn, &MasterKey) -> Result<T, Error> + Send + 'static,
         T: Send + 'static,
     {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -360,12 +317,6 @@ impl SqliteStore {
             l(pid);
         }
     }
-
-    /// Reads a product from the database, bypassing the cache.
-    pub fn load_product(&self, pid: &str) -> Result<Option<Product>, Error> {
-        let conn = self.reader();
-        admin::read_product(&conn, self.key(), pid)
-    }
 }
 
 impl Error {
@@ -381,76 +332,6 @@ impl Error {
     }
 }
 
-/// A registration transaction: repeatable, answered through a oneshot channel.
-struct TxJob<F, T> {
-    work: F,
-    result: Option<Result<T, StoreError>>,
-    reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
-}
-
-impl<F, T> writer::Job for TxJob<F, T>
-where
-    F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
-    T: Send + 'static,
-{
-    fn run(&mut self, conn: &Connection, key: &MasterKey) -> bool {
-        let r = (self.work)(&mut tx::SqliteTx::new(conn, key));
-        let ok = r.is_ok();
-        self.result = Some(r);
-        ok
-    }
-
-    fn repeatable(&self) -> bool {
-        true
-    }
-
-    fn complete(self: Box<Self>, commit: Option<&StoreError>) {
-        let out = match (commit, self.result) {
-            (Some(e), _) => Err(e.clone()),
-            (None, Some(r)) => r,
-            (None, None) => Err(StoreError::unavailable("the job did not run")),
-        };
-        let _ = self.reply.send(out);
-    }
-}
-
-/// An operator change: runs once, alone in its transaction, answered to a blocked
-/// thread.
-struct OnceJob<F, T> {
-    work: Option<F>,
-    result: Option<Result<T, Error>>,
-    reply: std::sync::mpsc::SyncSender<Result<T, Error>>,
-}
-
-impl<F, T> writer::Job for OnceJob<F, T>
-where
-    F: FnOnce(&Connection, &MasterKey) -> Result<T, Error> + Send + 'static,
-    T: Send + 'static,
-{
-    fn run(&mut self, conn: &Connection, key: &MasterKey) -> bool {
-        let r = match self.work.take() {
-            Some(work) => work(conn, key),
-            None => Err(Error::Unavailable("the job ran twice".into())),
-        };
-        let ok = r.is_ok();
-        self.result = Some(r);
-        ok
-    }
-
-    fn repeatable(&self) -> bool {
-        false
-    }
-
-    fn complete(self: Box<Self>, commit: Option<&StoreError>) {
-        let out = match (commit, self.result) {
-            (Some(e), _) => Err(Error::from_store(e)),
-            (None, Some(r)) => r,
-            (None, None) => Err(Error::Unavailable("the job did not run".into())),
-        };
-        let _ = self.reply.send(out);
-    }
-}
-
 impl Store for SqliteStore {
     fn product(
         &self,
@@ -458,7 +339,7 @@ impl Store for SqliteStore {
     ) -> impl Future<Output = Result<Option<Arc<Product>>, StoreError>> + Send {
         // A read of the read connection: quick, and reached only on a cache miss.
         std::future::ready(
-            self.load_product(pid)
+            crate::Operator::load_product(self, pid)
                 .map(|p| p.map(Arc::new))
                 .map_err(StoreError::from),
         )
@@ -496,5 +377,125 @@ impl Store for SqliteStore {
         now: u64,
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
         std::future::ready(Ok(self.inner.replay.claim(credential, now)))
+    }
+}
+
+impl rusqlite::ToSql for Value<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match *self {
+            Value::Null => ValueRef::Null,
+            Value::Int(v) => ValueRef::Integer(v),
+            Value::Text(s) => ValueRef::Text(s.as_bytes()),
+            Value::Bytes(b) => ValueRef::Blob(b),
+            Value::Bool(b) => ValueRef::Integer(i64::from(b)),
+        }))
+    }
+}
+
+impl Row for rusqlite::Row<'_> {
+    fn int(&self, i: usize) -> Result<i64, Error> {
+        Ok(self.get(i)?)
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, Error> {
+        Ok(self.get(i)?)
+    }
+    fn text(&self, i: usize) -> Result<String, Error> {
+        Ok(self.get(i)?)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>, Error> {
+        Ok(self.get(i)?)
+    }
+    fn bytes(&self, i: usize) -> Result<Vec<u8>, Error> {
+        Ok(self.get(i)?)
+    }
+    fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.get(i)?)
+    }
+    fn bool(&self, i: usize) -> Result<bool, Error> {
+        Ok(self.get(i)?)
+    }
+}
+
+/// The statements run from the connection's statement cache (parsing them anew for
+/// every job showed in profiles).
+impl Conn for Connection {
+    fn execute(&mut self, sql: &str, params: &[Value<'_>]) -> Result<u64, Error> {
+        let n = self
+            .prepare_cached(sql)?
+            .execute(rusqlite::params_from_iter(params))?;
+        Ok(n as u64)
+    }
+
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &[Value<'_>],
+        each: &mut dyn FnMut(&dyn Row) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut stmt = self.prepare_cached(sql)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+        while let Some(row) = rows.next()? {
+            each(row)?;
+        }
+        Ok(())
+    }
+
+    fn control(&mut self, sql: &str) -> Result<(), Error> {
+        self.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    }
+
+    fn begin(&mut self) -> Result<(), Error> {
+        // Takes the write lock at once: a batch never fails half-way on a lock.
+        self.control("BEGIN IMMEDIATE")
+    }
+
+    fn in_transaction(&self) -> bool {
+        !self.is_autocommit()
+    }
+
+    fn free_triplet_statement(&self) -> &'static str {
+        "SELECT t.id, t.pid, t.uuid, t.secret_enc, t.mac, t.barcode, t.state FROM triplets t WHERE t.pid = ?1 AND t.state = 0 ORDER BY t.id LIMIT 1"
+    }
+
+    fn reserve_triplet_ids(&mut self, n: usize) -> Result<Vec<i64>, Error> {
+        // One writer: the ids after the highest are free until this transaction ends.
+        let first = self.query_row("SELECT coalesce(max(id), 0) + 1 FROM triplets", [], |r| {
+            r.get::<_, i64>(0)
+        })?;
+        Ok((0..i64::try_from(n).unwrap_or(i64::MAX))
+            .map(|i| first + i)
+            .collect())
+    }
+}
+
+impl SqlBackend for SqliteStore {
+    fn location(&self) -> String {
+        self.path().display().to_string()
+    }
+
+    fn close(&self) -> Result<(), Error> {
+        SqliteStore::close(self)
+    }
+
+    fn key(&self) -> &MasterKey {
+        &self.inner.key
+    }
+
+    fn read<T>(&self, read: impl FnOnce(&mut dyn Conn) -> Result<T, Error>) -> Result<T, Error> {
+        read(&mut *self.reader())
+    }
+
+    fn write<T, F>(&self, work: F) -> Result<T, Error>
+    where
+        F: FnOnce(&mut dyn Conn, &MasterKey) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.write_blocking(work)
+    }
+
+    fn invalidate(&self, pid: &str) {
+        SqliteStore::invalidate(self, pid);
     }
 }

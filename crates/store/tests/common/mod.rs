@@ -1,4 +1,5 @@
-//! A SQLite store in a temporary data dir that is removed when the store is dropped.
+//! A store for one test: SQLite in a temporary data dir, or PostgreSQL in a database of
+//! its own; removed when the store is dropped.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -8,23 +9,62 @@ use std::sync::Arc;
 
 use dynreg_registrar::conformance::Fixture;
 use dynreg_registrar::{Claim, CredentialUse, NewTriplet, Product, Store, StoreError, Tx};
-use dynreg_store::{SqliteConfig, SqliteStore};
+use dynreg_store::{KeySource, PgConfig, PgStore, SqliteConfig, SqliteStore};
 
-pub struct TempStore {
-    pub store: SqliteStore,
-    pub dir: tempfile::TempDir,
+#[path = "../../../../support/pgtest.rs"]
+pub mod pgtest;
+
+/// What must outlive the store: its directory or its database.
+pub enum Keep {
+    Dir(tempfile::TempDir),
+    Db(pgtest::TestDb),
 }
 
-impl TempStore {
+pub struct TempStore<S = SqliteStore> {
+    pub store: S,
+    pub keep: Keep,
+}
+
+impl TempStore<SqliteStore> {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let store =
             SqliteStore::open(&SqliteConfig::new(dir.path().join("data"))).expect("open store");
-        Self { store, dir }
+        Self {
+            store,
+            keep: Keep::Dir(dir),
+        }
     }
 }
 
-impl Store for TempStore {
+impl TempStore<PgStore> {
+    /// A PostgreSQL store in a new database, or `None` (SKIPPED) without a server.
+    pub fn postgres(test: &str) -> Option<Self> {
+        let db = pgtest::TestDb::create(test)?;
+        let store = PgStore::open(&pg_config(&db.url, &pgtest::random_key())).expect("open store");
+        Some(Self {
+            store,
+            keep: Keep::Db(db),
+        })
+    }
+
+    /// The database's URL.
+    pub fn url(&self) -> &str {
+        match &self.keep {
+            Keep::Db(db) => &db.url,
+            Keep::Dir(_) => unreachable!("a PostgreSQL store keeps a database"),
+        }
+    }
+}
+
+/// The configuration tests open a PostgreSQL store with: two writers.
+pub fn pg_config(url: &str, key_hex: &str) -> PgConfig {
+    let mut config = PgConfig::new(url, KeySource::Hex(key_hex.to_owned()));
+    config.writers = 2;
+    config
+}
+
+impl<S: Store + Operator + Sync> Store for TempStore<S> {
     fn product(
         &self,
         pid: &str,
@@ -54,12 +94,12 @@ impl Store for TempStore {
 }
 
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    // The store's operator calls block on the writer; inside a multi-threaded tokio
-    // runtime that is allowed through block_in_place.
+    // The store's operator calls block; inside a multi-threaded tokio runtime that is
+    // allowed through block_in_place.
     tokio::task::block_in_place(f)
 }
 
-impl Fixture for TempStore {
+impl<S: Store + Operator + Sync> Fixture for TempStore<S> {
     fn put_product(&self, product: Product) {
         blocking(|| match self.store.insert_product(&product) {
             Ok(()) => {}
@@ -90,12 +130,12 @@ impl Fixture for TempStore {
     }
 
     fn pool_counts(&self, pid: &str) -> (u64, u64, u64) {
-        let s = self.store.pool_stats(pid).unwrap();
+        let s = blocking(|| self.store.pool_stats(pid).unwrap());
         (s.free, s.bound, s.revoked)
     }
 
     fn reregistrations(&self, pid: &str) -> (u64, u64) {
-        let s = self.store.pool_stats(pid).unwrap();
+        let s = blocking(|| self.store.pool_stats(pid).unwrap());
         (s.reregistrations, s.reregistrations_refused)
     }
 }

@@ -1,0 +1,1126 @@
+//! The PostgreSQL store: several dynreg instances on one database.
+//!
+//! - **Registrations** run on writer threads (four by default), each owning one
+//!   connection and taking jobs from one shared queue. A writer runs the job that waits
+//!   and every job already queued behind it in one transaction and commits once
+//!   (group commit, [`crate::sql::batch`]): the database's fsync per commit is shared
+//!   by the batch, and nothing is answered before its commit. The statements are the
+//!   ones SQLite runs ([`crate::sql`]); a free pool triplet is taken with `FOR UPDATE
+//!   SKIP LOCKED`, so that writers of several instances never wait for, nor take, the
+//!   same triplet, and a device registered by another instance an instant earlier is
+//!   found when the batch runs again (the insert of its registration says `ON CONFLICT
+//!   DO NOTHING`).
+//! - **Product lookups and the replay guard** run on two reader threads. The replay
+//!   guard is an unlogged table, so that every instance sees each credential.
+//! - **Operator operations** run on the caller's thread over a connection of their own.
+//! - **Product changes** made through this store reach its cache at once; changes by
+//!   another instance are seen when the registrar's product cache expires its entry
+//!   (2 s).
+//! - **Outages**: a connection that breaks is opened again when next needed, at most
+//!   every 250 ms per thread; meanwhile work fails with
+//!   [`StoreErrorKind::Unavailable`], which devices see as the retryable status.
+
+mod schema;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use dynreg_registrar::{
+    Claim, CredentialUse, Product, ProductListener, Store, StoreError, StoreErrorKind, Tx,
+};
+use postgres::error::SqlState;
+use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use sha2::Digest;
+
+use crate::Error;
+use crate::crypto::{KeySource, MasterKey};
+use crate::sql::batch::{Batcher, Counters, Job, TxJob};
+use crate::sql::{Conn, Row, SqlBackend, Value, i64_of, params};
+
+/// How to open a [`PgStore`].
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    /// `postgres://user:password@host:port/database?sslmode=...` (or the key=value
+    /// form). `sslmode` as libpq reads it: `disable` connects in plain text; `prefer`
+    /// (the default) uses TLS when the server offers it and `require` insists on it,
+    /// both without checking the server's certificate; `verify-ca` and `verify-full`
+    /// check it against the system's roots, [`PgConfig::ca_file`] and `sslrootcert`
+    /// (dynreg checks the host name in both).
+    pub url: String,
+    /// Where the master key comes from: [`KeySource::Hex`] or [`KeySource::File`]
+    /// (there is no data dir). Every instance on one database needs the same key.
+    pub key: KeySource,
+    /// Threads running registrations, each with its own connection.
+    pub writers: usize,
+    /// The most registrations committed together in one transaction.
+    pub max_batch: usize,
+    /// Statements running longer are cancelled (PostgreSQL's `statement_timeout`).
+    pub statement_timeout: Duration,
+    /// How long to wait for a connection.
+    pub connect_timeout: Duration,
+    /// A PEM file of certificate authorities to trust for the server's certificate,
+    /// besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Create dynreg's schema in a database that has none (and the key file when it is
+    /// missing). When `false`, such a database is refused and named.
+    pub create: bool,
+}
+
+impl PgConfig {
+    /// The defaults for `url`: key from `key`, 4 writers, batches of up to 64, 30 s
+    /// statement timeout, 5 s connect timeout.
+    pub fn new(url: impl Into<String>, key: KeySource) -> Self {
+        Self {
+            url: url.into(),
+            key,
+            writers: 4,
+            max_batch: 64,
+            statement_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            ca_file: None,
+            create: true,
+        }
+    }
+}
+
+/// `url` without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    // postgres://user:password@host/... -> postgres://user:***@host/...
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let auth_end = rest.find('@');
+        let path_start = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = auth_end.filter(|&at| at < path_start) {
+            let auth = &rest[..at];
+            if let Some(colon) = auth.find(':') {
+                return format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &auth[..colon],
+                    &rest[at..]
+                );
+            }
+        }
+        return url.to_owned();
+    }
+    // key=value form: hide password=...
+    url.split_whitespace()
+        .map(|kv| {
+            if kv.starts_with("password=") {
+                "password=***"
+            } else {
+                kv
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A PostgreSQL error in words: the server's message and detail, or the client's error
+/// and its cause.
+pub fn describe(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
+        if let Some(detail) = db.detail() {
+            s.push_str(": ");
+            s.push_str(detail);
+        }
+        return s;
+    }
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+/// Whether `e` means the connection is gone (or the server is going away), so that it
+/// must be opened again.
+fn connection_lost(e: &postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        None => e.as_db_error().is_none(),
+        Some(code) => {
+            code.code().starts_with("08")
+                || [
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                    SqlState::CANNOT_CONNECT_NOW,
+                ]
+                .contains(code)
+        }
+    }
+}
+
+/// Maps a PostgreSQL error to the registrar's view of it (kind and message), keeping it
+/// as the source.
+pub(crate) fn classify(e: postgres::Error) -> StoreError {
+    let kind = if connection_lost(&e) {
+        StoreErrorKind::Unavailable
+    } else {
+        match e.code() {
+            Some(c)
+                if *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::FOREIGN_KEY_VIOLATION =>
+            {
+                StoreErrorKind::Conflict
+            }
+            Some(c)
+                if [
+                    SqlState::T_R_SERIALIZATION_FAILURE,
+                    SqlState::T_R_DEADLOCK_DETECTED,
+                    SqlState::QUERY_CANCELED,
+                    SqlState::TOO_MANY_CONNECTIONS,
+                    SqlState::LOCK_NOT_AVAILABLE,
+                ]
+                .contains(c) =>
+            {
+                StoreErrorKind::Unavailable
+            }
+            _ => StoreErrorKind::Backend,
+        }
+    };
+    StoreError::new(kind, describe(&e)).with_source(e)
+}
+
+impl ToSql for Value<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match *self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Int(v) => v.to_sql(ty, out),
+            Value::Text(s) => s.to_sql(ty, out),
+            Value::Bytes(b) => b.to_sql(ty, out),
+            Value::Bool(b) => b.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        // Every integer column is BIGINT: each variant binds to the type of its column.
+        true
+    }
+
+    to_sql_checked!();
+}
+
+impl Row for postgres::Row {
+    fn int(&self, i: usize) -> Result<i64, Error> {
+        Ok(self.try_get(i)?)
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, Error> {
+        Ok(self.try_get(i)?)
+    }
+    fn text(&self, i: usize) -> Result<String, Error> {
+        Ok(self.try_get(i)?)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>, Error> {
+        Ok(self.try_get(i)?)
+    }
+    fn bytes(&self, i: usize) -> Result<Vec<u8>, Error> {
+        Ok(self.try_get(i)?)
+    }
+    fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.try_get(i)?)
+    }
+    fn bool(&self, i: usize) -> Result<bool, Error> {
+        Ok(self.try_get(i)?)
+    }
+}
+
+/// SQLite's `?N` parameters as PostgreSQL's `$N` (the shared statements hold no `?`
+/// elsewhere).
+fn dollar_params(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// How to connect: parsed once.
+struct Settings {
+    config: postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    /// The URL without its password.
+    display: String,
+}
+
+/// What the URL says of TLS beyond what the driver reads: `sslmode=verify-ca` and
+/// `verify-full` (given to the driver as `require`) and `sslrootcert`.
+struct TlsWishes {
+    verify: bool,
+    root_cert: Option<PathBuf>,
+}
+
+/// Takes `sslmode=verify-*` and `sslrootcert` out of a URL (either form) for dynreg to
+/// apply, leaving what the driver parses.
+fn split_tls_params(url: &str) -> (String, TlsWishes) {
+    let mut wishes = TlsWishes {
+        verify: false,
+        root_cert: None,
+    };
+    let mut take = |key: &str, value: &str| -> Option<String> {
+        match (key, value) {
+            ("sslmode", "verify-ca" | "verify-full") => {
+                wishes.verify = true;
+                Some("sslmode=require".to_owned())
+            }
+            ("sslrootcert", path) => {
+                wishes.root_cert = Some(PathBuf::from(path));
+                None
+            }
+            _ => Some(format!("{key}={value}")),
+        }
+    };
+    let rewritten = if url.contains("://") {
+        match url.split_once('?') {
+            Some((base, query)) => {
+                let kept: Vec<String> = query
+                    .split('&')
+                    .filter_map(|kv| {
+                        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                        take(k, v)
+                    })
+                    .collect();
+                if kept.is_empty() {
+                    base.to_owned()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+            None => url.to_owned(),
+        }
+    } else {
+        url.split_whitespace()
+            .filter_map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                take(k, v)
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    (rewritten, wishes)
+}
+
+impl Settings {
+    fn new(config: &PgConfig) -> Result<Self, Error> {
+        let display = redact(&config.url);
+        let (url, wishes) = split_tls_params(&config.url);
+        let mut pg: postgres::Config = url
+            .parse()
+            .map_err(|e| Error::Config(format!("database URL {display}: {e}")))?;
+        pg.application_name("dynreg")
+            .connect_timeout(config.connect_timeout)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .options(&format!(
+                "-c statement_timeout={}",
+                config.statement_timeout.as_millis()
+            ));
+        let tls = match pg.get_ssl_mode() {
+            postgres::config::SslMode::Disable => None,
+            _ => Some(tls_connector(
+                wishes.verify,
+                wishes.root_cert.as_deref().or(config.ca_file.as_deref()),
+            )?),
+        };
+        Ok(Self {
+            config: pg,
+            tls,
+            display,
+        })
+    }
+
+    fn connect(&self) -> Result<postgres::Client, postgres::Error> {
+        match &self.tls {
+            None => self.config.connect(postgres::NoTls),
+            Some(tls) => self.config.connect(tls.clone()),
+        }
+    }
+}
+
+fn tls_connector(
+    verify: bool,
+    ca_file: Option<&Path>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, Error> {
+    use tokio_rustls::rustls;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    if !verify {
+        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Config(format!("TLS for the database: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(unverified::AnyCertificate(provider)))
+            .with_no_client_auth();
+        return Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| Error::Config(format!("database CA file {}: {e}", path.display())))?;
+        let mut added = 0;
+        for cert in tokio_rustls::rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+            let cert: tokio_rustls::rustls::pki_types::CertificateDer<'static> = cert
+                .map_err(|e| Error::Config(format!("database CA file {}: {e}", path.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| Error::Config(format!("database CA file {}: {e}", path.display())))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(Error::Config(format!(
+                "database CA file {} holds no PEM certificate",
+                path.display()
+            )));
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(format!("TLS for the database: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// `sslmode=prefer` and `require` as libpq has them: encryption without a check of
+/// the server's certificate (the handshake's signatures are still verified).
+mod unverified {
+    use std::sync::Arc;
+    use tokio_rustls::rustls::client::danger::{
+        HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+    };
+    use tokio_rustls::rustls::crypto::{
+        CryptoProvider, verify_tls12_signature, verify_tls13_signature,
+    };
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use tokio_rustls::rustls::{DigitallySignedStruct, Error, SignatureScheme};
+
+    #[derive(Debug)]
+    pub(super) struct AnyCertificate(pub(super) Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+}
+
+/// One thread's connection, opened again when it breaks.
+struct Session {
+    settings: Arc<Settings>,
+    client: Option<postgres::Client>,
+    statements: HashMap<String, postgres::Statement>,
+    in_tx: bool,
+    retry_at: Option<Instant>,
+    last_error: String,
+}
+
+/// How long a thread waits before it tries to connect again.
+const RECONNECT_EVERY: Duration = Duration::from_millis(250);
+
+impl Session {
+    fn new(settings: Arc<Settings>, client: Option<postgres::Client>) -> Self {
+        Self {
+            settings,
+            client,
+            statements: HashMap::new(),
+            in_tx: false,
+            retry_at: None,
+            last_error: String::new(),
+        }
+    }
+
+    fn unavailable(&self) -> Error {
+        Error::Unavailable(format!(
+            "PostgreSQL at {} is unreachable: {}",
+            self.settings.display, self.last_error
+        ))
+    }
+
+    /// The open connection, connecting if there is none (at most every
+    /// [`RECONNECT_EVERY`]).
+    fn client(&mut self) -> Result<&mut postgres::Client, Error> {
+        if self
+            .client
+            .as_ref()
+            .is_some_and(postgres::Client::is_closed)
+        {
+            self.drop_connection();
+        }
+        if self.client.is_none() {
+            if self.retry_at.is_some_and(|at| Instant::now() < at) {
+                return Err(self.unavailable());
+            }
+            match self.settings.connect() {
+                Ok(c) => {
+                    self.client = Some(c);
+                    self.retry_at = None;
+                }
+                Err(e) => {
+                    self.last_error = describe(&e);
+                    self.retry_at = Some(Instant::now() + RECONNECT_EVERY);
+                    return Err(self.unavailable());
+                }
+            }
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| Error::Unavailable("no connection".into()))
+    }
+
+    fn drop_connection(&mut self) {
+        self.client = None;
+        self.statements.clear();
+        self.in_tx = false;
+    }
+
+    /// Notes a failure: a lost connection is dropped, to be opened again.
+    fn check<T>(&mut self, r: Result<T, postgres::Error>) -> Result<T, Error> {
+        r.map_err(|e| {
+            if connection_lost(&e) {
+                self.last_error = describe(&e);
+                self.drop_connection();
+            }
+            Error::Postgres(e)
+        })
+    }
+
+    fn statement(&mut self, sql: &str) -> Result<postgres::Statement, Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let prepared = self.client()?.prepare(&dollar_params(sql));
+        let s = self.check(prepared)?;
+        self.statements.insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // The driver's client blocks on its own runtime as it closes, which panics on
+        // a thread that drives async tasks: close it elsewhere then.
+        if let Some(client) = self.client.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = std::thread::Builder::new()
+                    .name("dynreg-pg-close".into())
+                    .spawn(move || drop(client));
+            }
+        }
+    }
+}
+
+fn bind<'a>(params: &'a [Value<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
+    params.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
+}
+
+impl Conn for Session {
+    fn execute(&mut self, sql: &str, params: &[Value<'_>]) -> Result<u64, Error> {
+        let stmt = self.statement(sql)?;
+        let r = self.client()?.execute(&stmt, &bind(params));
+        self.check(r)
+    }
+
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &[Value<'_>],
+        each: &mut dyn FnMut(&dyn Row) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let stmt = self.statement(sql)?;
+        let client = self.client()?;
+        let result = (|| -> Result<(), Error> {
+            let mut rows = client.query_raw(&stmt, params.iter())?;
+            while let Some(row) = rows.next()? {
+                each(&row)?;
+            }
+            Ok(())
+        })();
+        match result {
+            Err(Error::Postgres(e)) => self.check(Err(e)),
+            other => other,
+        }
+    }
+
+    fn control(&mut self, sql: &str) -> Result<(), Error> {
+        let r = self.client()?.batch_execute(sql);
+        self.check(r)?;
+        let word = sql.split_whitespace().next().unwrap_or_default();
+        if word.eq_ignore_ascii_case("BEGIN") {
+            self.in_tx = true;
+        } else if (word.eq_ignore_ascii_case("COMMIT") || word.eq_ignore_ascii_case("ROLLBACK"))
+            && !sql.contains(" TO ")
+        {
+            self.in_tx = false;
+        }
+        Ok(())
+    }
+
+    fn begin(&mut self) -> Result<(), Error> {
+        if self.in_tx {
+            // A transaction left open by a failure: start clean.
+            let _ = self.control("ROLLBACK");
+        }
+        self.control("BEGIN")
+    }
+
+    fn in_transaction(&self) -> bool {
+        self.in_tx && self.client.is_some()
+    }
+
+    fn free_triplet_statement(&self) -> &'static str {
+        "SELECT t.id, t.pid, t.uuid, t.secret_enc, t.mac, t.barcode, t.state FROM triplets t WHERE t.pid = ?1 AND t.state = 0 ORDER BY t.id LIMIT 1 FOR UPDATE SKIP LOCKED"
+    }
+
+    fn reserve_triplet_ids(&mut self, n: usize) -> Result<Vec<i64>, Error> {
+        let mut ids = self.query_vec_dyn(
+            "SELECT nextval(pg_get_serial_sequence('triplets', 'id')) FROM generate_series(1, ?1)",
+            params![i64_of(n as u64)],
+        )?;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+}
+
+impl Session {
+    fn query_vec_dyn(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Vec<i64>, Error> {
+        let conn: &mut dyn Conn = self;
+        conn.query_vec(sql, params, |r| r.int(0))
+    }
+}
+
+/// Work for a reader thread.
+type ReadJob = Box<dyn FnOnce(&mut Session, &MasterKey) + Send>;
+
+/// Counters of the writers (see [`crate::WriterStats`]).
+struct Threads {
+    writers: RwLock<Option<Sender<Box<dyn Job>>>>,
+    readers: RwLock<Option<Sender<ReadJob>>>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct Inner {
+    key: Arc<MasterKey>,
+    settings: Arc<Settings>,
+    admin: Mutex<Session>,
+    threads: Threads,
+    counters: Arc<Counters>,
+    listeners: Mutex<Vec<ProductListener>>,
+    claims: AtomicU64,
+    swept_at: AtomicU64,
+}
+
+/// The PostgreSQL store. Cheap to clone (clones share the threads and connections).
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("url", &self.inner.settings.display)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The number of reader threads (product lookups and the replay guard).
+const READERS: usize = 2;
+
+/// How often expired credentials are removed from the replay guard's table.
+const SWEEP_EVERY_SECS: u64 = 60;
+
+impl PgStore {
+    /// Connects, applies the missing migrations (under the migration lock), checks the
+    /// master key against the database (recording it in a new one), and starts the
+    /// writer and reader threads.
+    ///
+    /// Blocking, like every operator operation of the store; it may be called from an
+    /// async task all the same (it runs on a thread of its own, outside the runtime).
+    pub fn open(config: &PgConfig) -> Result<Self, Error> {
+        std::thread::scope(|s| {
+            s.spawn(|| Self::open_here(config))
+                .join()
+                .unwrap_or_else(|_| Err(Error::Unavailable("opening the store panicked".into())))
+        })
+    }
+
+    fn open_here(config: &PgConfig) -> Result<Self, Error> {
+        let settings = Arc::new(Settings::new(config)?);
+        let cannot = |e: &postgres::Error| {
+            Error::Config(format!(
+                "cannot connect to PostgreSQL at {}: {}",
+                settings.display,
+                describe(e)
+            ))
+        };
+        let client = settings.connect().map_err(|e| cannot(&e))?;
+        let mut admin = Session::new(settings.clone(), Some(client));
+        let key = Self::prepare(&mut admin, config, &settings.display)?;
+        let key = Arc::new(key);
+
+        let counters = Arc::new(Counters::default());
+        let (writer_tx, writer_rx) = channel::<Box<dyn Job>>();
+        let writer_rx = Arc::new(Mutex::new(writer_rx));
+        let (reader_tx, reader_rx) = channel::<ReadJob>();
+        let reader_rx = Arc::new(Mutex::new(reader_rx));
+        let mut handles = Vec::new();
+        for i in 0..config.writers.max(1) {
+            let client = settings.connect().map_err(|e| cannot(&e))?;
+            let mut session = Session::new(settings.clone(), Some(client));
+            let (jobs, key, counters) = (writer_rx.clone(), key.clone(), counters.clone());
+            let max_batch = config.max_batch.max(1);
+            handles.push(spawn(&format!("dynreg-pg-writer-{i}"), move || {
+                Batcher {
+                    conn: &mut session,
+                    key: &key,
+                    max_batch,
+                    counters: &counters,
+                }
+                .run(&*jobs);
+            })?);
+        }
+        for i in 0..READERS {
+            let client = settings.connect().map_err(|e| cannot(&e))?;
+            let mut session = Session::new(settings.clone(), Some(client));
+            let (jobs, key) = (reader_rx.clone(), key.clone());
+            handles.push(spawn(&format!("dynreg-pg-reader-{i}"), move || {
+                serve_reads(&jobs, &mut session, &key);
+            })?);
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                key,
+                settings,
+                admin: Mutex::new(admin),
+                threads: Threads {
+                    writers: RwLock::new(Some(writer_tx)),
+                    readers: RwLock::new(Some(reader_tx)),
+                    handles: Mutex::new(handles),
+                },
+                counters,
+                listeners: Mutex::new(Vec::new()),
+                claims: AtomicU64::new(0),
+                swept_at: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Migrates and checks the key, in one transaction under the migration lock.
+    fn prepare(admin: &mut Session, config: &PgConfig, display: &str) -> Result<MasterKey, Error> {
+        let named = |e: Error| match e {
+            Error::Postgres(e) => Error::Config(format!("database {display}: {}", describe(&e))),
+            other => other,
+        };
+        if config.key == KeySource::DataDir {
+            return Err(Error::Config(
+                "a PostgreSQL store takes its master key from --master-key-file (master_key_file in the config file) or DYNREG_MASTER_KEY; every instance needs the same key".into(),
+            ));
+        }
+        admin.begin().map_err(named)?;
+        let result = (|| {
+            let migrated = schema::migrate(admin, config.create, display)?;
+            let fresh = migrated.from == 0
+                && !(admin as &mut dyn Conn)
+                    .exists("SELECT 1 FROM meta WHERE key = 'key_check'", &[])?;
+            let (key, _) = MasterKey::load(&config.key, Path::new("."), fresh && config.create)?;
+            crate::sql::check_key(admin, &key)?;
+            Ok(key)
+        })();
+        match result {
+            Ok(key) => {
+                admin.control("COMMIT").map_err(named)?;
+                Ok(key)
+            }
+            Err(e) => {
+                let _ = admin.control("ROLLBACK");
+                Err(named(e))
+            }
+        }
+    }
+
+    /// The database, without its password.
+    pub fn url(&self) -> &str {
+        &self.inner.settings.display
+    }
+
+    /// The schema version this binary applies (after [`PgStore::open`], the database's).
+    pub fn schema_version() -> usize {
+        schema::MIGRATIONS.len()
+    }
+
+    /// How many write transactions the writers have committed and how many
+    /// registrations they held.
+    pub fn writer_stats(&self) -> crate::WriterStats {
+        let c = &self.inner.counters;
+        crate::WriterStats {
+            batches: c.batches.load(Ordering::Relaxed),
+            jobs: c.jobs.load(Ordering::Relaxed),
+            reruns: c.reruns.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops the threads after the work already queued and closes the connections.
+    pub fn close(&self) -> Result<(), Error> {
+        let t = &self.inner.threads;
+        drop(
+            t.writers
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        drop(
+            t.readers
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let handles: Vec<_> = t
+            .handles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| Error::Unavailable("a store thread panicked".into()))?;
+        }
+        Ok(())
+    }
+
+    fn read_job<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Session, &MasterKey) -> Result<T, StoreError> + Send + 'static,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self
+            .inner
+            .threads
+            .readers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|s| {
+                s.send(Box::new(move |session: &mut Session, key: &MasterKey| {
+                    let _ = tx.send(work(session, key));
+                }))
+                .is_ok()
+            })
+            .unwrap_or(false);
+        async move {
+            if !sent {
+                return Err(StoreError::unavailable("the store is closed"));
+            }
+            rx.await
+                .map_err(|_| StoreError::unavailable("the store's reader stopped"))?
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        drop(self.threads.writers.get_mut().map(Option::take));
+        drop(self.threads.readers.get_mut().map(Option::take));
+        if let Ok(handles) = self.threads.handles.get_mut() {
+            for h in handles.drain(..) {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, Error> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(f)
+        .map_err(|e| Error::Config(format!("cannot start thread {name}: {e}")))
+}
+
+fn serve_reads(jobs: &Mutex<Receiver<ReadJob>>, session: &mut Session, key: &MasterKey) {
+    loop {
+        let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        match job {
+            Ok(job) => job(session, key),
+            Err(_) => return,
+        }
+    }
+}
+
+/// The replay guard's key: a SHA-256 of the credential's identity, truncated to 16
+/// bytes (collisions cannot be aimed at without breaking SHA-256; the same on every
+/// instance).
+fn credential_key(c: &CredentialUse<'_>) -> Vec<u8> {
+    let mut h = sha2::Sha256::new();
+    c.identify(|bytes| h.update(bytes));
+    h.finalize()[..16].to_vec()
+}
+
+impl Store for PgStore {
+    fn product(
+        &self,
+        pid: &str,
+    ) -> impl Future<Output = Result<Option<Arc<Product>>, StoreError>> + Send {
+        let pid = pid.to_owned();
+        self.read_job(move |session, key| {
+            crate::sql::admin::read_product(session, key, &pid)
+                .map(|p| p.map(Arc::new))
+                .map_err(StoreError::from)
+        })
+    }
+
+    fn on_product_change(&self, listener: ProductListener) {
+        self.inner
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(listener);
+    }
+
+    fn transact<T, F>(&self, work: F) -> impl Future<Output = Result<T, StoreError>> + Send
+    where
+        F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let submitted = self
+            .inner
+            .threads
+            .writers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|s| {
+                s.send(Box::new(TxJob {
+                    work,
+                    result: None,
+                    reply: tx,
+                }))
+                .is_ok()
+            })
+            .unwrap_or(false);
+        async move {
+            if !submitted {
+                return Err(StoreError::unavailable("the store is closed"));
+            }
+            rx.await
+                .map_err(|_| StoreError::unavailable("the store's writer stopped"))?
+        }
+    }
+
+    fn claim_credential(
+        &self,
+        credential: &CredentialUse<'_>,
+        now: u64,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
+        let expires_at = credential.expires_at;
+        let (key, unique) = (credential_key(credential), credential.unique.to_owned());
+        let sweep = {
+            let n = self.inner.claims.fetch_add(1, Ordering::Relaxed);
+            let last = self.inner.swept_at.load(Ordering::Relaxed);
+            n % 1024 == 0
+                && now >= last + SWEEP_EVERY_SECS
+                && self
+                    .inner
+                    .swept_at
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+        };
+        self.read_job(move |session, _| {
+            let conn: &mut dyn Conn = session;
+            if sweep {
+                let _ = conn.execute(
+                    "DELETE FROM credential_uses WHERE expires_at <= ?1",
+                    params![i64_of(now)],
+                );
+            }
+            if expires_at <= now {
+                return Ok(Claim::First);
+            }
+            let (first, inserted) = conn
+                .query_opt(
+                    "INSERT INTO credential_uses AS c (key, unique_id, expires_at) VALUES (?1, ?2, ?3) ON CONFLICT (key) DO UPDATE SET unique_id = CASE WHEN c.expires_at <= ?4 THEN excluded.unique_id ELSE c.unique_id END, expires_at = CASE WHEN c.expires_at <= ?4 THEN excluded.expires_at ELSE c.expires_at END RETURNING unique_id, xmax = 0",
+                    params![&key, &unique, i64_of(expires_at), i64_of(now)],
+                    |r| Ok((r.text(0)?, r.bool(1)?)),
+                )
+                .map_err(StoreError::from)?
+                .ok_or_else(|| StoreError::backend("the replay guard's upsert returned no row"))?;
+            Ok(if first != unique {
+                Claim::Replayed {
+                    first_unique: first,
+                }
+            } else if inserted {
+                Claim::First
+            } else {
+                Claim::Repeat
+            })
+        })
+    }
+}
+
+impl SqlBackend for PgStore {
+    fn location(&self) -> String {
+        self.inner.settings.display.clone()
+    }
+
+    fn close(&self) -> Result<(), Error> {
+        PgStore::close(self)
+    }
+
+    fn key(&self) -> &MasterKey {
+        &self.inner.key
+    }
+
+    fn read<T>(&self, read: impl FnOnce(&mut dyn Conn) -> Result<T, Error>) -> Result<T, Error> {
+        let mut admin = self
+            .inner
+            .admin
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        read(&mut *admin)
+    }
+
+    fn write<T, F>(&self, work: F) -> Result<T, Error>
+    where
+        F: FnOnce(&mut dyn Conn, &MasterKey) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+    {
+        let mut admin = self
+            .inner
+            .admin
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let conn: &mut dyn Conn = &mut *admin;
+        conn.begin()?;
+        match work(conn, &self.inner.key) {
+            Ok(v) => {
+                conn.control("COMMIT")?;
+                Ok(v)
+            }
+            Err(e) => {
+                if conn.in_transaction() {
+                    let _ = conn.control("ROLLBACK");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn invalidate(&self, pid: &str) {
+        for l in self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            l(pid);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(
+            redact("postgres://dynreg:s3cret@db.example:5432/dynreg?sslmode=require"),
+            "postgres://dynreg:***@db.example:5432/dynreg?sslmode=require"
+        );
+        assert_eq!(redact("postgres://dynreg@db/x"), "postgres://dynreg@db/x");
+        assert_eq!(
+            redact("host=db user=dynreg password=s3cret dbname=x"),
+            "host=db user=dynreg password=*** dbname=x"
+        );
+    }
+
+    #[test]
+    fn verify_modes_and_root_certs_are_read_by_dynreg() {
+        let (url, w) = split_tls_params(
+            "postgres://u@db/x?sslmode=verify-full&sslrootcert=/etc/ca.pem&connect_timeout=3",
+        );
+        assert_eq!(url, "postgres://u@db/x?sslmode=require&connect_timeout=3");
+        assert!(w.verify);
+        assert_eq!(w.root_cert.as_deref(), Some(Path::new("/etc/ca.pem")));
+        let (url, w) = split_tls_params("host=db sslmode=require user=u");
+        assert_eq!(url, "host=db sslmode=require user=u");
+        assert!(!w.verify);
+        let (url, _) = split_tls_params("postgres://u@db/x?sslrootcert=/ca.pem");
+        assert_eq!(url, "postgres://u@db/x");
+    }
+
+    #[test]
+    fn parameters_are_renumbered_for_postgres() {
+        assert_eq!(
+            dollar_params("SELECT a FROM t WHERE b = ?1 AND c = ?12 AND d = '?'"),
+            "SELECT a FROM t WHERE b = $1 AND c = $12 AND d = '?'"
+        );
+    }
+}

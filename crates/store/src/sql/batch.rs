@@ -1,0 +1,261 @@
+//! Group commit: a writer takes the first job that waits, every job already waiting
+//! behind it (up to the batch limit), runs them in one transaction and commits once;
+//! only then does it tell every job the commit's result. A job's caller therefore
+//! learns of success only once its job is durable. While one batch commits, the next
+//! queues up, so the batch size follows the load by itself: no timer, no added latency
+//! when idle.
+//!
+//! Isolation between the jobs of a batch, without paying for it on the fast path:
+//! registration jobs are *repeatable* (their work may run again after a rollback), so
+//! they run one after another with no savepoint. If one of them fails, the whole
+//! transaction is rolled back and the batch runs again, this time each job in its own
+//! savepoint, so that the failing job is rolled back alone. (Savepoints on every job
+//! cost SQLite a quarter of its throughput: each one journals every page it touches.)
+//! Jobs that cannot run twice (operator changes) run alone in their own transaction.
+//!
+//! SQLite runs one writer; PostgreSQL runs several on one shared queue
+//! ([`JobSource`]), each with its own connection.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Mutex, PoisonError, TryLockError};
+
+use dynreg_registrar::{StoreError, Tx};
+
+use super::Conn;
+use super::tx::SqlTx;
+use crate::Error;
+use crate::crypto::MasterKey;
+
+/// A unit of work for a writer.
+pub(crate) trait Job: Send {
+    /// Runs the work in the current transaction; false when it failed (its writes must
+    /// then be rolled back).
+    fn run(&mut self, conn: &mut dyn Conn, key: &MasterKey) -> bool;
+    /// Whether `run` may be called again after its writes were rolled back.
+    fn repeatable(&self) -> bool;
+    /// Reports the outcome: `None` once the transaction holding the job committed,
+    /// `Some(error)` when it could not.
+    fn complete(self: Box<Self>, commit: Option<&StoreError>);
+}
+
+/// Where a writer takes its jobs from.
+pub(crate) trait JobSource {
+    /// The next job, waiting for one; `None` once the queue is closed and empty.
+    fn next(&self) -> Option<Box<dyn Job>>;
+    /// A job that is already waiting, if any.
+    fn waiting(&self) -> Option<Box<dyn Job>>;
+}
+
+/// One writer's own queue.
+impl JobSource for Receiver<Box<dyn Job>> {
+    fn next(&self) -> Option<Box<dyn Job>> {
+        self.recv().ok()
+    }
+    fn waiting(&self) -> Option<Box<dyn Job>> {
+        self.try_recv().ok()
+    }
+}
+
+/// A queue shared by several writers: one waits for the next job at a time.
+impl JobSource for Mutex<Receiver<Box<dyn Job>>> {
+    fn next(&self) -> Option<Box<dyn Job>> {
+        self.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .recv()
+            .ok()
+    }
+    fn waiting(&self) -> Option<Box<dyn Job>> {
+        // Never wait here: a writer in the middle of a batch must not block on the
+        // lock that an idle writer holds while it waits for work (the queue is empty
+        // then anyway).
+        let queue = match self.try_lock() {
+            Ok(q) => q,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        queue.try_recv().ok()
+    }
+}
+
+/// What the writers have done so far.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Transactions committed (or attempted).
+    pub(crate) batches: AtomicU64,
+    /// Jobs run.
+    pub(crate) jobs: AtomicU64,
+    /// Batches that had to run again with savepoints because a job failed.
+    pub(crate) reruns: AtomicU64,
+}
+
+/// Runs batches from a job source on one connection.
+pub(crate) struct Batcher<'a> {
+    pub(crate) conn: &'a mut dyn Conn,
+    pub(crate) key: &'a MasterKey,
+    pub(crate) max_batch: usize,
+    pub(crate) counters: &'a Counters,
+}
+
+impl Batcher<'_> {
+    /// Serves `jobs` until the source closes.
+    pub(crate) fn run(&mut self, jobs: &dyn JobSource) {
+        let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(self.max_batch);
+        let mut next: Option<Box<dyn Job>> = None;
+        loop {
+            let Some(first) = next.take().or_else(|| jobs.next()) else {
+                return;
+            };
+            if !first.repeatable() {
+                self.alone(first);
+                continue;
+            }
+            if let Err(e) = self.conn.begin() {
+                // Could not even start (database locked or unreachable): this job
+                // fails, the next batch tries again.
+                first.complete(Some(&StoreError::from(e)));
+                continue;
+            }
+            batch.push(first);
+            let mut ok = batch[0].run(self.conn, self.key);
+            // Take what is already waiting; stop early at the first failure.
+            while ok && batch.len() < self.max_batch {
+                match jobs.waiting() {
+                    Some(job) if job.repeatable() => {
+                        batch.push(job);
+                        ok = batch.last_mut().is_some_and(|j| j.run(self.conn, self.key));
+                    }
+                    Some(job) => {
+                        next = Some(job);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let outcome = if ok {
+                self.conn.control("COMMIT")
+            } else {
+                // A job failed: undo everything and run the batch again, each job
+                // isolated by its own savepoint.
+                self.counters.reruns.fetch_add(1, Ordering::Relaxed);
+                let _ = self.conn.control("ROLLBACK");
+                self.isolated(&mut batch)
+            };
+            self.finish(&mut batch, outcome);
+        }
+    }
+
+    /// Runs every job of `batch` again in one transaction, each in its own savepoint.
+    fn isolated(&mut self, batch: &mut [Box<dyn Job>]) -> Result<(), Error> {
+        self.conn.begin()?;
+        for job in batch.iter_mut() {
+            self.conn.control("SAVEPOINT job")?;
+            if !job.run(self.conn, self.key) {
+                self.conn.control("ROLLBACK TO job")?;
+            }
+            self.conn.control("RELEASE job")?;
+        }
+        self.conn.control("COMMIT")
+    }
+
+    /// Runs a job that cannot run twice in a transaction of its own.
+    fn alone(&mut self, mut job: Box<dyn Job>) {
+        let outcome = self.conn.begin().and_then(|()| {
+            if job.run(self.conn, self.key) {
+                self.conn.control("COMMIT")
+            } else {
+                self.conn.control("ROLLBACK")
+            }
+        });
+        let mut one = vec![job];
+        self.finish(&mut one, outcome);
+    }
+
+    /// Counts the batch and tells its jobs how the transaction ended.
+    fn finish(&mut self, batch: &mut Vec<Box<dyn Job>>, outcome: Result<(), Error>) {
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .jobs
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        match outcome {
+            Ok(()) => batch.drain(..).for_each(|j| j.complete(None)),
+            Err(e) => {
+                if self.conn.in_transaction() {
+                    let _ = self.conn.control("ROLLBACK");
+                }
+                let err = StoreError::from(e);
+                batch.drain(..).for_each(|j| j.complete(Some(&err)));
+            }
+        }
+    }
+}
+
+/// A registration transaction: repeatable, answered through a oneshot channel.
+pub(crate) struct TxJob<F, T> {
+    pub(crate) work: F,
+    pub(crate) result: Option<Result<T, StoreError>>,
+    pub(crate) reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<F, T> Job for TxJob<F, T>
+where
+    F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    fn run(&mut self, conn: &mut dyn Conn, key: &MasterKey) -> bool {
+        let r = (self.work)(&mut SqlTx::new(conn, key));
+        let ok = r.is_ok();
+        self.result = Some(r);
+        ok
+    }
+
+    fn repeatable(&self) -> bool {
+        true
+    }
+
+    fn complete(self: Box<Self>, commit: Option<&StoreError>) {
+        let out = match (commit, self.result) {
+            (Some(e), _) => Err(e.clone()),
+            (None, Some(r)) => r,
+            (None, None) => Err(StoreError::unavailable("the job did not run")),
+        };
+        let _ = self.reply.send(out);
+    }
+}
+
+/// An operator change: runs once, alone in its transaction, answered to a blocked
+/// thread.
+pub(crate) struct OnceJob<F, T> {
+    pub(crate) work: Option<F>,
+    pub(crate) result: Option<Result<T, Error>>,
+    pub(crate) reply: std::sync::mpsc::SyncSender<Result<T, Error>>,
+}
+
+impl<F, T> Job for OnceJob<F, T>
+where
+    F: FnOnce(&mut dyn Conn, &MasterKey) -> Result<T, Error> + Send + 'static,
+    T: Send + 'static,
+{
+    fn run(&mut self, conn: &mut dyn Conn, key: &MasterKey) -> bool {
+        let r = match self.work.take() {
+            Some(work) => work(conn, key),
+            None => Err(Error::Unavailable("the job ran twice".into())),
+        };
+        let ok = r.is_ok();
+        self.result = Some(r);
+        ok
+    }
+
+    fn repeatable(&self) -> bool {
+        false
+    }
+
+    fn complete(self: Box<Self>, commit: Option<&StoreError>) {
+        let out = match (commit, self.result) {
+            (Some(e), _) => Err(Error::from_store(e)),
+            (None, Some(r)) => r,
+            (None, None) => Err(Error::Unavailable("the job did not run".into())),
+        };
+        let _ = self.reply.send(out);
+    }
+}

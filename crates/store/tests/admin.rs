@@ -1,10 +1,17 @@
-//! The operator's operations on the SQLite store.
+//! The operator's operations, on both stores: each case runs on SQLite (module
+//! `sqlite`) and on PostgreSQL (module `postgres`, SKIPPED without a server).
+// Each case owns the store it is given (it lives as long as the case), and clones it
+// as the registrar would.
+#![allow(clippy::needless_pass_by_value, clippy::redundant_clone)]
 
 use dynreg_store::Operator;
 use std::sync::Arc;
 
 use dynreg_registrar::{MacRange, NewTriplet, ReregPolicy, Secret, SourceMode};
 use dynreg_store::{DeviceFilter, Error, KeySource, NewProduct, SqliteConfig, SqliteStore};
+
+mod common;
+use common::{Backend, TempStore};
 
 fn open(dir: &std::path::Path) -> SqliteStore {
     SqliteStore::open(&SqliteConfig::new(dir)).unwrap()
@@ -26,10 +33,8 @@ fn none() -> dynreg_store::Progress {
     Arc::new(|_| {})
 }
 
-#[test]
-fn products_create_list_enable_rotate() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+fn products_create_list_enable_rotate<S: Backend>(t: TempStore<S>) {
+    let s = t.store.clone();
     let p = s
         .create_product(new_product(None, SourceMode::Generate, None), 10)
         .unwrap();
@@ -72,10 +77,8 @@ fn products_create_list_enable_rotate() {
     );
 }
 
-#[test]
-fn pool_generate_with_mac_range_and_overflow() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+fn pool_generate_with_mac_range_and_overflow<S: Backend>(t: TempStore<S>) {
+    let s = t.store.clone();
     s.create_product(
         new_product(
             Some("m"),
@@ -117,10 +120,8 @@ fn pool_generate_with_mac_range_and_overflow() {
     ));
 }
 
-#[test]
-fn import_is_all_or_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+fn import_is_all_or_nothing<S: Backend>(t: TempStore<S>) {
+    let s = t.store.clone();
     s.create_product(new_product(Some("p"), SourceMode::Pool, None), 1)
         .unwrap();
     let t = |u: &str, b: &str| NewTriplet {
@@ -149,12 +150,10 @@ fn import_is_all_or_nothing() {
     assert_eq!(s.pool_stats("p").unwrap().free, 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn devices_revoke_reset_and_listing() {
+async fn devices_revoke_reset_and_listing<S: Backend>(t: TempStore<S>) {
     use dynreg_proto::RegisterRequest;
     use dynreg_registrar::{Device, Registrar};
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+    let s = t.store.clone();
     let p = tokio::task::block_in_place(|| {
         s.create_product(new_product(Some("g"), SourceMode::Generate, None), 1)
             .unwrap()
@@ -275,10 +274,8 @@ fn secrets_are_encrypted_at_rest_and_the_key_is_checked() {
     );
 }
 
-#[test]
-fn bulk_load_counts() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+fn bulk_load_counts<S: Backend>(t: TempStore<S>) {
+    let s = t.store.clone();
     s.create_product(new_product(Some("b"), SourceMode::Generate, None), 1)
         .unwrap();
     assert_eq!(s.bulk_load("b", 0, 1234, 5, &|_| {}).unwrap(), 1234);
@@ -286,13 +283,11 @@ fn bulk_load_counts() {
     assert!(s.device("b", "bulk-1233").unwrap().is_some());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn policy_and_quota_are_stored_changed_and_counted() {
+async fn policy_and_quota_are_stored_changed_and_counted<S: Backend>(t: TempStore<S>) {
     use dynreg_proto::{RegisterRequest, Status};
     use dynreg_registrar::{Device, Registrar};
     use dynreg_store::ProductUpdate;
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+    let s = t.store.clone();
     let p = tokio::task::block_in_place(|| {
         s.create_product(new_product(Some("q"), SourceMode::Generate, None), 1000)
             .unwrap()
@@ -350,8 +345,7 @@ async fn policy_and_quota_are_stored_changed_and_counted() {
     });
     assert_eq!(r.register(1003, dev("d"), &req).await.res, 0);
     drop(r);
-    tokio::task::block_in_place(|| s.close().unwrap());
-    let s = open(dir.path());
+    let s = tokio::task::block_in_place(|| t.reopen());
     let p = tokio::task::block_in_place(|| s.load_product("q").unwrap().unwrap());
     assert_eq!((p.rereg, p.quota), (ReregPolicy::Never, None));
 }
@@ -365,10 +359,8 @@ fn triplet(uuid: &str, mac: &str, barcode: &str) -> NewTriplet {
     }
 }
 
-#[test]
-fn import_validates_normalises_and_deduplicates_macs() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+fn import_validates_normalises_and_deduplicates_macs<S: Backend>(t: TempStore<S>) {
+    let s = t.store.clone();
     s.create_product(
         new_product(
             Some("r"),
@@ -425,13 +417,11 @@ fn import_validates_normalises_and_deduplicates_macs() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn update_delete_withdraw_lookups_and_history() {
+async fn update_delete_withdraw_lookups_and_history<S: Backend>(t: TempStore<S>) {
     use dynreg_proto::RegisterRequest;
     use dynreg_registrar::{Device, Registrar, TripletState};
     use dynreg_store::{ProductUpdate, TripletRef};
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+    let s = t.store.clone();
     let block = |f: &mut dyn FnMut()| tokio::task::block_in_place(f);
     block(&mut || {
         s.create_product(new_product(Some("u"), SourceMode::Pool, None), 1)
@@ -474,7 +464,7 @@ async fn update_delete_withdraw_lookups_and_history() {
             .unwrap_err();
         assert!(e.to_string().contains("ts window 0"), "{e}");
     });
-    let p = s.load_product("u").unwrap().unwrap();
+    let p = tokio::task::block_in_place(|| s.load_product("u").unwrap().unwrap());
     assert_eq!(
         (p.name.as_str(), p.mode, p.ts_window, p.rereg),
         (
@@ -640,10 +630,8 @@ async fn update_delete_withdraw_lookups_and_history() {
     });
 }
 
-#[test]
-fn rotation_keeps_the_previous_secret_for_its_grace() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+fn rotation_keeps_the_previous_secret_for_its_grace<S: Backend>(t: TempStore<S>) {
+    let s = t.store.clone();
     let p = s
         .create_product(new_product(Some("k"), SourceMode::Generate, None), 1)
         .unwrap();
@@ -673,12 +661,10 @@ fn rotation_keeps_the_previous_secret_for_its_grace() {
     assert!(s.retire_secret("k", 300).is_err(), "already retired");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_a_product_leaves_the_devices_that_moved_to_another() {
+async fn deleting_a_product_leaves_the_devices_that_moved_to_another<S: Backend>(t: TempStore<S>) {
     use dynreg_proto::RegisterRequest;
     use dynreg_registrar::{Device, Registrar};
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+    let s = t.store.clone();
     let secret_b = tokio::task::block_in_place(|| {
         s.create_product(new_product(Some("a"), SourceMode::Generate, None), 1)
             .unwrap();
@@ -710,3 +696,49 @@ async fn deleting_a_product_leaves_the_devices_that_moved_to_another() {
         assert_eq!(s.pool_stats("b").unwrap().devices, 1);
     });
 }
+
+/// One test per store for each case: `sqlite::<case>` and `postgres::<case>`.
+macro_rules! on_both_stores {
+    (sync: $($name:ident),*; async: $($aname:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(super::TempStore::new());
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $aname() {
+                    super::$aname(super::TempStore::new()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(t) = super::TempStore::postgres(stringify!($name)) {
+                        super::$name(t);
+                    }
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $aname() {
+                    let made = tokio::task::block_in_place(|| {
+                        super::TempStore::postgres(stringify!($aname))
+                    });
+                    if let Some(t) = made {
+                        super::$aname(t).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    sync: products_create_list_enable_rotate, pool_generate_with_mac_range_and_overflow, import_is_all_or_nothing, bulk_load_counts, import_validates_normalises_and_deduplicates_macs, rotation_keeps_the_previous_secret_for_its_grace;
+    async: devices_revoke_reset_and_listing, policy_and_quota_are_stored_changed_and_counted, update_delete_withdraw_lookups_and_history, deleting_a_product_leaves_the_devices_that_moved_to_another
+);

@@ -640,7 +640,7 @@ impl Conn for Session {
 
     fn reserve_triplet_ids(&mut self, n: usize) -> Result<Vec<i64>, Error> {
         let mut ids = self.query_vec_dyn(
-            "SELECT nextval(pg_get_serial_sequence('triplets', 'id')) FROM generate_series(1, ?1)",
+            "SELECT nextval(pg_get_serial_sequence('triplets', 'id')) FROM generate_series(1, CAST(?1 AS BIGINT))",
             params![i64_of(n as u64)],
         )?;
         ids.sort_unstable();
@@ -805,6 +805,13 @@ impl PgStore {
         }
     }
 
+    fn admin(&self) -> std::sync::MutexGuard<'_, Session> {
+        self.inner
+            .admin
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The database, without its password.
     pub fn url(&self) -> &str {
         &self.inner.settings.display
@@ -900,6 +907,18 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
         .name(name.to_owned())
         .spawn(f)
         .map_err(|e| Error::Config(format!("cannot start thread {name}: {e}")))
+}
+
+/// Runs blocking database work: on a worker of a multi-threaded tokio runtime, through
+/// `block_in_place` (the driver's blocking client cannot run on a thread that drives
+/// async tasks); elsewhere, as it is.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
 }
 
 fn serve_reads(jobs: &Mutex<Receiver<ReadJob>>, session: &mut Session, key: &MasterKey) {
@@ -1037,12 +1056,7 @@ impl SqlBackend for PgStore {
     }
 
     fn read<T>(&self, read: impl FnOnce(&mut dyn Conn) -> Result<T, Error>) -> Result<T, Error> {
-        let mut admin = self
-            .inner
-            .admin
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        read(&mut *admin)
+        blocking(|| read(&mut *self.admin()))
     }
 
     fn write<T, F>(&self, work: F) -> Result<T, Error>
@@ -1050,25 +1064,23 @@ impl SqlBackend for PgStore {
         F: FnOnce(&mut dyn Conn, &MasterKey) -> Result<T, Error> + Send + 'static,
         T: Send + 'static,
     {
-        let mut admin = self
-            .inner
-            .admin
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let conn: &mut dyn Conn = &mut *admin;
-        conn.begin()?;
-        match work(conn, &self.inner.key) {
-            Ok(v) => {
-                conn.control("COMMIT")?;
-                Ok(v)
-            }
-            Err(e) => {
-                if conn.in_transaction() {
-                    let _ = conn.control("ROLLBACK");
+        blocking(|| {
+            let mut admin = self.admin();
+            let conn: &mut dyn Conn = &mut *admin;
+            conn.begin()?;
+            match work(conn, &self.inner.key) {
+                Ok(v) => {
+                    conn.control("COMMIT")?;
+                    Ok(v)
                 }
-                Err(e)
+                Err(e) => {
+                    if conn.in_transaction() {
+                        let _ = conn.control("ROLLBACK");
+                    }
+                    Err(e)
+                }
             }
-        }
+        })
     }
 
     fn invalidate(&self, pid: &str) {

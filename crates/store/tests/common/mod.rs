@@ -23,6 +23,35 @@ pub enum Keep {
 pub struct TempStore<S = SqliteStore> {
     pub store: S,
     pub keep: Keep,
+    /// The master key of a PostgreSQL store (a SQLite store keeps its own).
+    pub key_hex: String,
+}
+
+/// A store the shared operator tests run on.
+pub trait Backend: Store + Operator + Clone + Sync + Sized {
+    /// Closes `t`'s store and opens it again.
+    fn reopen(t: &TempStore<Self>) -> Self;
+}
+
+impl Backend for SqliteStore {
+    fn reopen(t: &TempStore<Self>) -> Self {
+        t.store.close().unwrap();
+        SqliteStore::open(&SqliteConfig::new(t.store.path().parent().unwrap())).unwrap()
+    }
+}
+
+impl Backend for PgStore {
+    fn reopen(t: &TempStore<Self>) -> Self {
+        t.store.close().unwrap();
+        PgStore::open(&pg_config(t.url(), &t.key_hex)).unwrap()
+    }
+}
+
+impl<S: Backend> TempStore<S> {
+    /// The store closed and opened again.
+    pub fn reopen(&self) -> S {
+        S::reopen(self)
+    }
 }
 
 impl TempStore<SqliteStore> {
@@ -33,6 +62,7 @@ impl TempStore<SqliteStore> {
         Self {
             store,
             keep: Keep::Dir(dir),
+            key_hex: String::new(),
         }
     }
 }
@@ -41,10 +71,12 @@ impl TempStore<PgStore> {
     /// A PostgreSQL store in a new database, or `None` (SKIPPED) without a server.
     pub fn postgres(test: &str) -> Option<Self> {
         let db = pgtest::TestDb::create(test)?;
-        let store = PgStore::open(&pg_config(&db.url, &pgtest::random_key())).expect("open store");
+        let key_hex = pgtest::random_key();
+        let store = PgStore::open(&pg_config(&db.url, &key_hex)).expect("open store");
         Some(Self {
             store,
             keep: Keep::Db(db),
+            key_hex,
         })
     }
 

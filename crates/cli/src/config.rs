@@ -26,6 +26,10 @@ pub(crate) const DEFAULT_TLS_LISTEN: SocketAddr =
 pub(crate) struct FileConfig {
     pub(crate) data_dir: Option<PathBuf>,
     pub(crate) master_key_file: Option<PathBuf>,
+    /// A PostgreSQL store instead of the data dir.
+    pub(crate) database_url: Option<String>,
+    /// Certificate authorities for the database's certificate (`sslmode=verify-*`).
+    pub(crate) database_ca_file: Option<PathBuf>,
     /// `[env.NAME]`: where `dynreg register --env NAME` connects.
     #[serde(default)]
     pub(crate) env: std::collections::BTreeMap<String, dynreg_client::Environment>,

@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
-use dynreg_store::{KeySource, SqliteConfig, SqliteStore};
+use dynreg_store::{KeySource, PgConfig, PgStore, SqliteConfig, SqliteStore};
 
 use crate::store::Backend;
 
@@ -53,6 +53,11 @@ pub(crate) struct Global {
     /// The key itself may instead be given in DYNREG_MASTER_KEY.
     #[arg(long, global = true, env = "DYNREG_MASTER_KEY_FILE")]
     pub(crate) master_key_file: Option<PathBuf>,
+    /// A PostgreSQL store instead of the data dir: `postgres://user@host/db?sslmode=...`
+    /// [default: `database_url` from the config file]. Several instances may share
+    /// one; each needs the same master key (--master-key-file or DYNREG_MASTER_KEY).
+    #[arg(long, global = true, env = "DYNREG_DATABASE_URL", value_name = "URL")]
+    pub(crate) database_url: Option<String>,
     /// Print one JSON document on stdout instead of tables (errors: one JSON document
     /// on stderr). Commands that write CSV write CSV either way.
     #[arg(long, global = true)]
@@ -85,8 +90,12 @@ pub(crate) enum Open {
 enum Command {
     /// Run the registration service: the embedded MQTT endpoint on the SQLite store.
     Serve(cmd::serve::ServeArgs),
-    /// Create a store (data dir, master key, database) and say where.
+    /// Create a store (data dir, master key, database; or dynreg's schema in the
+    /// PostgreSQL database --database-url names) and say where.
     Init,
+    /// Apply the store's schema migrations (every command that opens the store applies
+    /// them too) and print its schema version.
+    Migrate,
     /// Create, list, show, update, enable, disable, delete, export and import
     /// products; rotate and retire their secrets.
     #[command(subcommand)]
@@ -109,12 +118,16 @@ enum Command {
 /// The data dir when neither a flag, the environment nor a config file names one.
 pub(crate) const DEFAULT_DATA_DIR: &str = "dynreg-data";
 
-/// The database file a command opened, named in database errors.
-static OPENED: OnceLock<PathBuf> = OnceLock::new();
+/// The database (file, or URL without its password) a command opened, named in
+/// database errors.
+static OPENED: OnceLock<String> = OnceLock::new();
 
 /// Where the store is, and which setting said so.
 pub(crate) struct StoreLocation {
     pub(crate) data_dir: PathBuf,
+    /// A PostgreSQL store instead of the data dir.
+    pub(crate) database_url: Option<String>,
+    pub(crate) database_ca_file: Option<PathBuf>,
     pub(crate) from: &'static str,
     pub(crate) key: KeySource,
 }
@@ -149,8 +162,17 @@ impl Global {
             (_, Some(f), _) | (_, None, Some(f)) => KeySource::File(f.clone()),
             _ => KeySource::DataDir,
         };
+        let (database_url, from) = match (&self.database_url, &file.database_url) {
+            (Some(u), _) if !u.is_empty() => {
+                (Some(u.clone()), "--database-url / DYNREG_DATABASE_URL")
+            }
+            (_, Some(u)) => (Some(u.clone()), "database_url in the config file"),
+            _ => (None, from),
+        };
         Ok(StoreLocation {
             data_dir,
+            database_url,
+            database_ca_file: file.database_ca_file.clone(),
             from,
             key,
         })
@@ -166,8 +188,13 @@ impl Global {
                 (_, Some(p)) => format!(", config {}", p.display()),
                 (_, None) => String::new(),
             };
+            let what = if loc.database_url.is_some() {
+                "database URL"
+            } else {
+                "data dir"
+            };
             eprintln!(
-                "store: {} (data dir from {}{config})",
+                "store: {} ({what} from {}{config})",
                 store.location(),
                 loc.from
             );
@@ -177,13 +204,26 @@ impl Global {
 
     /// Opens the store at `loc`.
     pub(crate) fn open_location(&self, loc: &StoreLocation, mode: Open) -> anyhow::Result<Backend> {
+        if let Some(url) = &loc.database_url {
+            if loc.key == KeySource::DataDir {
+                return Err(anyhow::anyhow!(
+                    "a PostgreSQL store needs its master key from --master-key-file (master_key_file in the config file) or DYNREG_MASTER_KEY: there is no data dir to keep it in, and every instance on the database needs the same key"
+                ));
+            }
+            let mut config = PgConfig::new(url.clone(), loc.key.clone());
+            config.create = mode == Open::Create;
+            config.ca_file.clone_from(&loc.database_ca_file);
+            let store = PgStore::open(&config)?;
+            let _ = OPENED.set(store.url().to_owned());
+            return Ok(Backend::Postgres(store));
+        }
         let config = SqliteConfig {
             key: loc.key.clone(),
             create: mode == Open::Create,
             ..SqliteConfig::new(&loc.data_dir)
         };
         let store = SqliteStore::open(&config)?;
-        let _ = OPENED.set(store.path().to_owned());
+        let _ = OPENED.set(store.path().display().to_string());
         Ok(Backend::Sqlite(store))
     }
 }
@@ -213,6 +253,7 @@ fn main() {
     let result = match cli.command {
         Command::Serve(args) => cmd::serve::run(&cli.global, &args),
         Command::Init => init(&cli.global),
+        Command::Migrate => migrate(&cli.global),
         Command::Product(c) => cmd::product::run(&cli.global, c),
         Command::Pool(c) => cmd::pool::run(&cli.global, c),
         Command::Device(c) => cmd::device::run(&cli.global, c),
@@ -238,11 +279,11 @@ pub(crate) fn report(json: bool, e: &anyhow::Error) -> i32 {
     let from_database = e.chain().any(|c| {
         matches!(
             c.downcast_ref::<dynreg_store::Error>(),
-            Some(dynreg_store::Error::Sqlite(_))
+            Some(dynreg_store::Error::Sqlite(_) | dynreg_store::Error::Postgres(_))
         )
     });
     if let (true, Some(path)) = (from_database, OPENED.get()) {
-        msg.push_str(&format!(" (database {})", path.display()));
+        msg.push_str(&format!(" (database {path})"));
     }
     if json {
         eprintln!("{}", serde_json::json!({ "error": msg, "exit": code }));
@@ -252,9 +293,44 @@ pub(crate) fn report(json: bool, e: &anyhow::Error) -> i32 {
     code
 }
 
+/// `dynreg migrate`.
+fn migrate(g: &Global) -> anyhow::Result<()> {
+    let loc = g.location()?;
+    let store = g.open_location(&loc, Open::Create)?;
+    let version = store.schema_version()?;
+    let location = store.location();
+    store.close()?;
+    if g.json {
+        output::json(&serde_json::json!({ "database": location, "schema_version": version }))?;
+    } else {
+        println!("{location}: schema version {version}, the newest this dynreg knows");
+    }
+    Ok(())
+}
+
 /// `dynreg init`.
 fn init(g: &Global) -> anyhow::Result<()> {
     let loc = g.location()?;
+    if loc.database_url.is_some() {
+        let store = g.open_location(&loc, Open::Create)?;
+        let location = store.location();
+        let version = store.schema_version()?;
+        store.close()?;
+        let key = match &loc.key {
+            KeySource::File(f) => f.display().to_string(),
+            _ => "DYNREG_MASTER_KEY".into(),
+        };
+        if g.json {
+            output::json(&serde_json::json!({
+                "database": location, "master_key": key, "schema_version": version,
+            }))?;
+        } else {
+            println!(
+                "store ready: {location} (schema version {version}); master key from {key}: every instance needs it, back it up"
+            );
+        }
+        return Ok(());
+    }
     let existed = loc
         .data_dir
         .join(dynreg_store::sqlite::DB_FILE_NAME)

@@ -1,17 +1,19 @@
 //! The store the configuration names: one variant per backend, so that every command
-//! works against whichever it is (the SQLite data dir today; PostgreSQL is next).
+//! works against whichever it is (the SQLite data dir, or PostgreSQL).
 
 use std::future::Future;
 use std::sync::Arc;
 
 use dynreg_registrar::{Claim, CredentialUse, Product, ProductListener, Store, StoreError, Tx};
-use dynreg_store::{Operator, SqliteStore};
+use dynreg_store::{Operator, PgStore, SqliteStore};
 
 /// An open store.
 #[derive(Debug, Clone)]
 pub(crate) enum Backend {
     /// The embedded SQLite store in a data dir.
     Sqlite(SqliteStore),
+    /// A PostgreSQL database, possibly shared with other instances.
+    Postgres(PgStore),
 }
 
 /// Every operator operation goes to the backend behind the enum.
@@ -21,33 +23,34 @@ impl std::ops::Deref for Backend {
     fn deref(&self) -> &Self::Target {
         match self {
             Self::Sqlite(s) => s,
+            Self::Postgres(s) => s,
         }
     }
 }
 
 impl Store for Backend {
-    fn product(
-        &self,
-        pid: &str,
-    ) -> impl Future<Output = Result<Option<Arc<Product>>, StoreError>> + Send {
+    async fn product(&self, pid: &str) -> Result<Option<Arc<Product>>, StoreError> {
         match self {
-            Self::Sqlite(s) => s.product(pid),
+            Self::Sqlite(s) => s.product(pid).await,
+            Self::Postgres(s) => s.product(pid).await,
         }
     }
 
     fn on_product_change(&self, listener: ProductListener) {
         match self {
             Self::Sqlite(s) => s.on_product_change(listener),
+            Self::Postgres(s) => s.on_product_change(listener),
         }
     }
 
-    fn transact<T, F>(&self, work: F) -> impl Future<Output = Result<T, StoreError>> + Send
+    async fn transact<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
         match self {
-            Self::Sqlite(s) => s.transact(work),
+            Self::Sqlite(s) => s.transact(work).await,
+            Self::Postgres(s) => s.transact(work).await,
         }
     }
 
@@ -56,8 +59,17 @@ impl Store for Backend {
         credential: &CredentialUse<'_>,
         now: u64,
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
-        match self {
-            Self::Sqlite(s) => s.claim_credential(credential, now),
+        // Both stores' futures own what they need: only the choice borrows `self`.
+        let (sqlite, postgres) = match self {
+            Self::Sqlite(s) => (Some(s.claim_credential(credential, now)), None),
+            Self::Postgres(s) => (None, Some(s.claim_credential(credential, now))),
+        };
+        async move {
+            match (sqlite, postgres) {
+                (Some(f), _) => f.await,
+                (_, Some(f)) => f.await,
+                (None, None) => unreachable!("one store is chosen"),
+            }
         }
     }
 }

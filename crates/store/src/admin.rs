@@ -399,6 +399,9 @@ pub trait Operator {
     /// ([`Operator::triplet_history`], [`Operator::device_history`]).
     fn reset(&self, key_pid: &str, unique: &str, now: u64) -> Result<(), Error>;
 
+    /// The schema version of the database (the number of migrations it has had).
+    fn schema_version(&self) -> Result<u64, Error>;
+
     /// Registers `count` generated devices (uniques `bulk-<start>`...) under `pid` in
     /// transactions of 50,000, without going through the registrar: for loading a store
     /// before a benchmark. Returns how many were added.

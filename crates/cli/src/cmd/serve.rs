@@ -400,7 +400,7 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
             demo(&store, endpoint.local_addr()?)?;
         }
         let tls = endpoint.tls_local_addr().transpose()?.map(|a| a.to_string());
-        info!(listen = %endpoint.local_addr()?, tls = tls.as_deref().unwrap_or("off"), store = %store.location(), data_dir_from = location.from, "dynreg serving MQTT registrations");
+        info!(listen = %endpoint.local_addr()?, tls = tls.as_deref().unwrap_or("off"), store = %store.location(), store_from = location.from, "dynreg serving MQTT registrations");
         // On the runtime's workers, not on this thread: one thread fewer to switch to.
         tokio::spawn(endpoint.run(shutdown)).await??;
         anyhow::Ok(())

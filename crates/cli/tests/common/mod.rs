@@ -14,6 +14,8 @@ pub fn bin() -> Command {
     c.env_remove("DYNREG_DATA_DIR")
         .env_remove("DYNREG_MASTER_KEY")
         .env_remove("DYNREG_CONFIG")
+        .env_remove("DYNREG_DATABASE_URL")
+        .env_remove("DYNREG_MASTER_KEY_FILE")
         .env_remove("DYNREG_SECRET")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1");

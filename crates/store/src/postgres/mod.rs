@@ -1083,6 +1083,13 @@ impl SqlBackend for PgStore {
         })
     }
 
+    fn schema_version(&self) -> Result<u64, Error> {
+        self.read(|conn| {
+            conn.query_opt("SELECT version FROM dynreg_schema", &[], |r| r.int(0))
+                .map(|v| crate::sql::u64_of(v.unwrap_or(0)))
+        })
+    }
+
     fn invalidate(&self, pid: &str) {
         for l in self
             .inner

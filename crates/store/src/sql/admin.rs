@@ -211,6 +211,10 @@ impl<B: SqlBackend> Operator for B {
         SqlBackend::close(self)
     }
 
+    fn schema_version(&self) -> Result<u64, Error> {
+        SqlBackend::schema_version(self)
+    }
+
     fn load_product(&self, pid: &str) -> Result<Option<Product>, Error> {
         self.read(|conn| read_product(conn, self.key(), pid))
     }

@@ -174,6 +174,8 @@ pub(crate) trait SqlBackend {
     where
         F: FnOnce(&mut dyn Conn, &MasterKey) -> Result<T, Error> + Send + 'static,
         T: Send + 'static;
+    /// The database's schema version.
+    fn schema_version(&self) -> Result<u64, Error>;
     /// Tells the product caches that `pid` changed.
     fn invalidate(&self, pid: &str);
 }

@@ -495,6 +495,13 @@ impl SqlBackend for SqliteStore {
         self.write_blocking(work)
     }
 
+    fn schema_version(&self) -> Result<u64, Error> {
+        let v: i64 = self
+            .reader()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        Ok(crate::sql::u64_of(v))
+    }
+
     fn invalidate(&self, pid: &str) {
         SqliteStore::invalidate(self, pid);
     }

@@ -1,0 +1,247 @@
+//! Every command on a PostgreSQL store (`--database-url`), and two `dynreg serve`
+//! processes on one database taking the same devices at once. SKIPPED without a
+//! server (see `support/pgtest.rs`).
+
+use std::collections::HashSet;
+use std::process::{Child, Output, Stdio};
+
+use serde_json::Value;
+
+mod common;
+#[path = "../../../support/pgtest.rs"]
+mod pgtest;
+
+fn run(url: &str, dir: &std::path::Path, args: &[&str]) -> Output {
+    common::bin()
+        .args(["--database-url", url])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> Value {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+}
+
+fn err(o: &Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn operator_commands_run_on_postgres_and_name_its_mistakes() {
+    let Some(db) = pgtest::TestDb::create("operator_commands_run_on_postgres") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let url = db.url.as_str();
+    // No master key: there is no data dir to keep one in.
+    let e = err(&run(url, d, &["product", "list"]));
+    assert!(
+        e.contains("--master-key-file") && e.contains("DYNREG_MASTER_KEY"),
+        "{e}"
+    );
+    // A database without dynreg's schema is named, and not changed by a reading command.
+    let e = err(&run(url, d, &["--master-key-file", "k", "product", "list"]));
+    assert!(
+        e.contains("holds no dynreg store") && e.contains("dynreg init"),
+        "{e}"
+    );
+    assert!(!d.join("k").exists());
+    // init creates the schema and the key file.
+    let out = ok(&run(url, d, &["--json", "--master-key-file", "k", "init"]));
+    assert_eq!(out["schema_version"], 1);
+    assert!(d.join("k").exists());
+    let key = ["--master-key-file", "k"];
+    let run_k = |args: &[&str]| run(url, d, &[&key[..], args].concat());
+    ok(&run_k(&[
+        "--json", "product", "create", "--name", "Lamp", "--pid", "lamp", "--mode", "pool",
+    ]));
+    ok(&run_k(&[
+        "pool", "generate", "--pid", "lamp", "--count", "25", "--out", "pool.csv",
+    ]));
+    let stats = ok(&run_k(&["--json", "pool", "stats", "--pid", "lamp"]));
+    assert_eq!(stats["free"], 25, "{stats}");
+    assert_eq!(
+        std::fs::read_to_string(d.join("pool.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        26
+    );
+    let migrated = ok(&run_k(&["--json", "migrate"]));
+    assert_eq!(migrated["schema_version"], 1);
+    // Another key is refused before anything is read; the password never shows.
+    let wrong = common::bin()
+        .args(["--database-url", url, "product", "list"])
+        .env("DYNREG_MASTER_KEY", "11".repeat(32))
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let e = err(&wrong);
+    assert!(e.contains("do not decrypt"), "{e}");
+    let unreachable = run(
+        "postgres://dynreg:s3cret@127.0.0.1:1/x?sslmode=disable",
+        d,
+        &["--master-key-file", "k", "product", "list"],
+    );
+    let e = err(&unreachable);
+    assert!(
+        e.contains("cannot connect to PostgreSQL at postgres://dynreg:***@127.0.0.1:1/x"),
+        "{e}"
+    );
+    assert!(!e.contains("s3cret"), "{e}");
+}
+
+struct Server(Child, u16);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(url: &str, dir: &std::path::Path) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = common::bin()
+        .args(["--database-url", url, "--master-key-file", "k", "serve"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--connections-per-ip",
+            "0",
+        ])
+        // A batch signs many devices with one ts: the replay guard would refuse them
+        // (docs/security.md).
+        .args(["--replay-guard", "off"])
+        .current_dir(dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = common::stderr_lines(&mut child);
+    common::wait_for(&rx, "dynreg serving");
+    Server(child, port)
+}
+
+#[test]
+fn two_serve_processes_on_one_database_take_the_same_devices_at_once() {
+    let Some(db) = pgtest::TestDb::create("two_serve_processes_on_one_database") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let url = db.url.as_str();
+    ok(&run(url, d, &["--master-key-file", "k", "init"]));
+    let p = ok(&run(
+        url,
+        d,
+        &[
+            "--json",
+            "--master-key-file",
+            "k",
+            "product",
+            "create",
+            "--name",
+            "Plug",
+            "--pid",
+            "plug",
+            "--mode",
+            "pool",
+        ],
+    ));
+    ok(&run(
+        url,
+        d,
+        &[
+            "--master-key-file",
+            "k",
+            "pool",
+            "generate",
+            "--pid",
+            "plug",
+            "--count",
+            "400",
+            "--out",
+            "pool.csv",
+        ],
+    ));
+    let secret = p["secret"].as_str().unwrap().to_owned();
+    let (one, two) = (serve(url, d), serve(url, d));
+    // The same 300 devices through both servers at once: a CSV each, registered by
+    // `dynreg register --batch` with 30 connections at a time.
+    let csv: String = std::iter::once("unique\n".to_owned())
+        .chain((0..300).map(|i| format!("dev{i:03}\n")))
+        .collect();
+    std::fs::write(d.join("devices.csv"), csv).unwrap();
+    let batch = |s: &Server, out: &str| {
+        common::bin()
+            .args(["register", "--port", &s.1.to_string(), "--pid", "plug"])
+            .args(["--batch", "devices.csv"])
+            .args(["--concurrency", "30", "--out", out, "--timeout", "10"])
+            .env("DYNREG_SECRET", &secret)
+            .current_dir(d)
+            .spawn()
+            .unwrap()
+    };
+    let (mut a, mut b) = (batch(&one, "a.csv"), batch(&two, "b.csv"));
+    assert!(a.wait().unwrap().success());
+    assert!(b.wait().unwrap().success());
+    // unique, barcode, result, pid, uuid, secret, mac, error
+    let read = |f: &str| -> Vec<String> {
+        std::fs::read_to_string(d.join(f))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let c: Vec<&str> = l.split(',').collect();
+                assert_eq!(c[2], "registered", "{l}");
+                [c[0], c[4], c[5]].join(",")
+            })
+            .collect()
+    };
+    let (ra, rb) = (read("a.csv"), read("b.csv"));
+    assert_eq!((ra.len(), rb.len()), (300, 300));
+    // Each device got the same triplet from both servers, and no triplet went to two
+    // devices.
+    let (mut a_sorted, mut b_sorted) = (ra, rb);
+    a_sorted.sort();
+    b_sorted.sort();
+    assert_eq!(a_sorted, b_sorted);
+    let uuid_col = |rows: &[String]| -> HashSet<String> {
+        rows.iter()
+            .map(|r| r.split(',').nth(1).unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(uuid_col(&a_sorted).len(), 300, "a triplet was bound twice");
+    let stats = ok(&run(
+        url,
+        d,
+        &[
+            "--json",
+            "--master-key-file",
+            "k",
+            "pool",
+            "stats",
+            "--pid",
+            "plug",
+        ],
+    ));
+    assert_eq!(
+        (stats["bound"].as_u64(), stats["free"].as_u64()),
+        (Some(300), Some(100)),
+        "{stats}"
+    );
+}

@@ -1,0 +1,249 @@
+//! Several dynreg instances on one PostgreSQL database: two stores (two sets of
+//! connections, two writers' queues) and two registrars, as two `dynreg serve`
+//! processes would have them, racing for the same pool, the same devices, the same MAC
+//! range and the same barcodes. SKIPPED without a server (see `support/pgtest.rs`).
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use common::{TempStore, pg_config};
+use dynreg_proto::{RegisterRequest, Status};
+use dynreg_registrar::conformance::{join_all, pool, product};
+use dynreg_registrar::{
+    Claim, CredentialUse, Device, MacRange, Registered, Registrar, ReregPolicy, SourceMode, Store,
+};
+use dynreg_store::{Operator, PgStore};
+
+const NOW: u64 = 1_700_000_000;
+
+/// A store on a new database and a second one on the same database, with a registrar
+/// each.
+struct Two {
+    first: TempStore<PgStore>,
+    second: PgStore,
+    a: Registrar<PgStore>,
+    b: Registrar<PgStore>,
+}
+
+fn two(test: &str, setup: impl FnOnce(&PgStore)) -> Option<Two> {
+    tokio::task::block_in_place(|| {
+        let first = TempStore::postgres(test)?;
+        setup(&first.store);
+        let second = PgStore::open(&pg_config(first.url(), &first.key_hex)).expect("second");
+        Some(Two {
+            a: Registrar::new(first.store.clone()),
+            b: Registrar::new(second.clone()),
+            second,
+            first,
+        })
+    })
+}
+
+fn dev(pid: &str, unique: &str) -> Device<'static> {
+    // Leaked: a few hundred short strings per test.
+    Device {
+        pid: Box::leak(pid.to_owned().into_boxed_str()),
+        unique: Box::leak(unique.to_owned().into_boxed_str()),
+    }
+}
+
+/// Registers every unique through `a` (even indexes) or `b` (odd), all at once.
+async fn through_both(t: &Two, pid: &str, uniques: &[String]) -> Vec<Result<Registered, Status>> {
+    let req = RegisterRequest::new("1", NOW);
+    join_all(uniques.iter().enumerate().map(|(i, u)| {
+        let r = if i % 2 == 0 { &t.a } else { &t.b };
+        let req = &req;
+        async move { r.decide(NOW, dev(pid, u), req).await }
+    }))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_claim_one_pool_and_never_bind_a_triplet_twice() {
+    let Some(t) = two("two_instances_claim_one_pool", |s| {
+        s.insert_product(&product("P", SourceMode::Pool)).unwrap();
+        s.import_pool("P", pool("P", 1_000), Arc::new(|_| {}))
+            .unwrap();
+    }) else {
+        return;
+    };
+    // 1,200 devices for 1,000 triplets: every triplet is bound exactly once, and the
+    // 200 left over are told the pool is exhausted.
+    let uniques: Vec<String> = (0..1_200).map(|i| format!("d{i}")).collect();
+    let results = through_both(&t, "P", &uniques).await;
+    let bound: Vec<&Registered> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let exhausted = results
+        .iter()
+        .filter(|r| **r == Err(Status::PoolExhausted))
+        .count();
+    assert_eq!(
+        (bound.len(), exhausted),
+        (1_000, 200),
+        "{:?}",
+        results
+            .iter()
+            .find(|r| matches!(r, Err(s) if *s != Status::PoolExhausted))
+    );
+    let uuids: HashSet<&str> = bound.iter().map(|r| r.triplet.uuid.as_str()).collect();
+    assert_eq!(uuids.len(), 1_000, "a triplet was bound twice");
+    let stats = tokio::task::block_in_place(|| t.first.store.pool_stats("P").unwrap());
+    assert_eq!((stats.free, stats.bound, stats.devices), (0, 1_000, 1_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_device_through_both_at_once_gets_one_triplet() {
+    let Some(t) = two("the_same_device_through_both", |s| {
+        s.insert_product(&product("P", SourceMode::Pool)).unwrap();
+        s.import_pool("P", pool("P", 300), Arc::new(|_| {}))
+            .unwrap();
+        s.insert_product(&product("G", SourceMode::Generate))
+            .unwrap();
+    }) else {
+        return;
+    };
+    let req = RegisterRequest::new("1", NOW);
+    for pid in ["P", "G"] {
+        // Each device arrives at both instances at the same instant, 200 devices at once.
+        let outcomes = join_all((0..200).map(|i| {
+            let (a, b, req) = (&t.a, &t.b, &req);
+            async move {
+                let d = dev(pid, &format!("same{i}"));
+                join_all([a.decide(NOW, d, req), b.decide(NOW, d, req)]).await
+            }
+        }))
+        .await;
+        for (i, pair) in outcomes.iter().enumerate() {
+            let (x, y) = (pair[0].as_ref().unwrap(), pair[1].as_ref().unwrap());
+            assert_eq!(x.triplet.uuid, y.triplet.uuid, "{pid} device {i}");
+            assert_eq!(x.triplet.secret, y.triplet.secret);
+            assert!(x.fresh != y.fresh, "exactly one of the two registered it");
+        }
+        let stats = tokio::task::block_in_place(|| t.first.store.pool_stats(pid).unwrap());
+        assert_eq!((stats.bound, stats.devices), (200, 200), "{pid}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_mac_range_is_shared_without_duplicates() {
+    let range: MacRange = "02:00:00:00:00:00-02:00:00:00:01:f3".parse().unwrap(); // 500
+    let Some(t) = two("one_mac_range_is_shared", |s| {
+        let mut p = product("M", SourceMode::Generate);
+        p.mac_range = Some(range);
+        s.insert_product(&p).unwrap();
+    }) else {
+        return;
+    };
+    let uniques: Vec<String> = (0..520).map(|i| format!("m{i}")).collect();
+    let results = through_both(&t, "M", &uniques).await;
+    let macs: Vec<u64> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|r| MacRange::parse_mac(&r.triplet.mac).unwrap())
+        .collect();
+    assert_eq!(macs.len(), 500, "the range holds 500 addresses");
+    assert_eq!(
+        macs.iter().collect::<HashSet<_>>().len(),
+        500,
+        "a MAC was given twice"
+    );
+    assert!(macs.iter().all(|m| range.contains(*m)));
+    let exhausted = results.iter().filter(|r| r.is_err()).count();
+    assert_eq!(exhausted, 20);
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|s| *s == Status::PoolExhausted)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_barcode_goes_to_one_device_only() {
+    let Some(t) = two("a_barcode_goes_to_one_device_only", |s| {
+        s.insert_product(&product("G", SourceMode::Generate))
+            .unwrap();
+    }) else {
+        return;
+    };
+    for round in 0..50 {
+        let mut req = RegisterRequest::new("1", NOW);
+        req.data.barcode = format!("BC-{round}");
+        let (a, b) = (
+            dev("G", &format!("x{round}")),
+            dev("G", &format!("y{round}")),
+        );
+        let both = join_all([t.a.decide(NOW, a, &req), t.b.decide(NOW, b, &req)]).await;
+        let won = both.iter().filter(|r| r.is_ok()).count();
+        let taken = both
+            .iter()
+            .filter(|r| **r == Err(Status::BarcodeTaken))
+            .count();
+        assert_eq!((won, taken), (1, 1), "round {round}: {both:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replay_guard_and_reregistration_policy_hold_across_instances() {
+    let Some(t) = two("replay_guard_and_rereg_across_instances", |s| {
+        let mut p = product("R", SourceMode::Generate);
+        p.rereg = ReregPolicy::Never;
+        s.insert_product(&p).unwrap();
+    }) else {
+        return;
+    };
+    // A credential accepted by one instance for one unique is a replay at the other
+    // when it comes with another unique, and a reconnect with the same one.
+    let password = b"ab12".to_vec();
+    let use_for = |unique: &'static str| CredentialUse {
+        pid: "R",
+        sign_method: dynreg_proto::credentials::SignMethod::HmacSha256,
+        ts: NOW,
+        password: &password,
+        unique,
+        expires_at: NOW + 900,
+    };
+    let second = &t.second;
+    assert_eq!(
+        t.first
+            .store
+            .claim_credential(&use_for("u1"), NOW)
+            .await
+            .unwrap(),
+        Claim::First
+    );
+    assert_eq!(
+        second
+            .claim_credential(&use_for("u1"), NOW + 1)
+            .await
+            .unwrap(),
+        Claim::Repeat
+    );
+    assert_eq!(
+        second
+            .claim_credential(&use_for("u2"), NOW + 1)
+            .await
+            .unwrap(),
+        Claim::Replayed {
+            first_unique: "u1".into()
+        }
+    );
+    // Expired, the credential is forgotten.
+    assert_eq!(
+        second
+            .claim_credential(&use_for("u2"), NOW + 901)
+            .await
+            .unwrap(),
+        Claim::First
+    );
+    // Registered through one instance, refused a re-registration by the other.
+    let req = RegisterRequest::new("1", NOW);
+    t.a.decide(NOW, dev("R", "once"), &req).await.unwrap();
+    assert_eq!(
+        t.b.decide(NOW + 5, dev("R", "once"), &req).await.err(),
+        Some(Status::ReregistrationRefused)
+    );
+    let stats = tokio::task::block_in_place(|| t.first.store.pool_stats("R").unwrap());
+    assert_eq!(stats.reregistrations_refused, 1);
+}

@@ -1,13 +1,17 @@
-//! Durable registrations per second through the registrar and the SQLite store, with
-//! 64 concurrent callers, on an empty store and with 1,000,000 devices already stored.
+//! Durable registrations per second through the registrar and a store, with 64
+//! concurrent callers, on an empty store and with 1,000,000 devices already stored.
 //!
-//! Run: `cargo bench -p dynreg-store --bench register`
-//! (`BENCH_N` registrations per round, 3 rounds per figure, default 100,000; `BENCH_PRELOAD` devices
-//! loaded before the second measurement, default 1,000,000).
+//! Run: `cargo bench -p dynreg-store --bench register` (SQLite), or with
+//! `BENCH_STORE=postgres` on a new database of the server that
+//! `DYNREG_TEST_DATABASE_URL` names (default `postgres://postgres@127.0.0.1:5432/postgres`).
+//! `BENCH_N` registrations per round, 3 rounds per figure, default 100,000;
+//! `BENCH_PRELOAD` devices loaded before the second measurement, default 1,000,000;
+//! `BENCH_WRITERS` PostgreSQL writer threads (default 4).
 //!
-//! Each registration is acknowledged only after its transaction is committed with
-//! `synchronous = FULL` (fsync), exactly as `dynreg serve` replies. After each bulk
-//! setup step the WAL is checkpointed, so that neither measurement pays for copying the
+//! Each registration is acknowledged only after its transaction is committed durably
+//! (SQLite: `synchronous = FULL`; PostgreSQL: `synchronous_commit` as the server has it,
+//! on by default, with fsync), exactly as `dynreg serve` replies. After each bulk setup
+//! step SQLite's WAL is checkpointed, so that neither measurement pays for copying the
 //! setup's hundreds of megabytes of WAL while it runs.
 
 #![allow(missing_docs)]
@@ -18,8 +22,37 @@ use std::time::{Duration, Instant};
 
 use dynreg_proto::RegisterRequest;
 use dynreg_registrar::conformance::product;
-use dynreg_registrar::{Device, Registrar, SourceMode};
-use dynreg_store::{SqliteConfig, SqliteStore};
+use dynreg_registrar::{Device, Registrar, SourceMode, Store};
+use dynreg_store::{KeySource, PgConfig, PgStore, SqliteConfig, SqliteStore, WriterStats};
+
+#[path = "../../../support/pgtest.rs"]
+mod pgtest;
+
+/// What the benchmark needs of a store besides registering.
+trait Bench: Store + Operator + Clone {
+    fn stats(&self) -> WriterStats;
+    /// Makes the setup's writes cheap to build on (SQLite's WAL checkpoint).
+    fn settle(&self) {}
+}
+
+impl Bench for SqliteStore {
+    fn stats(&self) -> WriterStats {
+        self.writer_stats()
+    }
+    fn settle(&self) {
+        self.checkpoint().unwrap();
+    }
+}
+
+impl Bench for PgStore {
+    fn stats(&self) -> WriterStats {
+        self.writer_stats()
+    }
+    fn settle(&self) {
+        // Fresh statistics for the planner after the bulk load.
+        let _ = self.analyze();
+    }
+}
 
 const CALLERS: usize = 64;
 const NOW: u64 = 1_700_000_000;
@@ -32,14 +65,14 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 /// Registers `n` new devices of `pid` (uniques `<tag>-<i>`) from 64 concurrent callers.
-async fn measure(
-    r: &Arc<Registrar<SqliteStore>>,
-    store: &SqliteStore,
+async fn measure<S: Bench>(
+    r: &Arc<Registrar<S>>,
+    store: &S,
     pid: &str,
     tag: &str,
     n: usize,
 ) -> (Duration, f64) {
-    let before = store.writer_stats();
+    let before = store.stats();
     let start = Instant::now();
     let mut handles = Vec::new();
     for c in 0..CALLERS {
@@ -68,17 +101,17 @@ async fn measure(
         h.await.unwrap();
     }
     let took = start.elapsed();
-    let after = store.writer_stats();
+    let after = store.stats();
     let batch = (after.jobs - before.jobs) as f64 / (after.batches - before.batches).max(1) as f64;
     (took, batch)
 }
 
 /// Runs `ROUNDS` measurements of `n` fresh registrations each and prints the median,
 /// min and max rate; returns the median.
-fn rounds(
+fn rounds<S: Bench>(
     rt: &tokio::runtime::Runtime,
-    r: &Arc<Registrar<SqliteStore>>,
-    store: &SqliteStore,
+    r: &Arc<Registrar<S>>,
+    store: &S,
     pid: &str,
     tag: &str,
     n: usize,
@@ -106,10 +139,29 @@ const ROUNDS: usize = 3;
 
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
+    if std::env::var("BENCH_STORE").as_deref() == Ok("postgres") {
+        let Some(db) = pgtest::TestDb::create("register bench") else {
+            return;
+        };
+        let mut config = PgConfig::new(&db.url, KeySource::Hex(pgtest::random_key()));
+        config.writers = env_u64("BENCH_WRITERS", 4) as usize;
+        let store = PgStore::open(&config).unwrap();
+        println!(
+            "PostgreSQL store, {} writer threads (batches of up to {})",
+            config.writers, config.max_batch
+        );
+        run(&store);
+    } else {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("data"))).unwrap();
+        println!("SQLite store (WAL, synchronous=FULL), 1 writer thread");
+        run(&store);
+    }
+}
+
+fn run<S: Bench>(store: &S) {
     let n = env_u64("BENCH_N", 100_000) as usize;
     let preload = env_u64("BENCH_PRELOAD", 1_000_000);
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&SqliteConfig::new(dir.path().join("data"))).unwrap();
     store
         .insert_product(&product("G", SourceMode::Generate))
         .unwrap();
@@ -121,9 +173,9 @@ fn main() {
     store
         .generate_pool("P", pool, "", NOW, Arc::new(|_| {}))
         .unwrap();
-    store.checkpoint().unwrap();
+    store.settle();
     println!(
-        "setup: pool of {pool} triplets generated and checkpointed in {:.1} s",
+        "setup: pool of {pool} triplets generated in {:.1} s",
         t.elapsed().as_secs_f64()
     );
 
@@ -133,9 +185,7 @@ fn main() {
         .build()
         .unwrap();
     let r = Arc::new(Registrar::new(store.clone()));
-    println!(
-        "{CALLERS} concurrent callers, durable (WAL, synchronous=FULL), 2 tokio workers + 1 writer thread"
-    );
+    println!("{CALLERS} concurrent callers, durable, 2 tokio workers");
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let (gen_on, pool_on) = (only != "pool", only != "generate");
     let mut empty_g = 0.0;
@@ -144,7 +194,7 @@ fn main() {
         empty_g = rounds(
             &rt,
             &r,
-            &store,
+            store,
             "G",
             "empty-g",
             n,
@@ -152,7 +202,7 @@ fn main() {
         );
     }
     if pool_on {
-        empty_p = rounds(&rt, &r, &store, "P", "empty-p", n, "pool mode, empty store");
+        empty_p = rounds(&rt, &r, store, "P", "empty-p", n, "pool mode, empty store");
     }
 
     let t = Instant::now();
@@ -161,7 +211,7 @@ fn main() {
     store
         .bulk_load("P", half, preload - half, NOW, &|_| {})
         .unwrap();
-    store.checkpoint().unwrap();
+    store.settle();
     let total = store.pool_stats("G").unwrap().devices + store.pool_stats("P").unwrap().devices;
     println!(
         "setup: bulk-loaded {preload} devices in {:.1} s ({total} devices now stored)",
@@ -170,12 +220,12 @@ fn main() {
 
     if gen_on {
         let label = format!("generate mode, {total} stored");
-        let full_g = rounds(&rt, &r, &store, "G", "full-g", n, &label);
+        let full_g = rounds(&rt, &r, store, "G", "full-g", n, &label);
         println!("ratio stored/empty, generate mode: {:.2}", full_g / empty_g);
     }
     if pool_on {
         let label = format!("pool mode, {total} stored");
-        let full_p = rounds(&rt, &r, &store, "P", "full-p", n, &label);
+        let full_p = rounds(&rt, &r, store, "P", "full-p", n, &label);
         println!("ratio stored/empty, pool mode: {:.2}", full_p / empty_p);
     }
     store.close().unwrap();

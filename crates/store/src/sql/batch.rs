@@ -34,6 +34,12 @@ pub(crate) trait Job: Send {
     fn run(&mut self, conn: &mut dyn Conn, key: &MasterKey) -> bool;
     /// Whether `run` may be called again after its writes were rolled back.
     fn repeatable(&self) -> bool;
+    /// After a failed `run`: whether the failure was a conflict with a concurrent
+    /// writer, which running the job again resolves (another instance registered the
+    /// same device an instant earlier: the job finds that registration the next time).
+    fn conflicted(&self) -> bool {
+        false
+    }
     /// Reports the outcome: `None` once the transaction holding the job committed,
     /// `Some(error)` when it could not.
     fn complete(self: Box<Self>, commit: Option<&StoreError>);
@@ -77,6 +83,10 @@ impl JobSource for Mutex<Receiver<Box<dyn Job>>> {
         queue.try_recv().ok()
     }
 }
+
+/// How many times a job that conflicts with concurrent writers is run in a batch's
+/// second pass.
+const CONFLICT_ATTEMPTS: usize = 3;
 
 /// What the writers have done so far.
 #[derive(Debug, Default)]
@@ -146,14 +156,21 @@ impl Batcher<'_> {
     }
 
     /// Runs every job of `batch` again in one transaction, each in its own savepoint.
+    /// A job that conflicts with a concurrent writer runs again (a few times at most).
     fn isolated(&mut self, batch: &mut [Box<dyn Job>]) -> Result<(), Error> {
         self.conn.begin()?;
         for job in batch.iter_mut() {
-            self.conn.control("SAVEPOINT job")?;
-            if !job.run(self.conn, self.key) {
-                self.conn.control("ROLLBACK TO job")?;
+            for _ in 0..CONFLICT_ATTEMPTS {
+                self.conn.control("SAVEPOINT job")?;
+                let ok = job.run(self.conn, self.key);
+                if !ok {
+                    self.conn.control("ROLLBACK TO job")?;
+                }
+                self.conn.control("RELEASE job")?;
+                if ok || !job.conflicted() {
+                    break;
+                }
             }
-            self.conn.control("RELEASE job")?;
         }
         self.conn.control("COMMIT")
     }
@@ -211,6 +228,10 @@ where
 
     fn repeatable(&self) -> bool {
         true
+    }
+
+    fn conflicted(&self) -> bool {
+        matches!(&self.result, Some(Err(e)) if e.kind() == dynreg_registrar::StoreErrorKind::Conflict)
     }
 
     fn complete(self: Box<Self>, commit: Option<&StoreError>) {

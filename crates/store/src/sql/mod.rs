@@ -109,10 +109,15 @@ pub(crate) trait Conn {
     fn begin(&mut self) -> Result<(), Error>;
     /// Whether a transaction is open (possibly failed, waiting for its rollback).
     fn in_transaction(&self) -> bool;
-    /// The statement that selects the oldest free triplet of a pool (`?1`, the
-    /// [`tx::TRIPLET_COLUMNS`]) for this transaction: PostgreSQL locks it and skips
-    /// triplets that concurrent transactions hold; SQLite has one writer.
-    fn free_triplet_statement(&self) -> &'static str;
+    /// Finds a free triplet of `pid`'s pool (the [`tx::TRIPLET_COLUMNS`]) for this
+    /// transaction and calls `read` with it; false when the pool has none. SQLite takes
+    /// the oldest (one writer). PostgreSQL locks the one it takes and skips triplets that
+    /// concurrent transactions hold.
+    fn free_triplet(
+        &mut self,
+        pid: &str,
+        read: &mut dyn FnMut(&dyn Row) -> Result<(), Error>,
+    ) -> Result<bool, Error>;
     /// `n` new triplet ids, ascending, that no other writer will use (pool generation
     /// puts them in the barcodes).
     fn reserve_triplet_ids(&mut self, n: usize) -> Result<Vec<i64>, Error>;

@@ -182,12 +182,14 @@ impl Tx for SqlTx<'_> {
 
     fn free_triplet(&mut self, pid: &str) -> Result<Option<Triplet>, StoreError> {
         let key = self.key;
-        let statement = self.conn.free_triplet_statement();
+        let mut found = None;
         self.conn
-            .query_opt(statement, params![pid], |r| {
-                SealedTriplet::read(r, 0)?.open(key)
+            .free_triplet(pid, &mut |r| {
+                found = Some(SealedTriplet::read(r, 0)?.open(key)?);
+                Ok(())
             })
-            .map_err(sql)
+            .map_err(sql)?;
+        Ok(found)
     }
 
     fn next_mac(&mut self, pid: &str) -> Result<Option<String>, StoreError> {

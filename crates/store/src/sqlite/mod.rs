@@ -455,8 +455,21 @@ impl Conn for Connection {
         !self.is_autocommit()
     }
 
-    fn free_triplet_statement(&self) -> &'static str {
-        "SELECT t.id, t.pid, t.uuid, t.secret_enc, t.mac, t.barcode, t.state FROM triplets t WHERE t.pid = ?1 AND t.state = 0 ORDER BY t.id LIMIT 1"
+    fn free_triplet(
+        &mut self,
+        pid: &str,
+        read: &mut dyn FnMut(&dyn Row) -> Result<(), Error>,
+    ) -> Result<bool, Error> {
+        let mut found = false;
+        self.query(
+            "SELECT t.id, t.pid, t.uuid, t.secret_enc, t.mac, t.barcode, t.state FROM triplets t WHERE t.pid = ?1 AND t.state = 0 ORDER BY t.id LIMIT 1",
+            &[Value::Text(pid)],
+            &mut |r| {
+                found = true;
+                read(r)
+            },
+        )?;
+        Ok(found)
     }
 
     fn reserve_triplet_ids(&mut self, n: usize) -> Result<Vec<i64>, Error> {

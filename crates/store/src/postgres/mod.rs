@@ -561,6 +561,18 @@ impl Session {
             .ok_or_else(|| Error::Unavailable("no connection".into()))
     }
 
+    /// Checks the operator connection before an operation (one round trip; the server
+    /// may have restarted since the last): a dead one is dropped, to be opened again by
+    /// the next statement, so that an operation does not fail on a connection lost
+    /// before it began.
+    fn revalidate(&mut self) {
+        if let Some(client) = &mut self.client {
+            if client.is_valid(Duration::from_secs(5)).is_err() {
+                self.drop_connection();
+            }
+        }
+    }
+
     fn drop_connection(&mut self) {
         self.client = None;
         self.statements.clear();
@@ -1138,7 +1150,11 @@ impl SqlBackend for PgStore {
     }
 
     fn read<T>(&self, read: impl FnOnce(&mut dyn Conn) -> Result<T, Error>) -> Result<T, Error> {
-        blocking(|| read(&mut *self.admin()))
+        blocking(|| {
+            let mut admin = self.admin();
+            admin.revalidate();
+            read(&mut *admin)
+        })
     }
 
     fn write<T, F>(&self, work: F) -> Result<T, Error>
@@ -1148,6 +1164,7 @@ impl SqlBackend for PgStore {
     {
         blocking(|| {
             let mut admin = self.admin();
+            admin.revalidate();
             let conn: &mut dyn Conn = &mut *admin;
             conn.begin()?;
             match work(conn, &self.inner.key) {

@@ -107,6 +107,9 @@ enum Command {
     /// registered devices.
     #[command(subcommand)]
     Device(cmd::device::DeviceCmd),
+    /// Move a store: copy the SQLite data dir into an empty PostgreSQL database.
+    #[command(subcommand)]
+    Store(cmd::store::StoreCmd),
     /// Register a device (or a CSV of devices) like firmware would, and print its
     /// triplet.
     Register(cmd::register::RegisterArgs),
@@ -254,6 +257,7 @@ fn main() {
         Command::Serve(args) => cmd::serve::run(&cli.global, &args),
         Command::Init => init(&cli.global),
         Command::Migrate => migrate(&cli.global),
+        Command::Store(c) => cmd::store::run(&cli.global, c),
         Command::Product(c) => cmd::product::run(&cli.global, c),
         Command::Pool(c) => cmd::pool::run(&cli.global, c),
         Command::Device(c) => cmd::device::run(&cli.global, c),

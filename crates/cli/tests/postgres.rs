@@ -111,13 +111,18 @@ impl Drop for Server {
 }
 
 fn serve(url: &str, dir: &std::path::Path) -> Server {
+    serve_store(&["--database-url", url, "--master-key-file", "k"], dir)
+}
+
+fn serve_store(store: &[&str], dir: &std::path::Path) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let mut child = common::bin()
-        .args(["--database-url", url, "--master-key-file", "k", "serve"])
+        .args(store)
+        .arg("serve")
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),
@@ -244,4 +249,142 @@ fn two_serve_processes_on_one_database_take_the_same_devices_at_once() {
         (Some(300), Some(100)),
         "{stats}"
     );
+}
+
+/// Registers `uniques` of product `plug` through `s`; the result rows
+/// (unique, uuid, secret), sorted.
+fn register_batch(
+    s: &Server,
+    dir: &std::path::Path,
+    secret: &str,
+    uniques: &[&str],
+    out: &str,
+) -> Vec<String> {
+    let csv = format!("unique\n{}\n", uniques.join("\n"));
+    std::fs::write(dir.join(format!("{out}.in")), csv).unwrap();
+    let o = common::bin()
+        .args(["register", "--port", &s.1.to_string(), "--pid", "plug"])
+        .args([
+            "--batch",
+            &format!("{out}.in"),
+            "--out",
+            out,
+            "--timeout",
+            "10",
+        ])
+        .env("DYNREG_SECRET", secret)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut rows: Vec<String> = std::fs::read_to_string(dir.join(out))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let c: Vec<&str> = l.split(',').collect();
+            assert_eq!(c[2], "registered", "{l}");
+            [c[0], c[4], c[5]].join(",")
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn store_copy_moves_a_sqlite_store_to_an_empty_database() {
+    let Some(db) = pgtest::TestDb::create("store_copy_moves_a_sqlite_store") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let url = db.url.as_str();
+    let lite = |args: &[&str]| {
+        common::bin()
+            .args(["--data-dir", "data"])
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap()
+    };
+    let p = ok(&lite(&[
+        "--json", "product", "create", "--name", "Plug", "--pid", "plug", "--mode", "pool",
+    ]));
+    let secret = p["secret"].as_str().unwrap().to_owned();
+    ok(&lite(&[
+        "pool", "generate", "--pid", "plug", "--count", "40", "--out", "pool.csv",
+    ]));
+    let devices = ["a", "b", "c", "d", "e"];
+    let before = {
+        let s = serve_store(&["--data-dir", "data"], d);
+        register_batch(&s, d, &secret, &devices, "before.csv")
+    };
+    // One device revoked and reset: its history is copied too.
+    ok(&lite(&[
+        "device", "revoke", "--pid", "plug", "--unique", "e",
+    ]));
+    ok(&lite(&[
+        "device", "reset", "--pid", "plug", "--unique", "e",
+    ]));
+
+    // Copy with the data dir's own key (the secrets stay sealed under it).
+    let copied = ok(&lite(&["--json", "store", "copy", "--to", url]));
+    assert_eq!(copied["copied"]["products"], 1, "{copied}");
+    assert_eq!(copied["copied"]["triplets"], 40, "{copied}");
+    assert_eq!(copied["copied"]["registrations"], 4, "{copied}");
+    assert_eq!(copied["copied"]["device_history"], 1, "{copied}");
+    // A second copy is refused: the target is not empty.
+    let e = err(&lite(&["store", "copy", "--to", url]));
+    assert!(
+        e.contains("is not empty") && e.contains("1 products"),
+        "{e}"
+    );
+
+    // Served from PostgreSQL, the devices get their triplets back, and the pool goes on.
+    std::fs::copy(d.join("data/master.key"), d.join("k")).unwrap();
+    let s = serve(url, d);
+    let after = register_batch(&s, d, &secret, &devices[..4], "after.csv");
+    assert_eq!(after, before[..4].to_vec());
+    let fresh = register_batch(&s, d, &secret, &["f"], "fresh.csv");
+    assert!(
+        !before
+            .iter()
+            .any(|r| r.split(',').nth(1) == fresh[0].split(',').nth(1))
+    );
+    let stats = ok(&run(
+        url,
+        d,
+        &[
+            "--json",
+            "--master-key-file",
+            "k",
+            "pool",
+            "stats",
+            "--pid",
+            "plug",
+        ],
+    ));
+    assert_eq!(
+        (stats["bound"].as_u64(), stats["devices"].as_u64()),
+        (Some(5), Some(5)),
+        "{stats}"
+    );
+    // The reset device's old triplet keeps its history of who held it.
+    let old_uuid = before[4].split(',').nth(1).unwrap();
+    let shown = run(
+        url,
+        d,
+        &[
+            "--json",
+            "--master-key-file",
+            "k",
+            "device",
+            "show",
+            "--uuid",
+            old_uuid,
+        ],
+    );
+    let text = String::from_utf8_lossy(&shown.stdout).into_owned()
+        + &String::from_utf8_lossy(&shown.stderr);
+    assert!(text.contains("reset") && text.contains("\"e\""), "{text}");
 }

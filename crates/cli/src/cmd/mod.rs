@@ -6,3 +6,4 @@ pub(crate) mod pool;
 pub(crate) mod product;
 pub(crate) mod register;
 pub(crate) mod serve;
+pub(crate) mod store;

@@ -906,6 +906,68 @@ impl PgStore {
         self.read(|conn| conn.control("ANALYZE products, triplets, registrations"))
     }
 
+    /// Copies every product, pool triplet, device and device history entry of `from`
+    /// (a SQLite store opened with the same master key) into this store, in one
+    /// transaction: sealed secrets as they are, ids kept. Refuses a store that holds
+    /// anything; checks, before it commits, that each table holds as many rows as in
+    /// `from`. Returns the rows copied per table. `progress(table, rows)` is called as
+    /// rows go.
+    pub fn copy_from(
+        &self,
+        from: &crate::SqliteStore,
+        progress: &dyn Fn(&str, u64),
+    ) -> Result<Vec<(&'static str, u64)>, Error> {
+        blocking(|| {
+            let mut admin = self.admin();
+            admin.revalidate();
+            let to: &mut dyn Conn = &mut *admin;
+            to.begin()?;
+            let result = (|| {
+                // Nothing else may write meanwhile: the check and the copy are one.
+                to.control("LOCK TABLE products, triplets, registrations, device_history IN EXCLUSIVE MODE")?;
+                let present: Vec<String> = crate::sql::copy::counts(to)?
+                    .into_iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(t, n)| format!("{n} {t}"))
+                    .collect();
+                if !present.is_empty() {
+                    return Err(Error::Conflict(format!(
+                        "{} is not empty ({}): store copy only fills an empty store",
+                        self.inner.settings.display,
+                        present.join(", ")
+                    )));
+                }
+                let expected = SqlBackend::read(from, |src| {
+                    let expected = crate::sql::copy::counts(src)?;
+                    crate::sql::copy::copy(src, to, progress)?;
+                    Ok(expected)
+                })?;
+                let copied = crate::sql::copy::counts(to)?;
+                if copied != expected {
+                    return Err(Error::Invalid(format!(
+                        "the copy does not match its source (copied {copied:?}, source {expected:?}); nothing was written"
+                    )));
+                }
+                // Later inserts take ids after the copied ones.
+                to.control("SELECT setval(pg_get_serial_sequence('triplets', 'id'), (SELECT coalesce(max(id), 0) + 1 FROM triplets), false)")?;
+                to.control("SELECT setval(pg_get_serial_sequence('device_history', 'id'), (SELECT coalesce(max(id), 0) + 1 FROM device_history), false)")?;
+                Ok(copied)
+            })();
+            match result {
+                Ok(copied) => {
+                    to.control("COMMIT")?;
+                    Ok(copied)
+                }
+                Err(e) => {
+                    if to.in_transaction() {
+                        let _ = to.control("ROLLBACK");
+                    }
+                    Err(e)
+                }
+            }
+        })
+    }
+
     /// The database, without its password.
     pub fn url(&self) -> &str {
         &self.inner.settings.display

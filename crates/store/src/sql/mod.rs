@@ -14,6 +14,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod batch;
+pub(crate) mod copy;
 pub(crate) mod tx;
 
 use crate::Error;

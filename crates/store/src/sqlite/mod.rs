@@ -253,6 +253,12 @@ impl SqliteStore {
         }
     }
 
+    /// How many rows each table that `store copy` copies holds (products, triplets,
+    /// registrations, device_history).
+    pub fn table_counts(&self) -> Result<Vec<(&'static str, u64)>, Error> {
+        crate::sql::copy::counts(&mut *self.reader())
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path

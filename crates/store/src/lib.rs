@@ -1,21 +1,28 @@
 //! # dynreg-store: durable storage for dynreg
 //!
-//! The embedded default store: one SQLite database file in the data dir, in WAL mode
-//! with `synchronous = FULL` (a commit is on disk before it returns), schema migrations
-//! embedded in the binary, and group commit: concurrent registrations are run by one
-//! writer thread in one transaction and committed together so that they share one
-//! fsync (a registration that fails makes its batch run again, each registration in its
-//! own savepoint, so that only its writes are undone). Product and device secrets are encrypted at rest ([`crypto`]).
+//! Two stores behind the registrar's [`dynreg_registrar::Store`] and the operator's
+//! [`Operator`]:
+//! - [`SqliteStore`], the embedded default: one SQLite database file in the data dir, in
+//!   WAL mode with `synchronous = FULL` (a commit is on disk before it returns), one
+//!   writer thread;
+//! - [`PgStore`]: PostgreSQL, for several instances on one database: writer threads
+//!   sharing one queue, pool triplets taken with `FOR UPDATE SKIP LOCKED`, a replay
+//!   guard every instance sees, migrations under an advisory lock.
+//!
+//! Both run the same statements (a private SQL layer over a small connection
+//! interface) with group commit: concurrent registrations run in one transaction and
+//! are committed together so that they share one fsync (a registration that fails makes
+//! its batch run again, each registration in its own savepoint, so that only its writes
+//! are undone). Product and device secrets are encrypted at rest ([`crypto`]) with the
+//! row's identity as associated data, the same in both stores.
 //!
 //! ## Layout
 //! - [`admin`]: the operator's operations independent of the backend: what they take,
 //!   what they answer, the validation every backend applies, and the [`Operator`]
-//!   trait a backend implements (the operations composed of others are written there
-//!   once).
+//!   trait (implemented once, in SQL, for both stores).
 //! - [`crypto`]: the master key and the sealing of secrets.
 //! - [`factory_csv`]: reading the factory CSV of triplets that `pool import` takes.
-//! - [`sqlite`]: [`SqliteStore`]: the [`dynreg_registrar::Store`] implementation and the
-//!   operator's operations (products, pools, devices).
+//! - [`sqlite`]: [`SqliteStore`]; [`postgres`]: [`PgStore`].
 
 pub mod admin;
 pub mod crypto;

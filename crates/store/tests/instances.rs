@@ -247,3 +247,37 @@ async fn replay_guard_and_reregistration_policy_hold_across_instances() {
     let stats = tokio::task::block_in_place(|| t.first.store.pool_stats("R").unwrap());
     assert_eq!(stats.reregistrations_refused, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_product_change_on_one_instance_reaches_the_other_within_2_s() {
+    let Some(t) = two("a_product_change_reaches_the_other", |s| {
+        s.insert_product(&product("C", SourceMode::Generate))
+            .unwrap();
+    }) else {
+        return;
+    };
+    let req = RegisterRequest::new("1", NOW);
+    // The other instance has the product in its cache.
+    t.b.decide(NOW, dev("C", "before"), &req).await.unwrap();
+    let changed = std::time::Instant::now();
+    tokio::task::block_in_place(|| t.first.store.set_enabled("C", false).unwrap());
+    // Through the instance that made the change: at once.
+    assert_eq!(
+        t.a.decide(NOW, dev("C", "a"), &req).await.err(),
+        Some(Status::RegistrationDisabled)
+    );
+    // Through the other: once its cached copy expires (2 s TTL; the bound checked here
+    // is looser, so that a slow machine does not fail it).
+    loop {
+        match t.b.decide(NOW, dev("C", "b"), &req).await {
+            Err(Status::RegistrationDisabled) => break,
+            Ok(_) => assert!(
+                changed.elapsed() < std::time::Duration::from_secs(4),
+                "the other instance still registers {:?} after the change",
+                changed.elapsed()
+            ),
+            Err(e) => panic!("{e:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -3,9 +3,9 @@
 //! - **Registrations** run on writer threads (four by default), each owning one
 //!   connection and taking jobs from one shared queue. A writer runs the job that waits
 //!   and every job already queued behind it in one transaction and commits once
-//!   (group commit, [`crate::sql::batch`]): the database's fsync per commit is shared
+//!   (group commit, `sql/batch.rs`): the database's fsync per commit is shared
 //!   by the batch, and nothing is answered before its commit. The statements are the
-//!   ones SQLite runs ([`crate::sql`]); a free pool triplet is taken with `FOR UPDATE
+//!   ones SQLite runs (`sql/`); a free pool triplet is taken with `FOR UPDATE
 //!   SKIP LOCKED`, so that writers of several instances never wait for, nor take, the
 //!   same triplet, and a device registered by another instance an instant earlier is
 //!   found when the batch runs again (the insert of its registration says `ON CONFLICT

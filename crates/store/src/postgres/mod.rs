@@ -648,6 +648,11 @@ impl Conn for Session {
         }
     }
 
+    fn insert_id(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Option<i64>, Error> {
+        let conn: &mut dyn Conn = self;
+        conn.query_opt(&format!("{sql} RETURNING id"), params, |r| r.int(0))
+    }
+
     fn control(&mut self, sql: &str) -> Result<(), Error> {
         let r = self.client()?.batch_execute(sql);
         self.check(r)?;

@@ -864,10 +864,9 @@ impl<B: SqlBackend> Operator for B {
             self.write(move |conn, _| {
                 for (i, (uuid, sealed)) in items.iter().enumerate() {
                     let id = conn
-                        .query_opt(
-                            "INSERT INTO triplets (pid, uuid, secret_enc, mac, barcode, state) VALUES (?1, ?2, ?3, '', NULL, 1) RETURNING id",
+                        .insert_id(
+                            "INSERT INTO triplets (pid, uuid, secret_enc, mac, barcode, state) VALUES (?1, ?2, ?3, '', NULL, 1)",
                             params![&pid, uuid, sealed],
-                            |r| r.int(0),
                         )?
                         .ok_or_else(|| Error::Unavailable("an insert returned no id".into()))?;
                     let unique = format!("bulk-{}", base + i as u64);

@@ -104,6 +104,11 @@ pub(crate) trait Conn {
         params: &[Value<'_>],
         each: &mut dyn FnMut(&dyn Row) -> Result<(), Error>,
     ) -> Result<(), Error>;
+    /// Runs an `INSERT` (without `RETURNING`) into a table with an integer `id` and
+    /// returns the new row's id, or `None` when it inserted nothing (`ON CONFLICT DO
+    /// NOTHING`). SQLite reads its last rowid (a `RETURNING` clause cost its writer
+    /// more); PostgreSQL adds `RETURNING id`.
+    fn insert_id(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Option<i64>, Error>;
     /// Runs a statement without parameters (transaction control).
     fn control(&mut self, sql: &str) -> Result<(), Error>;
     /// Begins a write transaction.

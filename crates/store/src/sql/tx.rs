@@ -150,10 +150,9 @@ pub(crate) fn insert_triplet(
     state: TripletState,
 ) -> Result<Option<TripletId>, Error> {
     let sealed = key.seal(&triplet_aad(&t.uuid), t.secret.expose().as_bytes());
-    conn.query_opt(
-        "INSERT INTO triplets (pid, uuid, secret_enc, mac, barcode, state) VALUES (?1, ?2, ?3, ?4, NULLIF(?5, ''), ?6) ON CONFLICT DO NOTHING RETURNING id",
+    conn.insert_id(
+        "INSERT INTO triplets (pid, uuid, secret_enc, mac, barcode, state) VALUES (?1, ?2, ?3, ?4, NULLIF(?5, ''), ?6) ON CONFLICT DO NOTHING",
         params![pid, &t.uuid, &sealed, &t.mac, &t.barcode, state_code(state)],
-        |r| r.int(0),
     )
 }
 

@@ -447,6 +447,13 @@ impl Conn for Connection {
         Ok(())
     }
 
+    fn insert_id(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Option<i64>, Error> {
+        let n = self
+            .prepare_cached(sql)?
+            .execute(rusqlite::params_from_iter(params))?;
+        Ok((n == 1).then(|| self.last_insert_rowid()))
+    }
+
     fn control(&mut self, sql: &str) -> Result<(), Error> {
         self.prepare_cached(sql)?.execute([])?;
         Ok(())

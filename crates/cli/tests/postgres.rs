@@ -25,6 +25,23 @@ fn ok(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
 }
 
+/// `pool stats` of `pid` on the database, as JSON.
+fn stats(url: &str, dir: &std::path::Path, pid: &str) -> Value {
+    ok(&run(
+        url,
+        dir,
+        &[
+            "--json",
+            "--master-key-file",
+            "k",
+            "pool",
+            "stats",
+            "--pid",
+            pid,
+        ],
+    ))
+}
+
 fn err(o: &Output) -> String {
     assert_eq!(
         o.status.code(),
@@ -231,19 +248,7 @@ fn two_serve_processes_on_one_database_take_the_same_devices_at_once() {
             .collect()
     };
     assert_eq!(uuid_col(&a_sorted).len(), 300, "a triplet was bound twice");
-    let stats = ok(&run(
-        url,
-        d,
-        &[
-            "--json",
-            "--master-key-file",
-            "k",
-            "pool",
-            "stats",
-            "--pid",
-            "plug",
-        ],
-    ));
+    let stats = stats(url, d, "plug");
     assert_eq!(
         (stats["bound"].as_u64(), stats["free"].as_u64()),
         (Some(300), Some(100)),
@@ -351,19 +356,7 @@ fn store_copy_moves_a_sqlite_store_to_an_empty_database() {
             .iter()
             .any(|r| r.split(',').nth(1) == fresh[0].split(',').nth(1))
     );
-    let stats = ok(&run(
-        url,
-        d,
-        &[
-            "--json",
-            "--master-key-file",
-            "k",
-            "pool",
-            "stats",
-            "--pid",
-            "plug",
-        ],
-    ));
+    let stats = stats(url, d, "plug");
     assert_eq!(
         (stats["bound"].as_u64(), stats["devices"].as_u64()),
         (Some(5), Some(5)),

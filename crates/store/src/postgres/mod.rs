@@ -221,29 +221,7 @@ impl ToSql for Value<'_> {
     to_sql_checked!();
 }
 
-impl Row for postgres::Row {
-    fn int(&self, i: usize) -> Result<i64, Error> {
-        Ok(self.try_get(i)?)
-    }
-    fn opt_int(&self, i: usize) -> Result<Option<i64>, Error> {
-        Ok(self.try_get(i)?)
-    }
-    fn text(&self, i: usize) -> Result<String, Error> {
-        Ok(self.try_get(i)?)
-    }
-    fn opt_text(&self, i: usize) -> Result<Option<String>, Error> {
-        Ok(self.try_get(i)?)
-    }
-    fn bytes(&self, i: usize) -> Result<Vec<u8>, Error> {
-        Ok(self.try_get(i)?)
-    }
-    fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self.try_get(i)?)
-    }
-    fn bool(&self, i: usize) -> Result<bool, Error> {
-        Ok(self.try_get(i)?)
-    }
-}
+crate::sql::impl_row!(postgres::Row, try_get);
 
 /// SQLite's `?N` parameters as PostgreSQL's `$N` (the shared statements hold no `?`
 /// elsewhere).
@@ -758,7 +736,7 @@ struct Inner {
     admin: Mutex<Session>,
     threads: Threads,
     counters: Arc<Counters>,
-    listeners: Mutex<Vec<ProductListener>>,
+    listeners: crate::sql::Listeners,
     claims: AtomicU64,
     swept_at: AtomicU64,
 }
@@ -858,7 +836,7 @@ impl PgStore {
                     handles: Mutex::new(handles),
                 },
                 counters,
-                listeners: Mutex::new(Vec::new()),
+                listeners: crate::sql::Listeners::default(),
                 claims: AtomicU64::new(0),
                 swept_at: AtomicU64::new(0),
             }),
@@ -1115,11 +1093,7 @@ impl Store for PgStore {
     }
 
     fn on_product_change(&self, listener: ProductListener) {
-        self.inner
-            .listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(listener);
+        self.inner.listeners.add(listener);
     }
 
     fn transact<T, F>(&self, work: F) -> impl Future<Output = Result<T, StoreError>> + Send
@@ -1257,15 +1231,7 @@ impl SqlBackend for PgStore {
     }
 
     fn invalidate(&self, pid: &str) {
-        for l in self
-            .inner
-            .listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            l(pid);
-        }
+        self.inner.listeners.notify(pid);
     }
 }
 

@@ -91,6 +91,37 @@ pub(crate) trait Row {
     fn bool(&self, i: usize) -> Result<bool, Error>;
 }
 
+/// Implements [`Row`] for a driver's row type whose getter (`$get`) takes a column
+/// index and returns the value or an error that converts into [`Error`].
+macro_rules! impl_row {
+    ($row:ty, $get:ident) => {
+        impl $crate::sql::Row for $row {
+            fn int(&self, i: usize) -> Result<i64, $crate::Error> {
+                Ok(self.$get(i)?)
+            }
+            fn opt_int(&self, i: usize) -> Result<Option<i64>, $crate::Error> {
+                Ok(self.$get(i)?)
+            }
+            fn text(&self, i: usize) -> Result<String, $crate::Error> {
+                Ok(self.$get(i)?)
+            }
+            fn opt_text(&self, i: usize) -> Result<Option<String>, $crate::Error> {
+                Ok(self.$get(i)?)
+            }
+            fn bytes(&self, i: usize) -> Result<Vec<u8>, $crate::Error> {
+                Ok(self.$get(i)?)
+            }
+            fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, $crate::Error> {
+                Ok(self.$get(i)?)
+            }
+            fn bool(&self, i: usize) -> Result<bool, $crate::Error> {
+                Ok(self.$get(i)?)
+            }
+        }
+    };
+}
+pub(crate) use impl_row;
+
 /// A database connection, as the shared statements use it. Statements are prepared
 /// once per connection and cached by their text.
 pub(crate) trait Conn {
@@ -189,6 +220,30 @@ pub(crate) trait SqlBackend {
     fn schema_version(&self) -> Result<u64, Error>;
     /// Tells the product caches that `pid` changed.
     fn invalidate(&self, pid: &str);
+}
+
+/// Whom a store tells of the products it changes (the registrar's product cache).
+#[derive(Default)]
+pub(crate) struct Listeners(std::sync::Mutex<Vec<dynreg_registrar::ProductListener>>);
+
+impl Listeners {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<dynreg_registrar::ProductListener>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds a listener.
+    pub(crate) fn add(&self, listener: dynreg_registrar::ProductListener) {
+        self.lock().push(listener);
+    }
+
+    /// Tells every listener that `pid` changed.
+    pub(crate) fn notify(&self, pid: &str) {
+        for l in self.lock().iter() {
+            l(pid);
+        }
+    }
 }
 
 /// The associated data that binds a product secret to its row.

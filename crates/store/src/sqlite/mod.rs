@@ -83,7 +83,7 @@ pub(crate) struct Inner {
     reader: Mutex<Connection>,
     writer: Writer,
     /// Told of every product this store changes (the registrar's cache).
-    listeners: Mutex<Vec<ProductListener>>,
+    listeners: crate::sql::Listeners,
     path: PathBuf,
     /// One process serves a SQLite database, so the replay guard lives in its memory.
     replay: ReplayGuard,
@@ -233,7 +233,7 @@ impl SqliteStore {
                 key,
                 reader: Mutex::new(reader),
                 writer,
-                listeners: Mutex::new(Vec::new()),
+                listeners: crate::sql::Listeners::default(),
                 path,
                 replay: ReplayGuard::with_capacity(config.replay_capacity),
             }),
@@ -313,15 +313,7 @@ impl SqliteStore {
 
     /// Tells the listeners that `pid` changed (after a change made through this store).
     pub(crate) fn invalidate(&self, pid: &str) {
-        for l in self
-            .inner
-            .listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            l(pid);
-        }
+        self.inner.listeners.notify(pid);
     }
 }
 
@@ -352,11 +344,7 @@ impl Store for SqliteStore {
     }
 
     fn on_product_change(&self, listener: ProductListener) {
-        self.inner
-            .listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(listener);
+        self.inner.listeners.add(listener);
     }
 
     fn transact<T, F>(&self, work: F) -> impl Future<Output = Result<T, StoreError>> + Send
@@ -399,29 +387,7 @@ impl rusqlite::ToSql for Value<'_> {
     }
 }
 
-impl Row for rusqlite::Row<'_> {
-    fn int(&self, i: usize) -> Result<i64, Error> {
-        Ok(self.get(i)?)
-    }
-    fn opt_int(&self, i: usize) -> Result<Option<i64>, Error> {
-        Ok(self.get(i)?)
-    }
-    fn text(&self, i: usize) -> Result<String, Error> {
-        Ok(self.get(i)?)
-    }
-    fn opt_text(&self, i: usize) -> Result<Option<String>, Error> {
-        Ok(self.get(i)?)
-    }
-    fn bytes(&self, i: usize) -> Result<Vec<u8>, Error> {
-        Ok(self.get(i)?)
-    }
-    fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self.get(i)?)
-    }
-    fn bool(&self, i: usize) -> Result<bool, Error> {
-        Ok(self.get(i)?)
-    }
-}
+crate::sql::impl_row!(rusqlite::Row<'_>, get);
 
 /// The statements run from the connection's statement cache (parsing them anew for
 /// every job showed in profiles).

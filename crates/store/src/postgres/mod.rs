@@ -704,19 +704,14 @@ impl Conn for Session {
     }
 
     fn reserve_triplet_ids(&mut self, n: usize) -> Result<Vec<i64>, Error> {
-        let mut ids = self.query_vec_dyn(
+        let conn: &mut dyn Conn = self;
+        let mut ids = conn.query_vec(
             "SELECT nextval(pg_get_serial_sequence('triplets', 'id')) FROM generate_series(1, CAST(?1 AS BIGINT))",
             params![i64_of(n as u64)],
+            |r| r.int(0),
         )?;
         ids.sort_unstable();
         Ok(ids)
-    }
-}
-
-impl Session {
-    fn query_vec_dyn(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Vec<i64>, Error> {
-        let conn: &mut dyn Conn = self;
-        conn.query_vec(sql, params, |r| r.int(0))
     }
 }
 
@@ -737,7 +732,7 @@ struct Inner {
     threads: Threads,
     counters: Arc<Counters>,
     listeners: crate::sql::Listeners,
-    claims: AtomicU64,
+    /// When expired credentials were last removed from the replay guard's table.
     swept_at: AtomicU64,
 }
 
@@ -837,7 +832,6 @@ impl PgStore {
                 },
                 counters,
                 listeners: crate::sql::Listeners::default(),
-                claims: AtomicU64::new(0),
                 swept_at: AtomicU64::new(0),
             }),
         })
@@ -954,11 +948,6 @@ impl PgStore {
     /// The database, without its password.
     pub fn url(&self) -> &str {
         &self.inner.settings.display
-    }
-
-    /// The schema version this binary applies (after [`PgStore::open`], the database's).
-    pub fn schema_version() -> usize {
-        schema::MIGRATIONS.len()
     }
 
     /// How many write transactions the writers have committed and how many
@@ -1134,11 +1123,10 @@ impl Store for PgStore {
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
         let expires_at = credential.expires_at;
         let (key, unique) = (credential_key(credential), credential.unique.to_owned());
+        // One claim a minute (the one that wins the exchange) also removes the expired.
         let sweep = {
-            let n = self.inner.claims.fetch_add(1, Ordering::Relaxed);
             let last = self.inner.swept_at.load(Ordering::Relaxed);
-            n % 1024 == 0
-                && now >= last + SWEEP_EVERY_SECS
+            now >= last + SWEEP_EVERY_SECS
                 && self
                     .inner
                     .swept_at

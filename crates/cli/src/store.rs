@@ -4,7 +4,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use dynreg_registrar::{Claim, CredentialUse, Product, ProductListener, Store, StoreError, Tx};
+use dynreg_registrar::{
+    Claim, CredentialUse, Intent, Product, ProductListener, Store, StoreError, Tx,
+};
 use dynreg_store::{Operator, PgStore, SqliteStore};
 
 /// An open store.
@@ -51,6 +53,17 @@ impl Store for Backend {
         match self {
             Self::Sqlite(s) => s.transact(work).await,
             Self::Postgres(s) => s.transact(work).await,
+        }
+    }
+
+    async fn transact_for<T, F>(&self, intent: Intent, work: F) -> Result<T, StoreError>
+    where
+        F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        match self {
+            Self::Sqlite(s) => s.transact_for(intent, work).await,
+            Self::Postgres(s) => s.transact_for(intent, work).await,
         }
     }
 

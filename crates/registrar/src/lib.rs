@@ -39,4 +39,4 @@ pub use model::{
 };
 pub use registrar::{Device, Handled, Registered, Registrar};
 pub use replay::{Claim, CredentialUse, ReplayGuard};
-pub use store::{ProductListener, Store, StoreError, StoreErrorKind, Tx};
+pub use store::{Intent, ProductListener, Store, StoreError, StoreErrorKind, Tx};

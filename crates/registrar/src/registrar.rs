@@ -37,7 +37,7 @@ use crate::model::{
     NewTriplet, Product, ReregPolicy, SourceMode, Triplet, TripletId, TripletState,
 };
 use crate::rate::RateLimiter;
-use crate::store::{Store, StoreError, StoreErrorKind, Tx};
+use crate::store::{Intent, Store, StoreError, StoreErrorKind, Tx};
 
 /// An authenticated device identity: the pid and unique of its clientId.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -333,7 +333,16 @@ impl<S: Store> Registrar<S> {
             candidate: (target.mode == SourceMode::Generate)
                 .then(|| generate::triplet(now, String::new(), String::new())),
         };
-        match self.store.transact(move |tx| plan.run(tx)).await {
+        let intent = Intent {
+            key_pid: plan.key_pid.clone(),
+            unique: plan.unique.clone(),
+            pool: plan.mode.uses_pool().then(|| plan.pid.clone()),
+        };
+        match self
+            .store
+            .transact_for(intent, move |tx| plan.run(tx))
+            .await
+        {
             Ok(outcome) => outcome,
             Err(e) => Err(self.store_failure(now, &e)),
         }

@@ -214,6 +214,22 @@ pub trait Tx {
     fn count_bound_device(&mut self, pid: &str) -> Result<(), StoreError>;
 }
 
+/// What a registration transaction is about, told to the store before it runs
+/// ([`Store::transact_for`]). A store that runs many transactions together (group
+/// commit) can then read what a whole group needs in one statement instead of one per
+/// device. Only a hint: the work still reads everything it decides on through its
+/// [`Tx`], and a store may ignore it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Intent {
+    /// The pid the device authenticates with ([`Tx::registration`]'s `key_pid`).
+    pub key_pid: String,
+    /// The device's unique.
+    pub unique: String,
+    /// The product whose pool a new device would take a triplet from
+    /// ([`Tx::free_triplet`]), if its mode uses a pool.
+    pub pool: Option<String>,
+}
+
 /// Called with the pid of a product that changed (see [`Store::on_product_change`]).
 pub type ProductListener = Arc<dyn Fn(&str) + Send + Sync>;
 
@@ -242,6 +258,21 @@ pub trait Store: Send + Sync + 'static {
     where
         F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static;
+
+    /// [`Store::transact`], told in advance what the work is about (see [`Intent`]).
+    /// The default ignores the hint.
+    fn transact_for<T, F>(
+        &self,
+        intent: Intent,
+        work: F,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send
+    where
+        F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let _ = intent;
+        self.transact(work)
+    }
 
     /// The replay guard (PROTOCOL.md section 2): remembers `credential` as accepted for
     /// its unique until it expires, or reports that it was accepted before. Called on
@@ -273,6 +304,18 @@ impl<S: Store> Store for Arc<S> {
         T: Send + 'static,
     {
         (**self).transact(work)
+    }
+
+    fn transact_for<T, F>(
+        &self,
+        intent: Intent,
+        work: F,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send
+    where
+        F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        (**self).transact_for(intent, work)
     }
 
     fn claim_credential(

@@ -32,7 +32,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use dynreg_registrar::{
-    Claim, CredentialUse, Product, ProductListener, Store, StoreError, StoreErrorKind, Tx,
+    Claim, CredentialUse, Intent, Product, ProductListener, Store, StoreError, StoreErrorKind, Tx,
 };
 use postgres::error::SqlState;
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
@@ -41,6 +41,8 @@ use sha2::Digest;
 use crate::Error;
 use crate::crypto::{KeySource, MasterKey};
 use crate::sql::batch::{Batcher, Counters, Job, TxJob};
+use crate::sql::deferred::{Bulk, RegistrationRow, TripletRow};
+use crate::sql::tx::registration_select;
 use crate::sql::{Conn, Row, SqlBackend, Value, i64_of, params};
 
 /// How to open a [`PgStore`].
@@ -461,6 +463,9 @@ struct Session {
     last_error: String,
     /// Run on every new connection: the registration path's planner settings.
     setup: Option<&'static str>,
+    /// What is left of this transaction's wait for free triplets that concurrent
+    /// transactions hold (see [`HELD_TRIPLETS_WAIT`]).
+    held_wait_left: Duration,
 }
 
 /// The registration path's connections never scan a table: every statement they run
@@ -480,6 +485,7 @@ impl Session {
             cursors: Arc::default(),
             client,
             statements: HashMap::new(),
+            held_wait_left: HELD_TRIPLETS_WAIT,
             in_tx: false,
             retry_at: None,
             last_error: String::new(),
@@ -568,6 +574,72 @@ impl Session {
         })
     }
 
+    /// Locks up to `n` free triplets of `pid`'s pool for this transaction, skipping
+    /// those that concurrent transactions hold, and calls `read` with each (the
+    /// [`crate::sql::tx::TRIPLET_COLUMNS`]); how many it found.
+    ///
+    /// Claimed triplets leave dead entries at the start of the free index until VACUUM,
+    /// and a scan from the start would step over all of them on every claim (quadratic
+    /// in a busy hour). The search starts where this store's last claim of the pool
+    /// was; only when that does not find enough does it look before it (which finds
+    /// triplets that a rolled-back claim or a concurrent writer skipped).
+    fn claim_free(
+        &mut self,
+        pid: &str,
+        n: usize,
+        read: &mut dyn FnMut(&dyn Row) -> Result<(), Error>,
+    ) -> Result<Claimed, Error> {
+        let from = self
+            .cursors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(pid)
+            .copied()
+            .unwrap_or(0);
+        let mut claimed: Vec<i64> = Vec::with_capacity(n);
+        for (start, end) in [(from, i64::MAX), (0, from)] {
+            if claimed.len() == n || start >= end {
+                continue;
+            }
+            let conn: &mut dyn Conn = self;
+            conn.query(
+                "SELECT t.id, t.pid, t.uuid, t.secret_enc, t.mac, t.barcode, t.state FROM triplets t WHERE t.pid = ?1 AND t.state = 0 AND t.id >= ?2 AND t.id < ?3 ORDER BY t.id LIMIT ?4 FOR UPDATE SKIP LOCKED",
+                params![pid, start, end, i64_of((n - claimed.len()) as u64)],
+                &mut |r| {
+                    claimed.push(r.int(0)?);
+                    read(r)
+                },
+            )?;
+        }
+        let found = claimed.len();
+        let last = claimed.iter().copied().max();
+        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
+        match last {
+            Some(id) => {
+                let c = cursors.entry(pid.to_owned()).or_insert(0);
+                *c = (*c).max(id + 1);
+            }
+            None => {
+                cursors.remove(pid);
+            }
+        }
+        drop(cursors);
+        // Skipped rows are free triplets that concurrent transactions hold (rows this
+        // transaction holds are not skipped: they are in `claimed`).
+        let mut held = false;
+        if found < n {
+            self.query_arrays(
+                "SELECT EXISTS (SELECT 1 FROM triplets WHERE pid = $1 AND state = 0 AND NOT (id = ANY($2)))",
+                &[&pid, &claimed],
+                &mut |r| {
+                    held = r.bool(0)?;
+                    Ok(())
+                },
+            )?;
+        }
+        Ok(Claimed { found, held })
+    }
+
     fn statement(&mut self, sql: &str) -> Result<postgres::Statement, Error> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
@@ -578,6 +650,20 @@ impl Session {
         Ok(s)
     }
 }
+
+/// What [`Session::claim_free`] found.
+struct Claimed {
+    /// Triplets locked and read.
+    found: usize,
+    /// Fewer than asked for, and concurrent transactions hold free triplets of the pool.
+    held: bool,
+}
+
+/// How long, in all, the claims of one transaction wait for free triplets that
+/// concurrent transactions hold before they count them as taken and call the pool
+/// empty. Per transaction, not per claim: the transactions that hold them may be
+/// waiting too, for the triplets this one has bound.
+const HELD_TRIPLETS_WAIT: Duration = Duration::from_millis(50);
 
 impl Drop for Session {
     fn drop(&mut self) {
@@ -650,6 +736,7 @@ impl Conn for Session {
             // A transaction left open by a failure: start clean.
             let _ = self.control("ROLLBACK");
         }
+        self.held_wait_left = HELD_TRIPLETS_WAIT;
         self.control("BEGIN")
     }
 
@@ -662,45 +749,24 @@ impl Conn for Session {
         pid: &str,
         read: &mut dyn FnMut(&dyn Row) -> Result<(), Error>,
     ) -> Result<bool, Error> {
-        // Claimed triplets leave dead entries at the start of the free index until
-        // VACUUM, and a scan from the start would step over all of them on every
-        // claim (quadratic in a busy hour). The search starts where this store's last
-        // claim of the pool was; only when nothing is free past it does it look from
-        // the start (which finds triplets that a rolled-back claim or a concurrent
-        // writer skipped).
-        let from = self
-            .cursors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(pid)
-            .copied()
-            .unwrap_or(0);
-        let mut id = None;
-        for start in [from, 0] {
-            let conn: &mut dyn Conn = self;
-            conn.query(
-                "SELECT t.id, t.pid, t.uuid, t.secret_enc, t.mac, t.barcode, t.state FROM triplets t WHERE t.pid = ?1 AND t.state = 0 AND t.id >= ?2 ORDER BY t.id LIMIT 1 FOR UPDATE SKIP LOCKED",
-                params![pid, start],
-                &mut |r| {
-                    id = Some(r.int(0)?);
-                    read(r)
-                },
-            )?;
-            if id.is_some() || start == 0 {
-                break;
+        // Triplets that others hold are mostly about to be bound by them, but some are
+        // handed back (a batch rolled back, or claimed ahead and not needed): wait a
+        // little for them before calling the pool empty.
+        let mut wait = Duration::from_millis(1);
+        loop {
+            let claim = self.claim_free(pid, 1, read)?;
+            if claim.found == 1 || !claim.held || self.held_wait_left.is_zero() {
+                return Ok(claim.found == 1);
             }
+            wait = wait.min(self.held_wait_left);
+            std::thread::sleep(wait);
+            self.held_wait_left -= wait;
+            wait *= 2;
         }
-        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
-        match id {
-            Some(id) => {
-                let c = cursors.entry(pid.to_owned()).or_insert(0);
-                *c = (*c).max(id + 1);
-            }
-            None => {
-                cursors.remove(pid);
-            }
-        }
-        Ok(id.is_some())
+    }
+
+    fn bulk(&mut self) -> Option<&mut dyn Bulk> {
+        Some(self)
     }
 
     fn reserve_triplet_ids(&mut self, n: usize) -> Result<Vec<i64>, Error> {
@@ -712,6 +778,99 @@ impl Conn for Session {
         )?;
         ids.sort_unstable();
         Ok(ids)
+    }
+}
+
+/// The set-based statements: arrays bound as parameters and unnested.
+impl Bulk for Session {
+    fn registrations(
+        &mut self,
+        keys: &[(&str, &str)],
+        each: &mut dyn FnMut(&dyn Row) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let pids: Vec<&str> = keys.iter().map(|k| k.0).collect();
+        let uniques: Vec<&str> = keys.iter().map(|k| k.1).collect();
+        self.query_arrays(
+            concat!(
+                registration_select!(),
+                " WHERE (r.key_pid, r.unique_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+            ),
+            &[&pids, &uniques],
+            each,
+        )
+    }
+
+    fn free_triplets(
+        &mut self,
+        pid: &str,
+        n: usize,
+        each: &mut dyn FnMut(&dyn Row) -> Result<(), Error>,
+    ) -> Result<bool, Error> {
+        self.claim_free(pid, n, each).map(|c| c.held)
+    }
+
+    fn unclaimed(&mut self, pid: &str, first: i64) {
+        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = cursors.get_mut(pid) {
+            *c = (*c).min(first);
+        }
+    }
+
+    fn insert_triplets(&mut self, rows: &[TripletRow]) -> Result<u64, Error> {
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let pids: Vec<&str> = rows.iter().map(|r| r.pid.as_str()).collect();
+        let uuids: Vec<&str> = rows.iter().map(|r| r.uuid.as_str()).collect();
+        let secrets: Vec<&[u8]> = rows.iter().map(|r| r.secret_enc.as_slice()).collect();
+        let macs: Vec<&str> = rows.iter().map(|r| r.mac.as_str()).collect();
+        let barcodes: Vec<&str> = rows.iter().map(|r| r.barcode.as_str()).collect();
+        let states: Vec<i64> = rows.iter().map(|r| r.state).collect();
+        self.execute_arrays(
+            "INSERT INTO triplets (id, pid, uuid, secret_enc, mac, barcode, state) SELECT i, p, u, s, m, NULLIF(b, ''), st FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::text[], $7::bigint[]) AS x (i, p, u, s, m, b, st) ON CONFLICT DO NOTHING",
+            &[&ids, &pids, &uuids, &secrets, &macs, &barcodes, &states],
+        )
+    }
+
+    fn bind_triplets(&mut self, ids: &[i64]) -> Result<u64, Error> {
+        self.execute_arrays(
+            "UPDATE triplets SET state = 1 WHERE id = ANY($1::bigint[]) AND state = 0",
+            &[&ids],
+        )
+    }
+
+    fn insert_registrations(&mut self, rows: &[RegistrationRow]) -> Result<u64, Error> {
+        let pids: Vec<&str> = rows.iter().map(|r| r.key_pid.as_str()).collect();
+        let uniques: Vec<&str> = rows.iter().map(|r| r.unique.as_str()).collect();
+        let targets: Vec<&str> = rows.iter().map(|r| r.pid.as_str()).collect();
+        let triplets: Vec<i64> = rows.iter().map(|r| r.triplet_id).collect();
+        let times: Vec<i64> = rows.iter().map(|r| r.now).collect();
+        self.execute_arrays(
+            "INSERT INTO registrations (key_pid, unique_id, pid, triplet_id, registered_at, last_seen_at) SELECT k, u, p, t, n, n FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS x (k, u, p, t, n) ON CONFLICT DO NOTHING",
+            &[&pids, &uniques, &targets, &triplets, &times],
+        )
+    }
+}
+
+impl Session {
+    /// Runs a statement with array parameters (PostgreSQL's own `$N`, not rewritten).
+    fn execute_arrays(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
+        let stmt = self.statement(sql)?;
+        let r = self.client()?.execute(&stmt, params);
+        self.check(r)
+    }
+
+    /// Runs a query with array parameters and calls `each` with every row.
+    fn query_arrays(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        each: &mut dyn FnMut(&dyn Row) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let stmt = self.statement(sql)?;
+        let rows = self.client()?.query(&stmt, params);
+        for row in self.check(rows)? {
+            each(&row)?;
+        }
+        Ok(())
     }
 }
 
@@ -757,6 +916,43 @@ const READERS: usize = 2;
 const SWEEP_EVERY_SECS: u64 = 60;
 
 impl PgStore {
+    /// Queues a registration transaction for the writers.
+    fn submit<T, F>(
+        &self,
+        intent: Option<Intent>,
+        work: F,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + use<T, F>
+    where
+        F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let submitted = self
+            .inner
+            .threads
+            .writers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|s| {
+                s.send(Box::new(TxJob {
+                    intent,
+                    work,
+                    result: None,
+                    reply: tx,
+                }))
+                .is_ok()
+            })
+            .unwrap_or(false);
+        async move {
+            if !submitted {
+                return Err(StoreError::unavailable("the store is closed"));
+            }
+            rx.await
+                .map_err(|_| StoreError::unavailable("the store's writer stopped"))?
+        }
+    }
+
     /// Connects, applies the missing migrations (under the migration lock), checks the
     /// master key against the database (recording it in a new one), and starts the
     /// writer and reader threads.
@@ -1090,30 +1286,19 @@ impl Store for PgStore {
         F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let submitted = self
-            .inner
-            .threads
-            .writers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map(|s| {
-                s.send(Box::new(TxJob {
-                    work,
-                    result: None,
-                    reply: tx,
-                }))
-                .is_ok()
-            })
-            .unwrap_or(false);
-        async move {
-            if !submitted {
-                return Err(StoreError::unavailable("the store is closed"));
-            }
-            rx.await
-                .map_err(|_| StoreError::unavailable("the store's writer stopped"))?
-        }
+        self.submit(None, work)
+    }
+
+    fn transact_for<T, F>(
+        &self,
+        intent: Intent,
+        work: F,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send
+    where
+        F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit(Some(intent), work)
     }
 
     fn claim_credential(

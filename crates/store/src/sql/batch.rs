@@ -20,20 +20,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Mutex, PoisonError, TryLockError};
 
-use dynreg_registrar::{StoreError, Tx};
+use dynreg_registrar::{Intent, StoreError, Tx};
 
 use super::Conn;
+use super::deferred::Deferred;
 use super::tx::SqlTx;
 use crate::Error;
 use crate::crypto::MasterKey;
 
 /// A unit of work for a writer.
 pub(crate) trait Job: Send {
-    /// Runs the work in the current transaction; false when it failed (its writes must
-    /// then be rolled back).
-    fn run(&mut self, conn: &mut dyn Conn, key: &MasterKey) -> bool;
-    /// Whether `run` may be called again after its writes were rolled back.
+    /// Runs a repeatable job's work in the current transaction through `tx`; false
+    /// when it failed (its writes must then be rolled back).
+    fn run(&mut self, tx: &mut dyn Tx) -> bool;
+    /// Runs a job that is not repeatable in its own transaction; false when it failed.
+    fn run_alone(&mut self, conn: &mut dyn Conn, key: &MasterKey) -> bool;
+    /// Whether the job may run again after its writes were rolled back (then it runs
+    /// through [`Job::run`], batched with others).
     fn repeatable(&self) -> bool;
+    /// What a registration job is about, to read ahead for its batch.
+    fn intent(&self) -> Option<&Intent> {
+        None
+    }
     /// After a failed `run`: whether the failure was a conflict with a concurrent
     /// writer, which running the job again resolves (another instance registered the
     /// same device an instant earlier: the job finds that registration the next time).
@@ -86,7 +94,11 @@ impl JobSource for Mutex<Receiver<Box<dyn Job>>> {
 
 /// How many times a job that conflicts with concurrent writers is run in a batch's
 /// second pass.
-const CONFLICT_ATTEMPTS: usize = 3;
+const CONFLICT_ATTEMPTS: u32 = 4;
+
+/// The wait before a job's second attempt in the second pass; it doubles with each
+/// further attempt (2, 4, then 8 ms after the first: 14 ms at most per job).
+const CONFLICT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// What the writers have done so far.
 #[derive(Debug, Default)]
@@ -112,6 +124,9 @@ impl Batcher<'_> {
     pub(crate) fn run(&mut self, jobs: &dyn JobSource) {
         let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(self.max_batch);
         let mut next: Option<Box<dyn Job>> = None;
+        // Set-based reads and writes where the connection offers them (see
+        // [`super::deferred`]).
+        let mut deferred = self.conn.bulk().is_some().then(Deferred::default);
         loop {
             let Some(first) = next.take().or_else(|| jobs.next()) else {
                 return;
@@ -127,20 +142,26 @@ impl Batcher<'_> {
                 continue;
             }
             batch.push(first);
-            let mut ok = batch[0].run(self.conn, self.key);
-            // Take what is already waiting; stop early at the first failure.
-            while ok && batch.len() < self.max_batch {
-                match jobs.waiting() {
-                    Some(job) if job.repeatable() => {
-                        batch.push(job);
-                        ok = batch.last_mut().is_some_and(|j| j.run(self.conn, self.key));
+            let mut ran = 0;
+            let mut ok = true;
+            // Run what is waiting, then what arrived meanwhile, until the batch is
+            // full or nothing waits; stop early at the first failure.
+            while ok && ran < batch.len() {
+                while next.is_none() && batch.len() < self.max_batch {
+                    match jobs.waiting() {
+                        Some(job) if job.repeatable() => batch.push(job),
+                        Some(job) => next = Some(job),
+                        None => break,
                     }
-                    Some(job) => {
-                        next = Some(job);
-                        break;
-                    }
-                    None => break,
                 }
+                ok = self.run_jobs(&mut batch[ran..], deferred.as_mut());
+                ran = batch.len();
+            }
+            if let Some(d) = deferred.as_mut() {
+                if ok {
+                    ok = d.flush(self.conn).is_ok();
+                }
+                d.clear(self.conn);
             }
             let outcome = if ok {
                 self.conn.control("COMMIT")
@@ -155,14 +176,34 @@ impl Batcher<'_> {
         }
     }
 
+    /// Runs jobs one after another in the open transaction, after reading ahead what
+    /// they need where the connection can; false at the first that fails.
+    fn run_jobs(&mut self, jobs: &mut [Box<dyn Job>], deferred: Option<&mut Deferred>) -> bool {
+        let Some(d) = deferred else {
+            return jobs
+                .iter_mut()
+                .all(|j| j.run(&mut SqlTx::new(self.conn, self.key)));
+        };
+        let intents: Vec<&Intent> = jobs.iter().filter_map(|j| j.intent()).collect();
+        if d.prepare(self.conn, self.key, &intents).is_err() {
+            return false;
+        }
+        jobs.iter_mut()
+            .all(|j| j.run(&mut d.tx(self.conn, self.key)))
+    }
+
     /// Runs every job of `batch` again in one transaction, each in its own savepoint.
     /// A job that conflicts with a concurrent writer runs again (a few times at most).
     fn isolated(&mut self, batch: &mut [Box<dyn Job>]) -> Result<(), Error> {
         self.conn.begin()?;
         for job in batch.iter_mut() {
-            for _ in 0..CONFLICT_ATTEMPTS {
+            for attempt in 0..CONFLICT_ATTEMPTS {
+                if attempt > 0 {
+                    // Give the concurrent writer time to commit or roll back.
+                    std::thread::sleep(CONFLICT_BACKOFF * (1 << attempt));
+                }
                 self.conn.control("SAVEPOINT job")?;
-                let ok = job.run(self.conn, self.key);
+                let ok = job.run(&mut SqlTx::new(self.conn, self.key));
                 if !ok {
                     self.conn.control("ROLLBACK TO job")?;
                 }
@@ -178,7 +219,7 @@ impl Batcher<'_> {
     /// Runs a job that cannot run twice in a transaction of its own.
     fn alone(&mut self, mut job: Box<dyn Job>) {
         let outcome = self.conn.begin().and_then(|()| {
-            if job.run(self.conn, self.key) {
+            if job.run_alone(self.conn, self.key) {
                 self.conn.control("COMMIT")
             } else {
                 self.conn.control("ROLLBACK")
@@ -209,6 +250,7 @@ impl Batcher<'_> {
 
 /// A registration transaction: repeatable, answered through a oneshot channel.
 pub(crate) struct TxJob<F, T> {
+    pub(crate) intent: Option<Intent>,
     pub(crate) work: F,
     pub(crate) result: Option<Result<T, StoreError>>,
     pub(crate) reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
@@ -219,15 +261,23 @@ where
     F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
     T: Send + 'static,
 {
-    fn run(&mut self, conn: &mut dyn Conn, key: &MasterKey) -> bool {
-        let r = (self.work)(&mut SqlTx::new(conn, key));
+    fn run(&mut self, tx: &mut dyn Tx) -> bool {
+        let r = (self.work)(tx);
         let ok = r.is_ok();
         self.result = Some(r);
         ok
     }
 
+    fn run_alone(&mut self, conn: &mut dyn Conn, key: &MasterKey) -> bool {
+        self.run(&mut SqlTx::new(conn, key))
+    }
+
     fn repeatable(&self) -> bool {
         true
+    }
+
+    fn intent(&self) -> Option<&Intent> {
+        self.intent.as_ref()
     }
 
     fn conflicted(&self) -> bool {
@@ -257,7 +307,14 @@ where
     F: FnOnce(&mut dyn Conn, &MasterKey) -> Result<T, Error> + Send + 'static,
     T: Send + 'static,
 {
-    fn run(&mut self, conn: &mut dyn Conn, key: &MasterKey) -> bool {
+    fn run(&mut self, _tx: &mut dyn Tx) -> bool {
+        self.result = Some(Err(Error::Unavailable(
+            "an operator change cannot run in a batch".into(),
+        )));
+        false
+    }
+
+    fn run_alone(&mut self, conn: &mut dyn Conn, key: &MasterKey) -> bool {
         let r = match self.work.take() {
             Some(work) => work(conn, key),
             None => Err(Error::Unavailable("the job ran twice".into())),

@@ -10,11 +10,14 @@
 //! - [`tx`]: the statements of a registration ([`dynreg_registrar::Tx`]);
 //! - [`admin`]: the operator's operations ([`crate::Operator`]) for any backend that
 //!   implements [`SqlBackend`];
-//! - [`batch`]: group commit: many registrations in one transaction, committed once.
+//! - [`batch`]: group commit: many registrations in one transaction, committed once;
+//! - [`deferred`]: set-based group commit for a server database (reads ahead for a
+//!   batch, writes its rows in one statement per table).
 
 pub(crate) mod admin;
 pub(crate) mod batch;
 pub(crate) mod copy;
+pub(crate) mod deferred;
 pub(crate) mod tx;
 
 use crate::Error;
@@ -149,7 +152,8 @@ pub(crate) trait Conn {
     /// Finds a free triplet of `pid`'s pool (the [`tx::TRIPLET_COLUMNS`]) for this
     /// transaction and calls `read` with it; false when the pool has none. SQLite takes
     /// the oldest (one writer). PostgreSQL locks the one it takes and skips triplets that
-    /// concurrent transactions hold.
+    /// concurrent transactions hold; when those are all it finds, the answer is
+    /// [`Error::Conflict`] (they may come free again), not an empty pool.
     fn free_triplet(
         &mut self,
         pid: &str,
@@ -158,6 +162,12 @@ pub(crate) trait Conn {
     /// `n` new triplet ids, ascending, that no other writer will use (pool generation
     /// puts them in the barcodes).
     fn reserve_triplet_ids(&mut self, n: usize) -> Result<Vec<i64>, Error>;
+    /// The set-based statements of [`deferred`], where a statement is a round trip
+    /// worth saving (PostgreSQL). `None` (SQLite, in process) runs every statement of a
+    /// registration as it comes.
+    fn bulk(&mut self) -> Option<&mut dyn deferred::Bulk> {
+        None
+    }
 }
 
 impl dyn Conn + '_ {

@@ -354,6 +354,7 @@ impl Store for SqliteStore {
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let submitted = self.inner.writer.submit(Box::new(TxJob {
+            intent: None,
             work,
             result: None,
             reply: tx,

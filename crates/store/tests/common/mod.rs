@@ -116,6 +116,18 @@ impl<S: Store + Operator + Sync> Store for TempStore<S> {
         self.store.transact(work)
     }
 
+    fn transact_for<T, F>(
+        &self,
+        intent: dynreg_registrar::Intent,
+        work: F,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send
+    where
+        F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.store.transact_for(intent, work)
+    }
+
     fn claim_credential(
         &self,
         c: &CredentialUse<'_>,

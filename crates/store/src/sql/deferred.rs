@@ -1,0 +1,436 @@
+//! Set-based group commit, for a backend where every statement is a round trip to a
+//! server (PostgreSQL): the registrations of a batch read what they need in one
+//! statement, and their new rows are written in one statement per table when the batch
+//! commits, instead of three or four statements per registration.
+//!
+//! The decisions stay in the registrar's transaction body, which runs unchanged against
+//! [`DeferredTx`]. That `Tx` answers from what was read ahead where it can and keeps
+//! the registration path's writes until [`Deferred::flush`]:
+//! - [`Tx::registration`] is read ahead for the batch's devices ([`Intent`]s), and
+//!   [`Tx::free_triplet`] takes from triplets claimed (locked) ahead for each pool;
+//! - [`Tx::insert_triplet`], the binding of a pool triplet and
+//!   [`Tx::insert_registration`] are kept, and written at the flush, each table in one
+//!   statement (`ON CONFLICT DO NOTHING`, rows counted);
+//! - every other operation (barcodes, re-registrations, counters, MAC allocation) runs
+//!   at once, as in [`SqlTx`], after the kept writes are flushed when it could see them.
+//!
+//! A read-ahead answer is exactly what the statement would have returned at the start
+//! of the batch. What could make it stale is handled: a device that this batch
+//! registered is looked up again, and any immediate write to triplets or registrations
+//! drops everything read ahead. A concurrent writer (another thread or instance) that
+//! stores the same device or triplet first shows at the flush, as a row count short of
+//! what was kept: a conflict, which sends the batch to its second pass, where each job
+//! runs alone with immediate statements ([`super::batch`]).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use dynreg_registrar::{
+    Intent, NewTriplet, Registration, StoreError, Triplet, TripletId, TripletState, Tx,
+};
+
+use super::tx::{SealedRegistration, SealedTriplet, SqlTx, state_code};
+use super::{Conn, Row, i64_of, triplet_aad};
+use crate::Error;
+use crate::crypto::MasterKey;
+
+/// A triplet row kept for the flush, its secret sealed.
+pub(crate) struct TripletRow {
+    pub(crate) id: i64,
+    pub(crate) pid: String,
+    pub(crate) uuid: String,
+    pub(crate) secret_enc: Vec<u8>,
+    pub(crate) mac: String,
+    pub(crate) barcode: String,
+    pub(crate) state: i64,
+}
+
+/// A registration row kept for the flush.
+pub(crate) struct RegistrationRow {
+    pub(crate) key_pid: String,
+    pub(crate) unique: String,
+    pub(crate) pid: String,
+    pub(crate) triplet_id: i64,
+    pub(crate) now: i64,
+}
+
+/// The set-based statements a backend offers for [`Deferred`].
+pub(crate) trait Bulk {
+    /// The registrations of these devices (`(key_pid, unique)`), as
+    /// [`super::tx::registration_select`] columns.
+    fn registrations(
+        &mut self,
+        keys: &[(&str, &str)],
+        each: &mut dyn FnMut(&dyn Row) -> Result<(), Error>,
+    ) -> Result<(), Error>;
+    /// Up to `n` free triplets of `pid`'s pool, locked for this transaction as
+    /// [`Conn::free_triplet`] locks one. True when fewer than `n` were read and
+    /// concurrent transactions hold free triplets of the pool.
+    fn free_triplets(
+        &mut self,
+        pid: &str,
+        n: usize,
+        each: &mut dyn FnMut(&dyn Row) -> Result<(), Error>,
+    ) -> Result<bool, Error>;
+    /// Says that triplets of `pid`'s pool claimed by [`Bulk::free_triplets`] from
+    /// `first` on were not all used: the next claims look from there again.
+    fn unclaimed(&mut self, pid: &str, first: TripletId);
+    /// Inserts triplets, skipping any whose uuid or barcode is taken; how many it
+    /// inserted.
+    fn insert_triplets(&mut self, rows: &[TripletRow]) -> Result<u64, Error>;
+    /// Marks free triplets bound; how many were free.
+    fn bind_triplets(&mut self, ids: &[i64]) -> Result<u64, Error>;
+    /// Inserts registrations, skipping devices already registered; how many it
+    /// inserted.
+    fn insert_registrations(&mut self, rows: &[RegistrationRow]) -> Result<u64, Error>;
+}
+
+/// What a batch read ahead and the writes it keeps (one per writer, cleared between
+/// batches).
+#[derive(Default)]
+pub(crate) struct Deferred {
+    /// Registrations read ahead, by device; `None`: the device has none.
+    registrations: HashMap<(String, String), Option<Registration>>,
+    /// Free triplets claimed ahead, by pool.
+    free: HashMap<String, VecDeque<Triplet>>,
+    /// Pools that had fewer free triplets than were asked for.
+    dry: HashSet<String>,
+    /// Pools of which concurrent transactions held free triplets when fewer than were
+    /// asked for could be claimed.
+    held: HashSet<String>,
+    /// Per pool, the first triplet claimed ahead that no job took.
+    unused: HashMap<String, TripletId>,
+    /// Devices this batch registered.
+    written: HashSet<(String, String)>,
+    /// Triplet ids reserved for generated triplets.
+    ids: VecDeque<i64>,
+    /// Jobs of the batch that have not run yet (how many ids to reserve at once).
+    to_run: usize,
+    triplets: Vec<TripletRow>,
+    bound: Vec<i64>,
+    new_registrations: Vec<RegistrationRow>,
+}
+
+fn sql(e: Error) -> StoreError {
+    StoreError::from(e)
+}
+
+impl Deferred {
+    /// Reads ahead what the jobs about to run will ask for.
+    pub(crate) fn prepare(
+        &mut self,
+        conn: &mut dyn Conn,
+        key: &MasterKey,
+        intents: &[&Intent],
+    ) -> Result<(), StoreError> {
+        self.to_run += intents.len();
+        let Some(bulk) = conn.bulk() else {
+            return Ok(());
+        };
+        let mut keys: Vec<(&str, &str)> = intents
+            .iter()
+            .map(|i| (i.key_pid.as_str(), i.unique.as_str()))
+            .filter(|k| !self.written.contains(&(k.0.to_owned(), k.1.to_owned())))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        if !keys.is_empty() {
+            let mut found = Vec::new();
+            bulk.registrations(&keys, &mut |r| {
+                found.push(SealedRegistration::read(r)?);
+                Ok(())
+            })
+            .map_err(sql)?;
+            for (k, u) in &keys {
+                self.registrations
+                    .insert(((*k).to_owned(), (*u).to_owned()), None);
+            }
+            for reg in found {
+                let reg = reg.open(key).map_err(sql)?;
+                self.registrations
+                    .insert((reg.key_pid.clone(), reg.unique.clone()), Some(reg));
+            }
+        }
+        // Triplets for the devices that have none yet.
+        let mut pools: HashMap<&str, usize> = HashMap::new();
+        for i in intents {
+            let Some(pid) = i.pool.as_deref() else {
+                continue;
+            };
+            let device = (i.key_pid.clone(), i.unique.clone());
+            if matches!(self.registrations.get(&device), Some(Some(_))) {
+                continue;
+            }
+            *pools.entry(pid).or_default() += 1;
+        }
+        for (pid, wanted) in pools {
+            let queue = self.free.entry(pid.to_owned()).or_default();
+            let want = wanted.saturating_sub(queue.len());
+            if want == 0 || self.dry.contains(pid) {
+                continue;
+            }
+            let claimed = bulk.free_triplets(pid, want, &mut |r| {
+                queue.push_back(SealedTriplet::read(r, 0)?.open(key)?);
+                Ok(())
+            });
+            if claimed.map_err(sql)? {
+                // Others hold the rest: a job that finds the queue empty conflicts, and
+                // the batch runs again without the triplets claimed ahead.
+                self.held.insert(pid.to_owned());
+            } else if queue.len() < wanted {
+                self.dry.insert(pid.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// A [`Tx`] for the next job of the batch.
+    pub(crate) fn tx<'a>(
+        &'a mut self,
+        conn: &'a mut dyn Conn,
+        key: &'a MasterKey,
+    ) -> DeferredTx<'a> {
+        self.to_run = self.to_run.saturating_sub(1);
+        DeferredTx { conn, key, d: self }
+    }
+
+    /// Writes the kept rows. A row that could not be written (taken by a concurrent
+    /// writer) is a conflict.
+    pub(crate) fn flush(&mut self, conn: &mut dyn Conn) -> Result<(), StoreError> {
+        if self.triplets.is_empty() && self.bound.is_empty() && self.new_registrations.is_empty() {
+            return Ok(());
+        }
+        let Some(bulk) = conn.bulk() else {
+            return Err(StoreError::backend(
+                "kept writes on a store without bulk statements",
+            ));
+        };
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        if !self.triplets.is_empty() {
+            let n = bulk.insert_triplets(&self.triplets).map_err(sql)?;
+            if n != count(self.triplets.len()) {
+                return Err(StoreError::conflict("a generated uuid is taken"));
+            }
+            self.triplets.clear();
+        }
+        if !self.bound.is_empty() {
+            let n = bulk.bind_triplets(&self.bound).map_err(sql)?;
+            if n != count(self.bound.len()) {
+                return Err(StoreError::conflict("a pool triplet is no longer free"));
+            }
+            self.bound.clear();
+        }
+        if !self.new_registrations.is_empty() {
+            let n = bulk
+                .insert_registrations(&self.new_registrations)
+                .map_err(sql)?;
+            if n != count(self.new_registrations.len()) {
+                return Err(StoreError::conflict("a device was registered concurrently"));
+            }
+            self.new_registrations.clear();
+        }
+        Ok(())
+    }
+
+    /// Forgets what was read ahead (a write made it possibly stale); the claimed
+    /// triplets stay locked until the transaction ends, and are found again by a
+    /// search if they are still free.
+    fn forget(&mut self) {
+        self.registrations.clear();
+        for (pid, queue) in self.free.drain() {
+            if let Some(first) = queue.iter().map(|t| t.id).min() {
+                let unused = self.unused.entry(pid).or_insert(first);
+                *unused = (*unused).min(first);
+            }
+        }
+        self.dry.clear();
+        self.held.clear();
+    }
+
+    /// Empties the state for the next batch. Triplets claimed ahead that no job took
+    /// are handed back, so that the pool's next claims start with them again.
+    pub(crate) fn clear(&mut self, conn: &mut dyn Conn) {
+        self.forget();
+        if let Some(bulk) = conn.bulk() {
+            for (pid, first) in self.unused.drain() {
+                bulk.unclaimed(&pid, first);
+            }
+        }
+        self.unused.clear();
+        self.written.clear();
+        self.ids.clear();
+        self.to_run = 0;
+        self.triplets.clear();
+        self.bound.clear();
+        self.new_registrations.clear();
+    }
+}
+
+/// The [`Tx`] of one job of a batch (see the module's docs).
+pub(crate) struct DeferredTx<'a> {
+    conn: &'a mut dyn Conn,
+    key: &'a MasterKey,
+    d: &'a mut Deferred,
+}
+
+impl DeferredTx<'_> {
+    /// The kept writes written, for an operation that reads or writes what they touch.
+    fn flushed(&mut self) -> Result<SqlTx<'_>, StoreError> {
+        self.d.flush(self.conn)?;
+        Ok(SqlTx::new(self.conn, self.key))
+    }
+
+    /// As [`Self::flushed`], for an operation that writes triplets or registrations:
+    /// what was read ahead is forgotten.
+    fn writing(&mut self) -> Result<SqlTx<'_>, StoreError> {
+        self.d.forget();
+        self.flushed()
+    }
+
+    /// For an operation that touches only the products table: nothing kept can matter.
+    fn now(&mut self) -> SqlTx<'_> {
+        SqlTx::new(self.conn, self.key)
+    }
+}
+
+impl Tx for DeferredTx<'_> {
+    fn registration(
+        &mut self,
+        key_pid: &str,
+        unique: &str,
+    ) -> Result<Option<Registration>, StoreError> {
+        let device = (key_pid.to_owned(), unique.to_owned());
+        if !self.d.written.contains(&device) {
+            if let Some(known) = self.d.registrations.get(&device) {
+                return Ok(known.clone());
+            }
+        }
+        self.flushed()?.registration(key_pid, unique)
+    }
+
+    fn free_triplet(&mut self, pid: &str) -> Result<Option<Triplet>, StoreError> {
+        if let Some(t) = self.d.free.get_mut(pid).and_then(VecDeque::pop_front) {
+            return Ok(Some(t));
+        }
+        if self.d.dry.contains(pid) {
+            return Ok(None);
+        }
+        if self.d.held.contains(pid) {
+            return Err(StoreError::conflict(format!(
+                "the free triplets of pool {pid} are held by concurrent transactions"
+            )));
+        }
+        self.flushed()?.free_triplet(pid)
+    }
+
+    fn next_mac(&mut self, pid: &str) -> Result<Option<String>, StoreError> {
+        self.now().next_mac(pid)
+    }
+
+    fn insert_triplet(
+        &mut self,
+        pid: &str,
+        t: &NewTriplet,
+        state: TripletState,
+    ) -> Result<Triplet, StoreError> {
+        if !t.barcode.is_empty() || self.conn.bulk().is_none() {
+            return self.writing()?.insert_triplet(pid, t, state);
+        }
+        if self.d.ids.is_empty() {
+            let n = self.d.to_run + 1;
+            self.d.ids = self.conn.reserve_triplet_ids(n).map_err(sql)?.into();
+        }
+        let id = self
+            .d
+            .ids
+            .pop_front()
+            .ok_or_else(|| StoreError::backend("no triplet id reserved"))?;
+        self.d.triplets.push(TripletRow {
+            id,
+            pid: pid.to_owned(),
+            uuid: t.uuid.clone(),
+            secret_enc: self
+                .key
+                .seal(&triplet_aad(&t.uuid), t.secret.expose().as_bytes()),
+            mac: t.mac.clone(),
+            barcode: String::new(),
+            state: state_code(state),
+        });
+        Ok(Triplet {
+            id,
+            pid: pid.to_owned(),
+            uuid: t.uuid.clone(),
+            secret: t.secret.clone(),
+            mac: t.mac.clone(),
+            barcode: String::new(),
+            state,
+        })
+    }
+
+    fn barcode_holder(
+        &mut self,
+        pid: &str,
+        barcode: &str,
+    ) -> Result<Option<(TripletId, TripletState)>, StoreError> {
+        self.flushed()?.barcode_holder(pid, barcode)
+    }
+
+    fn set_barcode(&mut self, triplet: TripletId, barcode: &str) -> Result<(), StoreError> {
+        self.writing()?.set_barcode(triplet, barcode)
+    }
+
+    fn insert_registration(
+        &mut self,
+        key_pid: &str,
+        unique: &str,
+        pid: &str,
+        triplet: &Triplet,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let device = (key_pid.to_owned(), unique.to_owned());
+        if self.conn.bulk().is_none() || self.d.written.contains(&device) {
+            return self
+                .writing()?
+                .insert_registration(key_pid, unique, pid, triplet, now);
+        }
+        match triplet.state {
+            TripletState::Free => self.d.bound.push(triplet.id),
+            TripletState::Bound => {}
+            TripletState::Revoked => {
+                return Err(StoreError::conflict(format!(
+                    "triplet {} is revoked",
+                    triplet.uuid
+                )));
+            }
+        }
+        self.d.new_registrations.push(RegistrationRow {
+            key_pid: key_pid.to_owned(),
+            unique: unique.to_owned(),
+            pid: pid.to_owned(),
+            triplet_id: triplet.id,
+            now: i64_of(now),
+        });
+        self.d.written.insert(device);
+        Ok(())
+    }
+
+    fn touch_registration(
+        &mut self,
+        key_pid: &str,
+        unique: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        self.writing()?.touch_registration(key_pid, unique, now)
+    }
+
+    fn count_refused_reregistration(&mut self, key_pid: &str) -> Result<(), StoreError> {
+        self.now().count_refused_reregistration(key_pid)
+    }
+
+    fn count_bound_device(&mut self, pid: &str) -> Result<(), StoreError> {
+        self.now().count_bound_device(pid)
+    }
+
+    fn bound_devices(&mut self, pid: &str) -> Result<u64, StoreError> {
+        self.now().bound_devices(pid)
+    }
+}

@@ -45,25 +45,14 @@ impl Store for Backend {
         }
     }
 
-    async fn transact<T, F>(&self, work: F) -> Result<T, StoreError>
+    async fn transact<T, F>(&self, intent: Option<Intent>, work: F) -> Result<T, StoreError>
     where
         F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
         match self {
-            Self::Sqlite(s) => s.transact(work).await,
-            Self::Postgres(s) => s.transact(work).await,
-        }
-    }
-
-    async fn transact_for<T, F>(&self, intent: Intent, work: F) -> Result<T, StoreError>
-    where
-        F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
-        T: Send + 'static,
-    {
-        match self {
-            Self::Sqlite(s) => s.transact_for(intent, work).await,
-            Self::Postgres(s) => s.transact_for(intent, work).await,
+            Self::Sqlite(s) => s.transact(intent, work).await,
+            Self::Postgres(s) => s.transact(intent, work).await,
         }
     }
 

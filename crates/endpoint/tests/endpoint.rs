@@ -813,6 +813,7 @@ impl dynreg_registrar::Store for Stuck {
 
     fn transact<T, F>(
         &self,
+        _intent: Option<dynreg_registrar::Intent>,
         _work: F,
     ) -> impl Future<Output = Result<T, dynreg_registrar::StoreError>> + Send
     where

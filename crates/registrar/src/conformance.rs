@@ -474,7 +474,7 @@ pub async fn replace_pid_rules<F: Fixture>(store: F) {
     );
     // The record remembers where it came from.
     let reg = s
-        .transact(|tx| tx.registration("P", "a"))
+        .transact(None, |tx| tx.registration("P", "a"))
         .await
         .unwrap()
         .unwrap();

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::conformance::Fixture;
 use crate::model::{MacRange, NewTriplet, Product, Registration, Triplet, TripletId, TripletState};
 use crate::replay::{Claim, CredentialUse, ReplayGuard};
-use crate::store::{ProductListener, Store, StoreError, Tx};
+use crate::store::{Intent, ProductListener, Store, StoreError, Tx};
 
 #[derive(Debug, Clone)]
 struct Row {
@@ -133,15 +133,8 @@ impl Tx for MemTx<'_> {
                 t.barcode
             )));
         }
-        let triplet = Triplet {
-            id: TripletId::try_from(self.s.triplets.len() + 1).unwrap_or(TripletId::MAX),
-            pid: pid.to_owned(),
-            uuid: t.uuid.clone(),
-            secret: t.secret.clone(),
-            mac: t.mac.clone(),
-            barcode: t.barcode.clone(),
-            state,
-        };
+        let id = TripletId::try_from(self.s.triplets.len() + 1).unwrap_or(TripletId::MAX);
+        let triplet = t.stored(id, pid, state);
         self.s.triplets.push(triplet.clone());
         Ok(triplet)
     }
@@ -274,7 +267,11 @@ impl Store for MemoryStore {
             .push(listener);
     }
 
-    fn transact<T, F>(&self, mut work: F) -> impl Future<Output = Result<T, StoreError>> + Send
+    fn transact<T, F>(
+        &self,
+        _: Option<Intent>,
+        mut work: F,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send
     where
         F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,

@@ -464,6 +464,21 @@ pub struct NewTriplet {
     pub barcode: String,
 }
 
+impl NewTriplet {
+    /// The triplet as stored under `id` in product `pid`'s pool, in `state`.
+    pub fn stored(&self, id: TripletId, pid: &str, state: TripletState) -> Triplet {
+        Triplet {
+            id,
+            pid: pid.to_owned(),
+            uuid: self.uuid.clone(),
+            secret: self.secret.clone(),
+            mac: self.mac.clone(),
+            barcode: self.barcode.clone(),
+            state,
+        }
+    }
+}
+
 /// A device's registration: its identity bound to a triplet.
 ///
 /// A registration is keyed by the identity the device authenticates with,

@@ -340,7 +340,7 @@ impl<S: Store> Registrar<S> {
         };
         match self
             .store
-            .transact_for(intent, move |tx| plan.run(tx))
+            .transact(Some(intent), move |tx| plan.run(tx))
             .await
         {
             Ok(outcome) => outcome,
@@ -495,7 +495,11 @@ mod tests {
         ) -> impl Future<Output = Result<Option<Arc<Product>>, StoreError>> + Send {
             self.0.product(pid)
         }
-        fn transact<T, F>(&self, _: F) -> impl Future<Output = Result<T, StoreError>> + Send
+        fn transact<T, F>(
+            &self,
+            _: Option<Intent>,
+            _: F,
+        ) -> impl Future<Output = Result<T, StoreError>> + Send
         where
             F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
             T: Send + 'static,

@@ -254,25 +254,16 @@ pub trait Store: Send + Sync + 'static {
     /// Runs `work` as one atomic unit and resolves once it is durably committed (or
     /// rolled back, when `work` returns `Err`). `work` may be called more than once,
     /// its writes rolled back in between; the result of the last call is returned.
-    fn transact<T, F>(&self, work: F) -> impl Future<Output = Result<T, StoreError>> + Send
-    where
-        F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
-        T: Send + 'static;
-
-    /// [`Store::transact`], told in advance what the work is about (see [`Intent`]).
-    /// The default ignores the hint.
-    fn transact_for<T, F>(
+    /// `intent`, when given, says in advance what a registration's work is about (a
+    /// hint a store may ignore, see [`Intent`]).
+    fn transact<T, F>(
         &self,
-        intent: Intent,
+        intent: Option<Intent>,
         work: F,
     ) -> impl Future<Output = Result<T, StoreError>> + Send
     where
         F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
-        T: Send + 'static,
-    {
-        let _ = intent;
-        self.transact(work)
-    }
+        T: Send + 'static;
 
     /// The replay guard (PROTOCOL.md section 2): remembers `credential` as accepted for
     /// its unique until it expires, or reports that it was accepted before. Called on
@@ -298,24 +289,16 @@ impl<S: Store> Store for Arc<S> {
         (**self).on_product_change(listener);
     }
 
-    fn transact<T, F>(&self, work: F) -> impl Future<Output = Result<T, StoreError>> + Send
-    where
-        F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
-        T: Send + 'static,
-    {
-        (**self).transact(work)
-    }
-
-    fn transact_for<T, F>(
+    fn transact<T, F>(
         &self,
-        intent: Intent,
+        intent: Option<Intent>,
         work: F,
     ) -> impl Future<Output = Result<T, StoreError>> + Send
     where
         F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
-        (**self).transact_for(intent, work)
+        (**self).transact(intent, work)
     }
 
     fn claim_credential(

@@ -17,7 +17,7 @@ async fn a_failing_job_is_rolled_back_alone() {
         let store = store.clone();
         async move {
             let r = store
-                .transact(move |tx| {
+                .transact(None, move |tx| {
                     let t = NewTriplet {
                         uuid: format!("u{i}"),
                         secret: Secret::new("s"),

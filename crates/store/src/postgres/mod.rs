@@ -916,43 +916,6 @@ const READERS: usize = 2;
 const SWEEP_EVERY_SECS: u64 = 60;
 
 impl PgStore {
-    /// Queues a registration transaction for the writers.
-    fn submit<T, F>(
-        &self,
-        intent: Option<Intent>,
-        work: F,
-    ) -> impl Future<Output = Result<T, StoreError>> + Send + use<T, F>
-    where
-        F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
-        T: Send + 'static,
-    {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let submitted = self
-            .inner
-            .threads
-            .writers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map(|s| {
-                s.send(Box::new(TxJob {
-                    intent,
-                    work,
-                    result: None,
-                    reply: tx,
-                }))
-                .is_ok()
-            })
-            .unwrap_or(false);
-        async move {
-            if !submitted {
-                return Err(StoreError::unavailable("the store is closed"));
-            }
-            rx.await
-                .map_err(|_| StoreError::unavailable("the store's writer stopped"))?
-        }
-    }
-
     /// Connects, applies the missing migrations (under the migration lock), checks the
     /// master key against the database (recording it in a new one), and starts the
     /// writer and reader threads.
@@ -1281,24 +1244,40 @@ impl Store for PgStore {
         self.inner.listeners.add(listener);
     }
 
-    fn transact<T, F>(&self, work: F) -> impl Future<Output = Result<T, StoreError>> + Send
-    where
-        F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
-        T: Send + 'static,
-    {
-        self.submit(None, work)
-    }
-
-    fn transact_for<T, F>(
+    fn transact<T, F>(
         &self,
-        intent: Intent,
+        intent: Option<Intent>,
         work: F,
     ) -> impl Future<Output = Result<T, StoreError>> + Send
     where
         F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
-        self.submit(Some(intent), work)
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let submitted = self
+            .inner
+            .threads
+            .writers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|s| {
+                s.send(Box::new(TxJob {
+                    intent,
+                    work,
+                    result: None,
+                    reply: tx,
+                }))
+                .is_ok()
+            })
+            .unwrap_or(false);
+        async move {
+            if !submitted {
+                return Err(StoreError::unavailable("the store is closed"));
+            }
+            rx.await
+                .map_err(|_| StoreError::unavailable("the store's writer stopped"))?
+        }
     }
 
     fn claim_credential(

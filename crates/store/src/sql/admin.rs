@@ -18,7 +18,8 @@ use super::tx::{
     state_code,
 };
 use super::{
-    Conn, Row, SqlBackend, Value, i64_of, params, previous_aad, product_aad, triplet_aad, u64_of,
+    Conn, Row, SqlBackend, Value, i64_of, params, previous_aad, product_aad, seal_triplet_secret,
+    u64_of,
 };
 use crate::Error;
 use crate::admin::{
@@ -441,7 +442,7 @@ impl<B: SqlBackend> Operator for B {
         let mut items = Vec::with_capacity(n);
         for i in 0..n {
             let t = generate::triplet(now, String::new(), String::new());
-            let sealed = key.seal(&triplet_aad(&t.uuid), t.secret.expose().as_bytes());
+            let sealed = seal_triplet_secret(key, &t);
             items.push((t, sealed));
             if i % 4096 == 0 {
                 progress(i as u64 / 2);
@@ -855,7 +856,7 @@ impl<B: SqlBackend> Operator for B {
             let items: Vec<(String, Vec<u8>)> = (0..n)
                 .map(|_| {
                     let t = generate::triplet(now, String::new(), String::new());
-                    let sealed = key.seal(&triplet_aad(&t.uuid), t.secret.expose().as_bytes());
+                    let sealed = seal_triplet_secret(key, &t);
                     (t.uuid, sealed)
                 })
                 .collect();

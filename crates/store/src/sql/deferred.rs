@@ -28,8 +28,8 @@ use dynreg_registrar::{
     Intent, NewTriplet, Registration, StoreError, Triplet, TripletId, TripletState, Tx,
 };
 
-use super::tx::{SealedRegistration, SealedTriplet, SqlTx, state_code};
-use super::{Conn, Row, i64_of, triplet_aad};
+use super::tx::{SealedRegistration, SealedTriplet, SqlTx, needs_binding, state_code};
+use super::{Conn, Row, i64_of, seal_triplet_secret};
 use crate::Error;
 use crate::crypto::MasterKey;
 
@@ -114,6 +114,13 @@ fn sql(e: Error) -> StoreError {
     StoreError::from(e)
 }
 
+/// The connection's set-based statements ([`Deferred`] is made only for a connection
+/// that has them).
+fn bulk(conn: &mut dyn Conn) -> Result<&mut dyn Bulk, StoreError> {
+    conn.bulk()
+        .ok_or_else(|| StoreError::backend("set-based batches on a store without them"))
+}
+
 impl Deferred {
     /// Reads ahead what the jobs about to run will ask for.
     pub(crate) fn prepare(
@@ -123,9 +130,7 @@ impl Deferred {
         intents: &[&Intent],
     ) -> Result<(), StoreError> {
         self.to_run += intents.len();
-        let Some(bulk) = conn.bulk() else {
-            return Ok(());
-        };
+        let bulk = bulk(conn)?;
         let mut keys: Vec<(&str, &str)> = intents
             .iter()
             .map(|i| (i.key_pid.as_str(), i.unique.as_str()))
@@ -199,11 +204,7 @@ impl Deferred {
         if self.triplets.is_empty() && self.bound.is_empty() && self.new_registrations.is_empty() {
             return Ok(());
         }
-        let Some(bulk) = conn.bulk() else {
-            return Err(StoreError::backend(
-                "kept writes on a store without bulk statements",
-            ));
-        };
+        let bulk = bulk(conn)?;
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         if !self.triplets.is_empty() {
             let n = bulk.insert_triplets(&self.triplets).map_err(sql)?;
@@ -250,12 +251,11 @@ impl Deferred {
     /// are handed back, so that the pool's next claims start with them again.
     pub(crate) fn clear(&mut self, conn: &mut dyn Conn) {
         self.forget();
-        if let Some(bulk) = conn.bulk() {
-            for (pid, first) in self.unused.drain() {
+        for (pid, first) in self.unused.drain() {
+            if let Some(bulk) = conn.bulk() {
                 bulk.unclaimed(&pid, first);
             }
         }
-        self.unused.clear();
         self.written.clear();
         self.ids.clear();
         self.to_run = 0;
@@ -332,7 +332,7 @@ impl Tx for DeferredTx<'_> {
         t: &NewTriplet,
         state: TripletState,
     ) -> Result<Triplet, StoreError> {
-        if !t.barcode.is_empty() || self.conn.bulk().is_none() {
+        if !t.barcode.is_empty() {
             return self.writing()?.insert_triplet(pid, t, state);
         }
         if self.d.ids.is_empty() {
@@ -348,22 +348,12 @@ impl Tx for DeferredTx<'_> {
             id,
             pid: pid.to_owned(),
             uuid: t.uuid.clone(),
-            secret_enc: self
-                .key
-                .seal(&triplet_aad(&t.uuid), t.secret.expose().as_bytes()),
+            secret_enc: seal_triplet_secret(self.key, t),
             mac: t.mac.clone(),
             barcode: String::new(),
             state: state_code(state),
         });
-        Ok(Triplet {
-            id,
-            pid: pid.to_owned(),
-            uuid: t.uuid.clone(),
-            secret: t.secret.clone(),
-            mac: t.mac.clone(),
-            barcode: String::new(),
-            state,
-        })
+        Ok(t.stored(id, pid, state))
     }
 
     fn barcode_holder(
@@ -387,20 +377,13 @@ impl Tx for DeferredTx<'_> {
         now: u64,
     ) -> Result<(), StoreError> {
         let device = (key_pid.to_owned(), unique.to_owned());
-        if self.conn.bulk().is_none() || self.d.written.contains(&device) {
+        if self.d.written.contains(&device) {
             return self
                 .writing()?
                 .insert_registration(key_pid, unique, pid, triplet, now);
         }
-        match triplet.state {
-            TripletState::Free => self.d.bound.push(triplet.id),
-            TripletState::Bound => {}
-            TripletState::Revoked => {
-                return Err(StoreError::conflict(format!(
-                    "triplet {} is revoked",
-                    triplet.uuid
-                )));
-            }
+        if needs_binding(triplet)? {
+            self.d.bound.push(triplet.id);
         }
         self.d.new_registrations.push(RegistrationRow {
             key_pid: key_pid.to_owned(),

@@ -152,8 +152,9 @@ pub(crate) trait Conn {
     /// Finds a free triplet of `pid`'s pool (the [`tx::TRIPLET_COLUMNS`]) for this
     /// transaction and calls `read` with it; false when the pool has none. SQLite takes
     /// the oldest (one writer). PostgreSQL locks the one it takes and skips triplets that
-    /// concurrent transactions hold; when those are all it finds, the answer is
-    /// [`Error::Conflict`] (they may come free again), not an empty pool.
+    /// concurrent transactions hold; when those are all it finds, it waits a little for
+    /// them to come free (a rolled-back batch hands its claims back) before it counts
+    /// them as taken and answers false.
     fn free_triplet(
         &mut self,
         pid: &str,
@@ -269,6 +270,11 @@ pub(crate) fn previous_aad(pid: &str) -> Vec<u8> {
 /// The associated data that binds a device secret to its row.
 pub(crate) fn triplet_aad(uuid: &str) -> Vec<u8> {
     [b"triplet:".as_slice(), uuid.as_bytes()].concat()
+}
+
+/// `t`'s secret sealed for its row (bound to its uuid).
+pub(crate) fn seal_triplet_secret(key: &MasterKey, t: &dynreg_registrar::NewTriplet) -> Vec<u8> {
+    key.seal(&triplet_aad(&t.uuid), t.secret.expose().as_bytes())
 }
 
 /// A stored time or counter (stored integers are signed; ours are never negative).

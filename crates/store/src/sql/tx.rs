@@ -15,7 +15,7 @@ use dynreg_registrar::{
     MacRange, NewTriplet, Registration, Secret, StoreError, Triplet, TripletId, TripletState, Tx,
 };
 
-use super::{Conn, Row, i64_of, params, triplet_aad, u64_of};
+use super::{Conn, Row, i64_of, params, seal_triplet_secret, triplet_aad, u64_of};
 use crate::Error;
 use crate::crypto::MasterKey;
 
@@ -140,6 +140,21 @@ impl SealedRegistration {
     }
 }
 
+/// Whether registering a device with `triplet` binds it: a pool triplet goes from free
+/// to bound; one the transaction generated is bound already (rewriting it would only
+/// churn the state indexes). A revoked triplet is never bound again (a conflict), and
+/// the UNIQUE triplet_id column refuses a second holder whatever happens.
+pub(crate) fn needs_binding(triplet: &Triplet) -> Result<bool, StoreError> {
+    match triplet.state {
+        TripletState::Free => Ok(true),
+        TripletState::Bound => Ok(false),
+        TripletState::Revoked => Err(StoreError::conflict(format!(
+            "triplet {} is revoked",
+            triplet.uuid
+        ))),
+    }
+}
+
 /// Inserts a triplet with its secret sealed. `None` when its uuid, or its barcode in
 /// its product, is taken (nothing is written then).
 pub(crate) fn insert_triplet(
@@ -149,7 +164,7 @@ pub(crate) fn insert_triplet(
     t: &NewTriplet,
     state: TripletState,
 ) -> Result<Option<TripletId>, Error> {
-    let sealed = key.seal(&triplet_aad(&t.uuid), t.secret.expose().as_bytes());
+    let sealed = seal_triplet_secret(key, t);
     conn.insert_id(
         "INSERT INTO triplets (pid, uuid, secret_enc, mac, barcode, state) VALUES (?1, ?2, ?3, ?4, NULLIF(?5, ''), ?6) ON CONFLICT DO NOTHING",
         params![pid, &t.uuid, &sealed, &t.mac, &t.barcode, state_code(state)],
@@ -217,15 +232,7 @@ impl Tx for SqlTx<'_> {
                     t.uuid, t.barcode
                 ))
             })?;
-        Ok(Triplet {
-            id,
-            pid: pid.to_owned(),
-            uuid: t.uuid.clone(),
-            secret: t.secret.clone(),
-            mac: t.mac.clone(),
-            barcode: t.barcode.clone(),
-            state,
-        })
+        Ok(t.stored(id, pid, state))
     }
 
     fn barcode_holder(
@@ -260,30 +267,17 @@ impl Tx for SqlTx<'_> {
         triplet: &Triplet,
         now: u64,
     ) -> Result<(), StoreError> {
-        // A pool triplet goes from free to bound here; one this transaction generated
-        // is bound already (rewriting it would only churn the state indexes). A
-        // revoked triplet is never bound again, and the UNIQUE triplet_id column
-        // refuses a second holder whatever happens.
-        match triplet.state {
-            TripletState::Free => {
-                let bound = self
-                    .conn
-                    .execute(
-                        "UPDATE triplets SET state = 1 WHERE id = ?1 AND state = 0",
-                        params![triplet.id],
-                    )
-                    .map_err(sql)?;
-                if bound != 1 {
-                    return Err(StoreError::conflict(format!(
-                        "triplet {} is no longer free",
-                        triplet.uuid
-                    )));
-                }
-            }
-            TripletState::Bound => {}
-            TripletState::Revoked => {
+        if needs_binding(triplet)? {
+            let bound = self
+                .conn
+                .execute(
+                    "UPDATE triplets SET state = 1 WHERE id = ?1 AND state = 0",
+                    params![triplet.id],
+                )
+                .map_err(sql)?;
+            if bound != 1 {
                 return Err(StoreError::conflict(format!(
-                    "triplet {} is revoked",
+                    "triplet {} is no longer free",
                     triplet.uuid
                 )));
             }

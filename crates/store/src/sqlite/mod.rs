@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use dynreg_registrar::{
-    Claim, CredentialUse, Product, ProductListener, ReplayGuard, Store, StoreError, StoreErrorKind,
-    Tx,
+    Claim, CredentialUse, Intent, Product, ProductListener, ReplayGuard, Store, StoreError,
+    StoreErrorKind, Tx,
 };
 use rusqlite::{Connection, OpenFlags};
 
@@ -347,14 +347,18 @@ impl Store for SqliteStore {
         self.inner.listeners.add(listener);
     }
 
-    fn transact<T, F>(&self, work: F) -> impl Future<Output = Result<T, StoreError>> + Send
+    fn transact<T, F>(
+        &self,
+        intent: Option<Intent>,
+        work: F,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send
     where
         F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let submitted = self.inner.writer.submit(Box::new(TxJob {
-            intent: None,
+            intent,
             work,
             result: None,
             reply: tx,

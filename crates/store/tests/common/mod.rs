@@ -108,24 +108,16 @@ impl<S: Store + Operator + Sync> Store for TempStore<S> {
         self.store.on_product_change(listener);
     }
 
-    fn transact<T, F>(&self, work: F) -> impl Future<Output = Result<T, StoreError>> + Send
-    where
-        F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
-        T: Send + 'static,
-    {
-        self.store.transact(work)
-    }
-
-    fn transact_for<T, F>(
+    fn transact<T, F>(
         &self,
-        intent: dynreg_registrar::Intent,
+        intent: Option<dynreg_registrar::Intent>,
         work: F,
     ) -> impl Future<Output = Result<T, StoreError>> + Send
     where
         F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
-        self.store.transact_for(intent, work)
+        self.store.transact(intent, work)
     }
 
     fn claim_credential(

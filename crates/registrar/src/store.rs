@@ -215,7 +215,7 @@ pub trait Tx {
 }
 
 /// What a registration transaction is about, told to the store before it runs
-/// ([`Store::transact_for`]). A store that runs many transactions together (group
+/// ([`Store::transact`]). A store that runs many transactions together (group
 /// commit) can then read what a whole group needs in one statement instead of one per
 /// device. Only a hint: the work still reads everything it decides on through its
 /// [`Tx`], and a store may ignore it.

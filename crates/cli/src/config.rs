@@ -30,6 +30,10 @@ pub(crate) struct FileConfig {
     pub(crate) database_url: Option<String>,
     /// Certificate authorities for the database's certificate (`sslmode=verify-*`).
     pub(crate) database_ca_file: Option<PathBuf>,
+    /// The HTTP server (broker hooks): an address, a port (loopback), or `off`.
+    pub(crate) http_listen: Option<String>,
+    /// The token the broker hooks require.
+    pub(crate) hook_token: Option<String>,
     /// `[env.NAME]`: where `dynreg register --env NAME` connects.
     #[serde(default)]
     pub(crate) env: std::collections::BTreeMap<String, dynreg_client::Environment>,
@@ -145,6 +149,24 @@ pub(crate) fn address(
         .map_err(|e| anyhow::anyhow!("{key} = \"{text}\" is not an address like 0.0.0.0:1883: {e}"))
 }
 
+/// Parses an address setting that may be `off`, naming the key otherwise.
+pub(crate) fn address_or_off(
+    key: &str,
+    cli: Option<&str>,
+    file: Option<&str>,
+    default: Option<SocketAddr>,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(text) = cli.or(file) else {
+        return Ok(default);
+    };
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    text.trim().parse().map(Some).map_err(|e| {
+        anyhow::anyhow!("{key} = \"{text}\" is neither `off` nor an address like 0.0.0.0:1883: {e}")
+    })
+}
+
 /// Seconds as a duration.
 pub(crate) fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -225,6 +247,16 @@ mod tests {
             s.in_range(128, 1000).unwrap(),
             500,
             "flags win over the file"
+        );
+        assert_eq!(
+            address_or_off("mqtt.listen", Some("off"), Some("1.2.3.4:5"), None).unwrap(),
+            None
+        );
+        assert!(
+            address_or_off("mqtt.listen", None, Some("x"), None)
+                .unwrap_err()
+                .to_string()
+                .contains("mqtt.listen = \"x\"")
         );
         assert!(
             address(

@@ -72,7 +72,7 @@ fn serves_and_stops_gracefully_on_sigterm() {
         .spawn()
         .unwrap();
     let rx = common::stderr_lines(&mut child);
-    let mut lines = common::wait_for(&rx, "dynreg serving MQTT registrations");
+    let mut lines = common::wait_for(&rx, "dynreg serving registrations");
     assert!(
         d.join("from-toml/dynreg.sqlite3").exists(),
         "data_dir from the TOML file"

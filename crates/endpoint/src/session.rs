@@ -395,8 +395,7 @@ impl Session {
                 In::Subscribe { packet_id, filters } => {
                     let mut granted = Vec::with_capacity(filters.len());
                     for (filter, qos) in filters {
-                        let own = Topic::parse(&filter)
-                            .is_ok_and(|t| t.is(&id.pid, &id.unique, TopicKind::Response));
+                        let own = Topic::is_own(&filter, &id.pid, &id.unique, TopicKind::Response);
                         if own {
                             let q = qos.min(1);
                             *subscribed = Some(q);
@@ -410,8 +409,7 @@ impl Session {
                 In::Unsubscribe { packet_id, filters } => {
                     let mut existed = Vec::with_capacity(filters.len());
                     for filter in filters {
-                        let own = Topic::parse(&filter)
-                            .is_ok_and(|t| t.is(&id.pid, &id.unique, TopicKind::Response));
+                        let own = Topic::is_own(&filter, &id.pid, &id.unique, TopicKind::Response);
                         existed.push(own && subscribed.take().is_some());
                     }
                     out.push(Action::Send(Out::UnsubAck { packet_id, existed }));
@@ -450,8 +448,7 @@ impl Session {
                         );
                         return out;
                     }
-                    let own = Topic::parse(&topic)
-                        .is_ok_and(|t| t.is(&id.pid, &id.unique, TopicKind::Request));
+                    let own = Topic::is_own(&topic, &id.pid, &id.unique, TopicKind::Request);
                     if !own {
                         if let (Some(packet_id), true) = (packet_id, v5) {
                             out.push(Action::Send(Out::PubAck {

@@ -110,6 +110,13 @@ impl<'a> Topic<'a> {
         self.kind == kind && self.pid == pid && self.unique == unique
     }
 
+    /// Whether the topic name or filter `s` is exactly the device's (`pid`, `unique`)
+    /// own topic of `kind`: the one authorization rule of PROTOCOL.md section 3 that
+    /// the embedded endpoint and every broker hook apply. Wildcards never match.
+    pub fn is_own(s: &str, pid: &str, unique: &str, kind: TopicKind) -> bool {
+        Topic::parse(s).is_ok_and(|t| t.is(pid, unique, kind))
+    }
+
     /// The length of the topic name in bytes, for pre-sizing buffers.
     pub fn len(&self) -> usize {
         TOPIC_ROOT.len() + self.pid.len() + 1 + self.unique.len() + 1 + self.kind.suffix().len()

@@ -22,11 +22,12 @@
 //! failure is answered with `InternalError` or `TemporarilyUnavailable` and logged with
 //! its cause, once per burst ([`ErrorLog`]).
 
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use dynreg_proto::{RegisterReply, RegisterRequest, ReplyData, Status};
-use tracing::error;
+use tracing::{error, info};
 
 use crate::auth::{AuthCounters, AuthPolicy};
 use crate::ban::Bans;
@@ -70,6 +71,30 @@ pub struct Handled {
     /// What happened: `Ok(true)` a new binding, `Ok(false)` a re-registration (the same
     /// triplet again), `Err` the refusal.
     pub outcome: Result<bool, Status>,
+}
+
+impl Handled {
+    /// Logs the outcome for the device (`via`: where the request came from, a peer
+    /// address or a broker worker): the one log line of a registration for every front
+    /// door. Every re-registration is logged with where it came from: a run of them
+    /// from one source is how a harvested product secret shows.
+    pub fn log(&self, via: &dyn fmt::Display, device: Device<'_>) {
+        let (pid, unique) = (device.pid, device.unique);
+        let uuid = self
+            .reply
+            .as_ref()
+            .and_then(|r| r.data.uuid.as_deref())
+            .unwrap_or("");
+        match &self.outcome {
+            Ok(true) => info!(peer = %via, pid, unique, uuid, "registered"),
+            Ok(false) => {
+                info!(peer = %via, pid, unique, uuid, "re-registered: the device's triplet sent again");
+            }
+            Err(status) => {
+                info!(peer = %via, pid, unique, res = status.code(), msg = status.message(), "registration refused");
+            }
+        }
+    }
 }
 
 /// Storage failures are logged with their cause once per burst: the first one, then at

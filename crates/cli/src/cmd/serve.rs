@@ -8,10 +8,12 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Args;
 use dynreg_endpoint::{Endpoint, EndpointConfig, Listeners, TlsSettings};
+use dynreg_http::{HookAuth, HttpServer};
 use dynreg_proto::credentials::{Credentials, SignMethod, sign};
 use dynreg_proto::{RegisterRequest, Topic};
 use dynreg_registrar::{AuthPolicy, BanPolicy, Registrar, SourceMode};
 use dynreg_store::NewProduct;
+use tokio_util::sync::CancellationToken;
 
 use crate::store::Backend;
 use tracing::info;
@@ -25,9 +27,18 @@ use crate::{Global, Open, now};
 /// `dynreg.example.toml`); defaults are given there and in docs/configuration.md.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// The TCP address for MQTT [default: 0.0.0.0:1883].
+    /// The TCP address for MQTT, or `off` for no embedded endpoint (attached mode)
+    /// [default: 0.0.0.0:1883].
     #[arg(long, env = "DYNREG_LISTEN")]
-    listen: Option<SocketAddr>,
+    listen: Option<String>,
+    /// The HTTP server for broker hooks: an address, a port (on 127.0.0.1), or `off`
+    /// [default: off].
+    #[arg(long, env = "DYNREG_HTTP_LISTEN")]
+    http_listen: Option<String>,
+    /// A token the broker hooks require (`Authorization: Bearer`, or the password of
+    /// HTTP basic authentication) [default: none].
+    #[arg(long, env = "DYNREG_HOOK_TOKEN", hide_env_values = true)]
+    hook_token: Option<String>,
     /// The largest MQTT packet accepted, in bytes [default: 8192].
     #[arg(long, env = "DYNREG_MAX_PACKET_SIZE")]
     max_packet_size: Option<u32>,
@@ -85,7 +96,11 @@ pub(crate) struct ServeArgs {
 /// Everything `serve` needs, validated.
 struct Resolved {
     store: crate::StoreLocation,
-    endpoint: EndpointConfig,
+    /// The embedded endpoint, unless `--listen off`.
+    endpoint: Option<EndpointConfig>,
+    /// The HTTP server's address, if on.
+    http: Option<SocketAddr>,
+    hooks: HookAuth,
     auth: AuthPolicy,
     /// Registrations per second per product (0: no limit).
     per_pid: u32,
@@ -101,12 +116,28 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
     let store = g.location()?;
     // The defaults are the endpoint's own, so that they are written down once.
     let d = EndpointConfig::default();
-    let listen = config::address(
+    let listen = config::address_or_off(
         "mqtt.listen",
-        args.listen,
+        args.listen.as_deref(),
         file.mqtt.listen.as_deref(),
-        d.listen,
+        Some(d.listen),
     )?;
+    let http = match args.http_listen.as_deref().or(file.http_listen.as_deref()) {
+        Some(text) => dynreg_http::parse_listen(text).map_err(|e| {
+            anyhow::anyhow!("http_listen: {e} (flag --http-listen, env DYNREG_HTTP_LISTEN)")
+        })?,
+        None => None,
+    };
+    let hooks = match args.hook_token.as_deref().or(file.hook_token.as_deref()) {
+        Some("") => bail!("hook_token is empty (flag --hook-token, env DYNREG_HOOK_TOKEN)"),
+        Some(t) => HookAuth::token(t),
+        None => HookAuth::open(),
+    };
+    if let (Some(addr), false) = (http, hooks.is_protected()) {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(http_listen = %addr, "the broker hooks listen beyond loopback without a token: set --hook-token (docs/integrations.md)");
+        }
+    }
     let max_packet_size = Setting {
         key: "mqtt.max_packet_size",
         flag: "--max-packet-size",
@@ -228,8 +259,8 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
                 file.tls.listen.as_deref(),
                 config::DEFAULT_TLS_LISTEN,
             )?;
-            if tls_listen == listen {
-                bail!("tls.listen and mqtt.listen are both {listen}: give TLS its own port");
+            if Some(tls_listen) == listen {
+                bail!("tls.listen and mqtt.listen are both {tls_listen}: give TLS its own port");
             }
             Some(TlsSettings::load(tls_listen, &cert, &key)?)
         }
@@ -246,9 +277,16 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
             None
         }
     };
+    if listen.is_none() && http.is_none() {
+        bail!(
+            "mqtt.listen is off and so is http_listen: nothing to serve (give --http-listen for the broker hooks)"
+        );
+    }
     Ok(Resolved {
         store,
-        endpoint: EndpointConfig {
+        http,
+        hooks,
+        endpoint: listen.map(|listen| EndpointConfig {
             listen,
             max_packet_size,
             max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
@@ -259,7 +297,7 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
             connections_per_ip_per_sec: per_ip,
             tls,
             ..d
-        },
+        }),
         auth: AuthPolicy { ban, replay_guard },
         per_pid,
     })
@@ -366,10 +404,14 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
     let Resolved {
         store: location,
         endpoint: mut config,
+        http,
+        hooks,
         auth,
         per_pid,
     } = resolve(g, args)?;
-    fit_to_open_files(&mut config)?;
+    if let Some(config) = config.as_mut() {
+        fit_to_open_files(config)?;
+    }
     if !auth.replay_guard {
         tracing::warn!(
             "the replay guard is off: a CONNECT credential seen on the wire works for any unique while its ts is in the window (see docs/security.md)"
@@ -380,30 +422,82 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     // The ports first: a port in use must not leave a new store behind.
-    let listeners = runtime
-        .block_on(async { Listeners::bind(&config) })
-        .map_err(|e| {
-            let flag = if config.tls.is_some() {
-                "--listen / --tls-listen (mqtt.listen / tls.listen)"
-            } else {
-                "--listen (mqtt.listen)"
-            };
-            anyhow::anyhow!("{e}: is another server on it? choose another address with {flag}")
-        })?;
+    let listeners = match &config {
+        Some(config) => Some(
+            runtime
+                .block_on(async { Listeners::bind(config) })
+                .map_err(|e| {
+                    let flag = if config.tls.is_some() {
+                        "--listen / --tls-listen (mqtt.listen / tls.listen)"
+                    } else {
+                        "--listen (mqtt.listen)"
+                    };
+                    anyhow::anyhow!(
+                        "{e}: is another server on it? choose another address with {flag}"
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let http = match http {
+        Some(addr) => Some(runtime.block_on(HttpServer::bind(addr)).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen for HTTP on {addr}: {e}: is another server on it? choose another address with --http-listen (http_listen)"
+            )
+        })?),
+        None => None,
+    };
     let store = g.open_location(&location, Open::Create)?;
     let registrar =
         Arc::new(Registrar::with_policy(store.clone(), auth).limit_registrations_per_pid(per_pid));
     runtime.block_on(async {
-        let endpoint = Endpoint::with_listeners(listeners, config, registrar);
         let shutdown = shutdown_signal().context("cannot install the signal handlers")?;
-        if args.demo {
-            demo(&store, endpoint.local_addr()?)?;
+        let stop = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mqtt = match (listeners, config) {
+            (Some(listeners), Some(config)) => {
+                let endpoint = Endpoint::with_listeners(listeners, config, registrar.clone());
+                if args.demo {
+                    demo(&store, endpoint.local_addr()?)?;
+                }
+                let addr = endpoint.local_addr()?.to_string();
+                let tls = endpoint.tls_local_addr().transpose()?.map(|a| a.to_string());
+                let stopped = stop.clone().cancelled_owned();
+                tasks.spawn(async move { endpoint.run(stopped).await.context("MQTT endpoint") });
+                format!("{addr}, TLS {}", tls.as_deref().unwrap_or("off"))
+            }
+            _ => "off".to_owned(),
+        };
+        let http_addr = match http {
+            Some(http) => {
+                let addr = http.local_addr()?.to_string();
+                let router = dynreg_http::router(registrar.clone(), hooks.clone());
+                let stop = stop.clone();
+                tasks.spawn(async move {
+                    http.run(router, stop.cancelled_owned()).await.context("HTTP server")
+                });
+                addr
+            }
+            None => "off".to_owned(),
+        };
+        info!(mqtt = %mqtt, http = %http_addr, hook_token = hooks.is_protected(), store = %store.location(), store_from = location.from, "dynreg serving registrations");
+        {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                stop.cancel();
+            });
         }
-        let tls = endpoint.tls_local_addr().transpose()?.map(|a| a.to_string());
-        info!(listen = %endpoint.local_addr()?, tls = tls.as_deref().unwrap_or("off"), store = %store.location(), store_from = location.from, "dynreg serving MQTT registrations");
-        // On the runtime's workers, not on this thread: one thread fewer to switch to.
-        tokio::spawn(endpoint.run(shutdown)).await??;
-        anyhow::Ok(())
+        // Every part runs until the signal; one that fails stops the others.
+        let mut first_error = None;
+        while let Some(done) = tasks.join_next().await {
+            let result = done.context("a serving task panicked").and_then(|r| r);
+            if let Err(e) = result {
+                stop.cancel();
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     })?;
     store.close()?;
     info!("stopped; store closed");

@@ -426,23 +426,7 @@ impl<S: Store> Conn<'_, S> {
                 return None;
             }
         };
-        let (pid, unique) = (id.pid.as_str(), id.unique.as_str());
-        let uuid = handled
-            .reply
-            .as_ref()
-            .and_then(|r| r.data.uuid.as_deref())
-            .unwrap_or("");
-        match &handled.outcome {
-            Ok(true) => info!(%peer, pid, unique, uuid, "registered"),
-            // Every re-registration is logged with where it came from: a run of them from
-            // one address is how a harvested product secret shows.
-            Ok(false) => {
-                info!(%peer, pid, unique, uuid, "re-registered: the device's triplet sent again");
-            }
-            Err(status) => {
-                info!(%peer, pid, unique, res = status.code(), msg = status.message(), "registration refused");
-            }
-        }
+        handled.log(&peer, device);
         handled.reply
     }
 }

@@ -1,0 +1,112 @@
+//! # dynreg-http: the HTTP server of `dynreg serve --http-listen`
+//!
+//! One small HTTP/1.1 server (axum over hyper) carries what other systems ask of
+//! dynreg over HTTP:
+//! - [`hooks`]: the broker callbacks of attached mode. EMQX's HTTP authentication and
+//!   authorization and RabbitMQ's HTTP auth backend ask dynreg whether a CONNECT is
+//!   allowed and whether a client may use a topic. Every CONNECT is decided by
+//!   [`dynreg_registrar::Registrar::authenticate`], the same decision the embedded
+//!   endpoint makes, and every topic by [`dynreg_proto::Topic::is_own`].
+//! - `/healthz`: the process is up.
+//!
+//! The hooks may be protected by a token ([`HookAuth`]); without one they rely on the
+//! bind address, loopback by default ([`parse_listen`]).
+
+pub mod hooks;
+
+mod fields;
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use dynreg_registrar::{Registrar, Store};
+use tokio::net::TcpListener;
+
+pub use hooks::HookAuth;
+
+/// The port of the documented example address, `127.0.0.1:8080` (the server itself is
+/// off unless `--http-listen` is given).
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+
+/// Parses an `--http-listen` value: `off`, an address (`0.0.0.0:8080`, `[::1]:8080`),
+/// or a bare port, which binds loopback (`8080` is `127.0.0.1:8080`). `None` is off.
+pub fn parse_listen(text: &str) -> Result<Option<SocketAddr>, String> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    if let Ok(port) = t.parse::<u16>() {
+        return Ok(Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)));
+    }
+    t.parse::<SocketAddr>().map(Some).map_err(|e| {
+        format!(
+            "\"{text}\" is not `off`, a port, or an address like 127.0.0.1:{DEFAULT_HTTP_PORT}: {e}"
+        )
+    })
+}
+
+/// The whole HTTP service: the hooks under `/hooks` (behind `auth`) and `/healthz`.
+pub fn router<S: Store>(registrar: Arc<Registrar<S>>, auth: HookAuth) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .nest("/hooks", hooks::router(registrar, auth))
+}
+
+/// A bound HTTP server, not yet serving.
+#[derive(Debug)]
+pub struct HttpServer {
+    listener: TcpListener,
+}
+
+impl HttpServer {
+    /// Binds `addr` (inside a tokio runtime).
+    pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
+        Ok(Self {
+            listener: TcpListener::bind(addr).await?,
+        })
+    }
+
+    /// The bound address (port 0 resolved).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves `router` until `shutdown` resolves, then finishes the requests in
+    /// flight.
+    pub async fn run(
+        self,
+        router: Router,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> io::Result<()> {
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_values() {
+        assert_eq!(parse_listen("off").unwrap(), None);
+        assert_eq!(
+            parse_listen("8080").unwrap(),
+            Some("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(
+            parse_listen("0.0.0.0:9000").unwrap(),
+            Some("0.0.0.0:9000".parse().unwrap())
+        );
+        let e = parse_listen("localhost").unwrap_err();
+        assert!(
+            e.contains("localhost") && e.contains("127.0.0.1:8080"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,401 @@
+//! The broker hooks over real HTTP on port 0, against a SQLite store: EMQX's authn and
+//! authz, and RabbitMQ's auth backend replayed from what RabbitMQ 3.10 sent
+//! (`../shared/facts/rabbitmq-3.10-auth-http-requests.jsonl`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dynreg_http::{HookAuth, HttpServer, router};
+use dynreg_proto::credentials::{SignMethod, sign};
+use dynreg_registrar::{AuthPolicy, Registrar, SourceMode};
+use dynreg_testkit::TempStore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+struct Hooks {
+    addr: SocketAddr,
+    _store: TempStore,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Hooks {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+async fn start(auth: HookAuth) -> Hooks {
+    let store = TempStore::new();
+    store.product("p1", SourceMode::Generate);
+    store.disabled("off", SourceMode::Generate);
+    store.product("a.b", SourceMode::Generate);
+    let registrar = Arc::new(Registrar::with_policy(
+        store.store.clone(),
+        AuthPolicy::default(),
+    ));
+    let server = HttpServer::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    tokio::spawn(server.run(router(registrar, auth), async {
+        let _ = stopped.await;
+    }));
+    Hooks {
+        addr,
+        _store: store,
+        stop: Some(stop),
+    }
+}
+
+/// One HTTP/1.1 request; the status and body of the reply.
+async fn request(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: &str,
+    authorization: Option<&str>,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let auth = authorization
+        .map(|a| format!("authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{auth}\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap();
+    (status, body)
+}
+
+async fn json(h: &Hooks, path: &str, body: serde_json::Value) -> serde_json::Value {
+    let (status, text) = request(h.addr, path, "application/json", &body.to_string(), None).await;
+    assert_eq!(status, 200, "{path}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+async fn form(h: &Hooks, path: &str, fields: &[(&str, &str)]) -> String {
+    let body = fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let (status, text) = request(
+        h.addr,
+        path,
+        "application/x-www-form-urlencoded",
+        &body,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{path}: {text}");
+    text
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A signed CONNECT for `pid` (conformance secret `secret-of-<pid>`) at `ts`.
+fn creds(pid: &str, unique: &str, ts: u64) -> (String, String, String) {
+    let password = sign(
+        SignMethod::HmacSha256,
+        format!("secret-of-{pid}").as_bytes(),
+        pid,
+        ts,
+    );
+    (
+        format!("register_{pid}_{unique}"),
+        format!("{pid}|signMethod=hmacSha256,ts={ts}"),
+        password.as_str().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emqx_authn_decides_like_the_endpoint() {
+    let h = start(HookAuth::open()).await;
+    let ts = now();
+    let (cid, user, pw) = creds("p1", "u1", ts);
+    let r = json(
+        &h,
+        "/hooks/emqx/authn",
+        serde_json::json!({"clientid": cid, "username": user, "password": pw, "peerhost": "127.0.0.1"}),
+    )
+    .await;
+    assert_eq!(r["result"], "allow", "{r}");
+    assert_eq!(r["is_superuser"], false);
+    let acl = r["acl"].as_array().unwrap();
+    assert_eq!(acl[0]["topic"], "eq register/v2/p1/u1/register");
+    assert_eq!(acl[1]["topic"], "eq register/v2/p1/u1/register_response");
+    assert_eq!(acl[2]["permission"], "deny");
+
+    // The same credential again for the same unique (a reconnect): allowed; for
+    // another unique: the replay guard refuses it.
+    let again = serde_json::json!({"clientid": cid, "username": user, "password": pw});
+    assert_eq!(
+        json(&h, "/hooks/emqx/authn", again).await["result"],
+        "allow"
+    );
+    let (cid2, _, _) = creds("p1", "u2", ts);
+    let replay = serde_json::json!({"clientid": cid2, "username": user, "password": pw});
+    assert_eq!(
+        json(&h, "/hooks/emqx/authn", replay).await["result"],
+        "deny"
+    );
+
+    // A bad password, a stale ts, a disabled product, a pid mismatch: deny.
+    let bad = serde_json::json!({"clientid": "register_p1_u3", "username": creds("p1", "u3", ts + 1).1, "password": "00"});
+    assert_eq!(json(&h, "/hooks/emqx/authn", bad).await["result"], "deny");
+    let (c, u, p) = creds("p1", "u4", ts - 3600);
+    let stale = serde_json::json!({"clientid": c, "username": u, "password": p});
+    assert_eq!(json(&h, "/hooks/emqx/authn", stale).await["result"], "deny");
+    let (c, u, p) = creds("off", "u5", ts);
+    let disabled = serde_json::json!({"clientid": c, "username": u, "password": p});
+    assert_eq!(
+        json(&h, "/hooks/emqx/authn", disabled).await["result"],
+        "deny"
+    );
+    let (_, u, p) = creds("p1", "u6", ts + 2);
+    let mismatch = serde_json::json!({"clientid": "register_p2_u6", "username": u, "password": p});
+    assert_eq!(
+        json(&h, "/hooks/emqx/authn", mismatch).await["result"],
+        "deny"
+    );
+
+    // Not a registration client: another authenticator decides.
+    let other = serde_json::json!({"clientid": "sensor-17", "username": "plant", "password": "x"});
+    assert_eq!(
+        json(&h, "/hooks/emqx/authn", other).await["result"],
+        "ignore"
+    );
+
+    // A form body works too (EMQX can be configured to send one).
+    let (c, u, p) = creds("p1", "u7", ts + 3);
+    let text = form(
+        &h,
+        "/hooks/emqx/authn",
+        &[("clientid", &c), ("username", &u), ("password", &p)],
+    )
+    .await;
+    assert!(text.contains("\"allow\""), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emqx_authz_allows_own_topics_only() {
+    let h = start(HookAuth::open()).await;
+    let user = "p1|signMethod=hmacSha256,ts=1";
+    let ask = |topic: &str, action: &str, qos: serde_json::Value, retain: serde_json::Value| serde_json::json!({"clientid": "register_p1_u1", "username": user, "topic": topic, "action": action, "qos": qos, "retain": retain});
+    let req = "register/v2/p1/u1/register";
+    let resp = "register/v2/p1/u1/register_response";
+    let cases = [
+        (ask(req, "publish", 1.into(), false.into()), "allow"),
+        (ask(req, "publish", "0".into(), "false".into()), "allow"),
+        (ask(resp, "subscribe", 1.into(), false.into()), "allow"),
+        (ask(resp, "publish", 1.into(), false.into()), "deny"),
+        (ask(req, "subscribe", 1.into(), false.into()), "deny"),
+        (ask(req, "publish", 2.into(), false.into()), "deny"),
+        (ask(req, "publish", 1.into(), true.into()), "deny"),
+        (
+            ask(
+                "register/v2/p1/u2/register",
+                "publish",
+                0.into(),
+                false.into(),
+            ),
+            "deny",
+        ),
+        (
+            ask(
+                "register/v2/p1/+/register_response",
+                "subscribe",
+                0.into(),
+                false.into(),
+            ),
+            "deny",
+        ),
+        (ask("#", "subscribe", 0.into(), false.into()), "deny"),
+    ];
+    for (body, want) in cases {
+        let got = json(&h, "/hooks/emqx/authz", body.clone()).await;
+        assert_eq!(got["result"], want, "{body}");
+    }
+    let other = serde_json::json!({"clientid": "sensor-17", "topic": "x", "action": "publish"});
+    assert_eq!(
+        json(&h, "/hooks/emqx/authz", other).await["result"],
+        "ignore"
+    );
+}
+
+/// Every request RabbitMQ 3.10.8 sent for one device's session, replayed, with the
+/// answer each must get; the device's CONNECT is re-signed (the recording's password
+/// was not a real signature).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_backend_answers_what_rabbitmq_asks() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/facts/rabbitmq-3.10-auth-http-requests.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "the RabbitMQ facts are missing at {}: {e}. They live in ../shared/facts/ beside this checkout",
+            path.display()
+        )
+    });
+    let h = start(HookAuth::open()).await;
+    let ts = now();
+    let (_, user, password) = creds("p1", "u1", ts);
+    let mut asked = 0;
+    for line in text.lines() {
+        let rec: serde_json::Value = serde_json::from_str(line).unwrap();
+        let p = rec["path"].as_str().unwrap();
+        let Some(hook) = p.strip_prefix("/auth/") else {
+            continue;
+        };
+        let mut fields: Vec<(String, String)> = rec["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|kv| {
+                (
+                    kv[0].as_str().unwrap().to_owned(),
+                    kv[1].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let device = fields.iter().any(|(_, v)| v == "register_p1_u1");
+        for (k, v) in &mut fields {
+            if device && (k == "username" || k == "variable_map.username") {
+                v.clone_from(&user);
+            }
+            if device && k == "password" {
+                v.clone_from(&password);
+            }
+        }
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("")
+        };
+        let want = match hook {
+            // The worker's own AMQP user is left to the internal backend.
+            "user" if !device => "deny",
+            "topic" if get("routing_key") == "forbidden.x" => "deny",
+            "topic" if get("routing_key").contains('*') => "deny",
+            _ => "allow",
+        };
+        let borrowed: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let got = form(&h, &format!("/hooks/rabbitmq/{hook}"), &borrowed).await;
+        assert_eq!(got, want, "{hook} {fields:?}");
+        asked += 1;
+    }
+    assert!(asked >= 20, "only {asked} requests replayed");
+
+    // Another device's queue and topic, a bad password, and ambiguous ids: deny.
+    let other_queue = [
+        ("username", user.as_str()),
+        ("vhost", "/"),
+        ("resource", "queue"),
+        ("name", "mqtt-subscription-register_p1_u2qos1"),
+        ("permission", "read"),
+        ("client_id", "register_p1_u1"),
+    ];
+    assert_eq!(
+        form(&h, "/hooks/rabbitmq/resource", &other_queue).await,
+        "deny"
+    );
+    let other_topic = [
+        ("username", user.as_str()),
+        ("resource", "topic"),
+        ("name", "amq.topic"),
+        ("permission", "read"),
+        ("routing_key", "register.v2.p1.u2.register_response"),
+        ("variable_map.client_id", "register_p1_u1"),
+    ];
+    assert_eq!(
+        form(&h, "/hooks/rabbitmq/topic", &other_topic).await,
+        "deny"
+    );
+    let bad = [
+        ("username", user.as_str()),
+        ("password", "0123"),
+        ("vhost", "/"),
+        ("client_id", "register_p1_u9"),
+    ];
+    assert_eq!(form(&h, "/hooks/rabbitmq/user", &bad).await, "deny");
+    let (c, u, p) = creds("a.b", "u1", ts);
+    let dotted = [
+        ("username", u.as_str()),
+        ("password", p.as_str()),
+        ("client_id", c.as_str()),
+    ];
+    assert_eq!(form(&h, "/hooks/rabbitmq/user", &dotted).await, "deny");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hook_token_is_required_when_set() {
+    let h = start(HookAuth::token("t0ken")).await;
+    let body = r#"{"clientid":"sensor","topic":"x","action":"publish"}"#;
+    let (status, text) = request(h.addr, "/hooks/emqx/authz", "application/json", body, None).await;
+    assert_eq!(status, 401, "{text}");
+    let (status, _) = request(
+        h.addr,
+        "/hooks/emqx/authz",
+        "application/json",
+        body,
+        Some("Bearer nope"),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, text) = request(
+        h.addr,
+        "/hooks/emqx/authz",
+        "application/json",
+        body,
+        Some("Bearer t0ken"),
+    )
+    .await;
+    assert_eq!((status, text.contains("ignore")), (200, true), "{text}");
+    // Basic authentication with the token as the password (RabbitMQ's URLs).
+    let (status, text) = request(
+        h.addr,
+        "/hooks/rabbitmq/user",
+        "application/x-www-form-urlencoded",
+        "username=w&password=x",
+        Some("Basic ZHlucmVnOnQwa2Vu"),
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (200, "deny"));
+    // Health needs no token.
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}

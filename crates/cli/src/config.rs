@@ -34,6 +34,12 @@ pub(crate) struct FileConfig {
     pub(crate) http_listen: Option<String>,
     /// The token the broker hooks require.
     pub(crate) hook_token: Option<String>,
+    /// Brokers whose register requests workers consume.
+    pub(crate) attach: Option<Vec<String>>,
+    /// The attach workers' AMQP queue.
+    pub(crate) attach_queue: Option<String>,
+    /// Requests in flight per attach worker.
+    pub(crate) attach_inflight: Option<u16>,
     /// `[env.NAME]`: where `dynreg register --env NAME` connects.
     #[serde(default)]
     pub(crate) env: std::collections::BTreeMap<String, dynreg_client::Environment>,

@@ -20,7 +20,9 @@ struct Wire {
     request: Vec<u8>,
 }
 
-fn transport(tls: &Tls) -> Result<Transport, Error> {
+/// The rumqttc transport for `tls`: the given CA, or the system's roots. Public as
+/// [`crate::tls_transport`] for dynreg's other MQTT clients (the attach worker).
+pub fn transport(tls: &Tls) -> Result<Transport, Error> {
     // rustls needs a process-wide provider; installing it twice is harmless.
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let ca = match tls {
@@ -154,7 +156,13 @@ fn network_error<E: std::fmt::Display + std::fmt::Debug>(
     }
     let shown = e.to_string();
     let text = format!("{shown} {debug}").to_lowercase();
+    // A connection reset or closed mid-packet reads as a deserialization error too:
+    // that is the server (or a broker taking the clientId over), not the transport.
+    let cut = text.contains("connection reset")
+        || text.contains("connection aborted")
+        || text.contains("broken pipe");
     let hint = if !tls
+        && !cut
         && (text.contains("deserialization")
             || text.contains("boundary")
             || text.contains("malformed")

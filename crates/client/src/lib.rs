@@ -29,6 +29,7 @@
 //! a burst spread out. Each attempt is bounded by the timeout and signs with a fresh ts.
 
 mod attempt;
+pub use attempt::transport as tls_transport;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use dynreg_attach::{Target, WorkerConfig};
 use dynreg_endpoint::{Endpoint, EndpointConfig, Listeners, TlsSettings};
 use dynreg_http::{HookAuth, HttpServer};
 use dynreg_proto::credentials::{Credentials, SignMethod, sign};
@@ -39,6 +40,23 @@ pub(crate) struct ServeArgs {
     /// HTTP basic authentication) [default: none].
     #[arg(long, env = "DYNREG_HOOK_TOKEN", hide_env_values = true)]
     hook_token: Option<String>,
+    /// A broker to take register requests from: `amqp://`/`amqps://` (RabbitMQ) or
+    /// `mqtt://`/`mqtts://` (MQTT 5 shared subscription). Repeatable; env: comma
+    /// separated [default: none].
+    #[arg(
+        long,
+        env = "DYNREG_ATTACH",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    attach: Vec<String>,
+    /// The AMQP queue the attach workers share [default: dynreg.register].
+    #[arg(long, env = "DYNREG_ATTACH_QUEUE")]
+    attach_queue: Option<String>,
+    /// Register requests in flight per attach worker (AMQP prefetch, MQTT receive
+    /// maximum) [default: 64].
+    #[arg(long, env = "DYNREG_ATTACH_INFLIGHT")]
+    attach_inflight: Option<u16>,
     /// The largest MQTT packet accepted, in bytes [default: 8192].
     #[arg(long, env = "DYNREG_MAX_PACKET_SIZE")]
     max_packet_size: Option<u32>,
@@ -101,6 +119,9 @@ struct Resolved {
     /// The HTTP server's address, if on.
     http: Option<SocketAddr>,
     hooks: HookAuth,
+    /// The brokers the workers attach to.
+    attach: Vec<Target>,
+    worker: WorkerConfig,
     auth: AuthPolicy,
     /// Registrations per second per product (0: no limit).
     per_pid: u32,
@@ -277,15 +298,50 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
             None
         }
     };
-    if listen.is_none() && http.is_none() {
-        bail!(
-            "mqtt.listen is off and so is http_listen: nothing to serve (give --http-listen for the broker hooks)"
+    let urls = if args.attach.is_empty() {
+        file.attach.clone().unwrap_or_default()
+    } else {
+        args.attach.clone()
+    };
+    let attach = urls
+        .iter()
+        .map(|u| Target::parse(u).map_err(|e| anyhow::anyhow!("attach: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let dw = WorkerConfig::default();
+    let worker = WorkerConfig {
+        inflight: Setting {
+            key: "attach_inflight",
+            flag: "--attach-inflight",
+            env: "DYNREG_ATTACH_INFLIGHT",
+            cli: args.attach_inflight,
+            file: file.attach_inflight,
+            default: dw.inflight,
+        }
+        .in_range(1, 65_535)?,
+        queue: match args.attach_queue.clone().or(file.attach_queue.clone()) {
+            Some(q) if q.is_empty() || q.len() > 255 => bail!(
+                "attach_queue = \"{q}\" must be 1 to 255 bytes (flag --attach-queue, env DYNREG_ATTACH_QUEUE)"
+            ),
+            Some(q) => q,
+            None => dw.queue,
+        },
+    };
+    if listen.is_none() && attach.is_empty() {
+        if http.is_none() {
+            bail!(
+                "mqtt.listen is off, no broker is attached and http_listen is off: nothing to serve (give --attach URL, --http-listen, or a --listen address)"
+            );
+        }
+        tracing::warn!(
+            "mqtt.listen is off and no broker is attached: this instance answers the broker hooks only, and other instances must take the register requests (--attach)"
         );
     }
     Ok(Resolved {
         store,
         http,
         hooks,
+        attach,
+        worker,
         endpoint: listen.map(|listen| EndpointConfig {
             listen,
             max_packet_size,
@@ -406,6 +462,8 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
         endpoint: mut config,
         http,
         hooks,
+        attach,
+        worker,
         auth,
         per_pid,
     } = resolve(g, args)?;
@@ -480,7 +538,15 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
             }
             None => "off".to_owned(),
         };
-        info!(mqtt = %mqtt, http = %http_addr, hook_token = hooks.is_protected(), store = %store.location(), store_from = location.from, "dynreg serving registrations");
+        let brokers = attach.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        for target in attach {
+            let (registrar, worker, stop) = (registrar.clone(), worker.clone(), stop.clone());
+            tasks.spawn(async move {
+                dynreg_attach::run(target, registrar, worker, stop).await;
+                anyhow::Ok(())
+            });
+        }
+        info!(mqtt = %mqtt, http = %http_addr, attach = %if brokers.is_empty() { "none" } else { &brokers }, hook_token = hooks.is_protected(), store = %store.location(), store_from = location.from, "dynreg serving registrations");
         {
             let stop = stop.clone();
             tokio::spawn(async move {

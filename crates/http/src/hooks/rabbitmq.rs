@@ -28,7 +28,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use dynreg_proto::Topic;
 use dynreg_registrar::{AuthError, Connect, Registrar, Store};
 use tracing::{debug, info, warn};
 
@@ -60,11 +59,6 @@ fn deny() -> Response {
 /// Whether a pid or unique survives RabbitMQ's topic translation unambiguously.
 fn amqp_safe(id: &str) -> bool {
     !id.contains(['.', '*'])
-}
-
-/// The AMQP routing key RabbitMQ's MQTT plugin uses for an MQTT topic.
-pub fn routing_key(topic: &Topic<'_>) -> String {
-    topic.to_string().replace('/', ".")
 }
 
 async fn user<S: Store>(State(registrar): State<Arc<Registrar<S>>>, f: Fields) -> Response {

@@ -1,0 +1,339 @@
+//! # dynreg-attach: register requests taken from a broker cluster
+//!
+//! In attached mode devices connect to the platform's broker, which asks dynreg's HTTP
+//! hooks (`dynreg-http`) about every CONNECT and topic. The requests devices publish
+//! are consumed here, through the broker's own load balancing, and answered through
+//! it:
+//! - [`amqp`]: RabbitMQ. A quorum queue bound to `amq.topic` with
+//!   `register.v2.*.*.register`, consumed with a bounded prefetch; the reply is
+//!   published to `amq.topic` with publisher confirms, then the request is acked.
+//! - [`mqtt`]: MQTT 5 brokers (EMQX, HiveMQ, Mosquitto 2). A shared subscription
+//!   `$share/dynreg/register/v2/+/+/register` at QoS 1 with clean start and no
+//!   session; the reply goes out at QoS 1, then the request is acked.
+//!
+//! Each request is decided by [`Registrar::register_payload`], as at the embedded
+//! endpoint, for the pid and unique of the topic it was published on: the broker's
+//! authorization hook allowed the publisher only its own topic.
+//!
+//! Delivery is at least once: a request is acked only after its reply went out, so a
+//! worker that dies first leaves it to be redelivered (registration is idempotent; the
+//! device gets the same triplet). A lost broker connection is retried with backoff
+//! ([`Backoff`]), and the queue or subscription is set up again on every connection.
+
+pub mod amqp;
+pub mod mqtt;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dynreg_registrar::{Device, Registrar, Store};
+use tokio_util::sync::CancellationToken;
+
+/// The queue the AMQP worker declares and consumes, shared by every instance.
+pub const DEFAULT_QUEUE: &str = "dynreg.register";
+/// The shared-subscription group of the MQTT worker.
+pub const SHARE_GROUP: &str = "dynreg";
+/// Requests in flight per worker by default (AMQP prefetch, MQTT receive maximum).
+pub const DEFAULT_INFLIGHT: u16 = 64;
+
+/// Where a worker attaches: parsed from an `--attach` URL.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `amqp://` or `amqps://` (RabbitMQ), the URL as lapin reads it (user, password,
+    /// host, port, vhost, `heartbeat` and the like).
+    Amqp(String),
+    /// `mqtt://` or `mqtts://`.
+    Mqtt(MqttTarget),
+}
+
+/// An MQTT broker address.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MqttTarget {
+    /// Host name or address.
+    pub host: String,
+    /// Port (default 1883, or 8883 with TLS).
+    pub port: u16,
+    /// TLS with the system's roots.
+    pub tls: bool,
+    /// User name, if any.
+    pub username: Option<String>,
+    /// Password, if any.
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl fmt::Display for Target {
+    /// The URL without its password (for logs).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Amqp(url) => f.write_str(&redact(url)),
+            Self::Mqtt(m) => {
+                let scheme = if m.tls { "mqtts" } else { "mqtt" };
+                match &m.username {
+                    Some(u) => write!(f, "{scheme}://{u}@{}:{}", m.host, m.port),
+                    None => write!(f, "{scheme}://{}:{}", m.host, m.port),
+                }
+            }
+        }
+    }
+}
+
+/// `url` with the password of its user info replaced by `***`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Decodes `%XX` escapes (user names and passwords in URLs).
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad %-escape at byte {i}"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "not UTF-8 once %-decoded".to_owned())
+}
+
+impl Target {
+    /// Parses an `--attach` URL; the error names the URL (without its password).
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let shown = redact(url);
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            format!("--attach {shown}: not a URL (amqp://, amqps://, mqtt:// or mqtts://)")
+        })?;
+        match scheme.to_ascii_lowercase().as_str() {
+            "amqp" | "amqps" => Ok(Self::Amqp(url.to_owned())),
+            s @ ("mqtt" | "mqtts") => {
+                let tls = s == "mqtts";
+                let authority = rest.split('/').next().unwrap_or_default();
+                let (userinfo, hostport) = match authority.rsplit_once('@') {
+                    Some((u, h)) => (Some(u), h),
+                    None => (None, authority),
+                };
+                let (username, password) = match userinfo {
+                    Some(u) => {
+                        let (user, pass) = match u.split_once(':') {
+                            Some((a, b)) => (a, Some(b)),
+                            None => (u, None),
+                        };
+                        let dec = |x: &str| {
+                            percent_decode(x)
+                                .map_err(|e| format!("--attach {shown}: user info: {e}"))
+                        };
+                        (Some(dec(user)?), pass.map(dec).transpose()?)
+                    }
+                    None => (None, None),
+                };
+                let default_port = if tls { 8883 } else { 1883 };
+                let (host, port_text) = match hostport.strip_prefix('[') {
+                    Some(v6) => {
+                        let (h, rest) = v6.split_once(']').ok_or_else(|| {
+                            format!("--attach {shown}: no `]` after the IPv6 host")
+                        })?;
+                        (h, rest.strip_prefix(':'))
+                    }
+                    None => match hostport.rsplit_once(':') {
+                        Some((h, p)) => (h, Some(p)),
+                        None => (hostport, None),
+                    },
+                };
+                let port = match port_text {
+                    Some(p) => p
+                        .parse::<u16>()
+                        .map_err(|_| format!("--attach {shown}: port \"{p}\" is not a number"))?,
+                    None => default_port,
+                };
+                if host.is_empty() {
+                    return Err(format!("--attach {shown}: no host"));
+                }
+                Ok(Self::Mqtt(MqttTarget {
+                    host: host.to_owned(),
+                    port,
+                    tls,
+                    username,
+                    password,
+                }))
+            }
+            other => Err(format!(
+                "--attach {shown}: scheme \"{other}\" is not amqp, amqps, mqtt or mqtts"
+            )),
+        }
+    }
+}
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Requests in flight at once (AMQP prefetch, MQTT receive maximum).
+    pub inflight: u16,
+    /// The AMQP queue.
+    pub queue: String,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            inflight: DEFAULT_INFLIGHT,
+            queue: DEFAULT_QUEUE.to_owned(),
+        }
+    }
+}
+
+/// Runs a worker on `target` until `stop` is cancelled: consuming stops, the requests
+/// in flight are finished and acked, and the connection is closed. Broker failures
+/// are logged and retried; this returns only after `stop`.
+pub async fn run<S: Store>(
+    target: Target,
+    registrar: Arc<Registrar<S>>,
+    config: WorkerConfig,
+    stop: CancellationToken,
+) {
+    match target {
+        Target::Amqp(url) => amqp::run(&url, registrar, &config, stop).await,
+        Target::Mqtt(m) => mqtt::run(&m, registrar, &config, stop).await,
+    }
+}
+
+/// Decides one request for the device of its topic; the reply to publish, if any.
+async fn handle<S: Store>(
+    registrar: &Registrar<S>,
+    via: &'static str,
+    device: Device<'_>,
+    payload: &[u8],
+) -> Option<Vec<u8>> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let handled = registrar.register_payload(now, device, payload).await;
+    handled.log(&via, device);
+    handled.reply.map(|r| r.to_json())
+}
+
+/// Exponential backoff between reconnects: 100 ms doubling to 10 s, reset after a
+/// connection that worked.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const CAP: Duration = Duration::from_secs(10);
+
+    /// Starts at the first step.
+    pub fn new() -> Self {
+        Self { next: Self::FIRST }
+    }
+
+    /// The next delay, and doubles the one after (up to the cap).
+    pub fn step(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(Self::CAP);
+        d
+    }
+
+    /// Back to the first step.
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Sleeps `d` unless `stop` comes first; false when stopped.
+async fn pause(d: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(d) => true,
+        () = stop.cancelled() => false,
+    }
+}
+
+/// A random suffix for client ids and consumer tags.
+fn random_tag() -> String {
+    let mut b = [0u8; 6];
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            Target::parse("amqp://w:pw@127.0.0.1:5672/%2f").unwrap(),
+            Target::Amqp("amqp://w:pw@127.0.0.1:5672/%2f".into())
+        );
+        assert_eq!(
+            Target::parse("amqp://w:pw@h/v").unwrap().to_string(),
+            "amqp://w:***@h/v"
+        );
+        let Target::Mqtt(m) = Target::parse("mqtts://dyn%40reg:p%3Aw@broker.example:8884").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                m.host.as_str(),
+                m.port,
+                m.tls,
+                m.username.as_deref(),
+                m.password.as_deref()
+            ),
+            ("broker.example", 8884, true, Some("dyn@reg"), Some("p:w"))
+        );
+        let Target::Mqtt(m) = Target::parse("mqtt://[::1]").unwrap() else {
+            panic!()
+        };
+        assert_eq!((m.host.as_str(), m.port), ("::1", 1883));
+        let e = Target::parse("http://u:secret@x").unwrap_err();
+        assert!(e.contains("http") && !e.contains("secret"), "{e}");
+        let e = Target::parse("mqtt://u:secret@x:port").unwrap_err();
+        assert!(e.contains("port") && !e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap() {
+        let mut b = Backoff::new();
+        let steps: Vec<_> = (0..9).map(|_| b.step().as_millis()).collect();
+        assert_eq!(
+            steps,
+            [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]
+        );
+        b.reset();
+        assert_eq!(b.step().as_millis(), 100);
+    }
+}

@@ -1,0 +1,268 @@
+//! Attached mode on a real 2-node RabbitMQ 3.10 cluster (MQTT plugin, HTTP auth
+//! backend pointed at dynreg's hooks) and PostgreSQL: devices connect to either node
+//! over MQTT 3.1.1, two `dynreg serve --listen off` instances answer through AMQP.
+//!
+//! The cluster is `support/rabbitmq-cluster.sh`'s, which `.ci/run` starts; its
+//! variables name it (DYNREG_TEST_AMQP_URL, DYNREG_TEST_AMQP_URL_2,
+//! DYNREG_TEST_RABBITMQ_MQTT, DYNREG_TEST_RABBITMQ_HOOK: the address the backend calls,
+//! DYNREG_TEST_RABBITMQ_HOOK_TOKEN). Without them the test says SKIPPED (under
+//! CI=true it fails).
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Output, Stdio};
+
+use serde_json::Value;
+
+mod common;
+#[path = "../../../support/pgtest.rs"]
+mod pgtest;
+
+struct Cluster {
+    amqp: [String; 2],
+    mqtt: [u16; 2],
+    hook: String,
+    token: String,
+}
+
+fn cluster(test: &str) -> Option<Cluster> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let found = (|| {
+        let mqtt: Vec<u16> = var("DYNREG_TEST_RABBITMQ_MQTT")?
+            .split(',')
+            .map(|p| p.trim().parse().ok())
+            .collect::<Option<_>>()?;
+        Some(Cluster {
+            amqp: [var("DYNREG_TEST_AMQP_URL")?, var("DYNREG_TEST_AMQP_URL_2")?],
+            mqtt: [*mqtt.first()?, *mqtt.get(1)?],
+            hook: var("DYNREG_TEST_RABBITMQ_HOOK")?,
+            token: var("DYNREG_TEST_RABBITMQ_HOOK_TOKEN")?,
+        })
+    })();
+    if found.is_none() {
+        let why = "no RabbitMQ cluster: run .ci/run, or support/rabbitmq-cluster.sh and export what it prints";
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: {why}; CI runs every test");
+        }
+        eprintln!("SKIPPED {test}: {why}");
+    }
+    found
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(url: &str, dir: &Path, args: &[&str]) -> Output {
+    common::bin()
+        .args(["--database-url", url, "--master-key-file", "k"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> Value {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+}
+
+/// `dynreg serve --listen off` attached to `amqp`, with the hooks when `hooks` is set.
+fn serve(url: &str, dir: &Path, amqp: &str, hooks: Option<(&str, &str)>) -> Server {
+    let mut cmd = common::bin();
+    cmd.args(["--database-url", url, "--master-key-file", "k", "serve"])
+        .args(["--listen", "off", "--attach", amqp])
+        // The batches sign many devices with one ts (docs/security.md).
+        .args(["--replay-guard", "off"]);
+    if let Some((addr, token)) = hooks {
+        cmd.args(["--http-listen", addr, "--hook-token", token]);
+    }
+    let mut child = cmd
+        .env("RUST_LOG", "info,lapin=warn")
+        .current_dir(dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = common::stderr_lines(&mut child);
+    common::wait_for(&rx, "AMQP worker consuming");
+    // Keep reading the log so that the child never blocks on a full pipe.
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    Server(child)
+}
+
+/// `dynreg register --batch` of `csv` through RabbitMQ's MQTT port, over MQTT 3.1.1.
+fn batch(dir: &Path, port: u16, secret: &str, csv: &str, out: &str) -> Child {
+    common::bin()
+        .args([
+            "register",
+            "--port",
+            &port.to_string(),
+            "--pid",
+            "plug",
+            "--mqtt",
+            "3",
+        ])
+        .args([
+            "--batch",
+            csv,
+            "--concurrency",
+            "20",
+            "--out",
+            out,
+            "--timeout",
+            "20",
+        ])
+        // The same clientId through both nodes at once: the broker closes the older
+        // connection, and the device tries again.
+        .args(["--attempts", "12"])
+        .env("DYNREG_SECRET", secret)
+        .current_dir(dir)
+        .stderr(std::fs::File::create(dir.join(format!("{out}.log"))).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a batch; fails with its log when it failed.
+fn finish(dir: &Path, mut child: Child, out: &str) {
+    if !child.wait().unwrap().success() {
+        let log = std::fs::read_to_string(dir.join(format!("{out}.log"))).unwrap_or_default();
+        let csv = std::fs::read_to_string(dir.join(out)).unwrap_or_default();
+        let failed: Vec<&str> = csv
+            .lines()
+            .filter(|l| l.contains(",failed,"))
+            .take(10)
+            .collect();
+        panic!("the batch {out} failed: {log}\n{}", failed.join("\n"));
+    }
+}
+
+/// The rows of a batch's output (unique, uuid, secret), sorted; every one registered.
+fn rows(dir: &Path, out: &str) -> Vec<String> {
+    let mut rows: Vec<String> = std::fs::read_to_string(dir.join(out))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            // unique, barcode, result, pid, uuid, secret, mac, error
+            let c: Vec<&str> = l.split(',').collect();
+            assert_eq!(c[2], "registered", "{l}");
+            [c[0], c[4], c[5]].join(",")
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn devices(dir: &Path, name: &str, range: std::ops::Range<usize>) {
+    let csv: String = std::iter::once("unique\n".to_owned())
+        .chain(range.map(|i| format!("dev{i:04}\n")))
+        .collect();
+    std::fs::write(dir.join(name), csv).unwrap();
+}
+
+#[test]
+fn two_instances_behind_a_rabbitmq_cluster_register_every_device_once() {
+    let test = "two_instances_behind_a_rabbitmq_cluster";
+    let Some(c) = cluster(test) else {
+        return;
+    };
+    let Some(db) = pgtest::TestDb::create(test) else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let url = db.url.as_str();
+    ok(&run(url, d, &["init"]));
+    let p = ok(&run(
+        url,
+        d,
+        &[
+            "--json", "product", "create", "--name", "Plug", "--pid", "plug", "--mode", "pool",
+        ],
+    ));
+    ok(&run(
+        url,
+        d,
+        &[
+            "pool", "generate", "--pid", "plug", "--count", "400", "--out", "pool.csv",
+        ],
+    ));
+    let secret = p["secret"].as_str().unwrap().to_owned();
+    let mut one = serve(url, d, &c.amqp[0], Some((&c.hook, &c.token)));
+    let two = serve(url, d, &c.amqp[1], None);
+
+    // The same 300 devices through both nodes at once.
+    devices(d, "devices.csv", 0..300);
+    let a = batch(d, c.mqtt[0], &secret, "devices.csv", "a.csv");
+    let b = batch(d, c.mqtt[1], &secret, "devices.csv", "b.csv");
+    finish(d, a, "a.csv");
+    finish(d, b, "b.csv");
+    let (ra, rb) = (rows(d, "a.csv"), rows(d, "b.csv"));
+    assert_eq!((ra.len(), rb.len()), (300, 300));
+    assert_eq!(ra, rb, "a device got two triplets");
+    let uuids: HashSet<&str> = ra.iter().map(|r| r.split(',').nth(1).unwrap()).collect();
+    assert_eq!(uuids.len(), 300, "a triplet was bound twice");
+
+    // A wrong secret is refused at CONNECT by the hook.
+    let o = common::bin()
+        .args([
+            "register",
+            "--port",
+            &c.mqtt[0].to_string(),
+            "--pid",
+            "plug",
+            "--mqtt",
+            "3",
+        ])
+        .args(["--timeout", "5", "--unique", "intruder"])
+        .env("DYNREG_SECRET", "not-the-secret")
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("refused") || e.contains("credentials"), "{e}");
+
+    // One instance dies (SIGKILL): the other takes every request from the shared
+    // queue, whichever node the devices use.
+    let _ = one.0.kill();
+    let _ = one.0.wait();
+    // The hooks died with instance one: start them again without a worker, as an
+    // operator may run a hooks-only instance.
+    let _one_again = {
+        let mut cmd = common::bin();
+        cmd.args(["--database-url", url, "--master-key-file", "k", "serve"])
+            .args([
+                "--listen",
+                "off",
+                "--http-listen",
+                &c.hook,
+                "--hook-token",
+                &c.token,
+            ])
+            .args(["--replay-guard", "off"])
+            .current_dir(d)
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let rx = common::stderr_lines(&mut child);
+        common::wait_for(&rx, "dynreg serving");
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        Server(child)
+    };
+    devices(d, "more.csv", 300..350);
+    let m = batch(d, c.mqtt[0], &secret, "more.csv", "m.csv");
+    finish(d, m, "m.csv");
+    assert_eq!(rows(d, "m.csv").len(), 50);
+    drop(two);
+    let stats = ok(&run(url, d, &["--json", "pool", "stats", "--pid", "plug"]));
+    assert_eq!(
+        (stats["bound"].as_u64(), stats["free"].as_u64()),
+        (Some(350), Some(50)),
+        "{stats}"
+    );
+}

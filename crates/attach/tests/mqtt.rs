@@ -19,27 +19,7 @@ use tokio_util::sync::CancellationToken;
     ignore = "mosquitto is not installed (apt-get install mosquitto; .ci/run installs it)"
 )]
 async fn workers_share_the_requests_of_a_real_mosquitto() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut broker = tokio::process::Command::new("mosquitto")
-        .args(["-p", &port.to_string()])
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("mosquitto runs");
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (mut broker, port) = dynreg_testkit::mosquitto().await;
     let store = TempStore::new();
     store.product("p1", SourceMode::Generate);
     let registrar = Arc::new(Registrar::with_policy(

@@ -148,26 +148,8 @@ async fn responder_on_a_real_mosquitto() {
         );
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut broker = tokio::process::Command::new("mosquitto")
-        .args(["-p", &port.to_string()])
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut broker, port) = dynreg_testkit::mosquitto().await;
     let addr = format!("127.0.0.1:{port}");
-    // Wait for the broker to listen.
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let a = addr.clone();

@@ -13,6 +13,9 @@ use dynreg_testkit::TempStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod support;
+use support::enc;
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -107,15 +110,6 @@ async fn form(h: &Hooks, path: &str, fields: &[(&str, &str)]) -> String {
     .await;
     assert_eq!(status, 200, "{path}: {text}");
     text
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// A signed CONNECT for `pid` (conformance secret `secret-of-<pid>`) at `ts`.

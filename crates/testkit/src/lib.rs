@@ -175,3 +175,31 @@ impl Drop for TestServer {
         }
     }
 }
+
+/// A Mosquitto broker on a free loopback port (killed when the child is dropped), and
+/// its port, once it accepts connections. Panics when `mosquitto` cannot be run: mark
+/// such tests ignored with the `no_mosquitto` cfg of `support/find-mosquitto.rs`.
+pub async fn mosquitto() -> (tokio::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("its address")
+        .port();
+    let broker = tokio::process::Command::new("mosquitto")
+        .args(["-p", &port.to_string()])
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mosquitto runs (apt-get install mosquitto)");
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    (broker, port)
+}

@@ -21,11 +21,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use dynreg_proto::Topic;
-use dynreg_registrar::{AuthError, Connect, Registrar, Store};
+use dynreg_registrar::{AuthError, Registrar, Store};
 use serde_json::json;
-use tracing::{debug, info, warn};
+use tracing::info;
 
-use super::{Action, Verdict, access, is_registration_client, unix_now};
+use super::{Action, Verdict, access, authenticate, is_registration_client};
 use crate::fields::Fields;
 
 pub(super) fn router<S: Store>() -> Router<Arc<Registrar<S>>> {
@@ -44,21 +44,17 @@ async fn authn<S: Store>(State(registrar): State<Arc<Registrar<S>>>, f: Fields) 
         return result("ignore");
     }
     let peer = f.get("peerhost").and_then(|h| h.parse::<IpAddr>().ok());
-    let username = f.get("username");
-    let decided = registrar
-        .authenticate(
-            unix_now(),
-            Connect {
-                client_id,
-                username,
-                password: f.get("password").map(str::as_bytes),
-                peer,
-            },
-        )
-        .await;
+    let decided = authenticate(
+        &registrar,
+        "emqx",
+        client_id,
+        f.get("username"),
+        f.get("password"),
+        peer,
+    )
+    .await;
     match decided {
         Ok(device) => {
-            debug!(hook = "emqx", client_id, "CONNECT allowed");
             let publish = Topic::request(&device.pid, &device.unique).to_string();
             let subscribe = Topic::response(&device.pid, &device.unique).to_string();
             Json(json!({
@@ -72,17 +68,12 @@ async fn authn<S: Store>(State(registrar): State<Arc<Registrar<S>>>, f: Fields) 
             }))
             .into_response()
         }
-        Err(AuthError::Store(e)) => {
-            // A 5xx makes EMQX treat the hook as `ignore` and log the failure; with no
-            // other authenticator for these clients, the device is refused and
-            // retries.
-            warn!(hook = "emqx", client_id, error = %e, "CONNECT could not be checked: storage unavailable");
+        // A 5xx makes EMQX treat the hook as `ignore` and log the failure; with no
+        // other authenticator for these clients, the device is refused and retries.
+        Err(AuthError::Store(_)) => {
             (StatusCode::SERVICE_UNAVAILABLE, result("ignore")).into_response()
         }
-        Err(e) => {
-            info!(hook = "emqx", client_id, username, peer = ?peer, "CONNECT refused: {e}");
-            result("deny")
-        }
+        Err(_) => result("deny"),
     }
 }
 

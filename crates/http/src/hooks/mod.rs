@@ -21,6 +21,7 @@ pub mod emqx;
 pub mod rabbitmq;
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -32,7 +33,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use dynreg_proto::credentials::{CLIENT_ID_PREFIX, ClientId, Username};
 use dynreg_proto::{Topic, TopicKind};
-use dynreg_registrar::{Registrar, Store};
+use dynreg_registrar::{AuthError, Authenticated, Connect, Registrar, Store};
 use subtle::ConstantTimeEq;
 
 /// The largest hook request body read (brokers send a few hundred bytes).
@@ -211,6 +212,37 @@ pub fn access(
     } else {
         Verdict::Deny("not the client's own topic")
     }
+}
+
+/// Decides a CONNECT a broker asks about ([`Registrar::authenticate`]) and logs a
+/// refusal or a storage failure with its cause (never the password).
+async fn authenticate<S: Store>(
+    registrar: &Registrar<S>,
+    hook: &'static str,
+    client_id: &str,
+    username: Option<&str>,
+    password: Option<&str>,
+    peer: Option<IpAddr>,
+) -> Result<Authenticated, AuthError> {
+    let decided = registrar
+        .authenticate(
+            unix_now(),
+            Connect {
+                client_id,
+                username,
+                password: password.map(str::as_bytes),
+                peer,
+            },
+        )
+        .await;
+    match &decided {
+        Ok(_) => tracing::debug!(hook, client_id, "CONNECT allowed"),
+        Err(AuthError::Store(e)) => {
+            tracing::warn!(hook, client_id, error = %e, "CONNECT could not be checked: storage unavailable");
+        }
+        Err(e) => tracing::info!(hook, client_id, username, peer = ?peer, "CONNECT refused: {e}"),
+    }
+    decided
 }
 
 /// Unix seconds now.

@@ -28,10 +28,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use dynreg_registrar::{AuthError, Connect, Registrar, Store};
-use tracing::{debug, info, warn};
+use dynreg_registrar::{AuthError, Registrar, Store};
+use tracing::info;
 
-use super::{Action, Verdict, access, identity, is_registration_client, unix_now};
+use super::{Action, Verdict, access, authenticate, identity, is_registration_client, unix_now};
 use crate::fields::Fields;
 
 /// The exchange the MQTT plugin publishes to and binds its queues on (its default).
@@ -66,23 +66,17 @@ async fn user<S: Store>(State(registrar): State<Arc<Registrar<S>>>, f: Fields) -
     if !is_registration_client(client_id) {
         return deny();
     }
-    let username = f.get("username");
-    let decided = registrar
-        .authenticate(
-            unix_now(),
-            Connect {
-                client_id,
-                username,
-                password: f.get("password").map(str::as_bytes),
-                peer: None,
-            },
-        )
-        .await;
+    let decided = authenticate(
+        &registrar,
+        "rabbitmq",
+        client_id,
+        f.get("username"),
+        f.get("password"),
+        None,
+    )
+    .await;
     match decided {
-        Ok(d) if amqp_safe(&d.pid) && amqp_safe(&d.unique) => {
-            debug!(hook = "rabbitmq", client_id, "CONNECT allowed");
-            allow()
-        }
+        Ok(d) if amqp_safe(&d.pid) && amqp_safe(&d.unique) => allow(),
         Ok(_) => {
             info!(
                 hook = "rabbitmq",
@@ -91,17 +85,8 @@ async fn user<S: Store>(State(registrar): State<Arc<Registrar<S>>>, f: Fields) -
             );
             deny()
         }
-        Err(AuthError::Store(e)) => {
-            warn!(hook = "rabbitmq", client_id, error = %e, "CONNECT could not be checked: storage unavailable");
-            (StatusCode::SERVICE_UNAVAILABLE, "deny").into_response()
-        }
-        Err(e) => {
-            info!(
-                hook = "rabbitmq",
-                client_id, username, "CONNECT refused: {e}"
-            );
-            deny()
-        }
+        Err(AuthError::Store(_)) => (StatusCode::SERVICE_UNAVAILABLE, "deny").into_response(),
+        Err(_) => deny(),
     }
 }
 

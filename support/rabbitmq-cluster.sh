@@ -29,10 +29,17 @@ free_port() {
     echo "$p"
 }
 
+# Node names are unique per cluster (a suffix kept in DIR), so that two clusters on one
+# machine, or a stale one, never share a name in epmd.
+node() { # node index
+    echo "dynreg$(cat "$dir/suffix")-$1@$host"
+}
+
 node_env() { # node index
     local i=$1
     export HOME="$dir"
-    export RABBITMQ_NODENAME="dynreg$i@$host"
+    export RABBITMQ_NODENAME
+    RABBITMQ_NODENAME=$(node "$i")
     export RABBITMQ_MNESIA_BASE="$dir/n$i/mnesia"
     export RABBITMQ_LOG_BASE="$dir/n$i/log"
     export RABBITMQ_CONFIG_FILE="$dir/n$i/rabbitmq.conf"
@@ -50,7 +57,7 @@ node_env() { # node index
 ctl() { # node index, args
     local i=$1
     shift
-    (node_env "$i" && "$bin/rabbitmqctl" -n "dynreg$i@$host" "$@")
+    (node_env "$i" && "$bin/rabbitmqctl" -n "$(node "$i")" "$@")
 }
 
 case "$cmd" in
@@ -61,6 +68,7 @@ start)
     cookie=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
     printf '%s' "$cookie" >"$dir/.erlang.cookie"
     chmod 400 "$dir/.erlang.cookie"
+    head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/suffix"
     next=25672
     for i in 1 2; do
         mkdir -p "$dir/n$i"
@@ -94,7 +102,7 @@ EOF
         ctl "$i" wait --timeout 120 "$dir/n$i/pid" >/dev/null
     done
     ctl 2 stop_app >/dev/null
-    ctl 2 join_cluster "dynreg1@$host" >/dev/null
+    ctl 2 join_cluster "$(node 1)" >/dev/null 2>&1
     ctl 2 start_app >/dev/null
     ctl 1 add_user dynreg-worker workerpw >/dev/null
     ctl 1 set_permissions -p / dynreg-worker '.*' '.*' '.*' >/dev/null
@@ -116,7 +124,7 @@ ctl)
     ;;
 stop)
     for i in 1 2; do
-        [ -f "$dir/n$i/amqp_port" ] && ctl "$i" stop >/dev/null 2>&1 || true
+        [ -f "$dir/n$i/amqp_port" ] && [ -f "$dir/suffix" ] && ctl "$i" stop >/dev/null 2>&1 || true
     done
     rm -rf "$dir"
     ;;

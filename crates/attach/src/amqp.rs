@@ -1,7 +1,7 @@
 //! The RabbitMQ worker (AMQP 0.9.1, lapin).
 //!
-//! On every connection: a channel in confirm mode; the quorum queue
-//! ([`crate::WorkerConfig::queue`]) declared and bound to `amq.topic` with
+//! On every connection: a channel in confirm mode; the queue
+//! ([`crate::WorkerConfig::queue`], a quorum queue unless configured classic) declared and bound to `amq.topic` with
 //! `register.v2.*.*.register` (RabbitMQ's MQTT plugin publishes a device's
 //! `register/v2/{pid}/{unique}/register` there with `/` written as `.`); prefetch
 //! [`crate::WorkerConfig::inflight`]. Each delivery is registered, its reply is
@@ -102,7 +102,7 @@ async fn session<S: Store>(
     let mut arguments = FieldTable::default();
     arguments.insert(
         "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
+        AMQPValue::LongString(config.queue_type.name().into()),
     );
     channel
         .queue_declare(
@@ -135,7 +135,7 @@ async fn session<S: Store>(
             FieldTable::default(),
         )
         .await?;
-    info!(broker = %shown, queue = %config.queue, prefetch = config.inflight, "AMQP worker consuming register requests");
+    info!(broker = %shown, queue = %config.queue, queue_type = config.queue_type.name(), prefetch = config.inflight, "AMQP worker consuming register requests");
     backoff.reset();
     let mut inflight = JoinSet::new();
     let failure = loop {

@@ -189,6 +189,40 @@ impl Target {
     }
 }
 
+/// The kind of AMQP queue the workers declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueType {
+    /// A quorum queue (replicated with Raft): survives the loss of a minority of its
+    /// members, so on three nodes or more any one node may go. On two nodes it stops
+    /// while either is down.
+    #[default]
+    Quorum,
+    /// A classic queue, on the node of the first worker that declares it: survives the
+    /// loss of any other node, not of its own.
+    Classic,
+}
+
+impl QueueType {
+    /// Parses `quorum` or `classic`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "quorum" => Ok(Self::Quorum),
+            "classic" => Ok(Self::Classic),
+            other => Err(format!(
+                "\"{other}\" is not a queue type: quorum or classic"
+            )),
+        }
+    }
+
+    /// The value of the queue's `x-queue-type` argument.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Quorum => "quorum",
+            Self::Classic => "classic",
+        }
+    }
+}
+
 /// How a worker runs.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -196,6 +230,8 @@ pub struct WorkerConfig {
     pub inflight: u16,
     /// The AMQP queue.
     pub queue: String,
+    /// The AMQP queue's type.
+    pub queue_type: QueueType,
 }
 
 impl Default for WorkerConfig {
@@ -203,6 +239,7 @@ impl Default for WorkerConfig {
         Self {
             inflight: DEFAULT_INFLIGHT,
             queue: DEFAULT_QUEUE.to_owned(),
+            queue_type: QueueType::default(),
         }
     }
 }

@@ -40,6 +40,8 @@ pub(crate) struct FileConfig {
     pub(crate) attach_queue: Option<String>,
     /// Requests in flight per attach worker.
     pub(crate) attach_inflight: Option<u16>,
+    /// The attach workers' AMQP queue type.
+    pub(crate) attach_queue_type: Option<String>,
     /// `[env.NAME]`: where `dynreg register --env NAME` connects.
     #[serde(default)]
     pub(crate) env: std::collections::BTreeMap<String, dynreg_client::Environment>,

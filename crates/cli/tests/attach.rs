@@ -23,6 +23,8 @@ struct Cluster {
     mqtt: [u16; 2],
     hook: String,
     token: String,
+    /// `rabbitmqctl` for node N: `ctl N args...`.
+    ctl: String,
 }
 
 fn cluster(test: &str) -> Option<Cluster> {
@@ -37,6 +39,7 @@ fn cluster(test: &str) -> Option<Cluster> {
             mqtt: [*mqtt.first()?, *mqtt.get(1)?],
             hook: var("DYNREG_TEST_RABBITMQ_HOOK")?,
             token: var("DYNREG_TEST_RABBITMQ_HOOK_TOKEN")?,
+            ctl: var("DYNREG_TEST_RABBITMQ_CTL")?,
         })
     })();
     if found.is_none() {
@@ -78,7 +81,11 @@ fn serve(url: &str, dir: &Path, amqp: &str, hooks: Option<(&str, &str)>) -> Serv
     cmd.args(["--database-url", url, "--master-key-file", "k", "serve"])
         .args(["--listen", "off", "--attach", amqp])
         // The batches sign many devices with one ts (docs/security.md).
-        .args(["--replay-guard", "off"]);
+        .args(["--replay-guard", "off"])
+        // A classic queue on node 1, where the first worker declares it: it survives
+        // node 2 stopping. (A quorum queue needs a majority of its members: three
+        // nodes to lose one; see docs/integrations/rabbitmq.md.)
+        .args(["--attach-queue-type", "classic"]);
     if let Some((addr, token)) = hooks {
         cmd.args(["--http-listen", addr, "--hook-token", token]);
     }
@@ -189,14 +196,15 @@ fn two_instances_behind_a_rabbitmq_cluster_register_every_device_once() {
         url,
         d,
         &[
-            "pool", "generate", "--pid", "plug", "--count", "400", "--out", "pool.csv",
+            "pool", "generate", "--pid", "plug", "--count", "600", "--out", "pool.csv",
         ],
     ));
     let secret = p["secret"].as_str().unwrap().to_owned();
-    let mut one = serve(url, d, &c.amqp[0], Some((&c.hook, &c.token)));
+    let one = serve(url, d, &c.amqp[0], Some((&c.hook, &c.token)));
     let two = serve(url, d, &c.amqp[1], None);
 
     // The same 300 devices through both nodes at once.
+    eprintln!("attach test: 300 devices through both nodes");
     devices(d, "devices.csv", 0..300);
     let a = batch(d, c.mqtt[0], &secret, "devices.csv", "a.csv");
     let b = batch(d, c.mqtt[1], &secret, "devices.csv", "b.csv");
@@ -209,6 +217,7 @@ fn two_instances_behind_a_rabbitmq_cluster_register_every_device_once() {
     assert_eq!(uuids.len(), 300, "a triplet was bound twice");
 
     // A wrong secret is refused at CONNECT by the hook.
+    eprintln!("attach test: a wrong secret");
     let o = common::bin()
         .args([
             "register",
@@ -228,41 +237,95 @@ fn two_instances_behind_a_rabbitmq_cluster_register_every_device_once() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("refused") || e.contains("credentials"), "{e}");
 
-    // One instance dies (SIGKILL): the other takes every request from the shared
-    // queue, whichever node the devices use.
-    let _ = one.0.kill();
-    let _ = one.0.wait();
-    // The hooks died with instance one: start them again without a worker, as an
-    // operator may run a hooks-only instance.
-    let _one_again = {
-        let mut cmd = common::bin();
-        cmd.args(["--database-url", url, "--master-key-file", "k", "serve"])
-            .args([
-                "--listen",
-                "off",
-                "--http-listen",
-                &c.hook,
-                "--hook-token",
-                &c.token,
-            ])
-            .args(["--replay-guard", "off"])
-            .current_dir(d)
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let rx = common::stderr_lines(&mut child);
-        common::wait_for(&rx, "dynreg serving");
-        std::thread::spawn(move || while rx.recv().is_ok() {});
-        Server(child)
-    };
-    devices(d, "more.csv", 300..350);
-    let m = batch(d, c.mqtt[0], &secret, "more.csv", "m.csv");
+    // An independent client: mosquitto_rr over MQTT 3.1.1 through node 2.
+    eprintln!("attach test: mosquitto_rr");
+    rr(d, c.mqtt[1], &secret);
+
+    // Instance two dies (SIGKILL) in the middle of a load through node 2: the requests
+    eprintln!("attach test: kill -9 of instance two mid-load");
+    // it held go back to the queue, and instance one answers them and the rest.
+    devices(d, "more.csv", 300..500);
+    let m = batch(d, c.mqtt[1], &secret, "more.csv", "m.csv");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut two = two;
+    let _ = two.0.kill();
+    let _ = two.0.wait();
     finish(d, m, "m.csv");
-    assert_eq!(rows(d, "m.csv").len(), 50);
-    drop(two);
+    let rm = rows(d, "m.csv");
+    assert_eq!(rm.len(), 200);
+
+    // RabbitMQ node 2 stops: devices on node 1 keep registering.
+    eprintln!("attach test: RabbitMQ node 2 stops");
+    let o = std::process::Command::new(&c.ctl)
+        .args(["2", "stop_app"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    devices(d, "last.csv", 500..550);
+    let l = batch(d, c.mqtt[0], &secret, "last.csv", "l.csv");
+    finish(d, l, "l.csv");
+    let rl = rows(d, "l.csv");
+    assert_eq!(rl.len(), 50);
+    let all: HashSet<String> = ra
+        .iter()
+        .chain(&rm)
+        .chain(&rl)
+        .map(|r| r.split(',').nth(1).unwrap().to_owned())
+        .collect();
+    assert_eq!(all.len(), 550, "a triplet was bound twice");
+    drop(one);
     let stats = ok(&run(url, d, &["--json", "pool", "stats", "--pid", "plug"]));
     assert_eq!(
         (stats["bound"].as_u64(), stats["free"].as_u64()),
-        (Some(350), Some(50)),
+        (Some(551), Some(49)),
         "{stats}"
+    );
+}
+
+/// One device registered by `mosquitto_rr` (Mosquitto's request/response client) over
+/// MQTT 3.1.1, signed here.
+fn rr(dir: &Path, port: u16, secret: &str) {
+    use dynreg_proto::credentials::{SignMethod, sign};
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let password = sign(SignMethod::HmacSha256, secret.as_bytes(), "plug", ts);
+    let request = format!(r#"{{"id":"rr1","ts":{ts},"code":"register","ack":1,"data":{{}}}}"#);
+    let o = std::process::Command::new("mosquitto_rr")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-V",
+            "311",
+            "-q",
+            "1",
+            "-W",
+            "20",
+        ])
+        .args(["-i", "register_plug_rr1"])
+        .args(["-u", &format!("plug|signMethod=hmacSha256,ts={ts}")])
+        .args(["-P", password.as_str()])
+        .args(["-t", "register/v2/plug/rr1/register"])
+        .args(["-e", "register/v2/plug/rr1/register_response"])
+        .args(["-m", &request])
+        .current_dir(dir)
+        .output()
+        .expect("mosquitto_rr runs (apt-get install mosquitto-clients)");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let reply: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(reply["res"], 0, "{reply}");
+    assert!(
+        reply["data"]["uuid"]
+            .as_str()
+            .is_some_and(|u| !u.is_empty()),
+        "{reply}"
     );
 }

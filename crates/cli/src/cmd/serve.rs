@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use dynreg_attach::{Target, WorkerConfig};
+use dynreg_attach::{QueueType, Target, WorkerConfig};
 use dynreg_endpoint::{Endpoint, EndpointConfig, Listeners, TlsSettings};
 use dynreg_http::{HookAuth, HttpServer};
 use dynreg_proto::credentials::{Credentials, SignMethod, sign};
@@ -57,6 +57,10 @@ pub(crate) struct ServeArgs {
     /// maximum) [default: 64].
     #[arg(long, env = "DYNREG_ATTACH_INFLIGHT")]
     attach_inflight: Option<u16>,
+    /// The AMQP queue's type: `quorum` (survives the loss of a minority of its nodes:
+    /// use three or more) or `classic` (lives on one node) [default: quorum].
+    #[arg(long, env = "DYNREG_ATTACH_QUEUE_TYPE")]
+    attach_queue_type: Option<String>,
     /// The largest MQTT packet accepted, in bytes [default: 8192].
     #[arg(long, env = "DYNREG_MAX_PACKET_SIZE")]
     max_packet_size: Option<u32>,
@@ -324,6 +328,12 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
             ),
             Some(q) => q,
             None => dw.queue,
+        },
+        queue_type: match args.attach_queue_type.as_deref().or(file.attach_queue_type.as_deref()) {
+            Some(t) => QueueType::parse(t).map_err(|e| {
+                anyhow::anyhow!("attach_queue_type: {e} (flag --attach-queue-type, env DYNREG_ATTACH_QUEUE_TYPE)")
+            })?,
+            None => dw.queue_type,
         },
     };
     if listen.is_none() && attach.is_empty() {

@@ -7,7 +7,7 @@
 //! registered, its reply published at QoS 1 on the device's response topic, and then
 //! the request's PUBACK is sent: on the one connection, the broker receives the reply
 //! before the ack. Whether a request that a dead worker never acked goes to another
-//! member is the broker's choice (see docs/integrations.md); where it does not, the
+//! member is the broker's choice (see docs/integrations/); where it does not, the
 //! device retries after its timeout.
 
 use std::sync::Arc;

@@ -160,7 +160,7 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
     };
     if let (Some(addr), false) = (http, hooks.is_protected()) {
         if !addr.ip().is_loopback() {
-            tracing::warn!(http_listen = %addr, "the broker hooks listen beyond loopback without a token: set --hook-token (docs/integrations.md)");
+            tracing::warn!(http_listen = %addr, "the broker hooks listen beyond loopback without a token: set --hook-token (docs/integrations/)");
         }
     }
     let max_packet_size = Setting {

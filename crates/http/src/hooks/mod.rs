@@ -1,5 +1,5 @@
 //! Broker hooks: a broker that devices connect to asks dynreg whether a CONNECT is
-//! allowed and whether a client may use a topic (docs/integrations.md).
+//! allowed and whether a client may use a topic (docs/integrations/).
 //!
 //! - [`emqx`]: EMQX 5 HTTP authentication and authorization.
 //! - [`rabbitmq`]: RabbitMQ's `rabbitmq_auth_backend_http`.

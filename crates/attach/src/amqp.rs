@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use dynreg_proto::topic::{REQUEST_SUFFIX, RESPONSE_SUFFIX};
-use dynreg_registrar::{Device, Registrar, Store};
+use dynreg_registrar::Device;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{Backoff, WorkerConfig, handle, pause, random_tag};
+use crate::{Answer, Backoff, WorkerConfig, pause, random_tag};
 
 /// The exchange RabbitMQ's MQTT plugin uses.
 pub const EXCHANGE: &str = "amq.topic";
@@ -59,16 +59,16 @@ pub fn reply_routing_key(pid: &str, unique: &str) -> String {
     format!("register.v2.{pid}.{unique}.{RESPONSE_SUFFIX}")
 }
 
-pub(crate) async fn run<S: Store>(
+pub(crate) async fn run<A: Answer>(
     url: &str,
-    registrar: Arc<Registrar<S>>,
+    answerer: Arc<A>,
     config: &WorkerConfig,
     stop: CancellationToken,
 ) {
     let shown = crate::redact(url);
     let mut backoff = Backoff::new();
     loop {
-        match session(url, &shown, &registrar, config, &stop, &mut backoff).await {
+        match session(url, &shown, &answerer, config, &stop, &mut backoff).await {
             Ok(()) => return,
             Err(e) => {
                 let delay = backoff.step();
@@ -82,10 +82,10 @@ pub(crate) async fn run<S: Store>(
 }
 
 /// One connection's life: set up, consume until `stop` (Ok) or a failure (Err).
-async fn session<S: Store>(
+async fn session<A: Answer>(
     url: &str,
     shown: &str,
-    registrar: &Arc<Registrar<S>>,
+    answerer: &Arc<A>,
     config: &WorkerConfig,
     stop: &CancellationToken,
     backoff: &mut Backoff,
@@ -143,7 +143,7 @@ async fn session<S: Store>(
             () = stop.cancelled() => break None,
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    inflight.spawn(answer(channel.clone(), registrar.clone(), delivery));
+                    inflight.spawn(reply_to(channel.clone(), answerer.clone(), delivery));
                 }
                 Some(Err(e)) => break Some(e),
                 None => break Some(lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
@@ -172,7 +172,7 @@ async fn session<S: Store>(
 }
 
 /// Registers one delivery, publishes its reply with a confirm, then acks.
-async fn answer<S: Store>(channel: Channel, registrar: Arc<Registrar<S>>, delivery: Delivery) {
+async fn reply_to<A: Answer>(channel: Channel, answerer: Arc<A>, delivery: Delivery) {
     let key = delivery.routing_key.as_str().to_owned();
     let Some((pid, unique)) = parse_routing_key(&key) else {
         warn!(routing_key = %key, "a message that is not a register request dropped");
@@ -180,7 +180,7 @@ async fn answer<S: Store>(channel: Channel, registrar: Arc<Registrar<S>>, delive
         return;
     };
     let device = Device { pid, unique };
-    let reply = handle(&registrar, "amqp", device, &delivery.data).await;
+    let reply = answerer.answer("amqp", device, &delivery.data).await;
     if let Some(reply) = reply {
         let confirmed = async {
             channel

@@ -244,34 +244,51 @@ impl Default for WorkerConfig {
     }
 }
 
+/// What answers a register request taken from a broker: the registrar in service
+/// (`impl Answer for Registrar<S>`), a canned reply when measuring the broker's own floor
+/// (`dynreg bench responder --attach`).
+pub trait Answer: Send + Sync + 'static {
+    /// The reply to publish for `device`'s request `payload`, if any (`via` names the
+    /// worker kind for the log).
+    fn answer(
+        &self,
+        via: &'static str,
+        device: Device<'_>,
+        payload: &[u8],
+    ) -> impl std::future::Future<Output = Option<Vec<u8>>> + Send;
+}
+
+impl<S: Store> Answer for Registrar<S> {
+    /// Decided by [`Registrar::register_payload`] and logged by `Handled::log`, as at
+    /// the embedded endpoint.
+    async fn answer(
+        &self,
+        via: &'static str,
+        device: Device<'_>,
+        payload: &[u8],
+    ) -> Option<Vec<u8>> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let handled = self.register_payload(now, device, payload).await;
+        handled.log(&via, device);
+        handled.reply.map(|r| r.to_json())
+    }
+}
+
 /// Runs a worker on `target` until `stop` is cancelled: consuming stops, the requests
 /// in flight are finished and acked, and the connection is closed. Broker failures
 /// are logged and retried; this returns only after `stop`.
-pub async fn run<S: Store>(
+pub async fn run<A: Answer>(
     target: Target,
-    registrar: Arc<Registrar<S>>,
+    answer: Arc<A>,
     config: WorkerConfig,
     stop: CancellationToken,
 ) {
     match target {
-        Target::Amqp(url) => amqp::run(&url, registrar, &config, stop).await,
-        Target::Mqtt(m) => mqtt::run(&m, registrar, &config, stop).await,
+        Target::Amqp(url) => amqp::run(&url, answer, &config, stop).await,
+        Target::Mqtt(m) => mqtt::run(&m, answer, &config, stop).await,
     }
-}
-
-/// Decides one request for the device of its topic; the reply to publish, if any.
-async fn handle<S: Store>(
-    registrar: &Registrar<S>,
-    via: &'static str,
-    device: Device<'_>,
-    payload: &[u8],
-) -> Option<Vec<u8>> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let handled = registrar.register_payload(now, device, payload).await;
-    handled.log(&via, device);
-    handled.reply.map(|r| r.to_json())
 }
 
 /// Exponential backoff between reconnects: 100 ms doubling to 10 s, reset after a

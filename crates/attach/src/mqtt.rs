@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dynreg_proto::{Topic, TopicKind};
-use dynreg_registrar::{Device, Registrar, Store};
+use dynreg_registrar::Device;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -22,16 +22,16 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{Backoff, MqttTarget, SHARE_GROUP, WorkerConfig, handle, pause, random_tag};
+use crate::{Answer, Backoff, MqttTarget, SHARE_GROUP, WorkerConfig, pause, random_tag};
 
 /// The shared subscription every worker joins.
 pub fn share_filter() -> String {
     format!("$share/{SHARE_GROUP}/register/v2/+/+/register")
 }
 
-pub(crate) async fn run<S: Store>(
+pub(crate) async fn run<A: Answer>(
     target: &MqttTarget,
-    registrar: Arc<Registrar<S>>,
+    answerer: Arc<A>,
     config: &WorkerConfig,
     stop: CancellationToken,
 ) {
@@ -92,7 +92,7 @@ pub(crate) async fn run<S: Store>(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    inflight.spawn(answer(client.clone(), registrar.clone(), p));
+                    inflight.spawn(reply_to(client.clone(), answerer.clone(), p));
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -125,7 +125,7 @@ pub(crate) async fn run<S: Store>(
 }
 
 /// Registers one request, queues its reply, then its ack.
-async fn answer<S: Store>(client: AsyncClient, registrar: Arc<Registrar<S>>, p: Publish) {
+async fn reply_to<A: Answer>(client: AsyncClient, answerer: Arc<A>, p: Publish) {
     let Ok(topic) = std::str::from_utf8(&p.topic) else {
         let _ = client.ack(&p).await;
         return;
@@ -142,7 +142,7 @@ async fn answer<S: Store>(client: AsyncClient, registrar: Arc<Registrar<S>>, p: 
         pid: t.pid,
         unique: t.unique,
     };
-    if let Some(reply) = handle(&registrar, "mqtt", device, &p.payload).await {
+    if let Some(reply) = answerer.answer("mqtt", device, &p.payload).await {
         let response = Topic::response(t.pid, t.unique).to_string();
         if let Err(e) = client
             .publish(response, QoS::AtLeastOnce, false, reply)

@@ -383,6 +383,27 @@ impl Held {
     }
 }
 
+/// The fixed success reply of the responders: the request's id and code echoed, a
+/// made-up triplet (no authentication, no storage).
+pub fn canned_reply(pid: &str, unique: &str, payload: &[u8]) -> Vec<u8> {
+    let (id, code) = match RegisterRequest::from_json(payload) {
+        Ok(r) => (r.id, r.code),
+        Err(e) => (e.id, e.code),
+    };
+    RegisterReply::success(
+        id,
+        code,
+        unix_now(),
+        ReplyData::triplet(
+            pid,
+            format!("bench-{unique}"),
+            "0123456789abcdef0123456789abcdef",
+            "",
+        ),
+    )
+    .to_json()
+}
+
 /// Answers every register request on an external broker at `addr` with a fixed
 /// success reply (no authentication, no storage) until the connection ends or `stop`
 /// resolves; returns how many it answered. `ready` is called once subscribed.
@@ -448,21 +469,7 @@ pub async fn responder(
         if t.kind != TopicKind::Request {
             continue;
         }
-        let (id, code) = match RegisterRequest::from_json(&payload) {
-            Ok(r) => (r.id, r.code),
-            Err(e) => (e.id, e.code),
-        };
-        let reply = RegisterReply::success(
-            id,
-            code,
-            unix_now(),
-            ReplyData::triplet(
-                t.pid,
-                format!("bench-{}", t.unique),
-                "0123456789abcdef0123456789abcdef",
-                "",
-            ),
-        );
+        let reply = canned_reply(t.pid, t.unique, &payload);
         let reply_id = (qos == 1).then(|| {
             let id = next_id;
             next_id = next_id.checked_add(1).unwrap_or(1);
@@ -472,7 +479,7 @@ pub async fn responder(
             &Topic::response(t.pid, t.unique).to_string(),
             qos,
             reply_id,
-            Bytes::from(reply.to_json()),
+            Bytes::from(reply),
         )?;
         c.flush().await?;
         answered += 1;

@@ -96,6 +96,14 @@ enum BenchCmd {
         /// QoS of the replies.
         #[arg(long, default_value = "1", value_parser = ["0", "1"])]
         qos: String,
+        /// Take the requests like `serve --attach` does instead (an `amqp://` queue or
+        /// an MQTT 5 shared subscription), through the attach worker: the floor of an
+        /// attached deployment.
+        #[arg(long)]
+        attach: Option<String>,
+        /// With --attach: the queue type (quorum or classic) [default: quorum].
+        #[arg(long, default_value = "quorum")]
+        attach_queue_type: String,
     },
 }
 
@@ -180,10 +188,40 @@ pub(crate) fn run(g: &Global, args: &BenchArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     if let Some(BenchCmd::Responder {
+        attach: Some(url),
+        attach_queue_type,
+        ..
+    }) = &args.responder
+    {
+        let target = dynreg_attach::Target::parse(url).map_err(|e| anyhow::anyhow!(e))?;
+        let config = dynreg_attach::WorkerConfig {
+            queue_type: dynreg_attach::QueueType::parse(attach_queue_type)
+                .map_err(|e| anyhow::anyhow!("--attach-queue-type: {e}"))?,
+            ..dynreg_attach::WorkerConfig::default()
+        };
+        let canned = Arc::new(Canned(std::sync::atomic::AtomicU64::new(0)));
+        let stop = tokio_util::sync::CancellationToken::new();
+        eprintln!("responder taking requests from {target}; Ctrl-C to stop");
+        runtime.block_on(async {
+            let signal = stop.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                signal.cancel();
+            });
+            dynreg_attach::run(target, canned.clone(), config, stop).await;
+        });
+        eprintln!(
+            "{} requests answered",
+            canned.0.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        return Ok(());
+    }
+    if let Some(BenchCmd::Responder {
         host,
         port,
         mqtt,
         qos,
+        ..
     }) = &args.responder
     {
         let addr = format!("{host}:{port}");
@@ -270,4 +308,23 @@ pub(crate) fn run(g: &Global, args: &BenchArgs) -> anyhow::Result<()> {
     let report = runtime.block_on(dynreg_bench::run(cfg.clone(), Arc::new(move |n| b.set(n))));
     bar.finish();
     print(g, &cfg, &report)
+}
+
+/// The canned answer of `bench responder --attach`, counting what it answered.
+struct Canned(std::sync::atomic::AtomicU64);
+
+impl dynreg_attach::Answer for Canned {
+    async fn answer(
+        &self,
+        _via: &'static str,
+        device: dynreg_registrar::Device<'_>,
+        payload: &[u8],
+    ) -> Option<Vec<u8>> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(dynreg_bench::canned_reply(
+            device.pid,
+            device.unique,
+            payload,
+        ))
+    }
 }

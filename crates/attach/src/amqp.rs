@@ -167,7 +167,11 @@ async fn session<A: Answer>(
             info!(broker = %shown, "AMQP worker stopped");
             Ok(())
         }
-        Some(e) => Err(e),
+        Some(e) => {
+            // Whatever is left of the connection goes before the next one is opened.
+            let _ = connection.close(200, "dynreg reconnecting".into()).await;
+            Err(e)
+        }
     }
 }
 

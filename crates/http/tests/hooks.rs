@@ -351,6 +351,58 @@ async fn rabbitmq_backend_answers_what_rabbitmq_asks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vernemq_webhooks_decide_like_the_endpoint() {
+    let h = start(HookAuth::open()).await;
+    let (cid, user, pw) = creds("p1", "u1", now());
+    let register = serde_json::json!({"peer_addr": "127.0.0.1", "peer_port": 5000, "client_id": cid, "username": user, "password": pw, "mountpoint": "", "clean_session": true});
+    for hook in ["auth_on_register", "auth_on_register_m5"] {
+        let r = json(&h, &format!("/hooks/vernemq/{hook}"), register.clone()).await;
+        assert_eq!(r["result"], "ok", "{hook}: {r}");
+    }
+    let mut bad = register.clone();
+    bad["password"] = "00".into();
+    let r = json(&h, "/hooks/vernemq/auth_on_register", bad).await;
+    assert_eq!(r["result"]["error"], "not_allowed", "{r}");
+    let other = serde_json::json!({"client_id": "sensor-1", "username": "x", "password": "y"});
+    assert_eq!(
+        json(&h, "/hooks/vernemq/auth_on_register", other).await["result"],
+        "next"
+    );
+
+    let sub = |topic: &str| serde_json::json!({"client_id": cid, "username": user, "mountpoint": "", "topics": [{"topic": topic, "qos": 1}]});
+    let own = json(
+        &h,
+        "/hooks/vernemq/auth_on_subscribe",
+        sub("register/v2/p1/u1/register_response"),
+    )
+    .await;
+    assert_eq!(own["result"], "ok", "{own}");
+    let wild = json(
+        &h,
+        "/hooks/vernemq/auth_on_subscribe_m5",
+        sub("register/v2/p1/+/register_response"),
+    )
+    .await;
+    assert_eq!(wild["result"]["error"], "not_allowed", "{wild}");
+
+    let publish = |topic: &str, retain: bool| serde_json::json!({"client_id": cid, "username": user, "mountpoint": "", "qos": 1, "topic": topic, "payload": "e30=", "retain": retain});
+    let own = json(
+        &h,
+        "/hooks/vernemq/auth_on_publish",
+        publish("register/v2/p1/u1/register", false),
+    )
+    .await;
+    assert_eq!(own["result"], "ok", "{own}");
+    for body in [
+        publish("register/v2/p1/u2/register", false),
+        publish("register/v2/p1/u1/register", true),
+    ] {
+        let r = json(&h, "/hooks/vernemq/auth_on_publish_m5", body.clone()).await;
+        assert_eq!(r["result"]["error"], "not_allowed", "{body}: {r}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hook_token_is_required_when_set() {
     let h = start(HookAuth::token("t0ken")).await;
     let body = r#"{"clientid":"sensor","topic":"x","action":"publish"}"#;

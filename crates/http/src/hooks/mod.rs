@@ -3,6 +3,7 @@
 //!
 //! - [`emqx`]: EMQX 5 HTTP authentication and authorization.
 //! - [`rabbitmq`]: RabbitMQ's `rabbitmq_auth_backend_http`.
+//! - [`vernemq`]: VerneMQ's webhooks.
 //!
 //! A CONNECT is decided by [`Registrar::authenticate`], as at the embedded endpoint:
 //! parse, product, enabled, ts window, HMAC with the grace secrets, replay guard, ban.
@@ -19,6 +20,7 @@
 
 pub mod emqx;
 pub mod rabbitmq;
+pub mod vernemq;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -127,6 +129,7 @@ pub fn router<S: Store>(registrar: Arc<Registrar<S>>, auth: HookAuth) -> Router 
     Router::new()
         .merge(emqx::router())
         .merge(rabbitmq::router())
+        .merge(vernemq::router())
         .with_state(registrar)
         .layer(DefaultBodyLimit::max(MAX_HOOK_BODY))
         .layer(middleware::from_fn_with_state(auth, require_token))

@@ -1,6 +1,7 @@
 //! The MQTT worker on a real Mosquitto 2 (shared subscriptions, MQTT 5): devices
-//! register through the broker, two workers share the requests, and a stopped worker
-//! finishes what it took. Mosquitto lets anyone in here (its CONNECT and topics are
+//! register through the broker with two workers in the group (which of them answers
+//! is the broker's choice, not checked), again with the same triplet, and the workers
+//! stop within a bound. Mosquitto lets anyone in here (its CONNECT and topics are
 //! the hooks' business, tested in dynreg-http); this tests the workers.
 
 use std::collections::HashSet;
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
     no_mosquitto,
     ignore = "mosquitto is not installed (apt-get install mosquitto; .ci/run installs it)"
 )]
-async fn workers_share_the_requests_of_a_real_mosquitto() {
+async fn two_workers_answer_the_requests_of_a_real_mosquitto() {
     let (mut broker, port) = dynreg_testkit::mosquitto().await;
     let store = TempStore::new();
     store.product("p1", SourceMode::Generate);

@@ -302,6 +302,11 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
             None
         }
     };
+    if listen.is_none() && tls.is_some() {
+        bail!(
+            "mqtt.listen is off but tls.cert and tls.key are set: MQTT over TLS is the embedded endpoint's; give --listen an address, or drop the TLS settings"
+        );
+    }
     let urls = if args.attach.is_empty() {
         file.attach.clone().unwrap_or_default()
     } else {

@@ -90,15 +90,26 @@ async fn user<S: Store>(State(registrar): State<Arc<Registrar<S>>>, f: Fields) -
     }
 }
 
-async fn vhost<S: Store>(State(registrar): State<Arc<Registrar<S>>>, f: Fields) -> Response {
+/// The registration clientId of a `vhost` or `resource` request, or `None` (logged
+/// when it is a registration client whose identity does not hold).
+fn registration_client<'a>(f: &'a Fields, hook: &'static str) -> Option<&'a str> {
     let client_id = f.get("client_id").unwrap_or_default();
     if !is_registration_client(client_id) {
-        return deny();
+        return None;
     }
-    if let Err(why) = identity(client_id, f.get("username")) {
-        info!(hook = "rabbitmq", client_id, "vhost access denied: {why}");
-        return deny();
+    match identity(client_id, f.get("username")) {
+        Ok(_) => Some(client_id),
+        Err(why) => {
+            info!(hook = "rabbitmq", client_id, "{hook} access denied: {why}");
+            None
+        }
     }
+}
+
+async fn vhost<S: Store>(State(registrar): State<Arc<Registrar<S>>>, f: Fields) -> Response {
+    let Some(client_id) = registration_client(&f, "vhost") else {
+        return deny();
+    };
     let ip = f.get("ip").and_then(|ip| ip.parse::<IpAddr>().ok());
     if let Some(ip) = ip.filter(|ip| registrar.is_banned(*ip, unix_now())) {
         info!(hook = "rabbitmq", client_id, %ip, "vhost access denied: the address is banned");
@@ -108,14 +119,9 @@ async fn vhost<S: Store>(State(registrar): State<Arc<Registrar<S>>>, f: Fields) 
 }
 
 async fn resource(f: Fields) -> Response {
-    let client_id = f.get("client_id").unwrap_or_default();
-    if !is_registration_client(client_id) {
+    let Some(client_id) = registration_client(&f, "resource") else {
         return deny();
-    }
-    if let Err(why) = identity(client_id, f.get("username")) {
-        info!(hook = "rabbitmq", client_id, "resource denied: {why}");
-        return deny();
-    }
+    };
     let name = f.get("name").unwrap_or_default();
     let permission = f.get("permission").unwrap_or_default();
     let allowed = match f.get("resource") {

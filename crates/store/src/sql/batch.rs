@@ -165,7 +165,11 @@ impl Batcher<'_> {
                         None => break,
                     }
                 }
-                in_lock_order(&mut batch[ran..]);
+                // Only stores with concurrent writers (the set-based path is
+                // PostgreSQL's) need one lock order; SQLite's one writer skips the sort.
+                if deferred.is_some() {
+                    in_lock_order(&mut batch[ran..]);
+                }
                 ok = self.run_jobs(&mut batch[ran..], deferred.as_mut());
                 ran = batch.len();
             }
@@ -182,7 +186,7 @@ impl Batcher<'_> {
                 // isolated by its own savepoint.
                 self.counters.reruns.fetch_add(1, Ordering::Relaxed);
                 let _ = self.conn.control("ROLLBACK");
-                self.isolated(&mut batch)
+                self.isolated(&mut batch, deferred.is_some())
             };
             self.finish(&mut batch, outcome);
         }
@@ -206,8 +210,11 @@ impl Batcher<'_> {
 
     /// Runs every job of `batch` again in one transaction, each in its own savepoint.
     /// A job that conflicts with a concurrent writer runs again (a few times at most).
-    fn isolated(&mut self, batch: &mut [Box<dyn Job>]) -> Result<(), Error> {
-        in_lock_order(batch);
+    /// `concurrent`: other writers may hold the same rows (run the jobs in lock order).
+    fn isolated(&mut self, batch: &mut [Box<dyn Job>], concurrent: bool) -> Result<(), Error> {
+        if concurrent {
+            in_lock_order(batch);
+        }
         self.conn.begin()?;
         for job in batch.iter_mut() {
             for attempt in 0..CONFLICT_ATTEMPTS {

@@ -107,6 +107,12 @@ enum Command {
     /// registered devices.
     #[command(subcommand)]
     Device(cmd::device::DeviceCmd),
+    /// Create, list and revoke the admin API's tokens.
+    #[command(subcommand)]
+    Token(cmd::access::TokenCmd),
+    /// Read the audit log: registrations, revocations, resets and operator actions.
+    #[command(subcommand)]
+    Audit(cmd::access::AuditCmd),
     /// Move a store: copy the SQLite data dir into an empty PostgreSQL database.
     #[command(subcommand)]
     Store(cmd::store::StoreCmd),
@@ -231,6 +237,37 @@ impl Global {
     }
 }
 
+/// Who runs this command, for the audit log: `cli:<OS user>` on this host.
+pub(crate) fn actor() -> dynreg_store::Actor {
+    let user = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    dynreg_store::Actor {
+        name: format!("cli:{user}"),
+        origin: host,
+    }
+}
+
+/// Runs an operator action on `store` and records it in the audit log as [`actor`]'s
+/// `action` on `pid`'s `target` ([`dynreg_store::audited`]).
+pub(crate) fn audited<T>(
+    store: &Backend,
+    action: &str,
+    pid: &str,
+    target: &str,
+    work: impl FnOnce(
+        &dyn dynreg_store::Operator,
+        &mut dynreg_registrar::AuditEntry,
+    ) -> Result<T, dynreg_store::Error>,
+) -> Result<T, dynreg_store::Error> {
+    let entry = actor().entry(now(), action, pid, target);
+    dynreg_store::audited(&**store, entry, |o, e| work(o, e))
+}
+
 /// The current Unix time in seconds.
 pub(crate) fn now() -> u64 {
     SystemTime::now()
@@ -261,6 +298,8 @@ fn main() {
         Command::Product(c) => cmd::product::run(&cli.global, c),
         Command::Pool(c) => cmd::pool::run(&cli.global, c),
         Command::Device(c) => cmd::device::run(&cli.global, c),
+        Command::Token(c) => cmd::access::token(&cli.global, c),
+        Command::Audit(c) => cmd::access::audit(&cli.global, c),
         Command::Bench(args) => cmd::bench::run(&cli.global, &args),
         Command::Register(args) => match cmd::register::run(&cli.global, &args) {
             Ok(code) => std::process::exit(code),

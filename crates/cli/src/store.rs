@@ -18,6 +18,16 @@ pub(crate) enum Backend {
     Postgres(PgStore),
 }
 
+impl Backend {
+    /// The backend as the admin API takes it.
+    pub(crate) fn ops(&self) -> dynreg_http::api::Ops {
+        match self {
+            Self::Sqlite(s) => Arc::new(s.clone()),
+            Self::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+}
+
 /// Every operator operation goes to the backend behind the enum.
 impl std::ops::Deref for Backend {
     type Target = dyn Operator;

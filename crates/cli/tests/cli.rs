@@ -401,3 +401,65 @@ fn master_key_sources() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("do not decrypt"));
 }
+
+#[test]
+fn tokens_and_the_audit_log() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let p = json(d, &["product", "create", "--name", "Lamp", "--pid", "lamp"]);
+    assert_eq!(p["pid"], "lamp");
+    ok(
+        d,
+        &[
+            "pool", "generate", "--pid", "lamp", "--count", "3", "--out", "p.csv",
+        ],
+    );
+    ok(d, &["product", "disable", "lamp"]);
+    let created = json(
+        d,
+        &["token", "create", "--name", "platform", "--scope", "read"],
+    );
+    let token = created["token"].as_str().unwrap();
+    assert!(token.starts_with("dynreg_"), "{created}");
+    assert_eq!(created["scope"], "read");
+    // Without --json the token alone is on stdout, for scripts.
+    let plain = ok(d, &["token", "create", "--name", "ops", "--scope", "admin"]);
+    assert!(plain.trim().starts_with("dynreg_") && plain.lines().count() == 1);
+    assert!(fails(d, &["token", "create", "--name", "ops", "--scope", "read"]).contains("exists"));
+    let out = dynreg(d, &["token", "create", "--name", "x", "--scope", "root"]);
+    assert_eq!(out.status.code(), Some(2), "a bad scope is a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--scope"));
+    ok(d, &["token", "revoke", "platform"]);
+    let list = json(d, &["token", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert!(list[0]["revoked_at"].is_u64() && list[1]["revoked_at"].is_null());
+    assert!(!list.to_string().contains(token), "tokens are never listed");
+    assert!(fails(d, &["token", "revoke", "platform"]).contains("no token named"));
+
+    // Every action above, newest first, by the CLI's user.
+    let audit = json(d, &["audit", "list"]);
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "token.revoked",
+            "token.created",
+            "token.created",
+            "product.disabled",
+            "pool.generated",
+            "product.created"
+        ]
+    );
+    assert!(audit[0]["actor"].as_str().unwrap().starts_with("cli:"));
+    assert_eq!(audit[4]["detail"], r#"{"count":3}"#);
+    let pool = json(d, &["audit", "list", "--pid", "lamp", "--action", "pool."]);
+    assert_eq!(pool.as_array().unwrap().len(), 1);
+    assert!(ok(d, &["audit", "list"]).contains("product.created"));
+    let out = dynreg(d, &["audit", "list", "--since", "soon"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -147,7 +147,7 @@ fn main() {
             .unwrap();
         let addr = server.local_addr().unwrap();
         tokio::spawn(server.run(
-            router(registrar, HookAuth::token("bench-token")),
+            router(registrar, HookAuth::token("bench-token"), None),
             std::future::pending(),
         ));
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();

@@ -7,11 +7,13 @@
 //!   allowed and whether a client may use a topic. Every CONNECT is decided by
 //!   [`dynreg_registrar::Registrar::authenticate`], the same decision the embedded
 //!   endpoint makes, and every topic by [`dynreg_proto::Topic::is_own`].
-//! - `/healthz`: the process is up.
+//! - [`api`]: the admin API under `/api/v1`, for operators and the platform.
+//! - `/healthz`: the process is up; `/readyz`: the store answers.
 //!
 //! The hooks may be protected by a token ([`HookAuth`]); without one they rely on the
 //! bind address, loopback by default ([`parse_listen`]).
 
+pub mod api;
 pub mod hooks;
 
 mod fields;
@@ -49,11 +51,23 @@ pub fn parse_listen(text: &str) -> Result<Option<SocketAddr>, String> {
     })
 }
 
-/// The whole HTTP service: the hooks under `/hooks` (behind `auth`) and `/healthz`.
-pub fn router<S: Store>(registrar: Arc<Registrar<S>>, auth: HookAuth) -> Router {
-    Router::new()
+/// The whole HTTP service: the hooks under `/hooks` (behind `auth`), the admin API
+/// under `/api/v1` when given, `/healthz` (the process is up) and `/readyz` (the store
+/// answers).
+pub fn router<S: Store>(
+    registrar: Arc<Registrar<S>>,
+    auth: HookAuth,
+    admin: Option<api::Api>,
+) -> Router {
+    let mut router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .nest("/hooks", hooks::router(registrar, auth))
+        .nest("/hooks", hooks::router(registrar, auth));
+    if let Some(admin) = admin {
+        router = router
+            .route("/readyz", get(api::ready).with_state(admin.clone()))
+            .nest("/api/v1", api::router(admin));
+    }
+    router
 }
 
 /// A bound HTTP server, not yet serving.
@@ -82,9 +96,12 @@ impl HttpServer {
         router: Router,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> io::Result<()> {
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
+        axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
     }
 }
 

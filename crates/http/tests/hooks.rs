@@ -51,7 +51,7 @@ async fn start(auth: HookAuth) -> Hooks {
         .unwrap();
     let addr = server.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel();
-    tokio::spawn(server.run(router(registrar, auth), async {
+    tokio::spawn(server.run(router(registrar, auth, None), async {
         let _ = stopped.await;
     }));
     Hooks {

@@ -16,7 +16,8 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use crate::{
-    Device, MacRange, NewTriplet, Product, Registrar, Secret, SourceMode, Store, TripletState,
+    AuditEntry, Device, MacRange, NewTriplet, Product, Registrar, Secret, SourceMode, Store,
+    TripletState,
 };
 
 /// Polls all futures concurrently on the current task and collects their outputs in
@@ -59,6 +60,8 @@ pub trait Fixture: Store + Sized {
     fn pool_counts(&self, pid: &str) -> (u64, u64, u64);
     /// (re-registrations served, re-registrations refused) of a product.
     fn reregistrations(&self, pid: &str) -> (u64, u64);
+    /// The audit lines devices caused (actor `device`), oldest first.
+    fn audit(&self) -> Vec<AuditEntry>;
 }
 
 impl<F: Fixture> Fixture for Arc<F> {
@@ -79,6 +82,9 @@ impl<F: Fixture> Fixture for Arc<F> {
     }
     fn reregistrations(&self, pid: &str) -> (u64, u64) {
         (**self).reregistrations(pid)
+    }
+    fn audit(&self) -> Vec<AuditEntry> {
+        (**self).audit()
     }
 }
 
@@ -659,6 +665,63 @@ pub async fn quota_limits_bound_devices<F: Fixture>(store: F) {
     );
 }
 
+/// Rule test: every registration and re-registration leaves one audit line, written
+/// with it; a refusal leaves none.
+pub async fn registrations_are_audited<F: Fixture>(store: F) {
+    store.put_product(product("Q", SourceMode::Generate));
+    let (r, s) = setup(store);
+    let a = r.decide(NOW, dev("a"), &req()).await.unwrap();
+    r.decide(NOW + 5, dev("a"), &req()).await.unwrap();
+    let moved = r
+        .decide(
+            NOW + 6,
+            dev("m"),
+            &with(|q| {
+                q.data.replace_pid = "Q".into();
+                q.data.secret = "secret-of-Q".into();
+            }),
+        )
+        .await
+        .unwrap();
+    s.revoke("P", "a", NOW + 7);
+    assert_eq!(
+        r.decide(NOW + 8, dev("a"), &req()).await,
+        Err(Status::DeviceRevoked)
+    );
+    let line = |at, action: &str, pid: &str, target: &str, uuid: &str, detail: &str| AuditEntry {
+        at,
+        actor: "device".into(),
+        origin: String::new(),
+        action: action.into(),
+        pid: pid.into(),
+        target: target.into(),
+        uuid: uuid.into(),
+        detail: detail.into(),
+    };
+    assert_eq!(
+        s.audit(),
+        [
+            line(NOW, "device.registered", "P", "a", &a.triplet.uuid, ""),
+            line(
+                NOW + 5,
+                "device.reregistered",
+                "P",
+                "a",
+                &a.triplet.uuid,
+                ""
+            ),
+            line(
+                NOW + 6,
+                "device.registered",
+                "Q",
+                "m",
+                &moved.triplet.uuid,
+                r#"{"key_pid":"P"}"#
+            ),
+        ]
+    );
+}
+
 /// Expands to one `#[tokio::test]` per rule of the suite, each running against a fresh
 /// store made by `$make` (an expression giving a [`Fixture`]).
 ///
@@ -687,7 +750,8 @@ macro_rules! conformance_tests {
             reset_pool_triplet_is_never_reused,
             many_devices_never_share_a_triplet,
             reregistration_policies,
-            quota_limits_bound_devices
+            quota_limits_bound_devices,
+            registrations_are_audited
         );
     };
     (@each plain $make:expr; $($name:ident),* $(,)?) => {

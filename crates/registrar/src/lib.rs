@@ -34,8 +34,8 @@ pub mod store;
 pub use auth::{AuthError, AuthPolicy, AuthStats, Authenticated, Connect};
 pub use ban::BanPolicy;
 pub use model::{
-    MacRange, NewTriplet, PreviousSecret, Product, Registration, ReregPolicy, Secret, SecretMatch,
-    SourceMode, Triplet, TripletId, TripletState,
+    AuditEntry, MacRange, NewTriplet, PreviousSecret, Product, Registration, ReregPolicy, Secret,
+    SecretMatch, SourceMode, Triplet, TripletId, TripletState,
 };
 pub use registrar::{Device, Handled, Registered, Registrar};
 pub use replay::{Claim, CredentialUse, ReplayGuard};

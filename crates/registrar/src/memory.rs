@@ -10,7 +10,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::conformance::Fixture;
-use crate::model::{MacRange, NewTriplet, Product, Registration, Triplet, TripletId, TripletState};
+use crate::model::{
+    AuditEntry, MacRange, NewTriplet, Product, Registration, Triplet, TripletId, TripletState,
+};
 use crate::replay::{Claim, CredentialUse, ReplayGuard};
 use crate::store::{Intent, ProductListener, Store, StoreError, Tx};
 
@@ -32,6 +34,8 @@ struct State {
     registrations: HashMap<(String, String), Row>,
     /// Per product: (re-registrations served, re-registrations refused).
     reregistrations: HashMap<String, (u64, u64)>,
+    /// The audit log, oldest first.
+    audit: Vec<AuditEntry>,
 }
 
 /// An in-memory store.
@@ -236,6 +240,11 @@ impl Tx for MemTx<'_> {
         Ok(())
     }
 
+    fn record(&mut self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.s.audit.push(entry.clone());
+        Ok(())
+    }
+
     fn count_bound_device(&mut self, _pid: &str) -> Result<(), StoreError> {
         // `bound_devices` counts the registrations themselves.
         Ok(())
@@ -352,6 +361,10 @@ impl Fixture for MemoryStore {
             }
         }
         c
+    }
+
+    fn audit(&self) -> Vec<AuditEntry> {
+        self.lock().audit.clone()
     }
 
     fn reregistrations(&self, pid: &str) -> (u64, u64) {

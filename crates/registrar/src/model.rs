@@ -432,6 +432,17 @@ impl fmt::Display for TripletState {
     }
 }
 
+impl FromStr for TripletState {
+    type Err = InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        [Self::Free, Self::Bound, Self::Revoked]
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| InvalidValue(format!("`{s}` is not a state (free, bound, revoked)")))
+    }
+}
+
 /// A device triplet, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Triplet {
@@ -500,6 +511,33 @@ pub struct Registration {
     pub last_seen_at: u64,
     /// When the operator revoked it, if they did.
     pub revoked_at: Option<u64>,
+}
+
+/// One line of the audit log: who did what, to what, when and from where. Written by
+/// the registrar for every registration and re-registration (in the registration's
+/// transaction, [`crate::Tx::record`]) and by the operator's front doors (CLI, admin
+/// API) for every action they take.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuditEntry {
+    /// When (Unix seconds).
+    pub at: u64,
+    /// Who: an API token's name, `cli:<OS user>`, or `device` for what a device did.
+    pub actor: String,
+    /// From where: the client's address for the API, the host for the CLI, the peer of
+    /// a device; empty when unknown.
+    pub origin: String,
+    /// What, as `<object>.<verb>`: `device.registered`, `device.reregistered`,
+    /// `device.revoked`, `device.reset`, `product.created`, `pool.generated`...
+    pub action: String,
+    /// The product concerned, or empty.
+    pub pid: String,
+    /// What was acted on within the product: a device's unique, a token's name...; or
+    /// empty.
+    pub target: String,
+    /// The triplet concerned (a device's uuid), or empty.
+    pub uuid: String,
+    /// More about the action, as a JSON object, or empty.
+    pub detail: String,
 }
 
 impl Registration {

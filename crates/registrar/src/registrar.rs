@@ -35,7 +35,7 @@ use crate::cache::ProductCache;
 use crate::generate;
 use crate::model::SecretMatch;
 use crate::model::{
-    NewTriplet, Product, ReregPolicy, SourceMode, Triplet, TripletId, TripletState,
+    AuditEntry, NewTriplet, Product, ReregPolicy, SourceMode, Triplet, TripletId, TripletState,
 };
 use crate::rate::RateLimiter;
 use crate::store::{Intent, Store, StoreError, StoreErrorKind, Tx};
@@ -408,6 +408,7 @@ impl Plan {
                 triplet.barcode.clone_from(barcode);
             }
             tx.touch_registration(&self.key_pid, &self.unique, self.now)?;
+            tx.record(&self.audit("device.reregistered", &reg.pid, &triplet.uuid))?;
             return Ok(Ok(Registered {
                 pid: reg.pid,
                 triplet,
@@ -449,12 +450,33 @@ impl Plan {
         if self.quota.is_some() {
             tx.count_bound_device(&self.pid)?;
         }
+        tx.record(&self.audit("device.registered", &self.pid, &triplet.uuid))?;
         triplet.state = TripletState::Bound;
         Ok(Ok(Registered {
             pid: self.pid.clone(),
             triplet,
             fresh: true,
         }))
+    }
+
+    /// The audit line of this device's registration under `pid` with triplet `uuid`.
+    /// The target is the device's unique; a device that came in through another pid
+    /// (`replacePid`) says which in the detail.
+    fn audit(&self, action: &str, pid: &str, uuid: &str) -> AuditEntry {
+        AuditEntry {
+            at: self.now,
+            actor: "device".to_owned(),
+            origin: String::new(),
+            action: action.to_owned(),
+            pid: pid.to_owned(),
+            target: self.unique.clone(),
+            uuid: uuid.to_owned(),
+            detail: if self.key_pid == pid {
+                String::new()
+            } else {
+                format!("{{\"key_pid\":\"{}\"}}", self.key_pid)
+            },
+        }
     }
 
     /// Generates and stores a bound triplet, or `None` when the MAC range is used up.

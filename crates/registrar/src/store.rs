@@ -12,7 +12,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::model::{NewTriplet, Product, Registration, Triplet, TripletId, TripletState};
+use crate::model::{
+    AuditEntry, NewTriplet, Product, Registration, Triplet, TripletId, TripletState,
+};
 use crate::replay::{Claim, CredentialUse};
 
 /// What kind of failure a store reports: what a caller decides on (refuse, retry,
@@ -212,6 +214,10 @@ pub trait Tx {
     /// Counts a device just registered under `pid` towards its quota. Called after
     /// [`Tx::insert_registration`] for products that have a quota only.
     fn count_bound_device(&mut self, pid: &str) -> Result<(), StoreError>;
+
+    /// Appends `entry` to the audit log, in this transaction (a registration and its
+    /// audit line are committed together, or neither is).
+    fn record(&mut self, entry: &AuditEntry) -> Result<(), StoreError>;
 }
 
 /// What a registration transaction is about, told to the store before it runs

@@ -7,14 +7,17 @@ use std::sync::Arc;
 
 use dynreg_registrar::model::{InvalidValue, MAX_NAME_LEN, is_valid_pid};
 use dynreg_registrar::{
-    MacRange, NewTriplet, Product, Registration, ReregPolicy, Secret, SourceMode, Triplet,
-    TripletState, generate,
+    AuditEntry, MacRange, NewTriplet, Product, Registration, ReregPolicy, Secret, SourceMode,
+    Triplet, TripletState, generate,
 };
 
 use crate::Error;
 
 /// The most triplets one `generate_pool` or `import_pool` call accepts.
 pub const MAX_POOL_BATCH: u64 = 10_000_000;
+/// How long a rotated product secret keeps working unless the operator says otherwise:
+/// long enough for devices that sit in shops for months.
+pub const DEFAULT_GRACE: &str = "90d";
 /// The longest uuid, mac, barcode accepted by import, in bytes.
 pub const MAX_FIELD_LEN: usize = 64;
 /// The longest device secret accepted by import, in bytes.
@@ -199,10 +202,162 @@ pub struct DeviceFilter {
     pub pid: Option<String>,
     /// Only revoked devices.
     pub revoked_only: bool,
+    /// Only devices not revoked.
+    pub active_only: bool,
+    /// Only devices with this unique.
+    pub unique: Option<String>,
     /// Only devices registered at or after this time (Unix seconds).
     pub since: Option<u64>,
+    /// Only devices after this one in the listing's order (newest first): the cursor
+    /// of the next page, [`DeviceCursor::of`] the last device of a page.
+    pub after: Option<DeviceCursor>,
     /// At most this many (0: no limit).
     pub limit: usize,
+}
+
+/// A position in the device listing (newest first, then by pid and unique): where
+/// the next page starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCursor {
+    /// The registration time of the last device listed.
+    pub registered_at: u64,
+    /// Its pid (the one it authenticates with).
+    pub key_pid: String,
+    /// Its unique.
+    pub unique: String,
+}
+
+impl DeviceCursor {
+    /// The cursor just past `device`.
+    pub fn of(device: &Registration) -> Self {
+        Self {
+            registered_at: device.registered_at,
+            key_pid: device.key_pid.clone(),
+            unique: device.unique.clone(),
+        }
+    }
+}
+
+/// What an API token may do. Each scope includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// Read products, pools, devices, registrations and the audit log.
+    Read,
+    /// Also change them: products, pools, revocations, resets.
+    Write,
+    /// Also manage API tokens.
+    Admin,
+}
+
+impl Scope {
+    /// Every scope, weakest first.
+    pub const ALL: [Scope; 3] = [Scope::Read, Scope::Write, Scope::Admin];
+
+    /// The scope's name: `read`, `write` or `admin`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Admin => "admin",
+        }
+    }
+
+    /// Whether a token of this scope may do what `needed` allows.
+    pub fn allows(self, needed: Scope) -> bool {
+        self >= needed
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| Error::Invalid(format!("scope `{s}` is not read, write or admin")))
+    }
+}
+
+/// An API token as stored: everything but the token itself, of which only a hash is
+/// kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// The token's id.
+    pub id: u64,
+    /// Its name, unique among the tokens not revoked (who it was given to); the audit
+    /// log names the token's holder by it.
+    pub name: String,
+    /// What it may do.
+    pub scope: Scope,
+    /// When it was created (Unix seconds).
+    pub created_at: u64,
+    /// Who created it (an audit actor).
+    pub created_by: String,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<u64>,
+}
+
+/// The prefix of every API token (so that a leaked one is recognisable, e.g. by secret
+/// scanners).
+pub const TOKEN_PREFIX: &str = "dynreg_";
+
+/// The SHA-256 hash under which a token is stored and looked up. Tokens are 256 random
+/// bits, so a fast hash is enough: nothing can be guessed from it.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// Checks a token name: 1 to 64 printable characters.
+pub fn validate_token_name(name: &str) -> Result<(), Error> {
+    if name.is_empty() || name.len() > 64 || !printable(name) || name.trim() != name {
+        return Err(Error::Invalid(format!(
+            "token name `{name}` must be 1 to 64 printable characters, without leading or trailing spaces"
+        )));
+    }
+    Ok(())
+}
+
+/// Which audit lines to read (all conditions must hold).
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only lines about this product.
+    pub pid: Option<String>,
+    /// Only lines about this target (a device's unique, a token's name...).
+    pub target: Option<String>,
+    /// Only lines about this triplet.
+    pub uuid: Option<String>,
+    /// Only lines by this actor.
+    pub actor: Option<String>,
+    /// Only this action (`device.registered`), or this object's actions when it ends
+    /// with `.` (`device.`).
+    pub action: Option<String>,
+    /// Only registrations and re-registrations (`device.registered`,
+    /// `device.reregistered`).
+    pub registrations_only: bool,
+    /// Only lines at or after this time (Unix seconds).
+    pub since: Option<u64>,
+    /// Only lines with an id below this one (the cursor of the next page, newest
+    /// first).
+    pub before: Option<u64>,
+    /// At most this many (0: no limit).
+    pub limit: usize,
+}
+
+/// A line of the audit log as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Its id: lines are numbered in the order they were written.
+    pub id: u64,
+    /// The line.
+    pub entry: AuditEntry,
 }
 
 /// Progress of a long operation: called with the number of items done so far.
@@ -390,17 +545,61 @@ pub trait Operator {
     fn withdraw(&self, pid: &str, uuids: Vec<String>, now: u64) -> Result<u64, Error>;
 
     /// Revokes a device: its registrations are refused with `DeviceRevoked` and its
-    /// triplet is never handed out again.
-    fn revoke(&self, key_pid: &str, unique: &str, now: u64) -> Result<(), Error>;
+    /// triplet is never handed out again. The audit line (`device.revoked` by `by`) is
+    /// written in the same transaction.
+    fn revoke(&self, key_pid: &str, unique: &str, now: u64, by: &Actor) -> Result<(), Error>;
 
     /// Forgets a revoked device's registration so that it may register again (it gets
     /// a fresh triplet; the old one stays revoked). Who held the old triplet, and when
     /// it was registered, revoked and reset, stays in the device history
-    /// ([`Operator::triplet_history`], [`Operator::device_history`]).
-    fn reset(&self, key_pid: &str, unique: &str, now: u64) -> Result<(), Error>;
+    /// ([`Operator::triplet_history`], [`Operator::device_history`]), and in the audit
+    /// line (`device.reset` by `by`, with the old triplet's uuid) written in the same
+    /// transaction.
+    fn reset(&self, key_pid: &str, unique: &str, now: u64, by: &Actor) -> Result<(), Error>;
 
     /// The schema version of the database (the number of migrations it has had).
     fn schema_version(&self) -> Result<u64, Error>;
+
+    /// Appends a line to the audit log; returns its id.
+    fn append_audit(&self, entry: &AuditEntry) -> Result<u64, Error>;
+
+    /// Lines of the audit log matching `filter`, newest first.
+    fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, Error>;
+
+    /// Creates an API token named `name` with `scope`; returns it with the token
+    /// itself, which is shown once and never stored (only its hash,
+    /// [`token_hash`]). A name in use by a token not revoked is a conflict.
+    fn create_token(
+        &self,
+        name: &str,
+        scope: Scope,
+        created_by: &str,
+        now: u64,
+    ) -> Result<(TokenInfo, String), Error> {
+        validate_token_name(name)?;
+        let token = format!("{TOKEN_PREFIX}{}", hex(&generate::bytes::<32>()));
+        let info = self.insert_token(name, scope, &token_hash(&token), created_by, now)?;
+        Ok((info, token))
+    }
+
+    /// Stores a token by its hash (see [`Operator::create_token`]).
+    fn insert_token(
+        &self,
+        name: &str,
+        scope: Scope,
+        hash: &[u8; 32],
+        created_by: &str,
+        now: u64,
+    ) -> Result<TokenInfo, Error>;
+
+    /// Every token, revoked ones included, oldest first.
+    fn tokens(&self) -> Result<Vec<TokenInfo>, Error>;
+
+    /// Revokes the token named `name` (not revoked yet); it stops working at once.
+    fn revoke_token(&self, name: &str, now: u64) -> Result<TokenInfo, Error>;
+
+    /// The token not revoked whose hash is `hash`.
+    fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenInfo>, Error>;
 
     /// Registers `count` generated devices (uniques `bulk-<start>`...) under `pid` in
     /// transactions of 50,000, without going through the registrar: for loading a store
@@ -413,6 +612,96 @@ pub trait Operator {
         now: u64,
         progress: &dyn Fn(u64),
     ) -> Result<u64, Error>;
+}
+
+/// Who acts on the store, for the audit log: an API token's holder, or an operator at
+/// the CLI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// The audit log's `actor`: the token's name, or `cli:<OS user>`.
+    pub name: String,
+    /// The audit log's `origin`: the API client's address, or the CLI's host.
+    pub origin: String,
+}
+
+impl Actor {
+    /// The audit line of this actor doing `action` on `pid`'s `target` at `now`.
+    pub fn entry(&self, now: u64, action: &str, pid: &str, target: &str) -> AuditEntry {
+        AuditEntry {
+            at: now,
+            actor: self.name.clone(),
+            origin: self.origin.clone(),
+            action: action.to_owned(),
+            pid: pid.to_owned(),
+            target: target.to_owned(),
+            uuid: String::new(),
+            detail: String::new(),
+        }
+    }
+}
+
+/// Runs an operator action and, when it succeeds, appends its audit line `entry`: the
+/// one way every front door (CLI, admin API) records what an operator did. The action
+/// may complete the line with what only it learns (a generated pid, a count). A
+/// failed action leaves no line. The line is written right after the action, in a
+/// transaction of its own: if the process dies between the two, the action stands
+/// without its line (registrations, written by the registrar, are audited in their
+/// own transaction instead).
+pub fn audited<T, O: Operator + ?Sized>(
+    ops: &O,
+    mut entry: AuditEntry,
+    action: impl FnOnce(&O, &mut AuditEntry) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let out = action(ops, &mut entry)?;
+    ops.append_audit(&entry).map_err(|e| {
+        Error::Unavailable(format!(
+            "`{}` was done, but its audit line could not be written: {e}",
+            entry.action
+        ))
+    })?;
+    Ok(out)
+}
+
+/// What an operator does to a registered device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceAction {
+    /// [`Operator::revoke`].
+    Revoke,
+    /// [`Operator::reset`].
+    Reset,
+}
+
+impl DeviceAction {
+    /// The audit action: `device.revoked` or `device.reset`.
+    pub fn audit_action(self) -> &'static str {
+        match self {
+            Self::Revoke => "device.revoked",
+            Self::Reset => "device.reset",
+        }
+    }
+}
+
+/// Revokes or resets the device (`key_pid`, `unique`) for `actor` (audited in the
+/// same transaction). Returns the device as it is after a revocation, or as it was
+/// before a reset.
+pub fn act_on_device<O: Operator + ?Sized>(
+    ops: &O,
+    actor: &Actor,
+    action: DeviceAction,
+    key_pid: &str,
+    unique: &str,
+    now: u64,
+) -> Result<Registration, Error> {
+    let before = ops.device(key_pid, unique)?;
+    match action {
+        DeviceAction::Revoke => ops.revoke(key_pid, unique, now, actor)?,
+        DeviceAction::Reset => ops.reset(key_pid, unique, now, actor)?,
+    }
+    ops.device(key_pid, unique)?.or(before).ok_or_else(|| {
+        Error::NotFound(format!(
+            "no device `{unique}` registered with pid `{key_pid}`"
+        ))
+    })
 }
 
 /// Checks a product name; returns it trimmed.
@@ -489,6 +778,14 @@ pub fn validate_import_batch(triplets: &mut [NewTriplet]) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 fn printable(s: &str) -> bool {

@@ -124,6 +124,11 @@ pub fn describe(e: &csv::Error, lines: &Lines) -> String {
     }
 }
 
+/// The fields of `t`'s line in a factory CSV, in [`HEADER`]'s order.
+pub fn record(t: &NewTriplet) -> [&str; 4] {
+    [t.uuid.as_str(), t.secret.expose(), &t.mac, &t.barcode]
+}
+
 /// The triplets of a factory CSV read from `reader` (named `name` in errors), each with
 /// its line number.
 pub fn read_triplets<R: Read>(

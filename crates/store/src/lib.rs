@@ -32,8 +32,9 @@ mod sql;
 pub mod sqlite;
 
 pub use admin::{
-    Deleted, DeviceFilter, HistoryEntry, NewProduct, Operator, PoolStats, ProductSummary,
-    ProductUpdate, Progress, TripletRef, Withdrawal,
+    Actor, AuditFilter, AuditRecord, Deleted, DeviceCursor, DeviceFilter, HistoryEntry, NewProduct,
+    Operator, PoolStats, ProductSummary, ProductUpdate, Progress, Scope, TokenInfo, TripletRef,
+    Withdrawal, audited,
 };
 pub use crypto::{KeySource, MasterKey};
 pub use postgres::{PgConfig, PgStore};

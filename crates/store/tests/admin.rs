@@ -11,7 +11,7 @@ use dynreg_registrar::{MacRange, NewTriplet, ReregPolicy, Secret, SourceMode};
 use dynreg_store::{DeviceFilter, Error, KeySource, NewProduct, SqliteConfig, SqliteStore};
 
 mod common;
-use common::{Backend, TempStore};
+use common::{Backend, TempStore, operator};
 
 fn open(dir: &std::path::Path) -> SqliteStore {
     SqliteStore::open(&SqliteConfig::new(dir)).unwrap()
@@ -187,12 +187,21 @@ async fn devices_revoke_reset_and_listing<S: Backend>(t: TempStore<S>) {
             "a"
         );
         assert!(
-            matches!(s.reset("g", "a", 1_700_000_000), Err(Error::Conflict(_))),
+            matches!(
+                s.reset("g", "a", 1_700_000_000, &operator()),
+                Err(Error::Conflict(_))
+            ),
             "reset needs a revoked device"
         );
-        s.revoke("g", "a", 200).unwrap();
-        assert!(matches!(s.revoke("g", "a", 200), Err(Error::Conflict(_))));
-        assert!(matches!(s.revoke("g", "zz", 200), Err(Error::NotFound(_))));
+        s.revoke("g", "a", 200, &operator()).unwrap();
+        assert!(matches!(
+            s.revoke("g", "a", 200, &operator()),
+            Err(Error::Conflict(_))
+        ));
+        assert!(matches!(
+            s.revoke("g", "zz", 200, &operator()),
+            Err(Error::NotFound(_))
+        ));
         let revoked = s
             .list_devices(&DeviceFilter {
                 revoked_only: true,
@@ -201,7 +210,7 @@ async fn devices_revoke_reset_and_listing<S: Backend>(t: TempStore<S>) {
             .unwrap();
         assert_eq!(revoked.len(), 1);
         assert_eq!(revoked[0].revoked_at, Some(200));
-        s.reset("g", "a", 1_700_000_000).unwrap();
+        s.reset("g", "a", 1_700_000_000, &operator()).unwrap();
         assert!(s.device("g", "a").unwrap().is_none());
         let stats = s.pool_stats("g").unwrap();
         assert_eq!((stats.bound, stats.revoked, stats.devices), (2, 1, 2));
@@ -574,8 +583,8 @@ async fn update_delete_withdraw_lookups_and_history<S: Backend>(t: TempStore<S>)
         );
 
         // After revoke and reset, the old triplet's holder stays findable.
-        s.revoke("u", "d1", 2000).unwrap();
-        s.reset("u", "d1", 3000).unwrap();
+        s.revoke("u", "d1", 2000, &operator()).unwrap();
+        s.reset("u", "d1", 3000, &operator()).unwrap();
         assert!(s.device_by_uuid(&held.triplet.uuid).unwrap().is_none());
         let h = s.triplet_history(&held.triplet.uuid).unwrap();
         assert_eq!(h.len(), 1);
@@ -697,6 +706,124 @@ async fn deleting_a_product_leaves_the_devices_that_moved_to_another<S: Backend>
     });
 }
 
+fn tokens_are_hashed_scoped_and_revocable<S: Backend>(t: TempStore<S>) {
+    use dynreg_store::Scope;
+    use dynreg_store::admin::token_hash;
+    let s = t.store.clone();
+    let (info, token) = s
+        .create_token("ops", Scope::Write, "cli:root", 100)
+        .unwrap();
+    assert!(
+        token.starts_with("dynreg_") && token.len() == 7 + 64,
+        "{token}"
+    );
+    assert_eq!((info.name.as_str(), info.scope), ("ops", Scope::Write));
+    assert_eq!(
+        s.token_by_hash(&token_hash(&token)).unwrap(),
+        Some(info.clone())
+    );
+    assert_eq!(s.token_by_hash(&token_hash("dynreg_other")).unwrap(), None);
+    assert!(matches!(
+        s.create_token("ops", Scope::Read, "cli:root", 101),
+        Err(Error::Conflict(_))
+    ));
+    assert!(matches!(
+        s.create_token(" ops", Scope::Read, "cli:root", 101),
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!("owner".parse::<Scope>(), Err(Error::Invalid(_))));
+    let revoked = s.revoke_token("ops", 200).unwrap();
+    assert_eq!(revoked.revoked_at, Some(200));
+    assert_eq!(s.token_by_hash(&token_hash(&token)).unwrap(), None);
+    assert!(matches!(
+        s.revoke_token("ops", 201),
+        Err(Error::NotFound(_))
+    ));
+    // The name is free again; the old token stays listed, revoked.
+    let (again, _) = s
+        .create_token("ops", Scope::Admin, "cli:root", 300)
+        .unwrap();
+    assert_ne!(again.id, info.id);
+    let names: Vec<(String, Option<u64>)> = s
+        .tokens()
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.name, t.revoked_at))
+        .collect();
+    assert_eq!(names, [("ops".into(), Some(200)), ("ops".into(), None)]);
+    assert!(Scope::Admin.allows(Scope::Write) && !Scope::Read.allows(Scope::Write));
+}
+
+fn audit_lines_are_appended_and_filtered<S: Backend>(t: TempStore<S>) {
+    use dynreg_registrar::AuditEntry;
+    use dynreg_store::AuditFilter;
+    let s = t.store.clone();
+    let line = |at, actor: &str, action: &str, pid: &str, target: &str| AuditEntry {
+        at,
+        actor: actor.into(),
+        origin: "host".into(),
+        action: action.into(),
+        pid: pid.into(),
+        target: target.into(),
+        uuid: String::new(),
+        detail: String::new(),
+    };
+    let lines = [
+        line(10, "cli:ann", "product.created", "p", ""),
+        line(20, "device", "device.registered", "p", "d1"),
+        line(30, "ops", "device.revoked", "p", "d1"),
+        line(40, "device", "device.reregistered", "q", "d2"),
+    ];
+    let ids: Vec<u64> = lines.iter().map(|l| s.append_audit(l).unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    let read =
+        |f: AuditFilter| -> Vec<u64> { s.audit(&f).unwrap().iter().map(|r| r.entry.at).collect() };
+    assert_eq!(read(AuditFilter::default()), [40, 30, 20, 10]);
+    let device = AuditFilter {
+        action: Some("device.".into()),
+        ..Default::default()
+    };
+    assert_eq!(read(device.clone()), [40, 30, 20]);
+    assert_eq!(
+        read(AuditFilter {
+            pid: Some("p".into()),
+            target: Some("d1".into()),
+            ..device.clone()
+        }),
+        [30, 20]
+    );
+    assert_eq!(
+        read(AuditFilter {
+            registrations_only: true,
+            ..Default::default()
+        }),
+        [40, 20]
+    );
+    assert_eq!(
+        read(AuditFilter {
+            actor: Some("ops".into()),
+            ..Default::default()
+        }),
+        [30]
+    );
+    assert_eq!(
+        read(AuditFilter {
+            since: Some(20),
+            before: Some(ids[3]),
+            limit: 1,
+            ..Default::default()
+        }),
+        [30]
+    );
+    assert!(matches!(
+        s.audit(&AuditFilter {
+            action: Some("device%".into()),
+            ..Default::default()
+        }),
+        Err(Error::Invalid(_))
+    ));
+}
+
 /// One test per store for each case: `sqlite::<case>` and `postgres::<case>`.
 macro_rules! on_both_stores {
     (sync: $($name:ident),*; async: $($aname:ident),* $(,)?) => {
@@ -739,6 +866,6 @@ macro_rules! on_both_stores {
 }
 
 on_both_stores!(
-    sync: products_create_list_enable_rotate, pool_generate_with_mac_range_and_overflow, import_is_all_or_nothing, bulk_load_counts, import_validates_normalises_and_deduplicates_macs, rotation_keeps_the_previous_secret_for_its_grace;
+    sync: products_create_list_enable_rotate, pool_generate_with_mac_range_and_overflow, import_is_all_or_nothing, bulk_load_counts, import_validates_normalises_and_deduplicates_macs, rotation_keeps_the_previous_secret_for_its_grace, tokens_are_hashed_scoped_and_revocable, audit_lines_are_appended_and_filtered;
     async: devices_revoke_reset_and_listing, policy_and_quota_are_stored_changed_and_counted, update_delete_withdraw_lookups_and_history, deleting_a_product_leaves_the_devices_that_moved_to_another
 );

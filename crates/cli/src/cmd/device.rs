@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 
 use crate::cmd::pool::{CsvOut, report_written};
 use crate::progress::Bar;
-use crate::{Global, Open, Usage, now, output};
+use dynreg_store::admin::{DeviceAction, act_on_device};
+
+use crate::{Global, Open, Usage, actor, now, output};
 use dynreg_store::HistoryEntry;
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +180,7 @@ pub(crate) fn run(g: &Global, cmd: DeviceCmd) -> anyhow::Result<()> {
                 revoked_only: revoked,
                 since,
                 limit,
+                ..DeviceFilter::default()
             })?;
             if g.json {
                 output::json(&Value::Array(
@@ -287,7 +290,14 @@ pub(crate) fn run(g: &Global, cmd: DeviceCmd) -> anyhow::Result<()> {
             }
         }
         DeviceCmd::Revoke { pid, unique } => {
-            store.revoke(&pid, &unique, now())?;
+            act_on_device(
+                &*store,
+                &actor(),
+                DeviceAction::Revoke,
+                &pid,
+                &unique,
+                now(),
+            )?;
             if g.json {
                 output::json(&json!({ "pid": pid, "unique": unique, "revoked": true }))?;
             } else {
@@ -295,7 +305,7 @@ pub(crate) fn run(g: &Global, cmd: DeviceCmd) -> anyhow::Result<()> {
             }
         }
         DeviceCmd::Reset { pid, unique } => {
-            store.reset(&pid, &unique, now())?;
+            act_on_device(&*store, &actor(), DeviceAction::Reset, &pid, &unique, now())?;
             if g.json {
                 output::json(&json!({ "pid": pid, "unique": unique, "reset": true }))?;
             } else {

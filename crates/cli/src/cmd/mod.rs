@@ -1,5 +1,6 @@
 //! The operator subcommands, one module per noun.
 
+pub(crate) mod access;
 pub(crate) mod bench;
 pub(crate) mod device;
 pub(crate) mod pool;

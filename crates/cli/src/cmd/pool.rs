@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::outfile::OutFile;
 use crate::progress::Bar;
-use crate::{Global, Open, Usage, now, output};
+use crate::{Global, Open, Usage, audited, now, output};
 
 /// The factory CSV header.
 pub(crate) const CSV_HEADER: [&str; 4] = dynreg_store::factory_csv::HEADER;
@@ -65,7 +65,7 @@ pub(crate) enum PoolCmd {
         pid: String,
         /// Only triplets in this state: free, bound or revoked (withdrawn ones count
         /// as revoked).
-        #[arg(long, value_parser = parse_state)]
+        #[arg(long)]
         state: Option<TripletState>,
         /// Write the CSV here, mode 0600 (refused if the file exists); default: stdout.
         #[arg(long)]
@@ -92,15 +92,6 @@ pub(crate) enum PoolCmd {
         #[arg(long)]
         yes: bool,
     },
-}
-
-fn parse_state(s: &str) -> Result<TripletState, String> {
-    match s {
-        "free" => Ok(TripletState::Free),
-        "bound" => Ok(TripletState::Bound),
-        "revoked" => Ok(TripletState::Revoked),
-        _ => Err(format!("`{s}` is not a state (free, bound, revoked)")),
-    }
 }
 
 /// A CSV destination: a file claimed and written as [`OutFile`] describes (exclusive,
@@ -245,13 +236,16 @@ pub(crate) fn run(g: &Global, cmd: PoolCmd) -> anyhow::Result<()> {
             let mut csv = CsvOut::create(out.as_deref())?;
             let bar = Arc::new(Bar::new("generating", count));
             let b = bar.clone();
-            let triplets = store.generate_pool(
-                &pid,
-                count,
-                &barcode_prefix,
-                now(),
-                Arc::new(move |n| b.set(n)),
-            )?;
+            let triplets = audited(&store, "pool.generated", &pid, "", |ops, e| {
+                e.detail = format!(r#"{{"count":{count}}}"#);
+                ops.generate_pool(
+                    &pid,
+                    count,
+                    &barcode_prefix,
+                    now(),
+                    Arc::new(move |n| b.set(n)),
+                )
+            })?;
             bar.finish();
             crate::outfile::note_on_interrupt(format!(
                 "the {} triplets were committed before the interruption: `dynreg pool export --pid {pid} --state free` writes their CSV again",
@@ -259,7 +253,7 @@ pub(crate) fn run(g: &Global, cmd: PoolCmd) -> anyhow::Result<()> {
             ));
             csv.row(CSV_HEADER)?;
             for t in &triplets {
-                csv.row([t.uuid.as_str(), t.secret.expose(), &t.mac, &t.barcode])?;
+                csv.row(dynreg_store::factory_csv::record(t))?;
             }
             csv.finish()?;
             report_written(
@@ -275,16 +269,18 @@ pub(crate) fn run(g: &Global, cmd: PoolCmd) -> anyhow::Result<()> {
             let n = triplets.len() as u64;
             let bar = Arc::new(Bar::new("importing", n));
             let b = bar.clone();
-            let imported = store
-                .import_pool(&pid, triplets, Arc::new(move |n| b.set(n)))
-                .map_err(|e| match e {
-                    dynreg_store::Error::Item { index, message } => anyhow::anyhow!(
-                        "{} line {}: {message}; nothing was imported",
-                        file.display(),
-                        lines.get(index).copied().unwrap_or(0)
-                    ),
-                    other => anyhow::Error::new(other),
-                })?;
+            let imported = audited(&store, "pool.imported", &pid, "", |ops, e| {
+                e.detail = format!(r#"{{"count":{n}}}"#);
+                ops.import_pool(&pid, triplets, Arc::new(move |n| b.set(n)))
+            })
+            .map_err(|e| match e {
+                dynreg_store::Error::Item { index, message } => anyhow::anyhow!(
+                    "{} line {}: {message}; nothing was imported",
+                    file.display(),
+                    lines.get(index).copied().unwrap_or(0)
+                ),
+                other => anyhow::Error::new(other),
+            })?;
             bar.finish();
             if g.json {
                 output::json(&json!({ "pid": pid, "imported": imported }))?;
@@ -358,8 +354,10 @@ pub(crate) fn run(g: &Global, cmd: PoolCmd) -> anyhow::Result<()> {
             {
                 bail!("not confirmed: nothing was withdrawn");
             }
-            let withdrawn =
-                store.withdraw(&pid, found.iter().map(|w| w.uuid.clone()).collect(), now())?;
+            let withdrawn = audited(&store, "pool.withdrawn", &pid, "", |ops, e| {
+                e.detail = format!(r#"{{"count":{}}}"#, found.len());
+                ops.withdraw(&pid, found.iter().map(|w| w.uuid.clone()).collect(), now())
+            })?;
             if g.json {
                 output::json(&json!({
                     "pid": pid, "withdrawn": withdrawn,
@@ -373,10 +371,12 @@ pub(crate) fn run(g: &Global, cmd: PoolCmd) -> anyhow::Result<()> {
             let mut csv = CsvOut::create(out.as_deref())?;
             csv.row(CSV_HEADER)?;
             let mut n = 0u64;
-            store.for_each_triplet(&pid, state, &mut |t| {
-                n += 1;
-                csv.row([t.uuid.as_str(), t.secret.expose(), &t.mac, &t.barcode])
-                    .map_err(|e| dynreg_store::Error::Invalid(e.to_string()))
+            audited(&store, "pool.exported", &pid, "", |ops, _| {
+                ops.for_each_triplet(&pid, state, &mut |t| {
+                    n += 1;
+                    csv.row([t.uuid.as_str(), t.secret.expose(), &t.mac, &t.barcode])
+                        .map_err(|e| dynreg_store::Error::Invalid(e.to_string()))
+                })
             })?;
             csv.finish()?;
             report_written(g, &pid, n, "triplets", out.as_deref())?;

@@ -12,14 +12,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::outfile::OutFile;
-use crate::{Global, Open, Usage, now, output};
+use crate::{Global, Open, Usage, audited, now, output};
 
 /// The grace period of `rotate-secret` when `--grace` is not given: 90 days.
 ///
 /// A routine rotation must not lock out devices flashed with the old secret that have
 /// not registered yet, and those sit in warehouses and shops for months. A leak is
 /// the other case, and it is a deliberate act: `--grace 0`.
-pub(crate) const DEFAULT_GRACE: &str = "90d";
+pub(crate) const DEFAULT_GRACE: &str = dynreg_store::admin::DEFAULT_GRACE;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ProductCmd {
@@ -259,18 +259,20 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
             reregistration,
             quota,
         } => {
-            let p = store.create_product(
-                NewProduct {
-                    pid,
-                    name,
-                    mode,
-                    mac_range,
-                    ts_window,
-                    rereg: reregistration,
-                    quota,
-                },
-                now(),
-            )?;
+            let new = NewProduct {
+                pid,
+                name,
+                mode,
+                mac_range,
+                ts_window,
+                rereg: reregistration,
+                quota,
+            };
+            let p = audited(&store, "product.created", "", "", |ops, e| {
+                let p = ops.create_product(new, now())?;
+                e.pid.clone_from(&p.pid);
+                Ok(p)
+            })?;
             print_created(g, &p, true)?;
         }
         ProductCmd::List => {
@@ -357,7 +359,9 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
                 ))
                 .into());
             }
-            store.update_product(&pid, update)?;
+            audited(&store, "product.updated", &pid, "", |ops, _| {
+                ops.update_product(&pid, update)
+            })?;
             let p = store.product_summary(&pid)?;
             if g.json {
                 output::json(&summary_json(&p))?;
@@ -369,7 +373,10 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
         ProductCmd::Disable { pid } => set_enabled(g, &store, &pid, false)?,
         ProductCmd::RotateSecret { pid, grace } => {
             let at = now();
-            let secret = store.rotate_secret(&pid, grace, at)?;
+            let secret = audited(&store, "product.secret_rotated", &pid, "", |ops, e| {
+                e.detail = format!(r#"{{"grace":{grace}}}"#);
+                ops.rotate_secret(&pid, grace, at)
+            })?;
             let until = at.saturating_add(grace);
             if g.json {
                 output::json(&json!({
@@ -396,7 +403,9 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
             }
         }
         ProductCmd::RetireSecret { pid } => {
-            store.retire_secret(&pid, now())?;
+            audited(&store, "product.secret_retired", &pid, "", |ops, _| {
+                ops.retire_secret(&pid, now())
+            })?;
             if g.json {
                 output::json(&json!({ "pid": pid, "previous_secret_retired": true }))?;
             } else {
@@ -424,7 +433,12 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
             if !yes && !output::confirm(&what)? {
                 bail!("not confirmed: nothing was deleted");
             }
-            let d = store.delete_product(&pid, force)?;
+            let d = audited(&store, "product.deleted", &pid, "", |ops, e| {
+                if force {
+                    e.detail = r#"{"force":true}"#.into();
+                }
+                ops.delete_product(&pid, force)
+            })?;
             if g.json {
                 output::json(
                     &json!({ "pid": pid, "deleted": true, "devices": d.devices, "triplets": d.triplets }),
@@ -508,23 +522,25 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
                 rereg,
                 quota: def.quota,
             };
-            let (p, generated) = match def.secret {
-                // The same validation as `product create`, then the given secret.
-                Some(secret) => {
-                    let mut p = dynreg_store::admin::new_product(new, now())?;
-                    p.secret = Secret::new(secret);
-                    p.enabled = def.enabled;
-                    store.insert_product(&p)?;
-                    (p, false)
-                }
-                None => {
-                    let p = store.create_product(new, now())?;
-                    if !def.enabled {
-                        store.set_enabled(&pid, false)?;
+            let (p, generated) = audited(&store, "product.imported", &pid, "", |ops, _| {
+                Ok(match def.secret {
+                    // The same validation as `product create`, then the given secret.
+                    Some(secret) => {
+                        let mut p = dynreg_store::admin::new_product(new, now())?;
+                        p.secret = Secret::new(secret);
+                        p.enabled = def.enabled;
+                        ops.insert_product(&p)?;
+                        (p, false)
                     }
-                    (p, true)
-                }
-            };
+                    None => {
+                        let p = ops.create_product(new, now())?;
+                        if !def.enabled {
+                            ops.set_enabled(&pid, false)?;
+                        }
+                        (p, true)
+                    }
+                })
+            })?;
             print_created(g, &p, generated)?;
         }
     }
@@ -538,7 +554,14 @@ fn set_enabled(
     pid: &str,
     enabled: bool,
 ) -> anyhow::Result<()> {
-    store.set_enabled(pid, enabled)?;
+    let action = if enabled {
+        "product.enabled"
+    } else {
+        "product.disabled"
+    };
+    audited(store, action, pid, "", |ops, _| {
+        ops.set_enabled(pid, enabled)
+    })?;
     if g.json {
         output::json(&json!({ "pid": pid, "enabled": enabled }))?;
     } else {

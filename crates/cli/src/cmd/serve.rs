@@ -544,7 +544,8 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
         let http_addr = match http {
             Some(http) => {
                 let addr = http.local_addr()?.to_string();
-                let router = dynreg_http::router(registrar.clone(), hooks.clone());
+                let admin = dynreg_http::api::Api::new(store.ops());
+                let router = dynreg_http::router(registrar.clone(), hooks.clone(), Some(admin));
                 let stop = stop.clone();
                 tasks.spawn(async move {
                     http.run(router, stop.cancelled_owned()).await.context("HTTP server")

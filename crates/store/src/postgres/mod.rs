@@ -32,7 +32,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use dynreg_registrar::{
-    Claim, CredentialUse, Intent, Product, ProductListener, Store, StoreError, StoreErrorKind, Tx,
+    AuditEntry, Claim, CredentialUse, Intent, Product, ProductListener, Store, StoreError,
+    StoreErrorKind, Tx,
 };
 use postgres::error::SqlState;
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
@@ -848,6 +849,27 @@ impl Bulk for Session {
             &[&pids, &uniques, &targets, &triplets, &times],
         )
     }
+
+    fn insert_audit(&mut self, rows: &[AuditEntry]) -> Result<(), Error> {
+        let column = |f: fn(&AuditEntry) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
+        let at: Vec<i64> = rows.iter().map(|r| i64_of(r.at)).collect();
+        let (actor, origin, action) = (
+            column(|r| &r.actor),
+            column(|r| &r.origin),
+            column(|r| &r.action),
+        );
+        let (pid, target, uuid, detail) = (
+            column(|r| &r.pid),
+            column(|r| &r.target),
+            column(|r| &r.uuid),
+            column(|r| &r.detail),
+        );
+        self.execute_arrays(
+            "INSERT INTO audit (at, actor, origin, action, pid, target, uuid, detail) SELECT at, actor, origin, action, pid, target, uuid, detail FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) WITH ORDINALITY AS x (at, actor, origin, action, pid, target, uuid, detail, n) ORDER BY n",
+            &[&at, &actor, &origin, &action, &pid, &target, &uuid, &detail],
+        )
+        .map(drop)
+    }
 }
 
 impl Session {
@@ -1040,6 +1062,14 @@ impl PgStore {
     /// bulk load, before autovacuum gets to it.
     pub fn analyze(&self) -> Result<(), Error> {
         self.read(|conn| conn.control("ANALYZE products, triplets, registrations"))
+    }
+
+    /// Asks the server for a checkpoint now (needs a superuser or the `pg_checkpoint`
+    /// role): after a bulk load, so that writing the load's WAL back does not fall in
+    /// what is measured next (the benchmarks' setup; SQLite's
+    /// [`crate::SqliteStore::checkpoint`]).
+    pub fn checkpoint(&self) -> Result<(), Error> {
+        self.read(|conn| conn.control("CHECKPOINT"))
     }
 
     /// Copies every product, pool triplet, device and device history entry of `from`

@@ -9,13 +9,13 @@
 use dynreg_registrar::model::PreviousSecret;
 use dynreg_registrar::model::is_valid_pid;
 use dynreg_registrar::{
-    MacRange, NewTriplet, Product, Registration, Secret, SourceMode, Triplet, TripletState,
-    generate,
+    AuditEntry, MacRange, NewTriplet, Product, Registration, Secret, SourceMode, Triplet,
+    TripletState, generate,
 };
 
 use super::tx::{
-    SealedRegistration, SealedTriplet, TRIPLET_COLUMNS, insert_triplet, registration_select,
-    state_code,
+    SealedRegistration, SealedTriplet, TRIPLET_COLUMNS, insert_audit, insert_triplet,
+    registration_select, state_code,
 };
 use super::{
     Conn, Row, SqlBackend, Value, i64_of, params, previous_aad, product_aad, seal_triplet_secret,
@@ -23,8 +23,9 @@ use super::{
 };
 use crate::Error;
 use crate::admin::{
-    Deleted, DeviceFilter, HistoryEntry, MAX_POOL_BATCH, Operator, PoolStats, ProductUpdate,
-    Progress, TripletRef, Withdrawal, validate_import_batch, validate_name, validate_ts_window,
+    Actor, AuditFilter, AuditRecord, Deleted, DeviceFilter, HistoryEntry, MAX_POOL_BATCH, Operator,
+    PoolStats, ProductUpdate, Progress, Scope, TokenInfo, TripletRef, Withdrawal,
+    validate_import_batch, validate_name, validate_token_name, validate_ts_window,
 };
 use crate::crypto::MasterKey;
 
@@ -73,6 +74,17 @@ fn product_of(r: &dyn Row, key: &MasterKey) -> Result<Product, Error> {
         quota: r.opt_int(10)?.map(u64_of),
         previous_secret,
         pid,
+    })
+}
+
+fn token_of(r: &dyn Row) -> Result<TokenInfo, Error> {
+    Ok(TokenInfo {
+        id: u64_of(r.int(0)?),
+        name: r.text(1)?,
+        scope: r.text(2)?.parse()?,
+        created_at: u64_of(r.int(3)?),
+        created_by: r.text(4)?,
+        revoked_at: r.opt_int(5)?.map(u64_of),
     })
 }
 
@@ -614,12 +626,25 @@ impl<B: SqlBackend> Operator for B {
                 i64::try_from(filter.limit).unwrap_or(i64::MAX)
             };
             let since = i64_of(filter.since.unwrap_or(0));
+            let after = filter.after.as_ref();
             conn.query(
                 concat!(
                     registration_select!(),
-                    " WHERE (CAST(?1 AS TEXT) IS NULL OR r.pid = ?1) AND (CAST(?2 AS BIGINT) = 0 OR r.revoked_at IS NOT NULL) AND r.registered_at >= ?4 ORDER BY r.registered_at DESC, r.key_pid, r.unique_id LIMIT ?3"
+                    " WHERE (CAST(?1 AS TEXT) IS NULL OR r.pid = ?1) AND (CAST(?2 AS BIGINT) = 0 OR r.revoked_at IS NOT NULL) AND (CAST(?5 AS BIGINT) = 0 OR r.revoked_at IS NULL) AND (CAST(?6 AS TEXT) IS NULL OR r.unique_id = ?6) AND r.registered_at >= ?4",
+                    " AND (CAST(?7 AS BIGINT) IS NULL OR r.registered_at < ?7 OR (r.registered_at = ?7 AND (r.key_pid > ?8 OR (r.key_pid = ?8 AND r.unique_id > ?9))))",
+                    " ORDER BY r.registered_at DESC, r.key_pid, r.unique_id LIMIT ?3"
                 ),
-                params![filter.pid.as_ref(), i64::from(filter.revoked_only), limit, since],
+                params![
+                    filter.pid.as_ref(),
+                    i64::from(filter.revoked_only),
+                    limit,
+                    since,
+                    i64::from(filter.active_only),
+                    filter.unique.as_ref(),
+                    after.map(|c| i64_of(c.registered_at)),
+                    after.map_or("", |c| c.key_pid.as_str()),
+                    after.map_or("", |c| c.unique.as_str())
+                ],
                 &mut |r| f(SealedRegistration::load(r, key)?),
             )
         })
@@ -784,43 +809,48 @@ impl<B: SqlBackend> Operator for B {
         })
     }
 
-    fn revoke(&self, key_pid: &str, unique: &str, now: u64) -> Result<(), Error> {
+    fn revoke(&self, key_pid: &str, unique: &str, now: u64, by: &Actor) -> Result<(), Error> {
         let (k, u) = (key_pid.to_owned(), unique.to_owned());
+        let mut entry = by.entry(now, "device.revoked", key_pid, unique);
         self.write(move |conn, _| {
             let triplet = conn.query_opt(
-                "SELECT triplet_id, revoked_at FROM registrations WHERE key_pid = ?1 AND unique_id = ?2",
+                "SELECT r.triplet_id, r.revoked_at, r.pid, t.uuid FROM registrations r JOIN triplets t ON t.id = r.triplet_id WHERE r.key_pid = ?1 AND r.unique_id = ?2",
                 params![&k, &u],
-                |r| Ok((r.int(0)?, r.opt_int(1)?)),
+                |r| Ok((r.int(0)?, r.opt_int(1)?, r.text(2)?, r.text(3)?)),
             )?;
             match triplet {
                 None => Err(Error::NotFound(format!("no device `{u}` registered with pid `{k}`"))),
-                Some((_, Some(_))) => Err(Error::Conflict(format!("device `{u}` of pid `{k}` is already revoked"))),
-                Some((id, None)) => {
+                Some((_, Some(_), _, _)) => Err(Error::Conflict(format!("device `{u}` of pid `{k}` is already revoked"))),
+                Some((id, None, pid, uuid)) => {
                     conn.execute(
                         "UPDATE registrations SET revoked_at = ?3 WHERE key_pid = ?1 AND unique_id = ?2",
                         params![&k, &u, i64_of(now)],
                     )?;
                     conn.execute("UPDATE triplets SET state = 2 WHERE id = ?1", params![id])?;
-                    Ok(())
+                    (entry.pid, entry.uuid) = (pid, uuid);
+                    insert_audit(conn, &entry).map(drop)
                 }
             }
         })
     }
 
-    fn reset(&self, key_pid: &str, unique: &str, now: u64) -> Result<(), Error> {
+    fn reset(&self, key_pid: &str, unique: &str, now: u64, by: &Actor) -> Result<(), Error> {
         let (k, u) = (key_pid.to_owned(), unique.to_owned());
+        let mut entry = by.entry(now, "device.reset", key_pid, unique);
         self.write(move |conn, _| {
             let revoked = conn.query_opt(
-                "SELECT revoked_at, pid FROM registrations WHERE key_pid = ?1 AND unique_id = ?2",
+                "SELECT r.revoked_at, r.pid, t.uuid FROM registrations r JOIN triplets t ON t.id = r.triplet_id WHERE r.key_pid = ?1 AND r.unique_id = ?2",
                 params![&k, &u],
-                |r| Ok((r.opt_int(0)?, r.text(1)?)),
+                |r| Ok((r.opt_int(0)?, r.text(1)?, r.text(2)?)),
             )?;
             match revoked {
                 None => Err(Error::NotFound(format!("no device `{u}` registered with pid `{k}`"))),
-                Some((None, _)) => Err(Error::Conflict(format!(
+                Some((None, _, _)) => Err(Error::Conflict(format!(
                     "device `{u}` of pid `{k}` is not revoked: revoke it first (`dynreg device revoke`)"
                 ))),
-                Some((Some(_), pid)) => {
+                Some((Some(_), pid, uuid)) => {
+                    (entry.pid, entry.uuid) = (pid.clone(), uuid);
+                    insert_audit(conn, &entry)?;
                     conn.execute(
                         "INSERT INTO device_history (uuid, pid, key_pid, unique_id, registered_at, revoked_at, reset_at) SELECT t.uuid, r.pid, r.key_pid, r.unique_id, r.registered_at, r.revoked_at, ?3 FROM registrations r JOIN triplets t ON t.id = r.triplet_id WHERE r.key_pid = ?1 AND r.unique_id = ?2",
                         params![&k, &u, i64_of(now)],
@@ -837,6 +867,132 @@ impl<B: SqlBackend> Operator for B {
                     Ok(())
                 }
             }
+        })
+    }
+
+    fn append_audit(&self, entry: &AuditEntry) -> Result<u64, Error> {
+        let entry = entry.clone();
+        self.write(move |conn, _| insert_audit(conn, &entry).map(u64_of))
+    }
+
+    fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, Error> {
+        let action = match filter.action.as_deref() {
+            None => None,
+            Some(a) if !a.is_empty() && a.bytes().all(|b| b.is_ascii_lowercase() || b == b'.') => {
+                Some(match a.strip_suffix('.') {
+                    Some(object) => format!("{object}.%"),
+                    None => a.to_owned(),
+                })
+            }
+            Some(a) => {
+                return Err(Error::Invalid(format!(
+                    "action `{a}` is not an action (`device.registered`) or an object's actions (`device.`)"
+                )));
+            }
+        };
+        let limit = if filter.limit == 0 {
+            i64::MAX
+        } else {
+            i64::try_from(filter.limit).unwrap_or(i64::MAX)
+        };
+        self.read(|conn| {
+            conn.query_vec(
+                "SELECT id, at, actor, origin, action, pid, target, uuid, detail FROM audit WHERE (CAST(?1 AS TEXT) IS NULL OR pid = ?1) AND (CAST(?2 AS TEXT) IS NULL OR target = ?2) AND (CAST(?3 AS TEXT) IS NULL OR uuid = ?3) AND (CAST(?4 AS TEXT) IS NULL OR actor = ?4) AND (CAST(?5 AS TEXT) IS NULL OR action LIKE ?5) AND at >= ?6 AND id < ?7 AND (CAST(?9 AS BIGINT) = 0 OR action IN ('device.registered', 'device.reregistered')) ORDER BY id DESC LIMIT ?8",
+                params![
+                    filter.pid.as_ref(),
+                    filter.target.as_ref(),
+                    filter.uuid.as_ref(),
+                    filter.actor.as_ref(),
+                    action.as_ref(),
+                    i64_of(filter.since.unwrap_or(0)),
+                    filter.before.map_or(i64::MAX, i64_of),
+                    limit,
+                    i64::from(filter.registrations_only)
+                ],
+                |r| {
+                    Ok(AuditRecord {
+                        id: u64_of(r.int(0)?),
+                        entry: AuditEntry {
+                            at: u64_of(r.int(1)?),
+                            actor: r.text(2)?,
+                            origin: r.text(3)?,
+                            action: r.text(4)?,
+                            pid: r.text(5)?,
+                            target: r.text(6)?,
+                            uuid: r.text(7)?,
+                            detail: r.text(8)?,
+                        },
+                    })
+                },
+            )
+        })
+    }
+
+    fn insert_token(
+        &self,
+        name: &str,
+        scope: Scope,
+        hash: &[u8; 32],
+        created_by: &str,
+        now: u64,
+    ) -> Result<TokenInfo, Error> {
+        validate_token_name(name)?;
+        let (n, h, by) = (name.to_owned(), hash.to_vec(), created_by.to_owned());
+        let id = self.write(move |conn, _| {
+            conn.insert_id(
+                "INSERT INTO api_tokens (name, scope, hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                params![&n, scope.as_str(), &h, i64_of(now), &by],
+            )?
+            .ok_or_else(|| Error::Conflict(format!("a token named `{n}` exists: revoke it first, or choose another name")))
+        })?;
+        Ok(TokenInfo {
+            id: u64_of(id),
+            name: name.to_owned(),
+            scope,
+            created_at: now,
+            created_by: created_by.to_owned(),
+            revoked_at: None,
+        })
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenInfo>, Error> {
+        self.read(|conn| {
+            conn.query_vec(
+                "SELECT id, name, scope, created_at, created_by, revoked_at FROM api_tokens ORDER BY id",
+                &[],
+                token_of,
+            )
+        })
+    }
+
+    fn revoke_token(&self, name: &str, now: u64) -> Result<TokenInfo, Error> {
+        let n = name.to_owned();
+        self.write(move |conn, _| {
+            let token = conn
+                .query_opt(
+                    "SELECT id, name, scope, created_at, created_by, revoked_at FROM api_tokens WHERE name = ?1 AND revoked_at IS NULL",
+                    params![&n],
+                    token_of,
+                )?
+                .ok_or_else(|| Error::NotFound(format!("no token named `{n}` (or it is revoked already)")))?;
+            conn.execute(
+                "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1",
+                params![i64_of(token.id), i64_of(now)],
+            )?;
+            Ok(TokenInfo {
+                revoked_at: Some(now),
+                ..token
+            })
+        })
+    }
+
+    fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenInfo>, Error> {
+        self.read(|conn| {
+            conn.query_opt(
+                "SELECT id, name, scope, created_at, created_by, revoked_at FROM api_tokens WHERE hash = ?1 AND revoked_at IS NULL",
+                params![hash.as_slice()],
+                token_of,
+            )
         })
     }
 

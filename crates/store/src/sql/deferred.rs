@@ -25,7 +25,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use dynreg_registrar::{
-    Intent, NewTriplet, Registration, StoreError, Triplet, TripletId, TripletState, Tx,
+    AuditEntry, Intent, NewTriplet, Registration, StoreError, Triplet, TripletId, TripletState, Tx,
 };
 
 use super::tx::{SealedRegistration, SealedTriplet, SqlTx, needs_binding, state_code};
@@ -82,6 +82,8 @@ pub(crate) trait Bulk {
     /// Inserts registrations, skipping devices already registered; how many it
     /// inserted.
     fn insert_registrations(&mut self, rows: &[RegistrationRow]) -> Result<u64, Error>;
+    /// Appends audit lines, in order.
+    fn insert_audit(&mut self, rows: &[AuditEntry]) -> Result<(), Error>;
 }
 
 /// What a batch read ahead and the writes it keeps (one per writer, cleared between
@@ -108,6 +110,7 @@ pub(crate) struct Deferred {
     triplets: Vec<TripletRow>,
     bound: Vec<i64>,
     new_registrations: Vec<RegistrationRow>,
+    audit: Vec<AuditEntry>,
 }
 
 fn sql(e: Error) -> StoreError {
@@ -201,7 +204,11 @@ impl Deferred {
     /// Writes the kept rows. A row that could not be written (taken by a concurrent
     /// writer) is a conflict.
     pub(crate) fn flush(&mut self, conn: &mut dyn Conn) -> Result<(), StoreError> {
-        if self.triplets.is_empty() && self.bound.is_empty() && self.new_registrations.is_empty() {
+        if self.triplets.is_empty()
+            && self.bound.is_empty()
+            && self.new_registrations.is_empty()
+            && self.audit.is_empty()
+        {
             return Ok(());
         }
         let bulk = bulk(conn)?;
@@ -228,6 +235,10 @@ impl Deferred {
                 return Err(StoreError::conflict("a device was registered concurrently"));
             }
             self.new_registrations.clear();
+        }
+        if !self.audit.is_empty() {
+            bulk.insert_audit(&self.audit).map_err(sql)?;
+            self.audit.clear();
         }
         Ok(())
     }
@@ -262,6 +273,7 @@ impl Deferred {
         self.triplets.clear();
         self.bound.clear();
         self.new_registrations.clear();
+        self.audit.clear();
     }
 }
 
@@ -415,5 +427,10 @@ impl Tx for DeferredTx<'_> {
 
     fn bound_devices(&mut self, pid: &str) -> Result<u64, StoreError> {
         self.now().bound_devices(pid)
+    }
+
+    fn record(&mut self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.d.audit.push(entry.clone());
+        Ok(())
     }
 }

@@ -12,7 +12,8 @@
 //! [`StoreErrorKind::Conflict`]: dynreg_registrar::StoreErrorKind::Conflict
 
 use dynreg_registrar::{
-    MacRange, NewTriplet, Registration, Secret, StoreError, Triplet, TripletId, TripletState, Tx,
+    AuditEntry, MacRange, NewTriplet, Registration, Secret, StoreError, Triplet, TripletId,
+    TripletState, Tx,
 };
 
 use super::{Conn, Row, i64_of, params, seal_triplet_secret, triplet_aad, u64_of};
@@ -353,4 +354,26 @@ impl Tx for SqlTx<'_> {
             .map_err(sql)?;
         Ok(u64_of(n.unwrap_or(0)))
     }
+
+    fn record(&mut self, entry: &AuditEntry) -> Result<(), StoreError> {
+        insert_audit(self.conn, entry).map(drop).map_err(sql)
+    }
+}
+
+/// Appends an audit line; returns its id.
+pub(crate) fn insert_audit(conn: &mut dyn Conn, e: &AuditEntry) -> Result<i64, Error> {
+    conn.insert_id(
+        "INSERT INTO audit (at, actor, origin, action, pid, target, uuid, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            i64_of(e.at),
+            &e.actor,
+            &e.origin,
+            &e.action,
+            &e.pid,
+            &e.target,
+            &e.uuid,
+            &e.detail
+        ],
+    )?
+    .ok_or_else(|| Error::Unavailable("the audit line was not written".into()))
 }

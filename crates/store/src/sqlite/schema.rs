@@ -108,7 +108,36 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX device_history_uuid ON device_history (uuid);
     CREATE INDEX device_history_device ON device_history (key_pid, unique_id);",
+    // 5: the admin API's tokens (stored as SHA-256 hashes; a name is unique among the
+    // tokens not revoked) and the append-only audit log.
+    AUDIT_AND_TOKENS,
 ];
+
+/// Migration 5: the same tables as PostgreSQL's migration 2.
+const AUDIT_AND_TOKENS: &str = "CREATE TABLE api_tokens (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL,
+        scope       TEXT NOT NULL CHECK (scope IN ('read', 'write', 'admin')),
+        hash        BLOB NOT NULL UNIQUE,
+        created_at  INTEGER NOT NULL,
+        created_by  TEXT NOT NULL,
+        revoked_at  INTEGER
+    );
+    CREATE UNIQUE INDEX api_tokens_name ON api_tokens (name) WHERE revoked_at IS NULL;
+    CREATE TABLE audit (
+        id      INTEGER PRIMARY KEY,
+        at      INTEGER NOT NULL,
+        actor   TEXT NOT NULL,
+        origin  TEXT NOT NULL,
+        action  TEXT NOT NULL,
+        pid     TEXT NOT NULL,
+        target  TEXT NOT NULL,
+        uuid    TEXT NOT NULL,
+        detail  TEXT NOT NULL
+    );
+    CREATE INDEX audit_at ON audit (at);
+    CREATE INDEX audit_pid ON audit (pid, target) WHERE pid <> '';
+    CREATE INDEX audit_uuid ON audit (uuid) WHERE uuid <> '';";
 
 /// Sets the connection's pragmas: WAL, full durability, foreign keys, busy timeout.
 pub(crate) fn configure(conn: &Connection) -> Result<(), Error> {

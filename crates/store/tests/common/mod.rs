@@ -129,6 +129,14 @@ impl<S: Store + Operator + Sync> Store for TempStore<S> {
     }
 }
 
+/// The operator the tests act as.
+pub fn operator() -> dynreg_store::Actor {
+    dynreg_store::Actor {
+        name: "test".into(),
+        origin: String::new(),
+    }
+}
+
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     // The store's operator calls block; inside a multi-threaded tokio runtime that is
     // allowed through block_in_place.
@@ -158,11 +166,19 @@ impl<S: Store + Operator + Sync> Fixture for TempStore<S> {
     }
 
     fn revoke(&self, key_pid: &str, unique: &str, now: u64) {
-        blocking(|| self.store.revoke(key_pid, unique, now).unwrap());
+        blocking(|| {
+            self.store
+                .revoke(key_pid, unique, now, &operator())
+                .unwrap();
+        });
     }
 
     fn reset(&self, key_pid: &str, unique: &str) {
-        blocking(|| self.store.reset(key_pid, unique, 1_700_000_000).unwrap());
+        blocking(|| {
+            self.store
+                .reset(key_pid, unique, 1_700_000_000, &operator())
+                .unwrap();
+        });
     }
 
     fn pool_counts(&self, pid: &str) -> (u64, u64, u64) {
@@ -173,5 +189,15 @@ impl<S: Store + Operator + Sync> Fixture for TempStore<S> {
     fn reregistrations(&self, pid: &str) -> (u64, u64) {
         let s = blocking(|| self.store.pool_stats(pid).unwrap());
         (s.reregistrations, s.reregistrations_refused)
+    }
+
+    fn audit(&self) -> Vec<dynreg_registrar::AuditEntry> {
+        let filter = dynreg_store::AuditFilter {
+            actor: Some("device".into()),
+            ..Default::default()
+        };
+        let mut lines = blocking(|| self.store.audit(&filter).unwrap());
+        lines.reverse();
+        lines.into_iter().map(|r| r.entry).collect()
     }
 }

@@ -1,0 +1,712 @@
+//! Products and their triplet pools.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use dynreg_registrar::model::parse_duration;
+use dynreg_registrar::{MacRange, NewTriplet, ReregPolicy, SourceMode, TripletState};
+use dynreg_store::admin::DEFAULT_GRACE;
+use dynreg_store::{NewProduct, PoolStats, ProductSummary, ProductUpdate, Scope, TripletRef};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{Api, Body, Caller, Path, Problem, Query};
+
+/// The largest CSV `pool/import` takes.
+const MAX_IMPORT_BYTES: usize = 512 * 1024 * 1024;
+
+pub(super) fn routes() -> OpenApiRouter<Api> {
+    OpenApiRouter::new()
+        .routes(routes!(list_products, create_product))
+        .routes(routes!(show_product, update_product, delete_product))
+        .routes(routes!(enable_product))
+        .routes(routes!(disable_product))
+        .routes(routes!(rotate_secret))
+        .routes(routes!(retire_secret))
+        .routes(routes!(pool_stats))
+        .routes(routes!(generate_pool))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(import_pool))
+                .layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
+        )
+        .routes(routes!(export_pool))
+        .routes(routes!(withdraw))
+}
+
+/// A product, without its secret, with its pool's counts.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ProductView {
+    /// The product id.
+    pid: String,
+    /// Its name.
+    name: String,
+    /// Whether its devices may register.
+    enabled: bool,
+    /// Where triplets come from: `pool`, `generate` or `pool-then-generate`.
+    mode: String,
+    /// MAC addresses for generated triplets, `START-END`.
+    mac_range: Option<String>,
+    /// The CONNECT ts window, seconds.
+    ts_window: u64,
+    /// The re-registration policy: `always`, `never` or `window:DURATION`.
+    reregistration: String,
+    /// The most devices it may bind.
+    quota: Option<u64>,
+    /// When the previous secret's grace period ends (or ended), Unix seconds.
+    previous_secret_until: Option<u64>,
+    /// When it was created, Unix seconds.
+    created_at: u64,
+    /// Its pool's and devices' counts.
+    pool: PoolView,
+}
+
+impl From<ProductSummary> for ProductView {
+    fn from(p: ProductSummary) -> Self {
+        Self {
+            pid: p.pid,
+            name: p.name,
+            enabled: p.enabled,
+            mode: p.mode.to_string(),
+            mac_range: p.mac_range.map(|r| r.to_string()),
+            ts_window: p.ts_window,
+            reregistration: p.rereg.to_string(),
+            quota: p.quota,
+            previous_secret_until: p.previous_secret_until,
+            created_at: p.created_at,
+            pool: p.stats.into(),
+        }
+    }
+}
+
+/// Counts of a product's triplets and devices.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PoolView {
+    /// Triplets not handed out yet.
+    free: u64,
+    /// Triplets bound to a device.
+    bound: u64,
+    /// Triplets of revoked devices.
+    revoked: u64,
+    /// Free triplets withdrawn by an operator.
+    withdrawn: u64,
+    /// Devices registered under the product.
+    devices: u64,
+    /// MAC addresses left in the product's range.
+    mac_left: Option<u64>,
+    /// Re-registrations served.
+    reregistrations: u64,
+    /// Re-registrations refused by the product's policy.
+    reregistrations_refused: u64,
+}
+
+impl From<PoolStats> for PoolView {
+    fn from(s: PoolStats) -> Self {
+        Self {
+            free: s.free,
+            bound: s.bound,
+            revoked: s.revoked,
+            withdrawn: s.withdrawn,
+            devices: s.devices,
+            mac_left: s.mac_left,
+            reregistrations: s.reregistrations,
+            reregistrations_refused: s.reregistrations_refused,
+        }
+    }
+}
+
+/// A new product.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewProductBody {
+    /// Its pid (1 to 64 of `A-Z a-z 0-9 . _ -`); generated when absent.
+    pid: Option<String>,
+    /// A human name.
+    name: String,
+    /// `pool` (the default), `generate` or `pool-then-generate`.
+    mode: Option<String>,
+    /// MAC addresses for generated triplets, `START-END`.
+    mac_range: Option<String>,
+    /// The CONNECT ts window in seconds (default 900).
+    ts_window: Option<u64>,
+    /// `always`, `never` or `window:DURATION` (default: the CLI's default).
+    reregistration: Option<String>,
+    /// The most devices the product may bind (default: no limit).
+    quota: Option<u64>,
+}
+
+/// A product just created, with its secret (shown once).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct CreatedProduct {
+    /// The product.
+    product: ProductView,
+    /// Its registration secret: flash it into the product's devices. It is not shown
+    /// again by the API.
+    secret: String,
+}
+
+/// Changes to a product; absent fields stay as they are.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProductPatch {
+    /// A new name.
+    name: Option<String>,
+    /// A new mode.
+    mode: Option<String>,
+    /// A new MAC range `START-END`; `null` removes it.
+    #[serde(default, deserialize_with = "some")]
+    #[schema(value_type = Option<String>)]
+    mac_range: Option<Option<String>>,
+    /// A new ts window, seconds.
+    ts_window: Option<u64>,
+    /// A new re-registration policy.
+    reregistration: Option<String>,
+    /// A new quota; `null` removes it.
+    #[serde(default, deserialize_with = "some")]
+    #[schema(value_type = Option<u64>)]
+    quota: Option<Option<u64>>,
+    /// Enables or disables registration.
+    enabled: Option<bool>,
+}
+
+/// A field that is present, possibly `null`: absent stays `None` (serde's default).
+fn some<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+fn parse<T: std::str::FromStr>(field: &str, value: &str) -> Result<T, Problem>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .parse()
+        .map_err(|e| Problem::invalid(format!("{field}: {e}")))
+}
+
+fn mode_of(v: Option<&str>) -> Result<Option<SourceMode>, Problem> {
+    v.map(|m| parse("mode", m)).transpose()
+}
+
+fn range_of(v: Option<&str>) -> Result<Option<MacRange>, Problem> {
+    v.map(|m| parse("mac_range", m)).transpose()
+}
+
+fn rereg_of(v: Option<&str>) -> Result<Option<ReregPolicy>, Problem> {
+    v.map(|m| parse("reregistration", m)).transpose()
+}
+
+/// List products.
+#[utoipa::path(get, path = "/products", tag = "products",
+    responses((status = 200, description = "Every product, by pid", body = Vec<ProductView>)))]
+async fn list_products(
+    State(api): State<Api>,
+    caller: Caller,
+) -> Result<Json<Vec<ProductView>>, Problem> {
+    caller.need(Scope::Read)?;
+    let list = api.run(|ops| ops.list_products()).await?;
+    Ok(Json(list.into_iter().map(ProductView::from).collect()))
+}
+
+/// Create a product.
+#[utoipa::path(post, path = "/products", tag = "products", request_body = NewProductBody,
+    responses((status = 201, description = "Created; the secret is shown only here", body = CreatedProduct)))]
+async fn create_product(
+    State(api): State<Api>,
+    caller: Caller,
+    Body(body): Body<NewProductBody>,
+) -> Result<(StatusCode, Json<CreatedProduct>), Problem> {
+    caller.need(Scope::Write)?;
+    let new = NewProduct {
+        pid: body.pid,
+        name: body.name,
+        mode: mode_of(body.mode.as_deref())?.unwrap_or(SourceMode::Pool),
+        mac_range: range_of(body.mac_range.as_deref())?,
+        ts_window: body
+            .ts_window
+            .unwrap_or(dynreg_proto::credentials::DEFAULT_TS_WINDOW),
+        rereg: rereg_of(body.reregistration.as_deref())?.unwrap_or(ReregPolicy::DEFAULT),
+        quota: body.quota,
+    };
+    let now = super::unix_now();
+    let product = api
+        .audited(
+            caller.entry("product.created", "", ""),
+            move |ops, entry| {
+                let product = ops.create_product(new, now)?;
+                entry.pid.clone_from(&product.pid);
+                Ok(product)
+            },
+        )
+        .await?;
+    let pid = product.pid.clone();
+    let summary = api.run(move |ops| ops.product_summary(&pid)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedProduct {
+            product: summary.into(),
+            secret: product.secret.expose().to_owned(),
+        }),
+    ))
+}
+
+/// Show a product.
+#[utoipa::path(get, path = "/products/{pid}", tag = "products",
+    params(("pid" = String, Path, description = "The product id")),
+    responses((status = 200, description = "The product", body = ProductView)))]
+async fn show_product(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(pid): Path<String>,
+) -> Result<Json<ProductView>, Problem> {
+    caller.need(Scope::Read)?;
+    let p = api.run(move |ops| ops.product_summary(&pid)).await?;
+    Ok(Json(p.into()))
+}
+
+/// Change a product: name, mode, MAC range, ts window, re-registration policy,
+/// quota, enabled.
+#[utoipa::path(patch, path = "/products/{pid}", tag = "products", request_body = ProductPatch,
+    params(("pid" = String, Path, description = "The product id")),
+    responses((status = 200, description = "The product as changed", body = ProductView)))]
+async fn update_product(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(pid): Path<String>,
+    Body(patch): Body<ProductPatch>,
+) -> Result<Json<ProductView>, Problem> {
+    caller.need(Scope::Write)?;
+    let update = ProductUpdate {
+        name: patch.name,
+        mode: mode_of(patch.mode.as_deref())?,
+        mac_range: match patch.mac_range {
+            None => None,
+            Some(r) => Some(range_of(r.as_deref())?),
+        },
+        ts_window: patch.ts_window,
+        rereg: rereg_of(patch.reregistration.as_deref())?,
+        quota: patch.quota,
+    };
+    let enabled = patch.enabled;
+    if update.is_empty() && enabled.is_none() {
+        return Err(Problem::invalid("the patch changes nothing"));
+    }
+    let entry = caller.entry("product.updated", &pid, "");
+    let p = api
+        .audited(entry, move |ops, _| {
+            if !update.is_empty() {
+                ops.update_product(&pid, update)?;
+            }
+            if let Some(on) = enabled {
+                ops.set_enabled(&pid, on)?;
+            }
+            ops.product_summary(&pid)
+        })
+        .await?;
+    Ok(Json(p.into()))
+}
+
+/// The query of a product's deletion.
+#[derive(Debug, Deserialize, IntoParams)]
+pub(crate) struct DeleteQuery {
+    /// Also remove the devices registered under it.
+    #[serde(default)]
+    force: bool,
+}
+
+/// What a deletion removed.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeletedView {
+    /// Devices removed.
+    devices: u64,
+    /// Triplets removed.
+    triplets: u64,
+}
+
+/// Delete a product with its pool (refused while devices are registered under it,
+/// unless `force`).
+#[utoipa::path(delete, path = "/products/{pid}", tag = "products",
+    params(("pid" = String, Path, description = "The product id"), DeleteQuery),
+    responses((status = 200, description = "What was removed", body = DeletedView)))]
+async fn delete_product(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(pid): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<Json<DeletedView>, Problem> {
+    caller.need(Scope::Write)?;
+    let mut entry = caller.entry("product.deleted", &pid, "");
+    if q.force {
+        entry.detail = r#"{"force":true}"#.into();
+    }
+    let d = api
+        .audited(entry, move |ops, _| ops.delete_product(&pid, q.force))
+        .await?;
+    Ok(Json(DeletedView {
+        devices: d.devices,
+        triplets: d.triplets,
+    }))
+}
+
+async fn set_enabled(
+    api: Api,
+    caller: Caller,
+    pid: String,
+    on: bool,
+) -> Result<Json<ProductView>, Problem> {
+    caller.need(Scope::Write)?;
+    let action = if on {
+        "product.enabled"
+    } else {
+        "product.disabled"
+    };
+    let p = api
+        .audited(caller.entry(action, &pid, ""), move |ops, _| {
+            ops.set_enabled(&pid, on)?;
+            ops.product_summary(&pid)
+        })
+        .await?;
+    Ok(Json(p.into()))
+}
+
+/// Let the product's devices register.
+#[utoipa::path(post, path = "/products/{pid}/enable", tag = "products",
+    params(("pid" = String, Path, description = "The product id")),
+    responses((status = 200, description = "The product", body = ProductView)))]
+async fn enable_product(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(pid): Path<String>,
+) -> Result<Json<ProductView>, Problem> {
+    set_enabled(api, caller, pid, true).await
+}
+
+/// Refuse the product's registrations.
+#[utoipa::path(post, path = "/products/{pid}/disable", tag = "products",
+    params(("pid" = String, Path, description = "The product id")),
+    responses((status = 200, description = "The product", body = ProductView)))]
+async fn disable_product(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(pid): Path<String>,
+) -> Result<Json<ProductView>, Problem> {
+    set_enabled(api, caller, pid, false).await
+}
+
+/// A secret rotation.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RotateBody {
+    /// How long the old secret keeps working (`0`, `12h`, `30d`; default 90d).
+    grace: Option<String>,
+}
+
+/// The product's new secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Rotated {
+    /// The new secret (shown once).
+    secret: String,
+    /// When the old secret stops working, Unix seconds.
+    previous_secret_until: u64,
+}
+
+/// Give the product a new secret; the old one keeps working for the grace period.
+#[utoipa::path(post, path = "/products/{pid}/rotate-secret", tag = "products",
+    request_body = RotateBody,
+    params(("pid" = String, Path, description = "The product id")),
+    responses((status = 200, description = "The new secret", body = Rotated)))]
+async fn rotate_secret(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(pid): Path<String>,
+    Body(body): Body<RotateBody>,
+) -> Result<Json<Rotated>, Problem> {
+    caller.need(Scope::Write)?;
+    let grace = body.grace.as_deref().unwrap_or(DEFAULT_GRACE);
+    let grace = parse_duration(grace).map_err(|e| Problem::invalid(format!("grace: {e}")))?;
+    let now = super::unix_now();
+    let mut entry = caller.entry("product.secret_rotated", &pid, "");
+    entry.detail = format!(r#"{{"grace":{grace}}}"#);
+    let secret = api
+        .audited(entry, move |ops, _| ops.rotate_secret(&pid, grace, now))
+        .await?;
+    Ok(Json(Rotated {
+        secret: secret.expose().to_owned(),
+        previous_secret_until: now + grace,
+    }))
+}
+
+/// End the grace period of the product's previous secret now.
+#[utoipa::path(post, path = "/products/{pid}/retire-secret", tag = "products",
+    params(("pid" = String, Path, description = "The product id")),
+    responses((status = 200, description = "The product", body = ProductView)))]
+async fn retire_secret(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(pid): Path<String>,
+) -> Result<Json<ProductView>, Problem> {
+    caller.need(Scope::Write)?;
+    let now = super::unix_now();
+    let p = api
+        .audited(
+            caller.entry("product.secret_retired", &pid, ""),
+            move |ops, _| {
+                ops.retire_secret(&pid, now)?;
+                ops.product_summary(&pid)
+            },
+        )
+        .await?;
+    Ok(Json(p.into()))
+}
+
+/// Count the product's pool and devices.
+#[utoipa::path(get, path = "/products/{pid}/pool", tag = "pools",
+    params(("pid" = String, Path, description = "The product id")),
+    responses((status = 200, description = "The counts", body = PoolView)))]
+async fn pool_stats(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(pid): Path<String>,
+) -> Result<Json<PoolView>, Problem> {
+    caller.need(Scope::Read)?;
+    let s = api.run(move |ops| ops.pool_stats(&pid)).await?;
+    Ok(Json(s.into()))
+}
+
+/// A pool generation.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GenerateBody {
+    /// How many triplets (1 to 10,000,000).
+    count: u64,
+    /// Text put before every barcode's 12-digit serial.
+    #[serde(default)]
+    barcode_prefix: String,
+}
+
+/// The factory CSV (`uuid,secret,mac,barcode`) of `triplets`, as a streamed body.
+fn csv_response(triplets: Vec<NewTriplet>, filename: &str) -> Response {
+    let triplets = Arc::new(triplets);
+    const ROWS: usize = 4096;
+    let chunks = triplets.len().div_ceil(ROWS) + 1;
+    let stream = futures_util::stream::iter((0..chunks).map(move |i| {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        let rows = if i == 0 {
+            w.write_record(dynreg_store::factory_csv::HEADER)
+        } else {
+            triplets[(i - 1) * ROWS..(i * ROWS).min(triplets.len())]
+                .iter()
+                .try_for_each(|t| w.write_record(dynreg_store::factory_csv::record(t)))
+        };
+        rows.map_err(std::io::Error::other)?;
+        w.into_inner()
+            .map(Bytes::from)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }));
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// Generate free triplets and return their factory CSV, secrets included. The CSV is
+/// returned once: keep it (`pool/export` writes it again from the store).
+#[utoipa::path(post, path = "/products/{pid}/pool/generate", tag = "pools",
+    request_body = GenerateBody,
+    params(("pid" = String, Path, description = "The product id")),
+    responses((status = 200, description = "The factory CSV", content_type = "text/csv", body = String)))]
+async fn generate_pool(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(pid): Path<String>,
+    Body(body): Body<GenerateBody>,
+) -> Result<Response, Problem> {
+    caller.need(Scope::Write)?;
+    let now = super::unix_now();
+    let mut entry = caller.entry("pool.generated", &pid, "");
+    entry.detail = format!(r#"{{"count":{}}}"#, body.count);
+    let filename = format!("{pid}-pool.csv");
+    let triplets = api
+        .audited(entry, move |ops, _| {
+            ops.generate_pool(
+                &pid,
+                body.count,
+                &body.barcode_prefix,
+                now,
+                Arc::new(|_| {}),
+            )
+        })
+        .await?;
+    Ok(csv_response(triplets, &filename))
+}
+
+/// What an import did.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Imported {
+    /// Triplets imported.
+    imported: u64,
+}
+
+/// Import a factory CSV (`uuid,secret[,mac][,barcode]`) as free triplets: all or
+/// nothing. A refused line is a 422 problem naming it (`line`).
+#[utoipa::path(post, path = "/products/{pid}/pool/import", tag = "pools",
+    request_body(content = String, content_type = "text/csv", description = "The factory CSV"),
+    params(("pid" = String, Path, description = "The product id")),
+    responses((status = 200, description = "Imported", body = Imported)))]
+async fn import_pool(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(pid): Path<String>,
+    body: Bytes,
+) -> Result<Json<Imported>, Problem> {
+    caller.need(Scope::Write)?;
+    let entry = caller.entry("pool.imported", &pid, "");
+    let imported = api
+        .run(move |ops| {
+            let (triplets, lines) =
+                match dynreg_store::factory_csv::read_triplets(&body[..], "the CSV") {
+                    Ok(t) => t,
+                    Err(e) => return Ok(Err(Problem::invalid(e.to_string()))),
+                };
+            match dynreg_store::audited(ops, entry, |ops, entry| {
+                entry.detail = format!(r#"{{"count":{}}}"#, triplets.len());
+                ops.import_pool(&pid, triplets, Arc::new(|_| {}))
+            }) {
+                Ok(n) => Ok(Ok(n)),
+                Err(dynreg_store::Error::Item { index, message }) => {
+                    let line = lines.get(index).copied().unwrap_or(0);
+                    Ok(Err(Problem::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid_item",
+                        format!("line {line}: {message}"),
+                    )
+                    .at_line(line)))
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .await??;
+    Ok(Json(Imported { imported }))
+}
+
+/// The query of an export.
+#[derive(Debug, Deserialize, IntoParams)]
+pub(crate) struct ExportQuery {
+    /// Only triplets in this state: `free`, `bound` or `revoked`.
+    state: Option<String>,
+}
+
+/// Write the pool's triplets (secrets included) as a factory CSV again.
+#[utoipa::path(get, path = "/products/{pid}/pool/export", tag = "pools",
+    params(("pid" = String, Path, description = "The product id"), ExportQuery),
+    responses((status = 200, description = "The factory CSV", content_type = "text/csv", body = String)))]
+async fn export_pool(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(pid): Path<String>,
+    Query(q): Query<ExportQuery>,
+) -> Result<Response, Problem> {
+    caller.need(Scope::Write)?;
+    let state: Option<TripletState> = q.state.as_deref().map(|s| parse("state", s)).transpose()?;
+    let filename = format!("{pid}-export.csv");
+    let entry = caller.entry("pool.exported", &pid, "");
+    let triplets = api
+        .audited(entry, move |ops, _| {
+            let mut out = Vec::new();
+            ops.for_each_triplet(&pid, state, &mut |t| {
+                out.push(NewTriplet {
+                    uuid: t.uuid,
+                    secret: t.secret,
+                    mac: t.mac,
+                    barcode: t.barcode,
+                });
+                Ok(())
+            })?;
+            Ok(out)
+        })
+        .await?;
+    Ok(csv_response(triplets, &filename))
+}
+
+/// Free triplets to withdraw, by uuid or barcode.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WithdrawBody {
+    /// Triplets by uuid.
+    #[serde(default)]
+    uuids: Vec<String>,
+    /// Triplets by barcode.
+    #[serde(default)]
+    barcodes: Vec<String>,
+}
+
+/// A withdrawn triplet.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct WithdrawnView {
+    /// Its uuid.
+    uuid: String,
+    /// Its barcode.
+    barcode: String,
+    /// Its MAC.
+    mac: String,
+}
+
+/// Withdraw leaked or damaged free triplets: they are never handed out. All or
+/// nothing; a triplet that is not a free one of the product is refused (422).
+#[utoipa::path(post, path = "/products/{pid}/pool/withdraw", tag = "pools",
+    request_body = WithdrawBody,
+    params(("pid" = String, Path, description = "The product id")),
+    responses((status = 200, description = "The withdrawn triplets", body = Vec<WithdrawnView>)))]
+async fn withdraw(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(pid): Path<String>,
+    Body(body): Body<WithdrawBody>,
+) -> Result<Json<Vec<WithdrawnView>>, Problem> {
+    caller.need(Scope::Write)?;
+    let refs: Vec<TripletRef> = body
+        .uuids
+        .into_iter()
+        .map(TripletRef::Uuid)
+        .chain(body.barcodes.into_iter().map(TripletRef::Barcode))
+        .collect();
+    if refs.is_empty() {
+        return Err(Problem::invalid(
+            "name triplets to withdraw in uuids or barcodes",
+        ));
+    }
+    let now = super::unix_now();
+    let list = api
+        .audited(
+            caller.entry("pool.withdrawn", &pid, ""),
+            move |ops, entry| {
+                let found = ops.withdrawal_candidates(&pid, &refs)?;
+                entry.detail = format!(r#"{{"count":{}}}"#, found.len());
+                ops.withdraw(&pid, found.iter().map(|w| w.uuid.clone()).collect(), now)?;
+                Ok(found)
+            },
+        )
+        .await?;
+    Ok(Json(
+        list.into_iter()
+            .map(|w| WithdrawnView {
+                uuid: w.uuid,
+                barcode: w.barcode,
+                mac: w.mac,
+            })
+            .collect(),
+    ))
+}

@@ -1,0 +1,270 @@
+//! The audit log, recent registrations, and API tokens.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use dynreg_store::{AuditFilter, AuditRecord, Scope, TokenInfo};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{Api, Body, Caller, Path, Problem, Query, page_size};
+
+pub(super) fn routes() -> OpenApiRouter<Api> {
+    OpenApiRouter::new()
+        .routes(routes!(list_audit))
+        .routes(routes!(recent_registrations))
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
+}
+
+/// A line of the audit log.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct AuditView {
+    /// Its id (lines are numbered in the order they were written).
+    id: u64,
+    /// When, Unix seconds.
+    at: u64,
+    /// Who: a token's name, `cli:<user>`, or `device`.
+    actor: String,
+    /// From where (client address, host), or empty.
+    origin: String,
+    /// What: `device.registered`, `product.created`...
+    action: String,
+    /// The product concerned, or empty.
+    pid: String,
+    /// The device's unique, token's name..., or empty.
+    target: String,
+    /// The triplet concerned, or empty.
+    uuid: String,
+    /// More, as a JSON object's text, or empty.
+    detail: String,
+}
+
+impl From<AuditRecord> for AuditView {
+    fn from(r: AuditRecord) -> Self {
+        let e = r.entry;
+        Self {
+            id: r.id,
+            at: e.at,
+            actor: e.actor,
+            origin: e.origin,
+            action: e.action,
+            pid: e.pid,
+            target: e.target,
+            uuid: e.uuid,
+            detail: e.detail,
+        }
+    }
+}
+
+/// A page of audit lines.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct AuditPage {
+    /// The lines, newest first.
+    items: Vec<AuditView>,
+    /// The `before` of the next page, when there may be one.
+    next: Option<u64>,
+}
+
+/// Which audit lines to read.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct AuditQuery {
+    /// Only lines about this product.
+    pid: Option<String>,
+    /// Only lines about this target (a device's unique, a token's name).
+    target: Option<String>,
+    /// Only lines about this triplet.
+    uuid: Option<String>,
+    /// Only lines by this actor.
+    actor: Option<String>,
+    /// Only this action (`device.revoked`), or an object's actions (`device.`).
+    action: Option<String>,
+    /// Only lines at or after this time, Unix seconds.
+    since: Option<u64>,
+    /// Only lines with an id below this one: `next` of the previous page.
+    before: Option<u64>,
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<usize>,
+}
+
+/// Reads a page of `filter`'s lines.
+async fn page(api: &Api, mut filter: AuditFilter, limit: usize) -> Result<AuditPage, Problem> {
+    filter.limit = limit + 1;
+    let mut lines = api.run(move |ops| ops.audit(&filter)).await?;
+    let next = (lines.len() > limit).then(|| {
+        lines.truncate(limit);
+        lines[limit - 1].id
+    });
+    Ok(AuditPage {
+        items: lines.into_iter().map(Into::into).collect(),
+        next,
+    })
+}
+
+/// Read the audit log, newest first.
+#[utoipa::path(get, path = "/audit", tag = "audit", params(AuditQuery),
+    responses((status = 200, description = "A page of audit lines", body = AuditPage)))]
+async fn list_audit(
+    State(api): State<Api>,
+    caller: Caller,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<AuditPage>, Problem> {
+    caller.need(Scope::Read)?;
+    let limit = page_size(q.limit, 100)?;
+    let filter = AuditFilter {
+        pid: q.pid,
+        target: q.target,
+        uuid: q.uuid,
+        actor: q.actor,
+        action: q.action,
+        since: q.since,
+        before: q.before,
+        ..Default::default()
+    };
+    Ok(Json(page(&api, filter, limit).await?))
+}
+
+/// Which registrations to read.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct RegistrationQuery {
+    /// Only registrations under this product.
+    pid: Option<String>,
+    /// Only those at or after this time, Unix seconds.
+    since: Option<u64>,
+    /// Only lines with an id below this one: `next` of the previous page.
+    before: Option<u64>,
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<usize>,
+}
+
+/// Recent registrations and re-registrations, newest first (their audit lines).
+#[utoipa::path(get, path = "/registrations", tag = "audit", params(RegistrationQuery),
+    responses((status = 200, description = "A page of registrations", body = AuditPage)))]
+async fn recent_registrations(
+    State(api): State<Api>,
+    caller: Caller,
+    Query(q): Query<RegistrationQuery>,
+) -> Result<Json<AuditPage>, Problem> {
+    caller.need(Scope::Read)?;
+    let limit = page_size(q.limit, 100)?;
+    let filter = AuditFilter {
+        pid: q.pid,
+        since: q.since,
+        before: q.before,
+        registrations_only: true,
+        ..Default::default()
+    };
+    Ok(Json(page(&api, filter, limit).await?))
+}
+
+/// An API token (without the token itself).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TokenView {
+    /// Its id.
+    id: u64,
+    /// Its name.
+    name: String,
+    /// `read`, `write` or `admin`.
+    scope: String,
+    /// When it was created, Unix seconds.
+    created_at: u64,
+    /// Who created it.
+    created_by: String,
+    /// When it was revoked.
+    revoked_at: Option<u64>,
+}
+
+impl From<TokenInfo> for TokenView {
+    fn from(t: TokenInfo) -> Self {
+        Self {
+            id: t.id,
+            name: t.name,
+            scope: t.scope.to_string(),
+            created_at: t.created_at,
+            created_by: t.created_by,
+            revoked_at: t.revoked_at,
+        }
+    }
+}
+
+/// A new token.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewTokenBody {
+    /// Its name (whom it is for), unique among tokens not revoked.
+    name: String,
+    /// `read`, `write` or `admin`.
+    scope: String,
+}
+
+/// A token just created.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct CreatedToken {
+    /// The token: send it as `Authorization: Bearer <token>`. Shown once; only its
+    /// hash is stored.
+    token: String,
+    /// What was stored.
+    info: TokenView,
+}
+
+/// List API tokens, revoked ones included.
+#[utoipa::path(get, path = "/tokens", tag = "tokens",
+    responses((status = 200, description = "Every token", body = Vec<TokenView>)))]
+async fn list_tokens(
+    State(api): State<Api>,
+    caller: Caller,
+) -> Result<Json<Vec<TokenView>>, Problem> {
+    caller.need(Scope::Admin)?;
+    let list = api.run(|ops| ops.tokens()).await?;
+    Ok(Json(list.into_iter().map(Into::into).collect()))
+}
+
+/// Create an API token.
+#[utoipa::path(post, path = "/tokens", tag = "tokens", request_body = NewTokenBody,
+    responses((status = 201, description = "Created; the token is shown only here", body = CreatedToken)))]
+async fn create_token(
+    State(api): State<Api>,
+    caller: Caller,
+    Body(body): Body<NewTokenBody>,
+) -> Result<(StatusCode, Json<CreatedToken>), Problem> {
+    caller.need(Scope::Admin)?;
+    let scope: Scope = body.scope.parse().map_err(Problem::from)?;
+    let now = super::unix_now();
+    let by = caller.actor().name;
+    let mut entry = caller.entry("token.created", "", &body.name);
+    entry.detail = format!(r#"{{"scope":"{scope}"}}"#);
+    let (info, token) = api
+        .audited(entry, move |ops, _| {
+            ops.create_token(&body.name, scope, &by, now)
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            token,
+            info: info.into(),
+        }),
+    ))
+}
+
+/// Revoke an API token by name; it stops working at once.
+#[utoipa::path(delete, path = "/tokens/{name}", tag = "tokens",
+    params(("name" = String, Path, description = "The token's name")),
+    responses((status = 200, description = "The revoked token", body = TokenView)))]
+async fn revoke_token(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<TokenView>, Problem> {
+    caller.need(Scope::Admin)?;
+    let now = super::unix_now();
+    let entry = caller.entry("token.revoked", "", &name);
+    let info = api
+        .audited(entry, move |ops, _| ops.revoke_token(&name, now))
+        .await?;
+    Ok(Json(info.into()))
+}

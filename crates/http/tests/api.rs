@@ -1,0 +1,521 @@
+//! The admin API over real HTTP on port 0, against a SQLite store: tokens and scopes,
+//! problem documents, products, pools, devices with cursor pagination, revocation and
+//! reset, the audit log, and the OpenAPI document.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dynreg_http::api::Api;
+use dynreg_http::{HookAuth, HttpServer, router};
+use dynreg_proto::RegisterRequest;
+use dynreg_registrar::{Device, Registrar};
+use dynreg_store::{Operator, Scope};
+use dynreg_testkit::TempStore;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+struct Server {
+    addr: SocketAddr,
+    store: TempStore,
+    registrar: Arc<Registrar<dynreg_store::SqliteStore>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// A token of `scope` named after it, made in the store as `dynreg token create` does.
+fn token(store: &TempStore, scope: Scope) -> String {
+    store
+        .store
+        .create_token(&format!("{scope}-token"), scope, "test", now())
+        .unwrap()
+        .1
+}
+
+async fn start() -> Server {
+    let store = TempStore::new();
+    let registrar = Arc::new(Registrar::new(store.store.clone()));
+    let admin = Api::new(Arc::new(store.store.clone()));
+    let server = HttpServer::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    tokio::spawn(server.run(
+        router(registrar.clone(), HookAuth::open(), Some(admin)),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Server {
+        addr,
+        store,
+        registrar,
+        _stop: stop,
+    }
+}
+
+/// One HTTP/1.0 request (the reply is not chunked, and ends with the connection):
+/// the status, content type and body.
+async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &str,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nhost: x\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{auth}\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let ctype = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-type: "))
+        .unwrap_or("")
+        .to_owned();
+    (status, ctype, body.to_owned())
+}
+
+async fn get(s: &Server, path: &str, token: &str) -> (u16, Value) {
+    let (status, _, body) = call(s.addr, "GET", path, Some(token), "", "").await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+async fn send(s: &Server, method: &str, path: &str, token: &str, body: Value) -> (u16, Value) {
+    let (status, _, text) = call(
+        s.addr,
+        method,
+        path,
+        Some(token),
+        "application/json",
+        &body.to_string(),
+    )
+    .await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_scopes_are_enforced_with_problem_documents() {
+    let s = start().await;
+    let read = token(&s.store, Scope::Read);
+    let write = token(&s.store, Scope::Write);
+    let admin = token(&s.store, Scope::Admin);
+
+    let (status, ctype, body) = call(s.addr, "GET", "/api/v1/products", None, "", "").await;
+    assert_eq!(status, 401);
+    assert_eq!(ctype, "application/problem+json");
+    let p: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (p["status"].as_u64(), p["code"].as_str()),
+        (Some(401), Some("unauthorized"))
+    );
+    assert_eq!(p["type"], "urn:dynreg:problem:unauthorized");
+    let (status, _) = get(&s, "/api/v1/products", "dynreg_not-a-token").await;
+    assert_eq!(status, 401);
+
+    assert_eq!(get(&s, "/api/v1/products", &read).await, (200, json!([])));
+    let (status, p) = send(&s, "POST", "/api/v1/products", &read, json!({"name": "x"})).await;
+    assert_eq!((status, p["code"].as_str()), (403, Some("forbidden")));
+    assert!(p["detail"].as_str().unwrap().contains("needs write"), "{p}");
+    let (status, _) = get(&s, "/api/v1/tokens", &write).await;
+    assert_eq!(status, 403, "tokens are admin only");
+
+    // An admin creates a token through the API; the new token works until revoked.
+    let (status, created) = send(
+        &s,
+        "POST",
+        "/api/v1/tokens",
+        &admin,
+        json!({"name": "platform", "scope": "read"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let platform = created["token"].as_str().unwrap().to_owned();
+    assert!(platform.starts_with("dynreg_"));
+    assert_eq!(get(&s, "/api/v1/products", &platform).await.0, 200);
+    let (status, p) = send(
+        &s,
+        "POST",
+        "/api/v1/tokens",
+        &admin,
+        json!({"name": "platform", "scope": "read"}),
+    )
+    .await;
+    assert_eq!((status, p["code"].as_str()), (409, Some("conflict")));
+    let (status, list) = get(&s, "/api/v1/tokens", &admin).await;
+    assert_eq!(status, 200);
+    assert_eq!(list.as_array().unwrap().len(), 4);
+    assert!(
+        !list.to_string().contains(&platform),
+        "tokens are never listed"
+    );
+    let (status, revoked) = send(&s, "DELETE", "/api/v1/tokens/platform", &admin, json!({})).await;
+    assert_eq!(status, 200, "{revoked}");
+    assert!(revoked["revoked_at"].is_u64());
+    assert_eq!(get(&s, "/api/v1/products", &platform).await.0, 401);
+
+    // Bad input is a 400 problem, whatever part of the request it is in.
+    let (status, p) = send(&s, "POST", "/api/v1/products", &write, json!({"nam": "x"})).await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (400, Some("bad_request")),
+        "{p}"
+    );
+    let (status, p) = get(&s, "/api/v1/devices?limit=x", &read).await;
+    assert_eq!((status, p["code"].as_str()), (400, Some("bad_request")));
+    let (status, p) = get(&s, "/api/v1/devices?limit=0", &read).await;
+    assert_eq!((status, p["code"].as_str()), (400, Some("invalid")));
+    let (status, p) = get(&s, "/api/v1/nothing", &read).await;
+    assert_eq!((status, p["code"].as_str()), (404, Some("not_found")));
+
+    // The audit log names who did what, from where.
+    let (_, audit) = get(&s, "/api/v1/audit?action=token.", &admin).await;
+    let actions: Vec<(&str, &str, &str, &str)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["action"].as_str().unwrap(),
+                l["actor"].as_str().unwrap(),
+                l["origin"].as_str().unwrap(),
+                l["target"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("token.revoked", "admin-token", "127.0.0.1", "platform"),
+            ("token.created", "admin-token", "127.0.0.1", "platform"),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn products_pools_and_devices_through_the_api() {
+    let s = start().await;
+    let write = token(&s.store, Scope::Write);
+    let read = token(&s.store, Scope::Read);
+
+    let (status, created) = send(
+        &s,
+        "POST",
+        "/api/v1/products",
+        &write,
+        json!({"pid": "P1", "name": "Lamp", "mode": "pool", "reregistration": "window:1d"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["product"]["pid"], "P1");
+    assert_eq!(created["product"]["reregistration"], "window:1d");
+    let secret = created["secret"].as_str().unwrap();
+    assert_eq!(
+        s.store
+            .store
+            .load_product("P1")
+            .unwrap()
+            .unwrap()
+            .secret
+            .expose(),
+        secret
+    );
+    let (status, p) = send(
+        &s,
+        "POST",
+        "/api/v1/products",
+        &write,
+        json!({"pid": "P1", "name": "again"}),
+    )
+    .await;
+    assert_eq!((status, p["code"].as_str()), (409, Some("conflict")));
+    let (status, p) = send(
+        &s,
+        "POST",
+        "/api/v1/products",
+        &write,
+        json!({"name": "x", "mode": "sometimes"}),
+    )
+    .await;
+    assert_eq!((status, p["code"].as_str()), (400, Some("invalid")));
+    assert!(p["detail"].as_str().unwrap().starts_with("mode:"), "{p}");
+
+    // Patch: a field set, a field removed with null, the rest unchanged.
+    let (status, p) = send(
+        &s,
+        "PATCH",
+        "/api/v1/products/P1",
+        &write,
+        json!({"name": "Lamp 2", "quota": 10}),
+    )
+    .await;
+    assert_eq!(
+        (status, p["name"].as_str(), p["quota"].as_u64()),
+        (200, Some("Lamp 2"), Some(10))
+    );
+    let (_, p) = send(
+        &s,
+        "PATCH",
+        "/api/v1/products/P1",
+        &write,
+        json!({"quota": null}),
+    )
+    .await;
+    assert!(p["quota"].is_null() && p["name"] == "Lamp 2", "{p}");
+    let (status, p) = send(&s, "POST", "/api/v1/products/P1/disable", &write, json!({})).await;
+    assert_eq!((status, p["enabled"].as_bool()), (200, Some(false)));
+    send(&s, "POST", "/api/v1/products/P1/enable", &write, json!({})).await;
+
+    // Generate: the factory CSV, once.
+    let (status, ctype, csv) = call(
+        s.addr,
+        "POST",
+        "/api/v1/products/P1/pool/generate",
+        Some(&write),
+        "application/json",
+        &json!({"count": 5000, "barcode_prefix": "LB"}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{csv}");
+    assert!(ctype.starts_with("text/csv"), "{ctype}");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 5001);
+    assert_eq!(lines[0], "uuid,secret,mac,barcode");
+    let first: Vec<&str> = lines[1].split(',').collect();
+    let stored = s.store.store.triplet(first[0]).unwrap().unwrap();
+    assert_eq!(stored.secret.expose(), first[1]);
+    assert!(first[3].starts_with("LB"));
+    let (_, stats) = get(&s, "/api/v1/products/P1/pool", &read).await;
+    assert_eq!(stats["free"], 5000);
+
+    // Import: all or nothing, the refused line named.
+    let bad = format!("uuid,secret,mac\nnew-1,s1,\n{},s2,\n", first[0]);
+    let (status, _, body) = call(
+        s.addr,
+        "POST",
+        "/api/v1/products/P1/pool/import",
+        Some(&write),
+        "text/csv",
+        &bad,
+    )
+    .await;
+    let p: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (status, p["code"].as_str(), p["line"].as_u64()),
+        (422, Some("invalid_item"), Some(3)),
+        "{p}"
+    );
+    let (_, stats) = get(&s, "/api/v1/products/P1/pool", &read).await;
+    assert_eq!(stats["free"], 5000, "nothing imported");
+    let (status, _, body) = call(
+        s.addr,
+        "POST",
+        "/api/v1/products/P1/pool/import",
+        Some(&write),
+        "text/csv",
+        "uuid,secret\nnew-1,s1\nnew-2,s2\n",
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, r#"{"imported":2}"#));
+
+    // Withdraw by barcode.
+    let (status, w) = send(
+        &s,
+        "POST",
+        "/api/v1/products/P1/pool/withdraw",
+        &write,
+        json!({"barcodes": [first[3]]}),
+    )
+    .await;
+    assert_eq!(
+        (status, w[0]["uuid"].as_str()),
+        (200, Some(first[0])),
+        "{w}"
+    );
+
+    // Devices register; the listing pages through them with a cursor, newest first.
+    for i in 0..25 {
+        let unique = format!("dev-{i:02}");
+        s.registrar
+            .decide(
+                1_700_000_000 + i,
+                Device {
+                    pid: "P1",
+                    unique: &unique,
+                },
+                &RegisterRequest::new("1", 1_700_000_000),
+            )
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/devices?pid=P1&limit=10".to_owned();
+    loop {
+        let (status, page) = get(&s, &path, &read).await;
+        assert_eq!(status, 200, "{page}");
+        for d in page["items"].as_array().unwrap() {
+            seen.push(d["unique"].as_str().unwrap().to_owned());
+        }
+        match page["next"].as_str() {
+            Some(c) => path = format!("/api/v1/devices?pid=P1&limit=10&cursor={c}"),
+            None => break,
+        }
+    }
+    let want: Vec<String> = (0..25).rev().map(|i| format!("dev-{i:02}")).collect();
+    assert_eq!(seen, want);
+
+    // Find by barcode, revoke, reset: each audited with the token's name.
+    let held = s.store.store.device("P1", "dev-03").unwrap().unwrap();
+    let (_, found) = get(
+        &s,
+        &format!("/api/v1/devices?barcode={}", held.triplet.barcode),
+        &read,
+    )
+    .await;
+    assert_eq!(found["items"][0]["unique"], "dev-03", "{found}");
+    let (status, _) = send(
+        &s,
+        "POST",
+        "/api/v1/devices/P1/dev-03/revoke",
+        &read,
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, d) = send(
+        &s,
+        "POST",
+        "/api/v1/devices/P1/dev-03/revoke",
+        &write,
+        json!({}),
+    )
+    .await;
+    assert_eq!((status, d["state"].as_str()), (200, Some("revoked")), "{d}");
+    let (status, p) = send(
+        &s,
+        "POST",
+        "/api/v1/devices/P1/dev-03/revoke",
+        &write,
+        json!({}),
+    )
+    .await;
+    assert_eq!((status, p["code"].as_str()), (409, Some("conflict")));
+    let (_, revoked) = get(&s, "/api/v1/devices?state=revoked", &read).await;
+    assert_eq!(revoked["items"].as_array().unwrap().len(), 1);
+    let (status, _) = send(
+        &s,
+        "POST",
+        "/api/v1/devices/P1/dev-03/reset",
+        &write,
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, detail) = get(&s, "/api/v1/devices/P1/dev-03", &read).await;
+    assert_eq!(status, 200, "{detail}");
+    assert!(detail["device"].is_null());
+    assert_eq!(
+        detail["previous_triplets"][0]["uuid"],
+        held.triplet.uuid.as_str()
+    );
+    let history: Vec<(&str, &str)> = detail["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["action"].as_str().unwrap(), l["actor"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            ("device.reset", "write-token"),
+            ("device.revoked", "write-token"),
+            ("device.registered", "device"),
+        ]
+    );
+    assert!(
+        detail["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["uuid"] == held.triplet.uuid.as_str())
+    );
+    let (status, _) = get(&s, "/api/v1/devices/P1/nobody", &read).await;
+    assert_eq!(status, 404);
+
+    // Recent registrations, paged by `before`.
+    let (_, regs) = get(&s, "/api/v1/registrations?limit=20", &read).await;
+    assert_eq!(regs["items"].as_array().unwrap().len(), 20);
+    assert_eq!(regs["items"][0]["target"], "dev-24");
+    let before = regs["next"].as_u64().unwrap();
+    let (_, rest) = get(&s, &format!("/api/v1/registrations?before={before}"), &read).await;
+    assert_eq!(rest["items"].as_array().unwrap().len(), 5);
+
+    // Deletion is refused while devices are registered, unless forced.
+    let (status, _) = send(&s, "DELETE", "/api/v1/products/P1", &write, json!({})).await;
+    assert_eq!(status, 409);
+    let (status, d) = send(
+        &s,
+        "DELETE",
+        "/api/v1/products/P1?force=true",
+        &write,
+        json!({}),
+    )
+    .await;
+    assert_eq!((status, d["devices"].as_u64()), (200, Some(24)), "{d}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_route() {
+    let s = start().await;
+    let read = token(&s.store, Scope::Read);
+    let (status, doc) = get(&s, "/api/v1/openapi.json", &read).await;
+    assert_eq!(status, 200);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    assert_eq!(doc["servers"][0]["url"], "/api/v1");
+    let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
+    for p in [
+        "/products",
+        "/products/{pid}",
+        "/products/{pid}/rotate-secret",
+        "/products/{pid}/pool/generate",
+        "/products/{pid}/pool/import",
+        "/devices",
+        "/devices/{pid}/{unique}/revoke",
+        "/audit",
+        "/registrations",
+        "/tokens",
+    ] {
+        assert!(paths.iter().any(|k| *k == p), "{p} missing from {paths:?}");
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["token"]["scheme"],
+        "bearer"
+    );
+    assert!(doc["components"]["schemas"]["Problem"].is_object());
+    // Health needs no token; readiness asks the store.
+    let (status, _, body) = call(s.addr, "GET", "/healthz", None, "", "").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, _, body) = call(s.addr, "GET", "/readyz", None, "", "").await;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+}

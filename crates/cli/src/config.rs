@@ -34,6 +34,10 @@ pub(crate) struct FileConfig {
     pub(crate) http_listen: Option<String>,
     /// The token the broker hooks require.
     pub(crate) hook_token: Option<String>,
+    /// Serve /metrics without a token.
+    pub(crate) metrics_public: Option<bool>,
+    /// `text` or `json`.
+    pub(crate) log_format: Option<String>,
     /// Brokers whose register requests workers consume.
     pub(crate) attach: Option<Vec<String>>,
     /// The attach workers' AMQP queue.

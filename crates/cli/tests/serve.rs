@@ -194,3 +194,74 @@ fn one_address_holding_idle_connections_cannot_lock_others_out() {
         "the refused connections are logged: {rest:?}"
     );
 }
+
+/// One HTTP/1.0 request to `addr`: the status and body.
+fn http_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.0\r\nhost: x\r\n{auth}\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    (status, out.split_once("\r\n\r\n").unwrap().1.to_owned())
+}
+
+#[test]
+fn json_logs_and_the_admin_api_metrics_and_health_on_the_http_server() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let err = refused(d, &["--listen", "127.0.0.1:0", "--log-format", "xml"]);
+    assert!(
+        err.contains("log_format `xml`") && err.contains("--log-format"),
+        "{err}"
+    );
+    let created = common::bin()
+        .args(["--json", "--data-dir", "data", "token", "create"])
+        .args(["--name", "prometheus", "--scope", "read"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let token: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let token = token["token"].as_str().unwrap().to_owned();
+    let mut child = serve(
+        d,
+        &[
+            "--data-dir",
+            "data",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let rx = common::stderr_lines(&mut child);
+    let lines = common::wait_for(&rx, "dynreg serving registrations");
+    let serving: serde_json::Value =
+        serde_json::from_str(lines.last().unwrap()).unwrap_or_else(|e| panic!("{e}: {lines:?}"));
+    assert_eq!(serving["level"], "INFO", "{serving}");
+    let http = serving["http"].as_str().unwrap().to_owned();
+
+    assert_eq!(http_get(&http, "/healthz", None), (200, "ok\n".into()));
+    assert_eq!(http_get(&http, "/readyz", None), (200, "ready\n".into()));
+    assert_eq!(http_get(&http, "/metrics", None).0, 401);
+    let (status, metrics) = http_get(&http, "/metrics", Some(&token));
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("# TYPE dynreg_open_connections gauge"),
+        "{metrics}"
+    );
+    let (status, products) = http_get(&http, "/api/v1/products", Some(&token));
+    assert_eq!((status, products.as_str()), (200, "[]"));
+
+    assert!(common::sigterm(&child));
+    assert!(child.wait().unwrap().success());
+}

@@ -8,7 +8,8 @@
 //!   [`dynreg_registrar::Registrar::authenticate`], the same decision the embedded
 //!   endpoint makes, and every topic by [`dynreg_proto::Topic::is_own`].
 //! - [`api`]: the admin API under `/api/v1`, for operators and the platform.
-//! - `/healthz`: the process is up; `/readyz`: the store answers.
+//! - `/healthz`: the process is up; `/readyz`: the store answers; `/metrics`:
+//!   Prometheus metrics ([`dynreg_registrar::metrics`]).
 //!
 //! The hooks may be protected by a token ([`HookAuth`]); without one they rely on the
 //! bind address, loopback by default ([`parse_listen`]).
@@ -65,6 +66,7 @@ pub fn router<S: Store>(
     if let Some(admin) = admin {
         router = router
             .route("/readyz", get(api::ready).with_state(admin.clone()))
+            .route("/metrics", get(api::metrics).with_state(admin.clone()))
             .nest("/api/v1", api::router(admin));
     }
     router

@@ -519,3 +519,37 @@ async fn the_openapi_document_describes_every_route() {
     let (status, _, body) = call(s.addr, "GET", "/readyz", None, "", "").await;
     assert_eq!((status, body.as_str()), (200, "ready\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_a_token_and_count_registrations_and_pools() {
+    let s = start().await;
+    let read = token(&s.store, Scope::Read);
+    s.store.product("M", dynreg_registrar::SourceMode::Pool);
+    s.store
+        .pool("M", dynreg_registrar::conformance::pool("M", 3));
+    let reply = s
+        .registrar
+        .register(
+            1_700_000_000,
+            Device {
+                pid: "M",
+                unique: "m1",
+            },
+            &RegisterRequest::new("1", 1_700_000_000),
+        )
+        .await;
+    assert_eq!(reply.res, 0);
+    let (status, _, _) = call(s.addr, "GET", "/metrics", None, "", "").await;
+    assert_eq!(status, 401);
+    let (status, ctype, text) = call(s.addr, "GET", "/metrics", Some(&read), "", "").await;
+    assert_eq!(status, 200);
+    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+    for needle in [
+        "dynreg_registrations_total{status=\"0\"}",
+        "dynreg_registration_duration_seconds_bucket",
+        "dynreg_store_batch_size_count",
+        "dynreg_pool_free_triplets{pid=\"M\"} 2",
+    ] {
+        assert!(text.contains(needle), "{needle} missing:\n{text}");
+    }
+}

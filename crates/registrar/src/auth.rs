@@ -130,6 +130,26 @@ impl AuthError {
     pub fn counts_against_address(&self) -> bool {
         !matches!(self, Self::Banned | Self::Store(_) | Self::Replayed { .. })
     }
+
+    /// The refusal's cause as a metrics label: `banned`, `missing_credentials`,
+    /// `malformed` (clientId or username), `stale_ts`, `bad_signature`,
+    /// `unknown_product`, `disabled_product`, `replayed`, `previous_secret_expired`,
+    /// `store_unavailable`.
+    pub fn cause(&self) -> &'static str {
+        use dynreg_proto::credentials::CredentialError as C;
+        match self {
+            Self::Banned => "banned",
+            Self::MissingCredentials => "missing_credentials",
+            Self::Credentials(C::TsTooOld { .. } | C::TsInFuture { .. }) => "stale_ts",
+            Self::Credentials(C::BadSignature) => "bad_signature",
+            Self::Credentials(_) => "malformed",
+            Self::UnknownProduct => "unknown_product",
+            Self::DisabledProduct => "disabled_product",
+            Self::Replayed { .. } => "replayed",
+            Self::PreviousSecretExpired { .. } => "previous_secret_expired",
+            Self::Store(_) => "store_unavailable",
+        }
+    }
 }
 
 /// Counters of the CONNECT decision, for logs and metrics.
@@ -211,6 +231,7 @@ impl<S: Store> Registrar<S> {
             }
             Err(e) => {
                 counters.refused.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::metrics().connect_refused(e.cause());
                 match e {
                     AuthError::Replayed { .. } => {
                         counters.replayed.fetch_add(1, Ordering::Relaxed);

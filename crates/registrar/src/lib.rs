@@ -17,6 +17,7 @@
 //! - [`ban`]: the failed-authentication ban per source address.
 //! - [`generate`]: random secrets, uuids and pids from the OS CSPRNG.
 //! - [`memory`]: an in-memory store for tests and examples.
+//! - [`metrics`]: the process's Prometheus metrics.
 //! - [`conformance`]: the rules as a test suite any [`Store`] must pass.
 
 pub mod auth;
@@ -25,6 +26,7 @@ pub mod cache;
 pub mod conformance;
 pub mod generate;
 pub mod memory;
+pub mod metrics;
 pub mod model;
 pub mod rate;
 pub mod registrar;

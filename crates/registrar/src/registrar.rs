@@ -208,6 +208,7 @@ impl<S: Store> Registrar<S> {
     /// payload that is not a valid request is answered with `MalformedRequest`, echoing
     /// what could be read.
     pub async fn register_payload(&self, now: u64, device: Device<'_>, payload: &[u8]) -> Handled {
+        let started = std::time::Instant::now();
         match RegisterRequest::from_json(payload) {
             Ok(request) => {
                 let (reply, outcome) = self.register_outcome(now, device, &request).await;
@@ -216,15 +217,19 @@ impl<S: Store> Registrar<S> {
                     outcome,
                 }
             }
-            Err(e) => Handled {
-                reply: Some(RegisterReply::failure(
-                    e.id,
-                    e.code,
-                    now,
-                    Status::MalformedRequest,
-                )),
-                outcome: Err(Status::MalformedRequest),
-            },
+            Err(e) => {
+                crate::metrics::metrics()
+                    .registration(Status::MalformedRequest.code(), started.elapsed());
+                Handled {
+                    reply: Some(RegisterReply::failure(
+                        e.id,
+                        e.code,
+                        now,
+                        Status::MalformedRequest,
+                    )),
+                    outcome: Err(Status::MalformedRequest),
+                }
+            }
         }
     }
 
@@ -244,7 +249,11 @@ impl<S: Store> Registrar<S> {
         device: Device<'_>,
         request: &RegisterRequest,
     ) -> (RegisterReply, Result<bool, Status>) {
-        match self.decide(now, device, request).await {
+        let started = std::time::Instant::now();
+        let decided = self.decide(now, device, request).await;
+        let code = decided.as_ref().map_or_else(|s| s.code(), |_| 0);
+        crate::metrics::metrics().registration(code, started.elapsed());
+        match decided {
             Ok(r) => (
                 RegisterReply::success(
                     request.id.as_str(),

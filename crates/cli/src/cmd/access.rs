@@ -38,7 +38,14 @@ fn token_json(t: &TokenInfo) -> Value {
 
 /// `dynreg token ...`.
 pub(crate) fn token(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
-    let store = g.open(Open::Existing)?;
+    // The first token may come before anything else: creating one creates the store,
+    // as `product create` does.
+    let mode = if matches!(cmd, TokenCmd::Create { .. }) {
+        Open::Create
+    } else {
+        Open::Existing
+    };
+    let store = g.open(mode)?;
     match cmd {
         TokenCmd::Create { name, scope } => {
             let by = actor().name;

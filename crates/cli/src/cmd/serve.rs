@@ -109,6 +109,14 @@ pub(crate) struct ServeArgs {
     /// PEM private key for TLS (with --tls-cert).
     #[arg(long, env = "DYNREG_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// Serve /metrics without a token (for a Prometheus that sends none); by default
+    /// it needs an API token of read scope, like the admin API [default: false].
+    #[arg(long, env = "DYNREG_METRICS_PUBLIC", value_parser = clap::builder::BoolishValueParser::new())]
+    metrics_public: Option<bool>,
+    /// The log's format: `text` (a line per event) or `json` (one JSON object per
+    /// line, for log pipelines) [default: text].
+    #[arg(long, env = "DYNREG_LOG_FORMAT")]
+    log_format: Option<String>,
     /// Make sure a product named `demo` exists and print a command that registers a
     /// device against it.
     #[arg(long)]
@@ -129,6 +137,8 @@ struct Resolved {
     auth: AuthPolicy,
     /// Registrations per second per product (0: no limit).
     per_pid: u32,
+    /// /metrics without a token.
+    metrics_public: bool,
 }
 
 /// Merges flags/env, the file and the defaults, and validates every value (naming the
@@ -371,36 +381,55 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
         }),
         auth: AuthPolicy { ban, replay_guard },
         per_pid,
+        metrics_public: args.metrics_public.or(file.metrics_public).unwrap_or(false),
     })
 }
 
-/// Logs to stderr through the buffered log thread (see [`crate::logging`]), in colour
-/// only on a terminal. The guard writes out what is buffered when dropped.
-fn init_tracing() -> Option<LogGuard> {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::stderr().is_terminal();
+/// Whether the log is JSON: `--log-format` / `DYNREG_LOG_FORMAT` / `log_format`.
+fn json_log(g: &Global, args: &ServeArgs) -> anyhow::Result<bool> {
+    let (file, _) = g.file()?;
+    match args.log_format.as_deref().or(file.log_format.as_deref()) {
+        None | Some("text") => Ok(false),
+        Some("json") => Ok(true),
+        Some(other) => bail!(
+            "log_format `{other}` is not text or json (flag --log-format, env DYNREG_LOG_FORMAT)"
+        ),
+    }
+}
+
+/// Logs to stderr through the buffered log thread (see [`crate::logging`]): lines of
+/// text, in colour only on a terminal, or one JSON object per line. The guard writes
+/// out what is buffered when dropped.
+fn init_tracing(json: bool) -> Option<LogGuard> {
     match crate::logging::buffered(std::io::stderr()) {
         Ok((writer, guard)) => {
             crate::logging::flush_on_panic(&writer);
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_ansi(ansi)
-                .with_writer(writer)
-                .try_init();
+            install_log(writer, json);
             Some(guard)
         }
         Err(e) => {
             eprintln!("dynreg: cannot start the log thread ({e}); logging unbuffered");
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_ansi(ansi)
-                .with_writer(std::io::stderr)
-                .try_init();
+            install_log(std::io::stderr, json);
             None
         }
     }
+}
+
+fn install_log<W>(writer: W, json: bool)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    let _ = if json {
+        fmt.json().flatten_event(true).try_init()
+    } else {
+        fmt.with_ansi(std::io::stderr().is_terminal()).try_init()
+    };
 }
 
 /// Finds or creates the `demo` product and prints a ready-to-paste registration.
@@ -471,7 +500,7 @@ fn demo(store: &Backend, listen: SocketAddr) -> anyhow::Result<()> {
 
 pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
     // Dropped last, on every way out of this function: writes out the buffered lines.
-    let _log = init_tracing();
+    let _log = init_tracing(json_log(g, args)?);
     let Resolved {
         store: location,
         endpoint: mut config,
@@ -481,6 +510,7 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
         worker,
         auth,
         per_pid,
+        metrics_public,
     } = resolve(g, args)?;
     if let Some(config) = config.as_mut() {
         fit_to_open_files(config)?;
@@ -544,7 +574,7 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
         let http_addr = match http {
             Some(http) => {
                 let addr = http.local_addr()?.to_string();
-                let admin = dynreg_http::api::Api::new(store.ops());
+                let admin = dynreg_http::api::Api::new(store.ops()).with_public_metrics(metrics_public);
                 let router = dynreg_http::router(registrar.clone(), hooks.clone(), Some(admin));
                 let stop = stop.clone();
                 tasks.spawn(async move {

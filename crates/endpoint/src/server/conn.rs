@@ -58,6 +58,22 @@ enum Flushed {
     Close,
 }
 
+/// Counts an open connection in `dynreg_open_connections` while it lives.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn count() -> Self {
+        dynreg_registrar::metrics::metrics().open_connections.inc();
+        Self
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        dynreg_registrar::metrics::metrics().open_connections.dec();
+    }
+}
+
 /// What one connection task keeps between packets.
 struct Io {
     session: Session,
@@ -81,6 +97,7 @@ impl<S: Store> Conn<'_, S> {
         slot: PendingSlot,
     ) {
         let mut slot = Some(slot);
+        let _open = OpenConnection::count();
         let config = &*self.shared.config;
         let epoch = self.shared.epoch;
         let peer = self.peer;

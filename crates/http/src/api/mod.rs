@@ -43,6 +43,7 @@ pub type Ops = Arc<dyn Operator + Send + Sync>;
 #[derive(Clone)]
 pub struct Api {
     ops: Ops,
+    public_metrics: bool,
 }
 
 impl std::fmt::Debug for Api {
@@ -56,7 +57,18 @@ impl std::fmt::Debug for Api {
 impl Api {
     /// The API over `ops`.
     pub fn new(ops: Ops) -> Self {
-        Self { ops }
+        Self {
+            ops,
+            public_metrics: false,
+        }
+    }
+
+    /// Serves `/metrics` to anyone who reaches the address (a Prometheus without a
+    /// token); by default it needs a read token like the API.
+    #[must_use]
+    pub fn with_public_metrics(mut self, public: bool) -> Self {
+        self.public_metrics = public;
+        self
     }
 
     /// Runs blocking store work on a blocking thread.
@@ -419,6 +431,48 @@ pub async fn ready(axum::extract::State(api): axum::extract::State<Api>) -> Resp
             r
         }
     }
+}
+
+/// `/metrics`: every metric in Prometheus's text format, the free triplets of each
+/// product read from the store first. Needs a read token unless
+/// [`Api::with_public_metrics`].
+pub async fn metrics(
+    axum::extract::State(api): axum::extract::State<Api>,
+    request: Request,
+) -> Response {
+    if !api.public_metrics {
+        let (mut parts, _) = request.into_parts();
+        match Caller::from_request_parts(&mut parts, &api).await {
+            Ok(caller) => {
+                if let Err(p) = caller.need(Scope::Read) {
+                    return p.into_response();
+                }
+            }
+            Err(p) => return p.into_response(),
+        }
+    }
+    let pools = api
+        .run(|ops| {
+            Ok(ops
+                .list_products()?
+                .into_iter()
+                .map(|p| (p.pid, p.stats.free))
+                .collect::<Vec<_>>())
+        })
+        .await;
+    let m = dynreg_registrar::metrics::metrics();
+    match pools {
+        Ok(pools) => m.set_pools(pools),
+        Err(p) => return p.into_response(),
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response()
 }
 
 /// The current Unix time in seconds.

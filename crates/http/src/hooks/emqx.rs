@@ -25,7 +25,7 @@ use dynreg_registrar::{AuthError, Registrar, Store};
 use serde_json::json;
 use tracing::info;
 
-use super::{Action, Verdict, access, authenticate, is_registration_client};
+use super::{Action, Verdict, authenticate, is_registration_client, topic_access};
 use crate::fields::Fields;
 
 pub(super) fn router<S: Store>() -> Router<Arc<Registrar<S>>> {
@@ -100,7 +100,15 @@ async fn authz<S: Store>(State(_): State<Arc<Registrar<S>>>, f: Fields) -> Respo
     let retain = f
         .get("retain")
         .is_some_and(|r| matches!(r.trim(), "true" | "1"));
-    match access(client_id, f.get("username"), action, topic, qos, retain) {
+    match topic_access(
+        "emqx",
+        client_id,
+        f.get("username"),
+        action,
+        topic,
+        qos,
+        retain,
+    ) {
         Verdict::Allow => result("allow"),
         Verdict::Ignore => result("ignore"),
         Verdict::Deny(why) => {

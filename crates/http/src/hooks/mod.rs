@@ -217,6 +217,26 @@ pub fn access(
     }
 }
 
+/// [`access`] for `broker`'s topic hook, counted in `dynreg_hook_calls_total`.
+pub(crate) fn topic_access(
+    broker: &'static str,
+    client_id: &str,
+    username: Option<&str>,
+    action: Action,
+    topic: &str,
+    qos: u8,
+    retain: bool,
+) -> Verdict {
+    let verdict = access(client_id, username, action, topic, qos, retain);
+    let result = match verdict {
+        Verdict::Allow => "allow",
+        Verdict::Deny(_) => "deny",
+        Verdict::Ignore => "ignore",
+    };
+    dynreg_registrar::metrics::metrics().hook_call(broker, "topic", result);
+    verdict
+}
+
 /// Decides a CONNECT a broker asks about ([`Registrar::authenticate`]) and logs a
 /// refusal or a storage failure with its cause (never the password).
 async fn authenticate<S: Store>(
@@ -238,6 +258,12 @@ async fn authenticate<S: Store>(
             },
         )
         .await;
+    let result = match &decided {
+        Ok(_) => "allow",
+        Err(AuthError::Store(_)) => "error",
+        Err(_) => "deny",
+    };
+    dynreg_registrar::metrics::metrics().hook_call(hook, "connect", result);
     match &decided {
         Ok(_) => tracing::debug!(hook, client_id, "CONNECT allowed"),
         Err(AuthError::Store(e)) => {

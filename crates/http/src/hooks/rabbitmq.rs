@@ -31,7 +31,9 @@ use axum::routing::get;
 use dynreg_registrar::{AuthError, Registrar, Store};
 use tracing::info;
 
-use super::{Action, Verdict, access, authenticate, identity, is_registration_client, unix_now};
+use super::{
+    Action, Verdict, authenticate, identity, is_registration_client, topic_access, unix_now,
+};
 use crate::fields::Fields;
 
 /// The exchange the MQTT plugin publishes to and binds its queues on (its default).
@@ -166,7 +168,15 @@ async fn topic(f: Fields) -> Response {
     // Back to the MQTT topic; a routing key with `*` (a `+` wildcard) or `#` is never
     // a topic of the device's own, and `Topic::is_own` refuses both.
     let mqtt_topic = key.replace('.', "/").replace('*', "+");
-    match access(client_id, f.get("username"), action, &mqtt_topic, 0, false) {
+    match topic_access(
+        "rabbitmq",
+        client_id,
+        f.get("username"),
+        action,
+        &mqtt_topic,
+        0,
+        false,
+    ) {
         Verdict::Allow => allow(),
         Verdict::Ignore => deny(),
         Verdict::Deny(why) => {

@@ -21,7 +21,7 @@ use dynreg_registrar::{AuthError, Registrar, Store};
 use serde_json::{Value, json};
 use tracing::info;
 
-use super::{Action, Verdict, access, authenticate, is_registration_client};
+use super::{Action, Verdict, authenticate, is_registration_client, topic_access};
 
 pub(super) fn router<S: Store>() -> Router<Arc<Registrar<S>>> {
     Router::new().route("/vernemq/{hook}", post(hook::<S>))
@@ -60,7 +60,7 @@ async fn hook<S: Store>(
     }
     let username = text(&body, "username");
     let verdict = |action: Action, topic: &str, q: u8, retain: bool| {
-        access(client_id, username, action, topic, q, retain)
+        topic_access("vernemq", client_id, username, action, topic, q, retain)
     };
     match hook.strip_suffix("_m5").unwrap_or(&hook) {
         "auth_on_register" => {

@@ -19,6 +19,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Mutex, PoisonError, TryLockError};
+use std::time::Instant;
 
 use dynreg_registrar::{Intent, StoreError, Tx};
 
@@ -146,6 +147,7 @@ impl Batcher<'_> {
                 self.alone(first);
                 continue;
             }
+            let started = Instant::now();
             if let Err(e) = self.conn.begin() {
                 // Could not even start (database locked or unreachable): this job
                 // fails, the next batch tries again.
@@ -188,6 +190,7 @@ impl Batcher<'_> {
                 let _ = self.conn.control("ROLLBACK");
                 self.isolated(&mut batch, deferred.is_some())
             };
+            dynreg_registrar::metrics::metrics().batch(batch.len(), started.elapsed());
             self.finish(&mut batch, outcome);
         }
     }

@@ -1,0 +1,231 @@
+//! The process's Prometheus metrics: one registry every part of dynreg records into
+//! (the registrar, the store's writers, the MQTT endpoint, the broker hooks), read by
+//! `/metrics` ([`Metrics::encode`]).
+//!
+//! Recording costs a few atomic operations (a label lookup under a read lock for the
+//! families), so it stays on the registration path.
+
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A `status` label: a registration's `res` code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// The code (`0`, `4030`...).
+    pub status: u16,
+}
+
+/// A `cause` label: why a CONNECT was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabel {
+    /// See [`crate::AuthError::cause`].
+    pub cause: &'static str,
+}
+
+/// The labels of a broker hook call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabels {
+    /// `emqx`, `rabbitmq` or `vernemq`.
+    pub broker: &'static str,
+    /// `connect` or `topic`.
+    pub hook: &'static str,
+    /// `allow`, `deny` or `ignore`.
+    pub result: &'static str,
+}
+
+/// A `pid` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PidLabel {
+    /// The product id.
+    pub pid: String,
+}
+
+/// Every metric of the process.
+pub struct Metrics {
+    /// `dynreg_registrations_total{status}`.
+    pub registrations: Family<StatusLabel, Counter>,
+    /// `dynreg_registration_duration_seconds`: from a request's arrival to its reply
+    /// (the store's durable commit included).
+    pub registration_seconds: Histogram,
+    /// `dynreg_connect_refusals_total{cause}`.
+    pub connect_refusals: Family<CauseLabel, Counter>,
+    /// `dynreg_hook_calls_total{broker,hook,result}`.
+    pub hook_calls: Family<HookLabels, Counter>,
+    /// `dynreg_store_batch_size`: registrations per store transaction (group commit).
+    pub batch_size: Histogram,
+    /// `dynreg_store_batch_duration_seconds`: a batch's transaction, begin to durable
+    /// commit.
+    pub batch_seconds: Histogram,
+    /// `dynreg_open_connections`: MQTT connections of the embedded endpoint.
+    pub open_connections: Gauge,
+    /// `dynreg_pool_free_triplets{pid}`: set when `/metrics` is read.
+    pub pool_free: Family<PidLabel, Gauge>,
+    registry: Mutex<Registry>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let m = Self {
+            registrations: Family::default(),
+            registration_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 14)),
+            connect_refusals: Family::default(),
+            hook_calls: Family::default(),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
+            batch_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
+            open_connections: Gauge::default(),
+            pool_free: Family::default(),
+            registry: Mutex::new(Registry::with_prefix("dynreg")),
+        };
+        {
+            let mut r = m.lock();
+            r.register(
+                "registrations",
+                "Register requests answered, by res code (0: registered)",
+                m.registrations.clone(),
+            );
+            r.register(
+                "registration_duration_seconds",
+                "Time from a register request to its reply, durable commit included",
+                m.registration_seconds.clone(),
+            );
+            r.register(
+                "connect_refusals",
+                "CONNECTs refused, by cause",
+                m.connect_refusals.clone(),
+            );
+            r.register(
+                "hook_calls",
+                "Broker hook calls, by broker, hook and result",
+                m.hook_calls.clone(),
+            );
+            r.register(
+                "store_batch_size",
+                "Registrations per store transaction (group commit)",
+                m.batch_size.clone(),
+            );
+            r.register(
+                "store_batch_duration_seconds",
+                "Store transactions of registrations, begin to durable commit",
+                m.batch_seconds.clone(),
+            );
+            r.register(
+                "open_connections",
+                "Open MQTT connections of the embedded endpoint",
+                m.open_connections.clone(),
+            );
+            r.register(
+                "pool_free_triplets",
+                "Free triplets in each product's pool",
+                m.pool_free.clone(),
+            );
+        }
+        m
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a register request answered with `status` after `took`.
+    pub fn registration(&self, status: u16, took: Duration) {
+        self.registrations
+            .get_or_create(&StatusLabel { status })
+            .inc();
+        self.registration_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Counts a refused CONNECT.
+    pub fn connect_refused(&self, cause: &'static str) {
+        self.connect_refusals
+            .get_or_create(&CauseLabel { cause })
+            .inc();
+    }
+
+    /// Counts a broker hook call.
+    pub fn hook_call(&self, broker: &'static str, hook: &'static str, result: &'static str) {
+        self.hook_calls
+            .get_or_create(&HookLabels {
+                broker,
+                hook,
+                result,
+            })
+            .inc();
+    }
+
+    /// Records a store transaction of `jobs` registrations that took `took`.
+    pub fn batch(&self, jobs: usize, took: Duration) {
+        self.batch_size.observe(jobs as f64);
+        self.batch_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Sets the free triplets of every product (products not listed are dropped).
+    pub fn set_pools(&self, free: impl IntoIterator<Item = (String, u64)>) {
+        self.pool_free.clear();
+        for (pid, n) in free {
+            self.pool_free
+                .get_or_create(&PidLabel { pid })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Every metric in Prometheus's text format (OpenMetrics 1.0, `# EOF` last).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.lock());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_values_are_encoded() {
+        let m = Metrics::new();
+        m.registration(0, Duration::from_millis(3));
+        m.registration(0, Duration::from_millis(3));
+        m.registration(4030, Duration::from_millis(1));
+        m.connect_refused("bad_signature");
+        m.hook_call("emqx", "connect", "allow");
+        m.batch(12, Duration::from_millis(2));
+        m.open_connections.inc();
+        m.set_pools([("p1".to_owned(), 7)]);
+        m.set_pools([("p2".to_owned(), 9)]);
+        let text = m.encode();
+        for line in [
+            "dynreg_registrations_total{status=\"0\"} 2",
+            "dynreg_registrations_total{status=\"4030\"} 1",
+            "dynreg_registration_duration_seconds_count 3",
+            "dynreg_connect_refusals_total{cause=\"bad_signature\"} 1",
+            "dynreg_hook_calls_total{broker=\"emqx\",hook=\"connect\",result=\"allow\"} 1",
+            "dynreg_store_batch_size_sum 12.0",
+            "dynreg_open_connections 1",
+            "dynreg_pool_free_triplets{pid=\"p2\"} 9",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(!text.contains("pid=\"p1\""), "dropped products go");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

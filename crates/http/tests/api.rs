@@ -553,3 +553,58 @@ async fn metrics_need_a_token_and_count_registrations_and_pools() {
         assert!(text.contains(needle), "{needle} missing:\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_stream_live_as_server_sent_events() {
+    let s = start().await;
+    let read = token(&s.store, Scope::Read);
+    s.store.product("S", dynreg_registrar::SourceMode::Generate);
+    let register = |unique: &'static str| {
+        let r = s.registrar.clone();
+        async move {
+            r.decide(
+                1_700_000_000,
+                Device { pid: "S", unique },
+                &RegisterRequest::new("1", 1_700_000_000),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // Before the stream starts: not sent.
+    register("before").await;
+    let mut stream = TcpStream::connect(s.addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /api/v1/registrations/stream?pid=S HTTP/1.0\r\nhost: x\r\nauthorization: Bearer {read}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "text/event-stream").await;
+    let live = register("live").await;
+    read_until(&mut stream, &mut seen, "\"target\":\"live\"").await;
+    assert!(seen.contains("event: registration"), "{seen}");
+    assert!(seen.contains(&live.triplet.uuid), "{seen}");
+    assert!(!seen.contains("\"target\":\"before\""), "{seen}");
+    // Without a token: no stream.
+    let (status, _, _) = call(s.addr, "GET", "/api/v1/registrations/stream", None, "", "").await;
+    assert_eq!(status, 401);
+}
+
+/// Reads from `stream` into `seen` until it holds `needle` (10 s at most).
+async fn read_until(stream: &mut TcpStream, seen: &mut String, needle: &str) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut buf = [0u8; 4096];
+    while !seen.contains(needle) {
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no `{needle}` in time: {seen}"))
+            .unwrap();
+        assert!(n > 0, "the stream ended: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}

@@ -347,6 +347,8 @@ pub struct AuditFilter {
     /// Only lines with an id below this one (the cursor of the next page, newest
     /// first).
     pub before: Option<u64>,
+    /// Only lines with an id above this one (what came since a line was read).
+    pub after: Option<u64>,
     /// At most this many (0: no limit).
     pub limit: usize,
 }

@@ -88,6 +88,7 @@ pub(crate) struct DeviceQuery {
     /// Only devices registered under this product.
     pid: Option<String>,
     /// `active` or `revoked`.
+    #[param(pattern = "^(active|revoked)$")]
     state: Option<String>,
     /// Only the device(s) with this unique.
     unique: Option<String>,
@@ -98,6 +99,7 @@ pub(crate) struct DeviceQuery {
     /// Only devices registered at or after this time, Unix seconds.
     since: Option<u64>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// Where to start: `next` of the previous page.
     cursor: Option<String>,

@@ -126,16 +126,25 @@ impl From<PoolStats> for PoolView {
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewProductBody {
     /// Its pid (1 to 64 of `A-Z a-z 0-9 . _ -`); generated when absent.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pid: Option<String>,
-    /// A human name.
+    /// A human name (1 to 128 bytes of printable text).
+    #[schema(min_length = 1, max_length = 128)]
     name: String,
     /// `pool` (the default), `generate` or `pool-then-generate`.
+    #[schema(pattern = "^(pool|generate|pool-then-generate)$")]
     mode: Option<String>,
-    /// MAC addresses for generated triplets, `START-END`.
+    /// MAC addresses for generated triplets, `START-END`
+    /// (`02:00:00:00:00:00-02:00:00:00:FF:FF`).
+    #[schema(
+        pattern = "^[0-9A-Fa-f]{2}([:-]?[0-9A-Fa-f]{2}){5}-[0-9A-Fa-f]{2}([:-]?[0-9A-Fa-f]{2}){5}$"
+    )]
     mac_range: Option<String>,
     /// The CONNECT ts window in seconds (default 900).
+    #[schema(minimum = 1, maximum = 604_800)]
     ts_window: Option<u64>,
-    /// `always`, `never` or `window:DURATION` (default: the CLI's default).
+    /// `always`, `never` or `window:DURATION` (default `window:24h`).
+    #[schema(pattern = "^(always|never|window:[0-9]{1,9}[smhd]?)$")]
     reregistration: Option<String>,
     /// The most devices the product may bind (default: no limit).
     quota: Option<u64>,
@@ -156,16 +165,20 @@ pub(crate) struct CreatedProduct {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ProductPatch {
     /// A new name.
+    #[schema(min_length = 1, max_length = 128)]
     name: Option<String>,
     /// A new mode.
+    #[schema(pattern = "^(pool|generate|pool-then-generate)$")]
     mode: Option<String>,
     /// A new MAC range `START-END`; `null` removes it.
     #[serde(default, deserialize_with = "some")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^[0-9A-Fa-f]{2}([:-]?[0-9A-Fa-f]{2}){5}-[0-9A-Fa-f]{2}([:-]?[0-9A-Fa-f]{2}){5}$")]
     mac_range: Option<Option<String>>,
     /// A new ts window, seconds.
+    #[schema(minimum = 1, maximum = 604_800)]
     ts_window: Option<u64>,
     /// A new re-registration policy.
+    #[schema(pattern = "^(always|never|window:[0-9]{1,9}[smhd]?)$")]
     reregistration: Option<String>,
     /// A new quota; `null` removes it.
     #[serde(default, deserialize_with = "some")]
@@ -403,6 +416,7 @@ async fn disable_product(
 #[serde(deny_unknown_fields)]
 pub(crate) struct RotateBody {
     /// How long the old secret keeps working (`0`, `12h`, `30d`; default 90d).
+    #[schema(pattern = "^[0-9]{1,9}[smhd]?$")]
     grace: Option<String>,
 }
 
@@ -483,9 +497,12 @@ async fn pool_stats(
 #[serde(deny_unknown_fields)]
 pub(crate) struct GenerateBody {
     /// How many triplets (1 to 10,000,000).
+    #[schema(minimum = 1, maximum = 10_000_000)]
     count: u64,
-    /// Text put before every barcode's 12-digit serial.
+    /// Text put before every barcode's 12-digit serial (at most 32 printable
+    /// characters, no comma).
     #[serde(default)]
+    #[schema(max_length = 32, pattern = "^[^,\\x00-\\x1f]*$")]
     barcode_prefix: String,
 }
 
@@ -606,6 +623,7 @@ async fn import_pool(
 #[derive(Debug, Deserialize, IntoParams)]
 pub(crate) struct ExportQuery {
     /// Only triplets in this state: `free`, `bound` or `revoked`.
+    #[param(pattern = "^(free|bound|revoked)$")]
     state: Option<String>,
 }
 

@@ -1,9 +1,15 @@
 //! The audit log, recent registrations, and API tokens.
 
+use std::collections::{BTreeSet, VecDeque};
+use std::convert::Infallible;
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use dynreg_store::{AuditFilter, AuditRecord, Scope, TokenInfo};
+use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -15,6 +21,7 @@ pub(super) fn routes() -> OpenApiRouter<Api> {
     OpenApiRouter::new()
         .routes(routes!(list_audit))
         .routes(routes!(recent_registrations))
+        .routes(routes!(registration_stream))
         .routes(routes!(list_tokens, create_token))
         .routes(routes!(revoke_token))
 }
@@ -81,12 +88,14 @@ pub(crate) struct AuditQuery {
     /// Only lines by this actor.
     actor: Option<String>,
     /// Only this action (`device.revoked`), or an object's actions (`device.`).
+    #[param(pattern = "^[a-z_.]+$")]
     action: Option<String>,
     /// Only lines at or after this time, Unix seconds.
     since: Option<u64>,
     /// Only lines with an id below this one: `next` of the previous page.
     before: Option<u64>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -138,6 +147,7 @@ pub(crate) struct RegistrationQuery {
     /// Only lines with an id below this one: `next` of the previous page.
     before: Option<u64>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -159,6 +169,112 @@ async fn recent_registrations(
         ..Default::default()
     };
     Ok(Json(page(&api, filter, limit).await?))
+}
+
+/// Which registrations to stream.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct StreamQuery {
+    /// Only registrations under this product.
+    pid: Option<String>,
+}
+
+/// How often the stream looks for new lines.
+const STREAM_POLL: Duration = Duration::from_millis(500);
+/// How far behind the newest line seen the stream looks again: on PostgreSQL, lines
+/// are numbered when written and committed a moment later, so a line may appear below
+/// one already sent. Lines sent are remembered over this window and not sent twice.
+const STREAM_LOOKBACK: u64 = 10_000;
+
+/// What a registration stream has seen and has still to send.
+struct StreamState {
+    api: Api,
+    pid: Option<String>,
+    /// The newest line id seen.
+    last: u64,
+    /// Ids sent within the lookback window.
+    sent: BTreeSet<u64>,
+    pending: VecDeque<AuditView>,
+}
+
+impl StreamState {
+    /// The next event: a line waiting, else new lines after a pause.
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+        loop {
+            if let Some(line) = self.pending.pop_front() {
+                let event = Event::default()
+                    .event("registration")
+                    .id(line.id.to_string())
+                    .json_data(&line)
+                    .unwrap_or_else(|_| Event::default().comment("unencodable line"));
+                return Some((Ok(event), self));
+            }
+            tokio::time::sleep(STREAM_POLL).await;
+            let filter = AuditFilter {
+                pid: self.pid.clone(),
+                registrations_only: true,
+                after: Some(self.last.saturating_sub(STREAM_LOOKBACK)),
+                limit: 1000,
+                ..Default::default()
+            };
+            // A store that does not answer now is asked again at the next poll.
+            let Ok(mut lines) = self.api.run(move |ops| ops.audit(&filter)).await else {
+                continue;
+            };
+            lines.reverse();
+            for line in lines {
+                if self.sent.insert(line.id) {
+                    self.last = self.last.max(line.id);
+                    self.pending.push_back(line.into());
+                }
+            }
+            let floor = self.last.saturating_sub(STREAM_LOOKBACK);
+            self.sent = self.sent.split_off(&floor);
+        }
+    }
+}
+
+/// Registrations and re-registrations as they happen, as Server-Sent Events (`event:
+/// registration`, `id:` the audit line's id, `data:` the line as JSON), across every
+/// instance on the store. Starts with what comes after the request, or after
+/// `Last-Event-ID` when the client reconnects. New lines are looked for every 0.5 s;
+/// a comment is sent every 15 s to keep the connection open.
+#[utoipa::path(get, path = "/registrations/stream", tag = "audit", params(StreamQuery),
+    responses((status = 200, description = "A stream of registration events", content_type = "text/event-stream", body = String)))]
+async fn registration_stream(
+    State(api): State<Api>,
+    caller: Caller,
+    headers: HeaderMap,
+    Query(q): Query<StreamQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
+    caller.need(Scope::Read)?;
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let last = match resume {
+        Some(id) => id,
+        None => api
+            .run(|ops| {
+                ops.audit(&AuditFilter {
+                    limit: 1,
+                    ..Default::default()
+                })
+            })
+            .await?
+            .first()
+            .map_or(0, |r| r.id),
+    };
+    let state = StreamState {
+        api,
+        pid: q.pid,
+        last,
+        // Everything up to the starting point counts as sent.
+        sent: (last.saturating_sub(STREAM_LOOKBACK)..=last).collect(),
+        pending: VecDeque::new(),
+    };
+    let events = futures_util::stream::unfold(state, StreamState::next);
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 /// An API token (without the token itself).
@@ -195,9 +311,12 @@ impl From<TokenInfo> for TokenView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewTokenBody {
-    /// Its name (whom it is for), unique among tokens not revoked.
+    /// Its name (whom it is for), unique among tokens not revoked: 1 to 64
+    /// printable characters without leading or trailing spaces.
+    #[schema(min_length = 1, max_length = 64)]
     name: String,
     /// `read`, `write` or `admin`.
+    #[schema(pattern = "^(read|write|admin)$")]
     scope: String,
 }
 

@@ -897,7 +897,7 @@ impl<B: SqlBackend> Operator for B {
         };
         self.read(|conn| {
             conn.query_vec(
-                "SELECT id, at, actor, origin, action, pid, target, uuid, detail FROM audit WHERE (CAST(?1 AS TEXT) IS NULL OR pid = ?1) AND (CAST(?2 AS TEXT) IS NULL OR target = ?2) AND (CAST(?3 AS TEXT) IS NULL OR uuid = ?3) AND (CAST(?4 AS TEXT) IS NULL OR actor = ?4) AND (CAST(?5 AS TEXT) IS NULL OR action LIKE ?5) AND at >= ?6 AND id < ?7 AND (CAST(?9 AS BIGINT) = 0 OR action IN ('device.registered', 'device.reregistered')) ORDER BY id DESC LIMIT ?8",
+                "SELECT id, at, actor, origin, action, pid, target, uuid, detail FROM audit WHERE (CAST(?1 AS TEXT) IS NULL OR pid = ?1) AND (CAST(?2 AS TEXT) IS NULL OR target = ?2) AND (CAST(?3 AS TEXT) IS NULL OR uuid = ?3) AND (CAST(?4 AS TEXT) IS NULL OR actor = ?4) AND (CAST(?5 AS TEXT) IS NULL OR action LIKE ?5) AND at >= ?6 AND id < ?7 AND id > ?10 AND (CAST(?9 AS BIGINT) = 0 OR action IN ('device.registered', 'device.reregistered')) ORDER BY id DESC LIMIT ?8",
                 params![
                     filter.pid.as_ref(),
                     filter.target.as_ref(),
@@ -907,7 +907,8 @@ impl<B: SqlBackend> Operator for B {
                     i64_of(filter.since.unwrap_or(0)),
                     filter.before.map_or(i64::MAX, i64_of),
                     limit,
-                    i64::from(filter.registrations_only)
+                    i64::from(filter.registrations_only),
+                    filter.after.map_or(0, i64_of)
                 ],
                 |r| {
                     Ok(AuditRecord {

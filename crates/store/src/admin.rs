@@ -349,6 +349,8 @@ pub struct AuditFilter {
     pub before: Option<u64>,
     /// Only lines with an id above this one (what came since a line was read).
     pub after: Option<u64>,
+    /// Oldest first instead of newest first (reading forward from `after`).
+    pub oldest_first: bool,
     /// At most this many (0: no limit).
     pub limit: usize,
 }
@@ -449,6 +451,10 @@ pub trait Operator {
 
     /// Counts of a product's pool and devices.
     fn pool_stats(&self, pid: &str) -> Result<PoolStats, Error>;
+
+    /// Every product's free triplets, by pid: one cheap count per product (the
+    /// partial index of free triplets), for metrics.
+    fn free_triplets(&self) -> Result<Vec<(String, u64)>, Error>;
 
     /// Generates `count` free triplets for `pid` (MACs from its range when it has one;
     /// barcodes `prefix` + a 12-digit serial unique in the store) in one transaction,

@@ -91,6 +91,7 @@ fn pool_generate_with_mac_range_and_overflow<S: Backend>(t: TempStore<S>) {
     let got = s
         .generate_pool("m", 4, "BC", 1_700_000_000, none())
         .unwrap();
+    assert_eq!(s.free_triplets().unwrap(), [("m".to_owned(), 4)]);
     assert_eq!(got.len(), 4);
     assert_eq!(got[0].mac, "02:00:00:00:00:00");
     assert_eq!(got[3].mac, "02:00:00:00:00:03");
@@ -814,6 +815,14 @@ fn audit_lines_are_appended_and_filtered<S: Backend>(t: TempStore<S>) {
             ..Default::default()
         }),
         [30]
+    );
+    assert_eq!(
+        read(AuditFilter {
+            after: Some(ids[1]),
+            oldest_first: true,
+            ..Default::default()
+        }),
+        [30, 40]
     );
     assert!(matches!(
         s.audit(&AuditFilter {

@@ -451,15 +451,7 @@ pub async fn metrics(
             Err(p) => return p.into_response(),
         }
     }
-    let pools = api
-        .run(|ops| {
-            Ok(ops
-                .list_products()?
-                .into_iter()
-                .map(|p| (p.pid, p.stats.free))
-                .collect::<Vec<_>>())
-        })
-        .await;
+    let pools = api.run(|ops| ops.free_triplets()).await;
     let m = dynreg_registrar::metrics::metrics();
     match pools {
         Ok(pools) => m.set_pools(pools),

@@ -77,6 +77,18 @@ fn product_of(r: &dyn Row, key: &MasterKey) -> Result<Product, Error> {
     })
 }
 
+/// The audit query's columns and conditions; its parameters are bound in
+/// `Operator::audit`.
+macro_rules! audit_select {
+    () => {
+        "SELECT id, at, actor, origin, action, pid, target, uuid, detail FROM audit WHERE (CAST(?1 AS TEXT) IS NULL OR pid = ?1) AND (CAST(?2 AS TEXT) IS NULL OR target = ?2) AND (CAST(?3 AS TEXT) IS NULL OR uuid = ?3) AND (CAST(?4 AS TEXT) IS NULL OR actor = ?4) AND (CAST(?5 AS TEXT) IS NULL OR action LIKE ?5) AND at >= ?6 AND id < ?7 AND id > ?10 AND (CAST(?9 AS BIGINT) = 0 OR action IN ('device.registered', 'device.reregistered'))"
+    };
+}
+/// The audit query, newest first.
+const AUDIT_SELECT: &str = concat!(audit_select!(), " ORDER BY id DESC LIMIT ?8");
+/// The same, oldest first.
+const AUDIT_SELECT_OLDEST_FIRST: &str = concat!(audit_select!(), " ORDER BY id LIMIT ?8");
+
 fn token_of(r: &dyn Row) -> Result<TokenInfo, Error> {
     Ok(TokenInfo {
         id: u64_of(r.int(0)?),
@@ -427,6 +439,16 @@ impl<B: SqlBackend> Operator for B {
         self.read(|conn| {
             require_product(conn, pid)?;
             pool_stats(conn, pid)
+        })
+    }
+
+    fn free_triplets(&self) -> Result<Vec<(String, u64)>, Error> {
+        self.read(|conn| {
+            conn.query_vec(
+                "SELECT p.pid, (SELECT count(*) FROM triplets t WHERE t.pid = p.pid AND t.state = 0) FROM products p ORDER BY p.pid",
+                &[],
+                |r| Ok((r.text(0)?, u64_of(r.int(1)?))),
+            )
         })
     }
 
@@ -895,9 +917,15 @@ impl<B: SqlBackend> Operator for B {
         } else {
             i64::try_from(filter.limit).unwrap_or(i64::MAX)
         };
+        // The direction is part of the statement (one cached statement each).
+        let sql = if filter.oldest_first {
+            AUDIT_SELECT_OLDEST_FIRST
+        } else {
+            AUDIT_SELECT
+        };
         self.read(|conn| {
             conn.query_vec(
-                "SELECT id, at, actor, origin, action, pid, target, uuid, detail FROM audit WHERE (CAST(?1 AS TEXT) IS NULL OR pid = ?1) AND (CAST(?2 AS TEXT) IS NULL OR target = ?2) AND (CAST(?3 AS TEXT) IS NULL OR uuid = ?3) AND (CAST(?4 AS TEXT) IS NULL OR actor = ?4) AND (CAST(?5 AS TEXT) IS NULL OR action LIKE ?5) AND at >= ?6 AND id < ?7 AND id > ?10 AND (CAST(?9 AS BIGINT) = 0 OR action IN ('device.registered', 'device.reregistered')) ORDER BY id DESC LIMIT ?8",
+                sql,
                 params![
                     filter.pid.as_ref(),
                     filter.target.as_ref(),

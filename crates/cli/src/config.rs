@@ -38,6 +38,10 @@ pub(crate) struct FileConfig {
     pub(crate) metrics_public: Option<bool>,
     /// `text` or `json`.
     pub(crate) log_format: Option<String>,
+    /// Where device events are POSTed.
+    pub(crate) webhook_url: Option<String>,
+    /// The key of their signature.
+    pub(crate) webhook_secret: Option<String>,
     /// Brokers whose register requests workers consume.
     pub(crate) attach: Option<Vec<String>>,
     /// The attach workers' AMQP queue.

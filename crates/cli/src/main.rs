@@ -113,6 +113,9 @@ enum Command {
     /// Read the audit log: registrations, revocations, resets and operator actions.
     #[command(subcommand)]
     Audit(cmd::access::AuditCmd),
+    /// The event outbox that `serve --webhook-url` delivers: its state, or turn it off.
+    #[command(subcommand)]
+    Outbox(cmd::access::OutboxCmd),
     /// Move a store: copy the SQLite data dir into an empty PostgreSQL database.
     #[command(subcommand)]
     Store(cmd::store::StoreCmd),
@@ -300,6 +303,7 @@ fn main() {
         Command::Device(c) => cmd::device::run(&cli.global, c),
         Command::Token(c) => cmd::access::token(&cli.global, c),
         Command::Audit(c) => cmd::access::audit(&cli.global, c),
+        Command::Outbox(c) => cmd::access::outbox(&cli.global, &c),
         Command::Bench(args) => cmd::bench::run(&cli.global, &args),
         Command::Register(args) => match cmd::register::run(&cli.global, &args) {
             Ok(code) => std::process::exit(code),

@@ -8,6 +8,7 @@
 //!   [`dynreg_registrar::Registrar::authenticate`], the same decision the embedded
 //!   endpoint makes, and every topic by [`dynreg_proto::Topic::is_own`].
 //! - [`api`]: the admin API under `/api/v1`, for operators and the platform.
+//! - [`webhook`]: delivery of the event outbox to the platform's webhook.
 //! - `/healthz`: the process is up; `/readyz`: the store answers; `/metrics`:
 //!   Prometheus metrics ([`dynreg_registrar::metrics`]).
 //!
@@ -16,6 +17,7 @@
 
 pub mod api;
 pub mod hooks;
+pub mod webhook;
 
 mod fields;
 

@@ -67,6 +67,13 @@ pub struct Metrics {
     pub open_connections: Gauge,
     /// `dynreg_pool_free_triplets{pid}`: set when `/metrics` is read.
     pub pool_free: Family<PidLabel, Gauge>,
+    /// `dynreg_webhook_deliveries_total`: events the webhook answered with a 2xx.
+    pub webhook_deliveries: Counter,
+    /// `dynreg_webhook_failures_total`: POSTs to the webhook that failed.
+    pub webhook_failures: Counter,
+    /// `dynreg_outbox_backlog`: events waiting in the outbox, as the deliverer last
+    /// read it.
+    pub outbox_backlog: Gauge,
     registry: Mutex<Registry>,
 }
 
@@ -93,6 +100,9 @@ impl Metrics {
             batch_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
             open_connections: Gauge::default(),
             pool_free: Family::default(),
+            webhook_deliveries: Counter::default(),
+            webhook_failures: Counter::default(),
+            outbox_backlog: Gauge::default(),
             registry: Mutex::new(Registry::with_prefix("dynreg")),
         };
         {
@@ -136,6 +146,21 @@ impl Metrics {
                 "pool_free_triplets",
                 "Free triplets in each product's pool",
                 m.pool_free.clone(),
+            );
+            r.register(
+                "webhook_deliveries",
+                "Events the webhook answered with a 2xx",
+                m.webhook_deliveries.clone(),
+            );
+            r.register(
+                "webhook_failures",
+                "POSTs to the webhook that failed (each is tried again)",
+                m.webhook_failures.clone(),
+            );
+            r.register(
+                "outbox_backlog",
+                "Events waiting in the outbox for the webhook",
+                m.outbox_backlog.clone(),
             );
         }
         m

@@ -355,6 +355,30 @@ pub struct AuditFilter {
     pub limit: usize,
 }
 
+/// A device event waiting in the outbox (see [`Operator::set_outbox`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    /// The id of its audit line: the event's id, the same at every delivery.
+    pub id: u64,
+    /// When it happened (Unix seconds).
+    pub at: u64,
+    /// `device.registered`, `device.reregistered`, `device.revoked`, `device.reset`
+    /// or `pool.low`.
+    pub kind: String,
+    /// The product.
+    pub pid: String,
+    /// The device's unique (empty for `pool.low`).
+    pub unique: String,
+    /// The device's triplet (empty for `pool.low`).
+    pub uuid: String,
+    /// The triplet's MAC (empty if none).
+    pub mac: String,
+    /// The triplet's barcode (empty if none).
+    pub barcode: String,
+    /// The audit line's detail (a JSON object's text, or empty).
+    pub detail: String,
+}
+
 /// A line of the audit log as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {
@@ -567,6 +591,30 @@ pub trait Operator {
 
     /// The schema version of the database (the number of migrations it has had).
     fn schema_version(&self) -> Result<u64, Error>;
+
+    /// Turns the event outbox on or off. On: from the next transaction on, every
+    /// device event (registration, re-registration, revocation, reset) and every
+    /// `pool.low` is kept in the outbox by the transaction that makes it, until it is
+    /// delivered ([`Operator::outbox_delivered`]). Off: nothing more is kept, and what
+    /// waits is dropped; returns how many events were dropped.
+    fn set_outbox(&self, on: bool) -> Result<u64, Error>;
+
+    /// Whether the outbox is on.
+    fn outbox_on(&self) -> Result<bool, Error>;
+
+    /// The oldest events waiting in the outbox, at most `limit`, oldest first.
+    fn outbox_events(&self, limit: usize) -> Result<Vec<OutboxEvent>, Error>;
+
+    /// Removes delivered events from the outbox.
+    fn outbox_delivered(&self, ids: &[u64]) -> Result<(), Error>;
+
+    /// How many events wait in the outbox.
+    fn outbox_backlog(&self) -> Result<u64, Error>;
+
+    /// Takes or renews the right to deliver the outbox for `ttl` seconds from `now`,
+    /// for `holder` (one instance at a time delivers); false while another holder's
+    /// lease runs.
+    fn outbox_lease(&self, holder: &str, now: u64, ttl: u64) -> Result<bool, Error>;
 
     /// Appends a line to the audit log; returns its id.
     fn append_audit(&self, entry: &AuditEntry) -> Result<u64, Error>;

@@ -833,6 +833,111 @@ fn audit_lines_are_appended_and_filtered<S: Backend>(t: TempStore<S>) {
     ));
 }
 
+async fn the_outbox_keeps_device_events_while_on<S: Backend>(t: TempStore<S>) {
+    use dynreg_proto::RegisterRequest;
+    use dynreg_registrar::{Device, Registrar};
+    use dynreg_store::admin::{DeviceAction, act_on_device};
+    let s = t.store.clone();
+    fn block<T>(f: impl FnOnce() -> T) -> T {
+        tokio::task::block_in_place(f)
+    }
+    block(|| {
+        s.create_product(new_product(Some("o"), SourceMode::Pool, None), 1)
+            .unwrap();
+        s.import_pool(
+            "o",
+            (0..4)
+                .map(|i| {
+                    triplet(
+                        &format!("o-u{i}"),
+                        &format!("02:00:00:00:00:0{i}"),
+                        &format!("B{i}"),
+                    )
+                })
+                .collect(),
+            none(),
+        )
+        .unwrap();
+    });
+    let r = Registrar::new(s.clone());
+    let register = |unique: &'static str| {
+        let r = &r;
+        async move {
+            r.decide(
+                100,
+                Device { pid: "o", unique },
+                &RegisterRequest::new("1", 100),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // Off: nothing is kept.
+    register("before").await;
+    assert!(!block(|| s.outbox_on().unwrap()));
+    assert_eq!(block(|| s.outbox_backlog().unwrap()), 0);
+    block(|| s.set_outbox(true).unwrap());
+    let a = register("a").await;
+    register("a").await;
+    register("b").await;
+    block(|| {
+        act_on_device(&s, &operator(), DeviceAction::Revoke, "o", "a", 200).unwrap();
+        s.create_product(new_product(Some("other"), SourceMode::Pool, None), 2)
+            .unwrap();
+    });
+    let events = block(|| s.outbox_events(10).unwrap());
+    let kinds: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.kind.as_str(), e.unique.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("device.registered", "a"),
+            ("device.reregistered", "a"),
+            ("device.registered", "b"),
+            ("device.revoked", "a"),
+        ],
+        "device events only, in the order they were made"
+    );
+    assert!(events.windows(2).all(|w| w[0].id < w[1].id));
+    let first = &events[0];
+    assert_eq!(
+        (
+            first.pid.as_str(),
+            first.uuid.as_str(),
+            first.mac.as_str(),
+            first.barcode.as_str()
+        ),
+        (
+            "o",
+            a.triplet.uuid.as_str(),
+            a.triplet.mac.as_str(),
+            a.triplet.barcode.as_str()
+        )
+    );
+    assert_eq!(block(|| s.outbox_events(2).unwrap()), events[..2]);
+    block(|| s.outbox_delivered(&[events[0].id, events[1].id]).unwrap());
+    assert_eq!(block(|| s.outbox_backlog().unwrap()), 2);
+    assert_eq!(block(|| s.outbox_events(10).unwrap()), events[2..]);
+    // One deliverer at a time.
+    assert!(block(|| s.outbox_lease("one", 1000, 15).unwrap()));
+    assert!(!block(|| s.outbox_lease("two", 1010, 15).unwrap()));
+    assert!(
+        block(|| s.outbox_lease("one", 1010, 15).unwrap()),
+        "renewed"
+    );
+    assert!(!block(|| s.outbox_lease("two", 1024, 15).unwrap()));
+    assert!(
+        block(|| s.outbox_lease("two", 1026, 15).unwrap()),
+        "expired"
+    );
+    // Off again: what waited is dropped.
+    assert_eq!(block(|| s.set_outbox(false).unwrap()), 2);
+    register("c").await;
+    assert_eq!(block(|| s.outbox_backlog().unwrap()), 0);
+}
+
 /// One test per store for each case: `sqlite::<case>` and `postgres::<case>`.
 macro_rules! on_both_stores {
     (sync: $($name:ident),*; async: $($aname:ident),* $(,)?) => {
@@ -876,5 +981,5 @@ macro_rules! on_both_stores {
 
 on_both_stores!(
     sync: products_create_list_enable_rotate, pool_generate_with_mac_range_and_overflow, import_is_all_or_nothing, bulk_load_counts, import_validates_normalises_and_deduplicates_macs, rotation_keeps_the_previous_secret_for_its_grace, tokens_are_hashed_scoped_and_revocable, audit_lines_are_appended_and_filtered;
-    async: devices_revoke_reset_and_listing, policy_and_quota_are_stored_changed_and_counted, update_delete_withdraw_lookups_and_history, deleting_a_product_leaves_the_devices_that_moved_to_another
+    async: devices_revoke_reset_and_listing, policy_and_quota_are_stored_changed_and_counted, update_delete_withdraw_lookups_and_history, deleting_a_product_leaves_the_devices_that_moved_to_another, the_outbox_keeps_device_events_while_on
 );

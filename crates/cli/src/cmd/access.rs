@@ -197,3 +197,56 @@ pub(crate) fn audit(g: &Global, cmd: AuditCmd) -> anyhow::Result<()> {
     store.close()?;
     Ok(())
 }
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum OutboxCmd {
+    /// Whether the event outbox is on, and how many events wait in it.
+    Status,
+    /// Turn the outbox off and drop the events waiting in it (when no webhook will
+    /// take them any more). `serve --webhook-url` turns it on again.
+    Off {
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `dynreg outbox ...`.
+pub(crate) fn outbox(g: &Global, cmd: &OutboxCmd) -> anyhow::Result<()> {
+    let store = g.open(Open::Existing)?;
+    match cmd {
+        OutboxCmd::Status => {
+            let (on, backlog) = (store.outbox_on()?, store.outbox_backlog()?);
+            if g.json {
+                output::json(&json!({ "on": on, "backlog": backlog }))?;
+            } else if on {
+                println!("outbox on: {backlog} events waiting for the webhook");
+            } else {
+                println!("outbox off (serve --webhook-url turns it on)");
+            }
+        }
+        &OutboxCmd::Off { yes } => {
+            let backlog = store.outbox_backlog()?;
+            if backlog > 0
+                && !yes
+                && !output::confirm(&format!(
+                    "turn the outbox off and drop the {backlog} events waiting in it?"
+                ))?
+            {
+                anyhow::bail!("not confirmed: the outbox is as it was");
+            }
+            let dropped = audited(&store, "outbox.off", "", "", |ops, e| {
+                let n = ops.set_outbox(false)?;
+                e.detail = format!(r#"{{"dropped":{n}}}"#);
+                Ok(n)
+            })?;
+            if g.json {
+                output::json(&json!({ "on": false, "dropped": dropped }))?;
+            } else {
+                println!("outbox off; {dropped} waiting events dropped");
+            }
+        }
+    }
+    store.close()?;
+    Ok(())
+}

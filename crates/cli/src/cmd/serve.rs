@@ -113,6 +113,15 @@ pub(crate) struct ServeArgs {
     /// it needs an API token of read scope, like the admin API [default: false].
     #[arg(long, env = "DYNREG_METRICS_PUBLIC", value_parser = clap::builder::BoolishValueParser::new())]
     metrics_public: Option<bool>,
+    /// Where device events go: a webhook URL (`http://` or `https://`) that gets each
+    /// registration, re-registration, revocation and reset as a signed JSON POST, at
+    /// least once, in order per device [default: none].
+    #[arg(long, env = "DYNREG_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// The key of the webhook's signature (`X-Dynreg-Signature: sha256=<hex HMAC>`);
+    /// required with --webhook-url.
+    #[arg(long, env = "DYNREG_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
     /// The log's format: `text` (a line per event) or `json` (one JSON object per
     /// line, for log pipelines) [default: text].
     #[arg(long, env = "DYNREG_LOG_FORMAT")]
@@ -139,6 +148,8 @@ struct Resolved {
     per_pid: u32,
     /// /metrics without a token.
     metrics_public: bool,
+    /// Where device events are delivered.
+    webhook: Option<dynreg_http::webhook::WebhookConfig>,
 }
 
 /// Merges flags/env, the file and the defaults, and validates every value (naming the
@@ -382,7 +393,39 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
         auth: AuthPolicy { ban, replay_guard },
         per_pid,
         metrics_public: args.metrics_public.or(file.metrics_public).unwrap_or(false),
+        webhook: webhook(args, file)?,
     })
+}
+
+/// The webhook: `--webhook-url` with `--webhook-secret` (or their variables, or
+/// `webhook_url` / `webhook_secret`).
+fn webhook(
+    args: &ServeArgs,
+    file: &crate::config::FileConfig,
+) -> anyhow::Result<Option<dynreg_http::webhook::WebhookConfig>> {
+    let url = args.webhook_url.as_deref().or(file.webhook_url.as_deref());
+    let secret = args
+        .webhook_secret
+        .as_deref()
+        .or(file.webhook_secret.as_deref());
+    match (url, secret) {
+        (None | Some(""), None) => Ok(None),
+        (None | Some(""), Some(_)) => bail!(
+            "webhook_secret is set without webhook_url (flag --webhook-url, env DYNREG_WEBHOOK_URL)"
+        ),
+        (Some(_), None | Some("")) => bail!(
+            "webhook_url needs webhook_secret, the key of the events' signature (flag --webhook-secret, env DYNREG_WEBHOOK_SECRET)"
+        ),
+        (Some(url), Some(secret)) => {
+            let url = url.parse().map_err(|e| {
+                anyhow::anyhow!("webhook_url: {e} (flag --webhook-url, env DYNREG_WEBHOOK_URL)")
+            })?;
+            Ok(Some(dynreg_http::webhook::WebhookConfig::new(
+                url,
+                secret.as_bytes(),
+            )))
+        }
+    }
 }
 
 /// Whether the log is JSON: `--log-format` / `DYNREG_LOG_FORMAT` / `log_format`.
@@ -511,6 +554,7 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
         auth,
         per_pid,
         metrics_public,
+        webhook,
     } = resolve(g, args)?;
     if let Some(config) = config.as_mut() {
         fit_to_open_files(config)?;
@@ -584,6 +628,32 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
             }
             None => "off".to_owned(),
         };
+        let events = match webhook {
+            Some(config) => {
+                let ops = store.ops();
+                let url = config.url.to_string();
+                // Blocking calls are fine here: this future runs on the thread that
+                // called `block_on`, not on a worker.
+                ops.set_outbox(true)?;
+                let holder = format!("{}:{}", crate::actor().origin, std::process::id());
+                let stop = stop.clone();
+                tasks.spawn(async move {
+                    dynreg_http::webhook::run(ops, config, holder, stop).await;
+                    anyhow::Ok(())
+                });
+                url
+            }
+            None => {
+                let ops = store.ops();
+                let waiting = ops
+                    .outbox_on()
+                    .and_then(|on| on.then(|| ops.outbox_backlog()).transpose())?;
+                if let Some(n) = waiting {
+                    tracing::info!(waiting = n, "the store's outbox is on: this instance does not deliver it (no webhook_url); `dynreg outbox off` turns it off");
+                }
+                "none".to_owned()
+            }
+        };
         let brokers = attach.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
         for target in attach {
             let (registrar, worker, stop) = (registrar.clone(), worker.clone(), stop.clone());
@@ -592,7 +662,7 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
                 anyhow::Ok(())
             });
         }
-        info!(mqtt = %mqtt, http = %http_addr, attach = %if brokers.is_empty() { "none" } else { &brokers }, hook_token = hooks.is_protected(), store = %store.location(), store_from = location.from, "dynreg serving registrations");
+        info!(mqtt = %mqtt, http = %http_addr, attach = %if brokers.is_empty() { "none" } else { &brokers }, hook_token = hooks.is_protected(), webhook = %events, store = %store.location(), store_from = location.from, "dynreg serving registrations");
         {
             let stop = stop.clone();
             tokio::spawn(async move {

@@ -22,6 +22,7 @@ pub(super) fn routes() -> OpenApiRouter<Api> {
         .routes(routes!(list_audit))
         .routes(routes!(recent_registrations))
         .routes(routes!(registration_stream))
+        .routes(routes!(outbox_status))
         .routes(routes!(list_tokens, create_token))
         .routes(routes!(revoke_token))
 }
@@ -273,6 +274,29 @@ async fn registration_stream(
     };
     let events = futures_util::stream::unfold(state, StreamState::next);
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// The event outbox.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct OutboxView {
+    /// Whether device events are kept for the webhook.
+    on: bool,
+    /// Events waiting to be delivered.
+    backlog: u64,
+}
+
+/// The event outbox: on or off, and its backlog.
+#[utoipa::path(get, path = "/outbox", tag = "audit",
+    responses((status = 200, description = "The outbox", body = OutboxView)))]
+async fn outbox_status(
+    State(api): State<Api>,
+    caller: Caller,
+) -> Result<Json<OutboxView>, Problem> {
+    caller.need(Scope::Read)?;
+    let (on, backlog) = api
+        .run(|ops| Ok((ops.outbox_on()?, ops.outbox_backlog()?)))
+        .await?;
+    Ok(Json(OutboxView { on, backlog }))
 }
 
 /// An API token (without the token itself).

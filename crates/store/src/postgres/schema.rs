@@ -89,6 +89,20 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     );",
     // 2: the admin API's tokens and the audit log, as SQLite's migration 5.
     PG_AUDIT_AND_TOKENS,
+    // 3: the event outbox, as SQLite's migration 6.
+    "CREATE TABLE outbox (
+        audit_id BIGINT PRIMARY KEY REFERENCES audit (id)
+    );
+    CREATE FUNCTION dynreg_audit_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.action IN ('device.registered', 'device.reregistered', 'device.revoked', 'device.reset', 'pool.low')
+            AND EXISTS (SELECT 1 FROM meta WHERE key = 'outbox') THEN
+            INSERT INTO outbox (audit_id) VALUES (NEW.id);
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER audit_outbox AFTER INSERT ON audit
+        FOR EACH ROW EXECUTE FUNCTION dynreg_audit_outbox();",
 ];
 
 /// SQLite's migration 5 with PostgreSQL's types.

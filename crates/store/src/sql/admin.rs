@@ -24,7 +24,7 @@ use super::{
 use crate::Error;
 use crate::admin::{
     Actor, AuditFilter, AuditRecord, Deleted, DeviceFilter, HistoryEntry, MAX_POOL_BATCH, Operator,
-    PoolStats, ProductUpdate, Progress, Scope, TokenInfo, TripletRef, Withdrawal,
+    OutboxEvent, PoolStats, ProductUpdate, Progress, Scope, TokenInfo, TripletRef, Withdrawal,
     validate_import_batch, validate_name, validate_token_name, validate_ts_window,
 };
 use crate::crypto::MasterKey;
@@ -889,6 +889,96 @@ impl<B: SqlBackend> Operator for B {
                     Ok(())
                 }
             }
+        })
+    }
+
+    fn set_outbox(&self, on: bool) -> Result<u64, Error> {
+        self.write(move |conn, _| {
+            if on {
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('outbox', ?1) ON CONFLICT (key) DO NOTHING",
+                    params![b"on".as_slice()],
+                )?;
+                return Ok(0);
+            }
+            conn.execute("DELETE FROM meta WHERE key = 'outbox'", &[])?;
+            conn.execute("DELETE FROM outbox", &[])
+        })
+    }
+
+    fn outbox_on(&self) -> Result<bool, Error> {
+        self.read(|conn| conn.exists("SELECT 1 FROM meta WHERE key = 'outbox'", &[]))
+    }
+
+    fn outbox_events(&self, limit: usize) -> Result<Vec<OutboxEvent>, Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|conn| {
+            conn.query_vec(
+                "SELECT a.id, a.at, a.action, a.pid, a.target, a.uuid, COALESCE(t.mac, ''), COALESCE(t.barcode, ''), a.detail FROM outbox o JOIN audit a ON a.id = o.audit_id LEFT JOIN triplets t ON t.uuid = a.uuid AND a.uuid <> '' ORDER BY o.audit_id LIMIT ?1",
+                params![limit],
+                |r| {
+                    Ok(OutboxEvent {
+                        id: u64_of(r.int(0)?),
+                        at: u64_of(r.int(1)?),
+                        kind: r.text(2)?,
+                        pid: r.text(3)?,
+                        unique: r.text(4)?,
+                        uuid: r.text(5)?,
+                        mac: r.text(6)?,
+                        barcode: r.text(7)?,
+                        detail: r.text(8)?,
+                    })
+                },
+            )
+        })
+    }
+
+    fn outbox_delivered(&self, ids: &[u64]) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids = ids.to_vec();
+        self.write(move |conn, _| {
+            for id in ids {
+                conn.execute(
+                    "DELETE FROM outbox WHERE audit_id = ?1",
+                    params![i64_of(id)],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn outbox_backlog(&self) -> Result<u64, Error> {
+        self.read(|conn| {
+            Ok(u64_of(
+                conn.query_opt("SELECT count(*) FROM outbox", &[], |r| r.int(0))?
+                    .unwrap_or(0),
+            ))
+        })
+    }
+
+    fn outbox_lease(&self, holder: &str, now: u64, ttl: u64) -> Result<bool, Error> {
+        let holder = holder.to_owned();
+        self.write(move |conn, _| {
+            let current = conn.query_opt(
+                "SELECT value FROM meta WHERE key = 'outbox_lease'",
+                &[],
+                |r| r.bytes(0),
+            )?;
+            if let Some(value) = current {
+                let text = String::from_utf8_lossy(&value).into_owned();
+                let (who, until) = text.rsplit_once(' ').unwrap_or(("", "0"));
+                if who != holder && until.parse::<u64>().unwrap_or(0) > now {
+                    return Ok(false);
+                }
+            }
+            let lease = format!("{holder} {}", now + ttl).into_bytes();
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('outbox_lease', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![&lease],
+            )?;
+            Ok(true)
         })
     }
 

@@ -111,6 +111,18 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // 5: the admin API's tokens (stored as SHA-256 hashes; a name is unique among the
     // tokens not revoked) and the append-only audit log.
     AUDIT_AND_TOKENS,
+    // 6: the event outbox: the audit lines of device events (and pool.low) waiting to
+    // be delivered to the platform, added by a trigger in the transaction that writes
+    // the line, while the outbox is on (`meta.outbox`).
+    "CREATE TABLE outbox (
+        audit_id INTEGER PRIMARY KEY REFERENCES audit (id)
+    );
+    CREATE TRIGGER audit_outbox AFTER INSERT ON audit
+    WHEN NEW.action IN ('device.registered', 'device.reregistered', 'device.revoked', 'device.reset', 'pool.low')
+        AND EXISTS (SELECT 1 FROM meta WHERE key = 'outbox')
+    BEGIN
+        INSERT INTO outbox (audit_id) VALUES (NEW.id);
+    END;",
 ];
 
 /// Migration 5: the same tables as PostgreSQL's migration 2.

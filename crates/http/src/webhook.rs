@@ -1,0 +1,550 @@
+//! Delivery of the event outbox to the platform's webhook.
+//!
+//! Device events are kept in the store's outbox by the transaction that makes them
+//! ([`dynreg_store::Operator::set_outbox`]); [`run`] reads the oldest, POSTs each as
+//! JSON to the webhook, and removes what was answered with a 2xx:
+//!
+//! - **At least once.** An event leaves the outbox only after its 2xx, and the removal
+//!   is written after the POST: a crash between the two sends it again. The event's
+//!   `id` (its audit line's) is the same every time, for the receiver to drop
+//!   duplicates.
+//! - **Per-device order.** A device's events are sent one after another in the order
+//!   they were made; an event that fails holds back that device's later events (only
+//!   that device's) until it is delivered. Devices are spread over
+//!   [`PARTITIONS`] connections, each sending in order.
+//! - **Retries** with exponential backoff per device, from 100 ms doubling to
+//!   [`WebhookConfig::max_backoff`], for as long as it takes. When the webhook
+//!   answers again, devices that failed meanwhile are tried within a second.
+//! - **One deliverer per store**: instances sharing a database take a lease
+//!   ([`dynreg_store::Operator::outbox_lease`]); the others stand by.
+//! - **Signed**: `X-Dynreg-Signature: sha256=<hex HMAC-SHA256 of the raw body keyed by
+//!   the webhook secret>`.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dynreg_store::OutboxEvent;
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use sha2::Sha256;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::Ops;
+
+/// Connections to the webhook, each sending its share of the devices in order.
+pub const PARTITIONS: usize = 8;
+/// Events read from the outbox at once.
+const BATCH: usize = 512;
+/// How long a lease lasts; it is renewed at every round, at least every few seconds.
+const LEASE_SECS: u64 = 15;
+/// The pause when the outbox is empty.
+const IDLE: Duration = Duration::from_millis(200);
+
+/// Where and how events are delivered.
+#[derive(Clone)]
+pub struct WebhookConfig {
+    /// The webhook.
+    pub url: WebhookUrl,
+    /// The HMAC key of the signature.
+    pub secret: Arc<[u8]>,
+    /// How long one POST may take.
+    pub timeout: Duration,
+    /// The longest pause between two tries of one device's event.
+    pub max_backoff: Duration,
+}
+
+impl fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .field("timeout", &self.timeout)
+            .field("max_backoff", &self.max_backoff)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebhookConfig {
+    /// A configuration with the default timeout (10 s) and backoff cap (10 s: a
+    /// webhook that comes back is found within 10 s).
+    pub fn new(url: WebhookUrl, secret: &[u8]) -> Self {
+        Self {
+            url,
+            secret: Arc::from(secret),
+            timeout: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A webhook address: `http://` or `https://` (the system's roots), host, port, path.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookUrl {
+    tls: bool,
+    host: String,
+    port: u16,
+    path: String,
+}
+
+impl fmt::Debug for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// The URL without its query (which may carry a credential).
+impl fmt::Display for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
+        let path = self.path.split('?').next().unwrap_or("/");
+        write!(f, "{scheme}://{}:{}{path}", self.host, self.port)
+    }
+}
+
+impl std::str::FromStr for WebhookUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("\"{text}\" is not a webhook URL: {why}");
+        let (tls, rest) = if let Some(r) = text.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = text.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(bad("use http:// or https://"));
+        };
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.contains('@') {
+            return Err(bad(
+                "no credentials in the URL: the webhook secret signs each request",
+            ));
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| bad("the port is not a number"))?,
+            ),
+            _ => (authority, if tls { 443 } else { 80 }),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        let path = if path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_owned()
+        };
+        Ok(Self {
+            tls,
+            host: host.to_owned(),
+            port,
+            path,
+        })
+    }
+}
+
+/// The JSON body of an event.
+pub fn body(event: &OutboxEvent) -> Vec<u8> {
+    let mut data = serde_json::json!({
+        "pid": event.pid,
+        "unique": event.unique,
+        "uuid": event.uuid,
+        "mac": event.mac,
+        "barcode": event.barcode,
+    });
+    // A device that moved with replacePid says where it came from.
+    if let Ok(serde_json::Value::Object(detail)) =
+        serde_json::from_str::<serde_json::Value>(&event.detail)
+    {
+        if let Some(key_pid) = detail.get("key_pid") {
+            data["key_pid"] = key_pid.clone();
+        }
+    }
+    serde_json::to_vec(&serde_json::json!({
+        "type": event.kind,
+        "id": event.id.to_string(),
+        "time": dynreg_registrar::model::rfc3339(event.at),
+        "data": data,
+    }))
+    .unwrap_or_default()
+}
+
+/// `sha256=<hex HMAC-SHA256 of body keyed by secret>`.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key");
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .fold(String::from("sha256="), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Why a POST failed.
+#[derive(Debug)]
+enum Failure {
+    /// No connection, or it broke.
+    Network(String),
+    /// The webhook answered, not with a 2xx.
+    Status(u16),
+    /// No answer in time.
+    Timeout,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Network(e) => write!(f, "{e}"),
+            Self::Status(s) => write!(f, "answered {s}"),
+            Self::Timeout => f.write_str("no answer in time"),
+        }
+    }
+}
+
+/// One keep-alive connection to the webhook, made again when it breaks.
+struct Client {
+    config: WebhookConfig,
+    tls: Option<tokio_rustls::TlsConnector>,
+    conn: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl Client {
+    fn new(config: WebhookConfig, tls: Option<tokio_rustls::TlsConnector>) -> Self {
+        Self {
+            config,
+            tls,
+            conn: None,
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, Failure> {
+        let url = &self.config.url;
+        let net = |e: std::io::Error| Failure::Network(format!("{url}: {e}"));
+        let tcp = TcpStream::connect((url.host.as_str(), url.port))
+            .await
+            .map_err(net)?;
+        let _ = tcp.set_nodelay(true);
+        let hs = |e: hyper::Error| Failure::Network(format!("{url}: {e}"));
+        if let Some(tls) = &self.tls {
+            let name = rustls_pki_types::ServerName::try_from(url.host.clone())
+                .map_err(|e| Failure::Network(format!("{url}: {e}")))?;
+            let stream = tls.connect(name, tcp).await.map_err(net)?;
+            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(hs)?;
+            tokio::spawn(conn);
+            Ok(send)
+        } else {
+            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .map_err(hs)?;
+            tokio::spawn(conn);
+            Ok(send)
+        }
+    }
+
+    /// POSTs `event`; Ok on a 2xx.
+    async fn post(&mut self, event: &OutboxEvent) -> Result<(), Failure> {
+        let body = body(event);
+        let signature = signature(&self.config.secret, &body);
+        let timeout = self.config.timeout;
+        let result = tokio::time::timeout(timeout, async {
+            let mut send = match self.conn.take() {
+                Some(c) if !c.is_closed() => c,
+                _ => self.connect().await?,
+            };
+            send.ready()
+                .await
+                .map_err(|e| Failure::Network(e.to_string()))?;
+            let url = &self.config.url;
+            let request = hyper::Request::post(url.path.as_str())
+                .header("host", format!("{}:{}", url.host, url.port))
+                .header("content-type", "application/json")
+                .header("user-agent", concat!("dynreg/", env!("CARGO_PKG_VERSION")))
+                .header("x-dynreg-event-id", event.id.to_string())
+                .header("x-dynreg-signature", signature)
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| Failure::Network(e.to_string()))?;
+            let response = send
+                .send_request(request)
+                .await
+                .map_err(|e| Failure::Network(e.to_string()))?;
+            let status = response.status();
+            // Read the answer to its end, so that the connection can carry the next.
+            let _ = response.into_body().collect().await;
+            self.conn = Some(send);
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(Failure::Status(status.as_u16()))
+            }
+        })
+        .await;
+        result.unwrap_or(Err(Failure::Timeout))
+    }
+}
+
+/// A device's place in the delivery: its key, and when its next try may be.
+#[derive(Default)]
+struct Backoff {
+    attempts: u32,
+    not_before: Option<Instant>,
+}
+
+fn device_key(e: &OutboxEvent) -> String {
+    format!("{}\n{}", e.pid, e.unique)
+}
+
+fn partition(key: &str) -> usize {
+    // FNV-1a: stable, and enough to spread devices.
+    let h = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    usize::try_from(h % PARTITIONS as u64).unwrap_or(0)
+}
+
+/// Delivers the outbox to the webhook until `stop` is cancelled. `holder` names this
+/// instance in the lease.
+pub async fn run(ops: Ops, config: WebhookConfig, holder: String, stop: CancellationToken) {
+    let tls = config.url.tls.then(tls_connector);
+    let mut clients: Vec<Option<Client>> = (0..PARTITIONS)
+        .map(|_| Some(Client::new(config.clone(), tls.clone())))
+        .collect();
+    let mut backoff: HashMap<String, Backoff> = HashMap::new();
+    let metrics = dynreg_registrar::metrics::metrics();
+    let mut failures_logged = Instant::now() - Duration::from_secs(60);
+    tracing::info!(webhook = %config.url, "delivering device events");
+    while !stop.is_cancelled() {
+        let (ops2, holder2) = (ops.clone(), holder.clone());
+        let now = unix_now();
+        let leased =
+            tokio::task::spawn_blocking(move || ops2.outbox_lease(&holder2, now, LEASE_SECS)).await;
+        if !matches!(leased, Ok(Ok(true))) {
+            pause(&stop, Duration::from_secs(LEASE_SECS / 3)).await;
+            continue;
+        }
+        let ops2 = ops.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            Ok::<_, dynreg_store::Error>((ops2.outbox_events(BATCH)?, ops2.outbox_backlog()?))
+        })
+        .await;
+        let Ok(Ok((events, backlog))) = read else {
+            pause(&stop, Duration::from_secs(1)).await;
+            continue;
+        };
+        metrics
+            .outbox_backlog
+            .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+        if events.is_empty() {
+            pause(&stop, IDLE).await;
+            continue;
+        }
+        // Each partition's events, in order, leaving out devices that wait for a retry.
+        let now = Instant::now();
+        let mut shares: Vec<Vec<OutboxEvent>> = vec![Vec::new(); PARTITIONS];
+        for e in events {
+            let key = device_key(&e);
+            if backoff
+                .get(&key)
+                .and_then(|b| b.not_before)
+                .is_some_and(|t| t > now)
+            {
+                continue;
+            }
+            shares[partition(&key)].push(e);
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, share) in shares.into_iter().enumerate() {
+            let Some(mut client) = clients[i].take() else {
+                continue;
+            };
+            tasks.spawn(async move {
+                let mut delivered = Vec::new();
+                let mut failed: HashMap<String, Failure> = HashMap::new();
+                for e in share {
+                    let key = device_key(&e);
+                    if failed.contains_key(&key) {
+                        continue;
+                    }
+                    match client.post(&e).await {
+                        Ok(()) => delivered.push((e.id, key)),
+                        Err(f) => {
+                            failed.insert(key, f);
+                        }
+                    }
+                }
+                (i, client, delivered, failed)
+            });
+        }
+        let mut done = Vec::new();
+        let mut ok_devices = HashSet::new();
+        let mut failed_now = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((i, client, delivered, failed)) = joined else {
+                continue;
+            };
+            clients[i] = Some(client);
+            for (id, key) in delivered {
+                done.push(id);
+                ok_devices.insert(key);
+            }
+            failed_now.extend(failed);
+        }
+        // A task that panicked loses its client: make a new one.
+        for c in &mut clients {
+            if c.is_none() {
+                *c = Some(Client::new(config.clone(), tls.clone()));
+            }
+        }
+        for key in &ok_devices {
+            backoff.remove(key);
+        }
+        // The webhook answers again: devices that failed while it did not need not
+        // wait out backoffs grown meanwhile (at most a second more, from scratch).
+        if !ok_devices.is_empty() {
+            let soon = Instant::now() + Duration::from_secs(1);
+            for b in backoff.values_mut() {
+                b.attempts = 0;
+                b.not_before = b.not_before.map(|t| t.min(soon));
+            }
+        }
+        metrics.webhook_deliveries.inc_by(done.len() as u64);
+        metrics.webhook_failures.inc_by(failed_now.len() as u64);
+        let earliest = failed_now
+            .iter()
+            .map(|(key, _)| {
+                let b = backoff.entry(key.clone()).or_default();
+                b.attempts = b.attempts.saturating_add(1);
+                let wait = Duration::from_millis(100)
+                    .saturating_mul(1 << b.attempts.min(20).saturating_sub(1))
+                    .min(config.max_backoff);
+                let at = Instant::now() + wait;
+                b.not_before = Some(at);
+                at
+            })
+            .min();
+        if let Some((_, first)) = failed_now.first() {
+            if failures_logged.elapsed() >= Duration::from_secs(10) {
+                failures_logged = Instant::now();
+                tracing::warn!(
+                    webhook = %config.url,
+                    failed = failed_now.len(),
+                    delivered = done.len(),
+                    "webhook deliveries failed: {first}; retrying with backoff"
+                );
+            }
+        }
+        if !done.is_empty() {
+            let ops2 = ops.clone();
+            let removed = tokio::task::spawn_blocking(move || ops2.outbox_delivered(&done)).await;
+            if !matches!(removed, Ok(Ok(()))) {
+                // They stay in the outbox and are sent again: at least once.
+                pause(&stop, Duration::from_secs(1)).await;
+            }
+        } else if let Some(at) = earliest {
+            pause(
+                &stop,
+                at.saturating_duration_since(Instant::now()).max(IDLE),
+            )
+            .await;
+        }
+    }
+}
+
+/// Sleeps `d`, or less when `stop` is cancelled.
+async fn pause(stop: &CancellationToken, d: Duration) {
+    tokio::select! {
+        () = tokio::time::sleep(d) => {}
+        () = stop.cancelled() => {}
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// TLS to the webhook, checked against the system's roots.
+fn tls_connector() -> tokio_rustls::TlsConnector {
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+    match config {
+        Ok(c) => tokio_rustls::TlsConnector::from(Arc::new(c)),
+        Err(e) => panic!("the ring provider supports the default TLS versions: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u: WebhookUrl = "http://127.0.0.1:9000/hooks/dynreg?x=1".parse().unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("127.0.0.1", 9000));
+        assert_eq!(u.path, "/hooks/dynreg?x=1");
+        assert_eq!(u.to_string(), "http://127.0.0.1:9000/hooks/dynreg");
+        let u: WebhookUrl = "https://platform.example.com".parse().unwrap();
+        assert_eq!((u.tls, u.port, u.path.as_str()), (true, 443, "/"));
+        let u: WebhookUrl = "http://[::1]:8080/x".parse().unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 8080));
+        for bad in ["ftp://x", "http://", "http://u:p@host/", "http://h:port/"] {
+            assert!(bad.parse::<WebhookUrl>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_signature_is_the_hmac_of_the_body() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            signature(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn bodies_carry_the_event() {
+        let e = OutboxEvent {
+            id: 42,
+            at: 1_764_633_600,
+            kind: "device.registered".into(),
+            pid: "Q".into(),
+            unique: "d1".into(),
+            uuid: "u1".into(),
+            mac: "02:00:00:00:00:01".into(),
+            barcode: "B1".into(),
+            detail: r#"{"key_pid":"P"}"#.into(),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&body(&e)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "type": "device.registered", "id": "42", "time": "2025-12-02T00:00:00Z",
+                "data": {"pid": "Q", "unique": "d1", "uuid": "u1", "mac": "02:00:00:00:00:01",
+                         "barcode": "B1", "key_pid": "P"},
+            })
+        );
+        assert!(partition("Q\nd1") < PARTITIONS);
+    }
+}

@@ -41,7 +41,7 @@ use crate::api::Ops;
 pub const PARTITIONS: usize = 8;
 /// Events read from the outbox at once.
 const BATCH: usize = 512;
-/// How long a lease lasts; it is renewed at every round, at least every few seconds.
+/// How long a lease lasts; it is renewed when a third of it is left.
 const LEASE_SECS: u64 = 15;
 /// The pause when the outbox is empty.
 const IDLE: Duration = Duration::from_millis(200);
@@ -327,14 +327,22 @@ pub async fn run(ops: Ops, config: WebhookConfig, holder: String, stop: Cancella
     let metrics = dynreg_registrar::metrics::metrics();
     let mut failures_logged = Instant::now() - Duration::from_secs(60);
     tracing::info!(webhook = %config.url, "delivering device events");
+    // Until when this instance holds the lease (renewed when a third of it is left:
+    // each renewal is a write).
+    let mut lease_until = 0;
     while !stop.is_cancelled() {
-        let (ops2, holder2) = (ops.clone(), holder.clone());
         let now = unix_now();
-        let leased =
-            tokio::task::spawn_blocking(move || ops2.outbox_lease(&holder2, now, LEASE_SECS)).await;
-        if !matches!(leased, Ok(Ok(true))) {
-            pause(&stop, Duration::from_secs(LEASE_SECS / 3)).await;
-            continue;
+        if now + LEASE_SECS / 3 >= lease_until {
+            let (ops2, holder2) = (ops.clone(), holder.clone());
+            let leased =
+                tokio::task::spawn_blocking(move || ops2.outbox_lease(&holder2, now, LEASE_SECS))
+                    .await;
+            if !matches!(leased, Ok(Ok(true))) {
+                lease_until = 0;
+                pause(&stop, Duration::from_secs(LEASE_SECS / 3)).await;
+                continue;
+            }
+            lease_until = now + LEASE_SECS;
         }
         let ops2 = ops.clone();
         let read = tokio::task::spawn_blocking(move || {

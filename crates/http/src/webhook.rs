@@ -390,7 +390,13 @@ pub async fn run(ops: Ops, config: WebhookConfig, holder: String, stop: Cancella
                     match client.post(&e).await {
                         Ok(()) => delivered.push((e.id, key)),
                         Err(f) => {
+                            // The webhook cannot be reached: the partition's other
+                            // devices are not tried (nor held back) this round.
+                            let unreachable = matches!(f, Failure::Network(_) | Failure::Timeout);
                             failed.insert(key, f);
+                            if unreachable {
+                                break;
+                            }
                         }
                     }
                 }

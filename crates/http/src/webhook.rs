@@ -45,6 +45,8 @@ const BATCH: usize = 512;
 const LEASE_SECS: u64 = 15;
 /// The pause when the outbox is empty.
 const IDLE: Duration = Duration::from_millis(200);
+/// How often the pools' low-water marks are checked (by the lease holder).
+const POOL_CHECK: Duration = Duration::from_secs(30);
 
 /// Where and how events are delivered.
 #[derive(Clone)]
@@ -155,6 +157,13 @@ impl std::str::FromStr for WebhookUrl {
 
 /// The JSON body of an event.
 pub fn body(event: &OutboxEvent) -> Vec<u8> {
+    let detail = serde_json::from_str::<serde_json::Value>(&event.detail).ok();
+    if event.kind == "pool.low" {
+        // {"pid", "free", "low_water"}
+        let mut data = detail.unwrap_or_else(|| serde_json::json!({}));
+        data["pid"] = serde_json::Value::String(event.pid.clone());
+        return envelope(event, &data);
+    }
     let mut data = serde_json::json!({
         "pid": event.pid,
         "unique": event.unique,
@@ -163,13 +172,14 @@ pub fn body(event: &OutboxEvent) -> Vec<u8> {
         "barcode": event.barcode,
     });
     // A device that moved with replacePid says where it came from.
-    if let Ok(serde_json::Value::Object(detail)) =
-        serde_json::from_str::<serde_json::Value>(&event.detail)
-    {
-        if let Some(key_pid) = detail.get("key_pid") {
-            data["key_pid"] = key_pid.clone();
-        }
+    if let Some(key_pid) = detail.as_ref().and_then(|d| d.get("key_pid")) {
+        data["key_pid"] = key_pid.clone();
     }
+    envelope(event, &data)
+}
+
+/// `{"type", "id", "time", "data"}` as bytes.
+fn envelope(event: &OutboxEvent, data: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "type": event.kind,
         "id": event.id.to_string(),
@@ -330,6 +340,7 @@ pub async fn run(ops: Ops, config: WebhookConfig, holder: String, stop: Cancella
     // Until when this instance holds the lease (renewed when a third of it is left:
     // each renewal is a write).
     let mut lease_until = 0;
+    let mut pools_checked: Option<Instant> = None;
     while !stop.is_cancelled() {
         let now = unix_now();
         if now + LEASE_SECS / 3 >= lease_until {
@@ -343,6 +354,19 @@ pub async fn run(ops: Ops, config: WebhookConfig, holder: String, stop: Cancella
                 continue;
             }
             lease_until = now + LEASE_SECS;
+        }
+        if pools_checked.is_none_or(|t| t.elapsed() >= POOL_CHECK) {
+            pools_checked = Some(Instant::now());
+            let ops2 = ops.clone();
+            if let Ok(Ok(fired)) = tokio::task::spawn_blocking(move || ops2.check_pools(now)).await
+            {
+                for pid in fired {
+                    tracing::warn!(
+                        pid,
+                        "pool running low: fewer free triplets than its low-water mark"
+                    );
+                }
+            }
         }
         let ops2 = ops.clone();
         let read = tokio::task::spawn_blocking(move || {
@@ -560,5 +584,20 @@ mod tests {
             })
         );
         assert!(partition("Q\nd1") < PARTITIONS);
+        let low = OutboxEvent {
+            kind: "pool.low".into(),
+            unique: String::new(),
+            uuid: String::new(),
+            mac: String::new(),
+            barcode: String::new(),
+            detail: r#"{"free":9,"low_water":10}"#.into(),
+            ..e
+        };
+        let v: serde_json::Value = serde_json::from_slice(&body(&low)).unwrap();
+        assert_eq!(
+            v["data"],
+            serde_json::json!({"pid": "Q", "free": 9, "low_water": 10})
+        );
+        assert_eq!(v["type"], "pool.low");
     }
 }

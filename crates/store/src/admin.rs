@@ -40,6 +40,9 @@ pub struct NewProduct {
     pub rereg: ReregPolicy,
     /// The most devices the product may bind (`None`: no limit).
     pub quota: Option<u64>,
+    /// The low-water mark of free triplets: below it, `pool.low` fires (`None`:
+    /// never).
+    pub low_water: Option<u64>,
 }
 
 /// Changes to a product; `None` leaves a field as it is.
@@ -57,6 +60,8 @@ pub struct ProductUpdate {
     pub rereg: Option<ReregPolicy>,
     /// A new quota: `Some(None)` removes it.
     pub quota: Option<Option<u64>>,
+    /// A new low-water mark of free triplets: `Some(None)` removes it.
+    pub low_water: Option<Option<u64>>,
 }
 
 impl ProductUpdate {
@@ -68,6 +73,7 @@ impl ProductUpdate {
             && self.ts_window.is_none()
             && self.rereg.is_none()
             && self.quota.is_none()
+            && self.low_water.is_none()
     }
 }
 
@@ -193,6 +199,8 @@ pub struct PoolStats {
     pub reregistrations: u64,
     /// Re-registrations refused by the product's policy.
     pub reregistrations_refused: u64,
+    /// The low-water mark of free triplets, if set (`pool.low` fires below it).
+    pub low_water: Option<u64>,
 }
 
 /// Which devices to list.
@@ -412,8 +420,18 @@ pub trait Operator {
 
     /// Creates a product with a fresh secret. The pid is generated when not given.
     fn create_product(&self, new: NewProduct, now: u64) -> Result<Product, Error> {
+        let low_water = new.low_water;
         let product = new_product(new, now)?;
         self.insert_product(&product)?;
+        if low_water.is_some() {
+            self.update_product(
+                &product.pid,
+                ProductUpdate {
+                    low_water: Some(low_water),
+                    ..ProductUpdate::default()
+                },
+            )?;
+        }
         Ok(product)
     }
 
@@ -479,6 +497,12 @@ pub trait Operator {
     /// Every product's free triplets, by pid: one cheap count per product (the
     /// partial index of free triplets), for metrics.
     fn free_triplets(&self) -> Result<Vec<(String, u64)>, Error>;
+
+    /// Checks every product that has a low-water mark at `now`: one whose free
+    /// triplets fell below it gets a `pool.low` audit line (detail `{"free": N,
+    /// "low_water": M}`; an event when the outbox is on), once until its pool is
+    /// refilled to the mark. Returns the pids that fired.
+    fn check_pools(&self, now: u64) -> Result<Vec<String>, Error>;
 
     /// Generates `count` free triplets for `pid` (MACs from its range when it has one;
     /// barcodes `prefix` + a 12-digit serial unique in the store) in one transaction,

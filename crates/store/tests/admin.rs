@@ -26,6 +26,7 @@ fn new_product(pid: Option<&str>, mode: SourceMode, mac: Option<&str>) -> NewPro
         ts_window: 900,
         rereg: ReregPolicy::DEFAULT,
         quota: None,
+        low_water: None,
     }
 }
 
@@ -460,6 +461,7 @@ async fn update_delete_withdraw_lookups_and_history<S: Backend>(t: TempStore<S>)
                 ts_window: Some(60),
                 rereg: Some(ReregPolicy::Always),
                 quota: None,
+                low_water: Some(Some(3)),
             },
         )
         .unwrap();
@@ -932,8 +934,47 @@ async fn the_outbox_keeps_device_events_while_on<S: Backend>(t: TempStore<S>) {
         block(|| s.outbox_lease("two", 1026, 15).unwrap()),
         "expired"
     );
+    // pool.low: once when the free triplets fall below the mark, again only after a
+    // refill to it. Three of the four are bound (before, a, b): 1 free.
+    block(|| {
+        s.update_product(
+            "o",
+            dynreg_store::ProductUpdate {
+                low_water: Some(Some(3)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.pool_stats("o").unwrap().low_water, Some(3));
+        assert_eq!(s.check_pools(300).unwrap(), ["o"]);
+        assert_eq!(s.check_pools(301).unwrap(), Vec::<String>::new(), "once");
+    });
+    let low = block(|| s.outbox_events(10).unwrap()).pop().unwrap();
+    assert_eq!((low.kind.as_str(), low.pid.as_str()), ("pool.low", "o"));
+    assert_eq!(low.detail, r#"{"free":1,"low_water":3}"#);
+    block(|| {
+        s.import_pool("o", vec![triplet("o-u9", "", "")], none())
+            .unwrap();
+        assert!(
+            s.check_pools(302).unwrap().is_empty(),
+            "still low: not again"
+        );
+        s.import_pool("o", vec![triplet("o-u10", "", "")], none())
+            .unwrap();
+        assert!(
+            s.check_pools(303).unwrap().is_empty(),
+            "refilled to the mark"
+        );
+        s.withdraw("o", vec!["o-u9".into(), "o-u10".into()], 304)
+            .unwrap();
+        assert_eq!(
+            s.check_pools(305).unwrap(),
+            ["o"],
+            "fires again after a refill"
+        );
+    });
     // Off again: what waited is dropped.
-    assert_eq!(block(|| s.set_outbox(false).unwrap()), 2);
+    assert_eq!(block(|| s.set_outbox(false).unwrap()), 4);
     register("c").await;
     assert_eq!(block(|| s.outbox_backlog().unwrap()), 0);
 }

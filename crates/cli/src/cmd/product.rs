@@ -51,6 +51,10 @@ pub(crate) enum ProductCmd {
         /// The most devices the product may bind; more get res 4033 [default: no limit].
         #[arg(long)]
         quota: Option<u64>,
+        /// Free triplets below which `pool.low` fires (an audit line and, with a
+        /// webhook, an event) [default: none].
+        #[arg(long)]
+        low_water: Option<u64>,
     },
     /// Change a product: name, mode, MAC range, ts window, re-registration policy,
     /// quota. Only the options given change.
@@ -83,6 +87,12 @@ pub(crate) enum ProductCmd {
         /// Remove the product's quota.
         #[arg(long)]
         no_quota: bool,
+        /// Free triplets below which `pool.low` fires.
+        #[arg(long, conflicts_with = "no_low_water")]
+        low_water: Option<u64>,
+        /// Remove the product's low-water mark.
+        #[arg(long)]
+        no_low_water: bool,
     },
     /// List products with their pool and device counts.
     List,
@@ -200,6 +210,7 @@ fn summary_json(p: &ProductSummary) -> Value {
         "mac_left": p.stats.mac_left,
         "reregistrations": p.stats.reregistrations,
         "reregistrations_refused": p.stats.reregistrations_refused,
+        "low_water": p.stats.low_water,
     })
 }
 
@@ -216,6 +227,12 @@ fn summary_fields(p: &ProductSummary) -> Vec<(&'static str, String)> {
         ("ts window", format!("{} s", p.ts_window)),
         ("re-registration", p.rereg.to_string()),
         ("quota", p.quota.map_or("-".into(), |q| q.to_string())),
+        (
+            "low water",
+            p.stats
+                .low_water
+                .map_or("-".into(), |n| format!("{n} free triplets")),
+        ),
         (
             "previous secret",
             match p.previous_secret_until {
@@ -258,6 +275,7 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
             ts_window,
             reregistration,
             quota,
+            low_water,
         } => {
             let new = NewProduct {
                 pid,
@@ -267,6 +285,7 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
                 ts_window,
                 rereg: reregistration,
                 quota,
+                low_water,
             };
             let p = audited(&store, "product.created", "", "", |ops, e| {
                 let p = ops.create_product(new, now())?;
@@ -336,6 +355,8 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
             reregistration,
             quota,
             no_quota,
+            low_water,
+            no_low_water,
         } => {
             let update = ProductUpdate {
                 name,
@@ -352,10 +373,15 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
                 } else {
                     quota.map(Some)
                 },
+                low_water: if no_low_water {
+                    Some(None)
+                } else {
+                    low_water.map(Some)
+                },
             };
             if update.is_empty() {
                 return Err(Usage(format!(
-                    "product update {pid}: nothing to change (give --name, --mode, --mac-range, --no-mac-range, --ts-window, --reregistration, --quota or --no-quota)"
+                    "product update {pid}: nothing to change (give --name, --mode, --mac-range, --no-mac-range, --ts-window, --reregistration, --quota, --no-quota, --low-water or --no-low-water)"
                 ))
                 .into());
             }
@@ -521,6 +547,7 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
                 ts_window: def.ts_window,
                 rereg,
                 quota: def.quota,
+                low_water: None,
             };
             let (p, generated) = audited(&store, "product.imported", &pid, "", |ops, _| {
                 Ok(match def.secret {

@@ -493,6 +493,7 @@ fn demo(store: &Backend, listen: SocketAddr) -> anyhow::Result<()> {
                     ts_window: dynreg_proto::credentials::DEFAULT_TS_WINDOW,
                     rereg: dynreg_registrar::ReregPolicy::DEFAULT,
                     quota: None,
+                    low_water: None,
                 },
                 now(),
             )?;

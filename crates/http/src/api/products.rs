@@ -104,6 +104,8 @@ pub(crate) struct PoolView {
     reregistrations: u64,
     /// Re-registrations refused by the product's policy.
     reregistrations_refused: u64,
+    /// Free triplets below which `pool.low` fires.
+    low_water: Option<u64>,
 }
 
 impl From<PoolStats> for PoolView {
@@ -117,6 +119,7 @@ impl From<PoolStats> for PoolView {
             mac_left: s.mac_left,
             reregistrations: s.reregistrations,
             reregistrations_refused: s.reregistrations_refused,
+            low_water: s.low_water,
         }
     }
 }
@@ -148,6 +151,8 @@ pub(crate) struct NewProductBody {
     reregistration: Option<String>,
     /// The most devices the product may bind (default: no limit).
     quota: Option<u64>,
+    /// Free triplets below which `pool.low` fires (default: none).
+    low_water: Option<u64>,
 }
 
 /// A product just created, with its secret (shown once).
@@ -184,6 +189,10 @@ pub(crate) struct ProductPatch {
     #[serde(default, deserialize_with = "some")]
     #[schema(value_type = Option<u64>)]
     quota: Option<Option<u64>>,
+    /// A new low-water mark of free triplets; `null` removes it.
+    #[serde(default, deserialize_with = "some")]
+    #[schema(value_type = Option<u64>)]
+    low_water: Option<Option<u64>>,
     /// Enables or disables registration.
     enabled: Option<bool>,
 }
@@ -245,6 +254,7 @@ async fn create_product(
             .unwrap_or(dynreg_proto::credentials::DEFAULT_TS_WINDOW),
         rereg: rereg_of(body.reregistration.as_deref())?.unwrap_or(ReregPolicy::DEFAULT),
         quota: body.quota,
+        low_water: body.low_water,
     };
     let now = super::unix_now();
     let product = api
@@ -304,6 +314,7 @@ async fn update_product(
         ts_window: patch.ts_window,
         rereg: rereg_of(patch.reregistration.as_deref())?,
         quota: patch.quota,
+        low_water: patch.low_water,
     };
     let enabled = patch.enabled;
     if update.is_empty() && enabled.is_none() {

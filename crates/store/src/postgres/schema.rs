@@ -93,6 +93,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     "CREATE TABLE outbox (
         audit_id BIGINT PRIMARY KEY REFERENCES audit (id)
     );
+    ALTER TABLE products ADD COLUMN low_water BIGINT;
+    ALTER TABLE products ADD COLUMN low_fired BIGINT NOT NULL DEFAULT 0;
     CREATE FUNCTION dynreg_audit_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         IF NEW.action IN ('device.registered', 'device.reregistered', 'device.revoked', 'device.reset', 'pool.low')

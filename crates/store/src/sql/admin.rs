@@ -133,11 +133,12 @@ fn pool_stats(conn: &mut dyn Conn, pid: &str) -> Result<PoolStats, Error> {
         .unwrap_or(0),
     );
     let counters = conn.query_opt(
-        "SELECT mac_next, mac_end, reregistrations, reregistrations_refused FROM products WHERE pid = ?1",
+        "SELECT mac_next, mac_end, reregistrations, reregistrations_refused, low_water FROM products WHERE pid = ?1",
         params![pid],
-        |r| Ok((r.opt_int(0)?, r.opt_int(1)?, r.int(2)?, r.int(3)?)),
+        |r| Ok((r.opt_int(0)?, r.opt_int(1)?, r.int(2)?, r.int(3)?, r.opt_int(4)?)),
     )?;
-    if let Some((next, end, served, refused)) = counters {
+    if let Some((next, end, served, refused, low_water)) = counters {
+        stats.low_water = low_water.map(u64_of);
         if let (Some(next), Some(end)) = (next, end) {
             stats.mac_left = Some(u64_of((end - next + 1).max(0)));
         }
@@ -293,6 +294,7 @@ impl<B: SqlBackend> Operator for B {
             ts_window,
             rereg,
             quota,
+            low_water,
         } = update;
         let name = name.as_deref().map(validate_name).transpose()?;
         if let Some(w) = ts_window {
@@ -339,6 +341,12 @@ impl<B: SqlBackend> Operator for B {
             if let Some(rereg) = rereg {
                 let rereg = rereg.to_string();
                 conn.execute("UPDATE products SET rereg = ?2 WHERE pid = ?1", params![&p, &rereg])?;
+            }
+            if let Some(low_water) = low_water {
+                conn.execute(
+                    "UPDATE products SET low_water = ?2, low_fired = 0 WHERE pid = ?1",
+                    params![&p, low_water.map(i64_of)],
+                )?;
             }
             if let Some(quota) = quota {
                 // The count is kept only while a quota is set: recount when one is set.
@@ -439,6 +447,35 @@ impl<B: SqlBackend> Operator for B {
         self.read(|conn| {
             require_product(conn, pid)?;
             pool_stats(conn, pid)
+        })
+    }
+
+    fn check_pools(&self, now: u64) -> Result<Vec<String>, Error> {
+        self.write(move |conn, _| {
+            let marked = conn.query_vec(
+                "SELECT p.pid, p.low_water, p.low_fired, (SELECT count(*) FROM triplets t WHERE t.pid = p.pid AND t.state = 0) FROM products p WHERE p.low_water IS NOT NULL ORDER BY p.pid",
+                &[],
+                |r| Ok((r.text(0)?, u64_of(r.int(1)?), r.int(2)? != 0, u64_of(r.int(3)?))),
+            )?;
+            let mut fired = Vec::new();
+            for (pid, low_water, was_fired, free) in marked {
+                if free < low_water && !was_fired {
+                    let entry = AuditEntry {
+                        at: now,
+                        actor: "dynreg".into(),
+                        action: "pool.low".into(),
+                        pid: pid.clone(),
+                        detail: format!(r#"{{"free":{free},"low_water":{low_water}}}"#),
+                        ..AuditEntry::default()
+                    };
+                    insert_audit(conn, &entry)?;
+                    conn.execute("UPDATE products SET low_fired = 1 WHERE pid = ?1", params![&pid])?;
+                    fired.push(pid);
+                } else if free >= low_water && was_fired {
+                    conn.execute("UPDATE products SET low_fired = 0 WHERE pid = ?1", params![&pid])?;
+                }
+            }
+            Ok(fired)
         })
     }
 

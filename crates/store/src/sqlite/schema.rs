@@ -114,9 +114,13 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // 6: the event outbox: the audit lines of device events (and pool.low) waiting to
     // be delivered to the platform, added by a trigger in the transaction that writes
     // the line, while the outbox is on (`meta.outbox`).
+    // Also each product's low-water mark of free triplets, and whether `pool.low`
+    // fired (cleared when the pool is refilled above the mark).
     "CREATE TABLE outbox (
         audit_id INTEGER PRIMARY KEY REFERENCES audit (id)
     );
+    ALTER TABLE products ADD COLUMN low_water INTEGER;
+    ALTER TABLE products ADD COLUMN low_fired INTEGER NOT NULL DEFAULT 0;
     CREATE TRIGGER audit_outbox AFTER INSERT ON audit
     WHEN NEW.action IN ('device.registered', 'device.reregistered', 'device.revoked', 'device.reset', 'pool.low')
         AND EXISTS (SELECT 1 FROM meta WHERE key = 'outbox')

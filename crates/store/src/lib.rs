@@ -40,7 +40,7 @@ pub use crypto::{KeySource, MasterKey};
 pub use postgres::{PgConfig, PgStore};
 pub use sqlite::{SqliteConfig, SqliteStore, WriterStats};
 
-use dynreg_registrar::StoreError;
+use dynreg_registrar::{StoreError, StoreErrorKind};
 
 /// An error of the store's operator-facing operations.
 #[derive(Debug, thiserror::Error)]
@@ -88,17 +88,34 @@ impl From<dynreg_registrar::model::InvalidValue> for Error {
     }
 }
 
+impl Error {
+    /// What kind of failure this is, as the registrar sees it: what a caller decides
+    /// on (a database that cannot answer now is [`StoreErrorKind::Unavailable`]).
+    pub fn kind(&self) -> StoreErrorKind {
+        match self {
+            Self::Conflict(_) => StoreErrorKind::Conflict,
+            Self::NotFound(_) => StoreErrorKind::NotFound,
+            Self::Invalid(_) | Self::Config(_) | Self::Item { .. } => StoreErrorKind::Invalid,
+            Self::Unavailable(_) => StoreErrorKind::Unavailable,
+            Self::WrongKey(_) => StoreErrorKind::Corrupt,
+            Self::Sqlite(e) => sqlite::kind_of(e),
+            Self::Postgres(e) => postgres::kind_of(e),
+        }
+    }
+}
+
 impl From<Error> for StoreError {
     fn from(e: Error) -> Self {
+        let kind = e.kind();
         match e {
-            Error::Conflict(m) => StoreError::conflict(m),
-            Error::NotFound(m) => StoreError::not_found(m),
-            Error::Invalid(m) | Error::Config(m) => StoreError::invalid(m),
-            Error::Item { .. } => StoreError::invalid(e.to_string()),
-            Error::Unavailable(m) => StoreError::unavailable(m),
-            Error::WrongKey(_) => StoreError::corrupt(e.to_string()),
             Error::Sqlite(e) => sqlite::classify(e),
             Error::Postgres(e) => postgres::classify(e),
+            Error::Conflict(m)
+            | Error::NotFound(m)
+            | Error::Invalid(m)
+            | Error::Config(m)
+            | Error::Unavailable(m) => StoreError::new(kind, m),
+            other => StoreError::new(kind, other.to_string()),
         }
     }
 }

@@ -269,7 +269,8 @@ impl From<dynreg_store::Error> for Problem {
                 "invalid_item",
                 e.to_string(),
             ),
-            E::Unavailable(_) => Self::new(
+            // Also a database that cannot answer now (locked, unreachable, restarting).
+            _ if e.kind() == dynreg_registrar::StoreErrorKind::Unavailable => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 e.to_string(),

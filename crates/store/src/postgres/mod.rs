@@ -174,7 +174,12 @@ fn connection_lost(e: &postgres::Error) -> bool {
 /// Maps a PostgreSQL error to the registrar's view of it (kind and message), keeping it
 /// as the source.
 pub(crate) fn classify(e: postgres::Error) -> StoreError {
-    let kind = if connection_lost(&e) {
+    StoreError::new(kind_of(&e), describe(&e)).with_source(e)
+}
+
+/// What kind of failure a PostgreSQL error is.
+pub(crate) fn kind_of(e: &postgres::Error) -> StoreErrorKind {
+    if connection_lost(e) {
         StoreErrorKind::Unavailable
     } else {
         match e.code() {
@@ -197,8 +202,7 @@ pub(crate) fn classify(e: postgres::Error) -> StoreError {
             }
             _ => StoreErrorKind::Backend,
         }
-    };
-    StoreError::new(kind, describe(&e)).with_source(e)
+    }
 }
 
 impl ToSql for Value<'_> {

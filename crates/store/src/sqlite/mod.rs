@@ -106,13 +106,17 @@ impl std::fmt::Debug for SqliteStore {
 /// Maps a SQLite error to the registrar's view of it (kind and message), keeping it as
 /// the source.
 pub(crate) fn classify(e: rusqlite::Error) -> StoreError {
+    StoreError::new(kind_of(&e), e.to_string()).with_source(e)
+}
+
+/// What kind of failure a SQLite error is.
+pub(crate) fn kind_of(e: &rusqlite::Error) -> StoreErrorKind {
     use rusqlite::ErrorCode;
-    let kind = match e.sqlite_error_code() {
+    match e.sqlite_error_code() {
         Some(ErrorCode::ConstraintViolation) => StoreErrorKind::Conflict,
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreErrorKind::Unavailable,
         _ => StoreErrorKind::Backend,
-    };
-    StoreError::new(kind, e.to_string()).with_source(e)
+    }
 }
 
 fn create_data_dir(dir: &Path, create: bool) -> Result<(), Error> {

@@ -505,8 +505,12 @@ pub trait Operator {
     fn check_pools(&self, now: u64) -> Result<Vec<String>, Error>;
 
     /// Generates `count` free triplets for `pid` (MACs from its range when it has one;
-    /// barcodes `prefix` + a 12-digit serial unique in the store) in one transaction,
-    /// and returns them, secrets included, for the factory CSV. `now` (Unix seconds)
+    /// barcodes `prefix` + a 12-digit serial unique in the store) and returns them,
+    /// secrets included, for the factory CSV. They are written in transactions of
+    /// 50,000, so that registrations are not held up behind a large pool; a failure
+    /// after the first says how many were committed (free triplets: `pool export
+    /// --state free` writes their CSV). A MAC range too small is refused before
+    /// anything is written. `now` (Unix seconds)
     /// goes into the generated uuids.
     fn generate_pool(
         &self,

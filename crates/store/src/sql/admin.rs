@@ -89,6 +89,9 @@ const AUDIT_SELECT: &str = concat!(audit_select!(), " ORDER BY id DESC LIMIT ?8"
 /// The same, oldest first.
 const AUDIT_SELECT_OLDEST_FIRST: &str = concat!(audit_select!(), " ORDER BY id LIMIT ?8");
 
+/// Triplets per transaction of a pool generation.
+const GENERATE_CHUNK: usize = 50_000;
+
 fn token_of(r: &dyn Row) -> Result<TokenInfo, Error> {
     Ok(TokenInfo {
         id: u64_of(r.int(0)?),
@@ -148,6 +151,23 @@ fn pool_stats(conn: &mut dyn Conn, pid: &str) -> Result<PoolStats, Error> {
     Ok(stats)
 }
 
+/// The refusal of `wanted` addresses from `pid`'s MAC range, saying how many are left.
+fn mac_overflow(conn: &mut dyn Conn, pid: &str, wanted: u64) -> Result<Error, Error> {
+    let (next, end) = conn
+        .query_opt(
+            "SELECT mac_next, mac_end FROM products WHERE pid = ?1",
+            params![pid],
+            |r| Ok((r.int(0)?, r.int(1)?)),
+        )?
+        .unwrap_or_default();
+    Ok(Error::Invalid(format!(
+        "MAC range overflow: {wanted} addresses needed, {} left in the range of `{pid}` (next {}, last {})",
+        (end - next + 1).max(0),
+        MacRange::format(u64_of(next)),
+        MacRange::format(u64_of(end))
+    )))
+}
+
 /// Assigns MAC addresses from `pid`'s range to `triplets` that have none, advancing the
 /// range; refuses when the range is too small.
 fn assign_macs(
@@ -174,19 +194,7 @@ fn assign_macs(
         |r| r.int(0),
     )?;
     let Some(first) = taken else {
-        let (next, end) = conn
-            .query_opt(
-                "SELECT mac_next, mac_end FROM products WHERE pid = ?1",
-                params![pid],
-                |r| Ok((r.int(0)?, r.int(1)?)),
-            )?
-            .unwrap_or_default();
-        return Err(Error::Invalid(format!(
-            "MAC range overflow: {wanted} addresses needed, {} left in the range of `{pid}` (next {}, last {})",
-            (end - next + 1).max(0),
-            MacRange::format(u64_of(next)),
-            MacRange::format(u64_of(end))
-        )));
+        return Err(mac_overflow(conn, pid, u64_of(wanted))?);
     };
     for (i, (t, _)) in triplets.iter_mut().enumerate() {
         t.mac = MacRange::format(u64_of(first) + i as u64);
@@ -519,30 +527,64 @@ impl<B: SqlBackend> Operator for B {
                 progress(i as u64 / 2);
             }
         }
-        let (pid, prefix) = (pid.to_owned(), barcode_prefix.to_owned());
+        // A range too small is refused before anything is written.
+        let mac_left = self.read(|conn| pool_stats(conn, pid))?.mac_left;
+        if mac_left.is_some_and(|left| left < count) {
+            return Err(self.read(|conn| mac_overflow(conn, pid, count))?);
+        }
+        // Transactions of GENERATE_CHUNK triplets: the store's one writer serves the
+        // registrations waiting between two, instead of after the whole pool.
         let half = count / 2;
-        self.write(move |conn, _| {
-            require_product(conn, &pid)?;
-            assign_macs(conn, &pid, &mut items)?;
-            let ids = conn.reserve_triplet_ids(items.len())?;
-            for (i, ((t, sealed), id)) in items.iter_mut().zip(ids).enumerate() {
-                t.barcode = format!("{prefix}{id:012}");
-                let inserted = conn.execute(
-                    "INSERT INTO triplets (id, pid, uuid, secret_enc, mac, barcode, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0) ON CONFLICT DO NOTHING",
-                    params![id, &pid, &t.uuid, &*sealed, &t.mac, &t.barcode],
-                )?;
-                if inserted != 1 {
-                    return Err(Error::Conflict(format!(
-                        "barcode `{}` or uuid `{}` already exists in the store",
-                        t.barcode, t.uuid
-                    )));
+        let mut out = Vec::with_capacity(n);
+        let mut chunks = Vec::new();
+        while !items.is_empty() {
+            let rest = items.split_off(items.len().min(GENERATE_CHUNK));
+            chunks.push(std::mem::replace(&mut items, rest));
+        }
+        for mut chunk in chunks {
+            let (owner, prefix, progress) =
+                (pid.to_owned(), barcode_prefix.to_owned(), progress.clone());
+            let done = out.len();
+            let written = self.write(move |conn, _| {
+                let pid = owner;
+                require_product(conn, &pid)?;
+                assign_macs(conn, &pid, &mut chunk)?;
+                let ids = conn.reserve_triplet_ids(chunk.len())?;
+                for (i, ((t, sealed), id)) in chunk.iter_mut().zip(ids).enumerate() {
+                    t.barcode = format!("{prefix}{id:012}");
+                    let inserted = conn.execute(
+                        "INSERT INTO triplets (id, pid, uuid, secret_enc, mac, barcode, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0) ON CONFLICT DO NOTHING",
+                        params![id, &pid, &t.uuid, &*sealed, &t.mac, &t.barcode],
+                    )?;
+                    if inserted != 1 {
+                        return Err(Error::Conflict(format!(
+                            "barcode `{}` or uuid `{}` already exists in the store",
+                            t.barcode, t.uuid
+                        )));
+                    }
+                    if i % 4096 == 0 {
+                        progress(half + (done + i) as u64 / 2);
+                    }
                 }
-                if i % 4096 == 0 {
-                    progress(half + i as u64 / 2);
+                Ok(chunk.into_iter().map(|(t, _)| t).collect::<Vec<_>>())
+            });
+            match written {
+                Ok(triplets) => out.extend(triplets),
+                Err(e) if out.is_empty() => return Err(e),
+                Err(e) => {
+                    let note = format!(
+                        "; {} of the {count} triplets were committed before this: `dynreg pool export --pid {pid} --state free` writes their CSV",
+                        out.len()
+                    );
+                    return Err(match e {
+                        Error::Conflict(m) => Error::Conflict(m + &note),
+                        Error::Invalid(m) => Error::Invalid(m + &note),
+                        other => Error::Unavailable(format!("{other}{note}")),
+                    });
                 }
             }
-            Ok(items.into_iter().map(|(t, _)| t).collect())
-        })
+        }
+        Ok(out)
     }
 
     fn import_pool(

@@ -40,16 +40,7 @@ fn the_admin_api_answers_as_its_openapi_document_says() {
     };
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    let run = |args: &[&str]| {
-        let out = common::bin()
-            .args(["--json", "--data-dir", "data"])
-            .args(args)
-            .current_dir(d)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {out:?}");
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-    };
+    let run = |args: &[&str]| common::json(d, args);
     // Data for the operations that name a product. Its MAC range is small, so that a
     // fuzzed generation of many triplets is refused at once.
     run(&[

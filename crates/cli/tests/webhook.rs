@@ -119,17 +119,6 @@ fn serve(d: &Path, hook: SocketAddr) -> (Server, String) {
     (Server(child), addr)
 }
 
-fn dynreg(d: &Path, args: &[&str]) -> Value {
-    let out = common::bin()
-        .args(["--json", "--data-dir", "data"])
-        .args(args)
-        .current_dir(d)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{args:?}: {out:?}");
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-}
-
 /// `n` devices register through the server at `mqtt` (uniques from the load generator).
 fn register(d: &Path, mqtt: &str, secret: &str, n: u32) {
     let port = mqtt.rsplit(':').next().unwrap();
@@ -179,7 +168,7 @@ fn wait_for_events(seen: &Mutex<Seen>, n: usize) {
 
 /// A product in generate mode; its secret.
 fn product(d: &Path) -> String {
-    let p = dynreg(
+    let p = common::json(
         d,
         &[
             "product", "create", "--name", "Hooked", "--pid", "hooked", "--mode", "generate",
@@ -212,11 +201,11 @@ fn every_event_arrives_signed_and_in_order_despite_failures_and_downtime() {
     let (mut server, mqtt) = serve(d, hook);
     register(d, &mqtt, &secret, 60);
     // A revocation and a reset of one device, by the operator.
-    dynreg(
+    common::json(
         d,
         &["device", "revoke", "--pid", "hooked", "--unique", UNIQUE0],
     );
-    dynreg(
+    common::json(
         d,
         &["device", "reset", "--pid", "hooked", "--unique", UNIQUE0],
     );
@@ -297,6 +286,6 @@ fn a_sigkill_during_delivery_loses_no_event() {
         .map(|e| e["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids.len(), 150);
-    let status = dynreg(d, &["outbox", "status"]);
+    let status = common::json(d, &["outbox", "status"]);
     assert_eq!(status, serde_json::json!({"on": true, "backlog": 0}));
 }

@@ -74,6 +74,13 @@ pub fn router<S: Store>(
     router
 }
 
+/// Unix seconds now (the hooks, the API and the webhook share it).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// A bound HTTP server, not yet serving.
 #[derive(Debug)]
 pub struct HttpServer {

@@ -36,6 +36,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::Ops;
+use crate::unix_now;
 
 /// Connections to the webhook, each sending its share of the devices in order.
 pub const PARTITIONS: usize = 8;
@@ -191,16 +192,12 @@ fn envelope(event: &OutboxEvent, data: &serde_json::Value) -> Vec<u8> {
 
 /// `sha256=<hex HMAC-SHA256 of body keyed by secret>`.
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
-    use std::fmt::Write;
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key");
     mac.update(body);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .fold(String::from("sha256="), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    format!(
+        "sha256={}",
+        dynreg_store::admin::hex(&mac.finalize().into_bytes())
+    )
 }
 
 /// Why a POST failed.
@@ -508,12 +505,6 @@ async fn pause(stop: &CancellationToken, d: Duration) {
         () = tokio::time::sleep(d) => {}
         () = stop.cancelled() => {}
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// TLS to the webhook, checked against the system's roots.

@@ -544,14 +544,16 @@ async fn metrics_need_a_token_and_count_registrations_and_pools() {
     let (status, ctype, text) = call(s.addr, "GET", "/metrics", Some(&read), "", "").await;
     assert_eq!(status, 200);
     assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
-    for needle in [
-        "dynreg_registrations_total{status=\"0\"}",
-        "dynreg_registration_duration_seconds_bucket",
-        "dynreg_store_batch_size_count",
-        "dynreg_pool_free_triplets{pid=\"M\"} 2",
-    ] {
-        assert!(text.contains(needle), "{needle} missing:\n{text}");
-    }
+    // The metrics are the process's: other tests add to them, so only "at least".
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+    };
+    assert!(value("dynreg_registrations_total{status=\"0\"}") >= 1.0);
+    assert!(value("dynreg_registration_duration_seconds_count") >= 1.0);
+    assert!(value("dynreg_store_batch_size_count") >= 1.0);
+    assert_eq!(value("dynreg_pool_free_triplets{pid=\"M\"}"), 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

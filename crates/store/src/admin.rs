@@ -864,7 +864,8 @@ pub fn validate_import_batch(triplets: &mut [NewTriplet]) -> Result<(), Error> {
     Ok(())
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes` (tokens, signatures).
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes.iter().fold(String::new(), |mut s, b| {
         let _ = write!(s, "{b:02x}");

@@ -58,3 +58,16 @@ pub fn sigterm(child: &Child) -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+/// `dynreg --json --data-dir data ARGS` in `dir`, which must succeed: its JSON output
+/// (null when it printed none).
+pub fn json(dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let out = bin()
+        .args(["--json", "--data-dir", "data"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}

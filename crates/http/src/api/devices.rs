@@ -308,7 +308,7 @@ async fn device_action(
     unique: String,
     action: DeviceAction,
 ) -> Result<Json<DeviceView>, Problem> {
-    let now = super::unix_now();
+    let now = crate::unix_now();
     let actor = caller.actor();
     let device = api
         .run(move |ops| act_on_device(ops, &actor, action, &pid, &unique, now))

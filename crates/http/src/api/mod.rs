@@ -18,9 +18,10 @@ mod records;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
+
+use crate::unix_now;
 use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
@@ -466,13 +467,6 @@ pub async fn metrics(
         m.encode(),
     )
         .into_response()
-}
-
-/// The current Unix time in seconds.
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// A page size from a query: `default` when absent, at most `MAX_PAGE`.

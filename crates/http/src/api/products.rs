@@ -256,7 +256,7 @@ async fn create_product(
         quota: body.quota,
         low_water: body.low_water,
     };
-    let now = super::unix_now();
+    let now = crate::unix_now();
     let product = api
         .audited(
             caller.entry("product.created", "", ""),
@@ -454,7 +454,7 @@ async fn rotate_secret(
     caller.need(Scope::Write)?;
     let grace = body.grace.as_deref().unwrap_or(DEFAULT_GRACE);
     let grace = parse_duration(grace).map_err(|e| Problem::invalid(format!("grace: {e}")))?;
-    let now = super::unix_now();
+    let now = crate::unix_now();
     let mut entry = caller.entry("product.secret_rotated", &pid, "");
     entry.detail = format!(r#"{{"grace":{grace}}}"#);
     let secret = api
@@ -476,7 +476,7 @@ async fn retire_secret(
     Path(pid): Path<String>,
 ) -> Result<Json<ProductView>, Problem> {
     caller.need(Scope::Write)?;
-    let now = super::unix_now();
+    let now = crate::unix_now();
     let p = api
         .audited(
             caller.entry("product.secret_retired", &pid, ""),
@@ -563,7 +563,7 @@ async fn generate_pool(
     Body(body): Body<GenerateBody>,
 ) -> Result<Response, Problem> {
     caller.need(Scope::Write)?;
-    let now = super::unix_now();
+    let now = crate::unix_now();
     let mut entry = caller.entry("pool.generated", &pid, "");
     entry.detail = format!(r#"{{"count":{}}}"#, body.count);
     let filename = format!("{pid}-pool.csv");
@@ -717,7 +717,7 @@ async fn withdraw(
             "name triplets to withdraw in uuids or barcodes",
         ));
     }
-    let now = super::unix_now();
+    let now = crate::unix_now();
     let list = api
         .audited(
             caller.entry("pool.withdrawn", &pid, ""),

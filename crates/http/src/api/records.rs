@@ -374,7 +374,7 @@ async fn create_token(
 ) -> Result<(StatusCode, Json<CreatedToken>), Problem> {
     caller.need(Scope::Admin)?;
     let scope: Scope = body.scope.parse().map_err(Problem::from)?;
-    let now = super::unix_now();
+    let now = crate::unix_now();
     let by = caller.actor().name;
     let mut entry = caller.entry("token.created", "", &body.name);
     entry.detail = format!(r#"{{"scope":"{scope}"}}"#);
@@ -402,7 +402,7 @@ async fn revoke_token(
     Path(name): Path<String>,
 ) -> Result<Json<TokenView>, Problem> {
     caller.need(Scope::Admin)?;
-    let now = super::unix_now();
+    let now = crate::unix_now();
     let entry = caller.entry("token.revoked", "", &name);
     let info = api
         .audited(entry, move |ops, _| ops.revoke_token(&name, now))

@@ -25,7 +25,6 @@ pub mod vernemq;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -249,7 +248,7 @@ async fn authenticate<S: Store>(
 ) -> Result<Authenticated, AuthError> {
     let decided = registrar
         .authenticate(
-            unix_now(),
+            crate::unix_now(),
             Connect {
                 client_id,
                 username,
@@ -272,13 +271,6 @@ async fn authenticate<S: Store>(
         Err(e) => tracing::info!(hook, client_id, username, peer = ?peer, "CONNECT refused: {e}"),
     }
     decided
-}
-
-/// Unix seconds now.
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -31,10 +31,9 @@ use axum::routing::get;
 use dynreg_registrar::{AuthError, Registrar, Store};
 use tracing::info;
 
-use super::{
-    Action, Verdict, authenticate, identity, is_registration_client, topic_access, unix_now,
-};
+use super::{Action, Verdict, authenticate, identity, is_registration_client, topic_access};
 use crate::fields::Fields;
+use crate::unix_now;
 
 /// The exchange the MQTT plugin publishes to and binds its queues on (its default).
 pub const EXCHANGE: &str = "amq.topic";

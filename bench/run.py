@@ -11,7 +11,9 @@ Usage:  python3 bench/run.py            (N=10000 C=200 RUNS=3 by default)
         N=50000 RUNS=3 python3 bench/run.py
         DYNREG_BIN=/path/to/dynreg python3 bench/run.py   (measure that build instead)
         python3 bench/run.py --print-bin   (print the binary it would measure, and stop)
-Needs: cargo, mosquitto (Debian: apt-get install mosquitto), Linux /proc.
+Also: the same load with the event outbox delivered to a webhook (bench/webhook_sink.py)
+and /metrics scraped every second, against the outbox off.
+Needs: cargo, mosquitto (Debian: apt-get install mosquitto), curl, Linux /proc.
 """
 
 import json
@@ -230,6 +232,35 @@ def main():
             per_conn.append((loaded - idle) * 1024 / max(held, 1))
             time.sleep(2)  # let the server close them all before the next round
 
+        # The operations surface on: a second server with the event outbox delivered to a
+        # webhook (bench/webhook_sink.py) and /metrics scraped every second, against the
+        # first (outbox off), MQTT 5 QoS 1, alternating. The audit line of each
+        # registration is written in both (it cannot be turned off).
+        sink_port, ops_port, ops_http = free_port(), free_port(), free_port()
+        sink = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "webhook_sink.py"), str(sink_port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(sink)
+        ops_data = os.path.join(tmp, "ops-data")
+        ops_product = json.loads(subprocess.run(
+            [BIN, "--data-dir", ops_data, "--json", "product", "create", "--name", "bench", "--mode", "generate"],
+            capture_output=True, text=True, check=True).stdout)
+        ops_server = subprocess.Popen(
+            [BIN, "--data-dir", ops_data, "serve", "--listen", f"127.0.0.1:{ops_port}", "--replay-guard", "off",
+             "--http-listen", f"127.0.0.1:{ops_http}", "--metrics-public", "true",
+             "--webhook-url", f"http://127.0.0.1:{sink_port}/", "--webhook-secret", "bench"],
+            stderr=subprocess.DEVNULL)
+        procs.append(ops_server)
+        wait_port(sink_port)
+        wait_port(ops_port)
+        scraping = subprocess.Popen(
+            ["sh", "-c", f"while :; do curl -s -o /dev/null http://127.0.0.1:{ops_http}/metrics; sleep 1; done"])
+        procs.append(scraping)
+        features = {"off": [], "on": []}
+        for run in range(RUNS):
+            for name, port, prod in (("off", dport, product), ("on", ops_port, ops_product)):
+                features[name].append(bench(port, prod["pid"], prod["secret"], "5", "1",
+                                            f"ops{run}{name}-")["throughput_per_s"])
+
         # The same MQTT 5 QoS 1 case with PRELOAD devices already stored.
         full = []
         if PRELOAD:
@@ -253,6 +284,9 @@ def main():
         print(f"\nTLS on both sides (MQTT 5, QoS 1): dynreg {fmt(tls['dynreg'])}/s, "
               f"Mosquitto floor {fmt(tls['mosquitto'])}/s, "
               f"{statistics.median(tls['dynreg']) / statistics.median(tls['mosquitto']):.2f}x")
+        print(f"\nOutbox, webhook and /metrics scraping on (MQTT 5, QoS 1, alternating runs): "
+              f"{fmt(features['on'])}/s against {fmt(features['off'])}/s with the outbox off, "
+              f"{statistics.median(features['on']) / statistics.median(features['off']):.2f}x")
         if full:
             empty = [float(r[2].split(" ")[0].replace(",", "")) for r in rows if r[0] == "MQTT 5, QoS 1" and r[1] == "dynreg"][0]
             print(f"\nWith {PRELOAD:,} more devices stored (bulk-loaded while serving), MQTT 5 QoS 1: "

@@ -21,6 +21,7 @@
 //! ([`Backoff`]), and the queue or subscription is set up again on every connection.
 
 pub mod amqp;
+pub mod events;
 pub mod mqtt;
 
 use std::fmt;

@@ -42,6 +42,10 @@ pub(crate) struct FileConfig {
     pub(crate) webhook_url: Option<String>,
     /// The key of their signature.
     pub(crate) webhook_secret: Option<String>,
+    /// The topic prefix of device events published to the attached broker.
+    pub(crate) broker_events: Option<String>,
+    /// Whether registration events carry the device's secret.
+    pub(crate) events_include_secrets: Option<bool>,
     /// Brokers whose register requests workers consume.
     pub(crate) attach: Option<Vec<String>>,
     /// The attach workers' AMQP queue.

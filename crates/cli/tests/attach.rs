@@ -75,8 +75,9 @@ fn ok(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
 }
 
-/// `dynreg serve --listen off` attached to `amqp`, with the hooks when `hooks` is set.
-fn serve(url: &str, dir: &Path, amqp: &str, hooks: Option<(&str, &str)>) -> Server {
+/// `dynreg serve --listen off` attached to `amqp`, with the hooks when `hooks` is set,
+/// and `extra` flags.
+fn serve(url: &str, dir: &Path, amqp: &str, hooks: Option<(&str, &str)>, extra: &[&str]) -> Server {
     let mut cmd = common::bin();
     cmd.args(["--database-url", url, "--master-key-file", "k", "serve"])
         .args(["--listen", "off", "--attach", amqp])
@@ -85,7 +86,8 @@ fn serve(url: &str, dir: &Path, amqp: &str, hooks: Option<(&str, &str)>) -> Serv
         // A classic queue on node 1, where the first worker declares it: it survives
         // node 2 stopping. (A quorum queue needs a majority of its members: three
         // nodes to lose one; see docs/integrations/rabbitmq.md.)
-        .args(["--attach-queue-type", "classic"]);
+        .args(["--attach-queue-type", "classic"])
+        .args(extra);
     if let Some((addr, token)) = hooks {
         cmd.args(["--http-listen", addr, "--hook-token", token]);
     }
@@ -200,8 +202,18 @@ fn two_instances_behind_a_rabbitmq_cluster_register_every_device_once() {
         ],
     ));
     let secret = p["secret"].as_str().unwrap().to_owned();
-    let one = serve(url, d, &c.amqp[0], Some((&c.hook, &c.token)));
-    let two = serve(url, d, &c.amqp[1], None);
+    // Instance one also publishes the device events to the broker; a platform reads
+    // them over MQTT through node 1 (as the broker's internal user dynreg-worker).
+    // Events wait in the outbox until the subscription's queue is bound.
+    let one = serve(
+        url,
+        d,
+        &c.amqp[0],
+        Some((&c.hook, &c.token)),
+        &["--broker-events", "dynreg/events"],
+    );
+    let two = serve(url, d, &c.amqp[1], None, &[]);
+    let (_events_sub, events) = subscribe_events(c.mqtt[0]);
 
     // The same 300 devices through both nodes at once.
     eprintln!("attach test: 300 devices through both nodes");
@@ -273,6 +285,33 @@ fn two_instances_behind_a_rabbitmq_cluster_register_every_device_once() {
         .map(|r| r.split(',').nth(1).unwrap().to_owned())
         .collect();
     assert_eq!(all.len(), 550, "a triplet was bound twice");
+
+    // Every registration reached the platform through the broker.
+    eprintln!("attach test: device events through amq.topic");
+    let start = std::time::Instant::now();
+    let mut registered = HashSet::new();
+    while registered.len() < 551 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "{} of 551 device.registered events arrived",
+            registered.len()
+        );
+        let Ok(line) = events.recv_timeout(std::time::Duration::from_millis(200)) else {
+            continue;
+        };
+        let (topic, payload) = line.split_once(' ').unwrap();
+        let e: Value = serde_json::from_str(payload).unwrap();
+        let kind = e["type"].as_str().unwrap();
+        assert_eq!(
+            topic,
+            format!("dynreg/events/plug/{}", kind.replace('.', "/"))
+        );
+        assert!(e["data"].get("secret").is_none(), "{e}");
+        if kind == "device.registered" {
+            registered.insert(e["data"]["uuid"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(all.is_subset(&registered));
     drop(one);
     let stats = ok(&run(url, d, &["--json", "pool", "stats", "--pid", "plug"]));
     assert_eq!(
@@ -280,6 +319,29 @@ fn two_instances_behind_a_rabbitmq_cluster_register_every_device_once() {
         (Some(551), Some(49)),
         "{stats}"
     );
+}
+
+/// A platform's MQTT subscriber (`mosquitto_sub`, a persistent session at QoS 1) to
+/// the device events through RabbitMQ's MQTT port: its lines, `topic payload`.
+fn subscribe_events(port: u16) -> (Server, std::sync::mpsc::Receiver<String>) {
+    let mut child = std::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv311"])
+        .args([
+            "-u",
+            "dynreg-worker",
+            "-P",
+            "workerpw",
+            "-i",
+            "platform-events",
+            "-c",
+        ])
+        .args(["-q", "1", "-v", "-t", "dynreg/events/#"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rx = common::stdout_lines(&mut child);
+    (Server(child), rx)
 }
 
 /// One device registered by `mosquitto_rr` (Mosquitto's request/response client) over

@@ -27,14 +27,6 @@ impl Drop for Serve {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn serve() -> Serve {
     serve_with(&[])
 }
@@ -66,7 +58,7 @@ fn serve_with(extra: &[&str]) -> Serve {
     };
     let p = create(&["--name", "Plug"]);
     let other = create(&["--name", "Other", "--pid", "other"]);
-    let port = free_port();
+    let port = common::free_port();
     let mut child = bin()
         .args([
             "--data-dir",
@@ -432,7 +424,7 @@ fn exit_codes() {
         "{doc}"
     );
     // Network error: nothing listens.
-    let closed = free_port().to_string();
+    let closed = common::free_port().to_string();
     let o = bin()
         .args([
             "register",
@@ -539,7 +531,7 @@ fn over_tls_with_a_ca_file() {
     let (cert, key) = (t.path().join("cert.pem"), t.path().join("key.pem"));
     std::fs::write(&cert, made.cert.pem()).unwrap();
     std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
-    let tls_port = free_port().to_string();
+    let tls_port = common::free_port().to_string();
     let s = serve_with(&[
         "--tls-listen",
         &format!("127.0.0.1:{tls_port}"),

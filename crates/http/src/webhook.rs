@@ -1,24 +1,28 @@
-//! Delivery of the event outbox to the platform's webhook.
+//! Delivery of the event outbox: to the platform's webhook and, in attached mode, to
+//! the broker (`dynreg-attach`'s `events` module).
 //!
 //! Device events are kept in the store's outbox by the transaction that makes them
-//! ([`dynreg_store::Operator::set_outbox`]); [`run`] reads the oldest, POSTs each as
-//! JSON to the webhook, and removes what was answered with a 2xx:
+//! ([`dynreg_store::Operator::set_outbox`]); [`run`] reads the oldest, sends each to
+//! every destination (a [`SinkFactory`]: [`Webhook`] POSTs it as JSON), and removes
+//! what all of them took:
 //!
-//! - **At least once.** An event leaves the outbox only after its 2xx, and the removal
-//!   is written after the POST: a crash between the two sends it again. The event's
-//!   `id` (its audit line's) is the same every time, for the receiver to drop
-//!   duplicates.
+//! - **At least once.** An event leaves the outbox only after every destination took
+//!   it (a 2xx, a broker's confirm), and the removal is written after the send: a
+//!   crash between the two sends it again. The event's `id` (its audit line's) is the
+//!   same every time, for the receiver to drop duplicates. A destination that took an
+//!   event is not sent it again while another retries it (unless this process
+//!   restarts meanwhile).
 //! - **Per-device order.** A device's events are sent one after another in the order
 //!   they were made; an event that fails holds back that device's later events (only
 //!   that device's) until it is delivered. Devices are spread over
-//!   [`PARTITIONS`] connections, each sending in order.
+//!   [`PARTITIONS`] connections per destination, each sending in order.
 //! - **Retries** with exponential backoff per device, from 100 ms doubling to
-//!   [`WebhookConfig::max_backoff`], for as long as it takes. When the webhook
-//!   answers again, devices that failed meanwhile are tried within a second.
+//!   [`MAX_BACKOFF`], for as long as it takes. When the destinations
+//!   answer again, devices that failed meanwhile are tried within a second.
 //! - **One deliverer per store**: instances sharing a database take a lease
 //!   ([`dynreg_store::Operator::outbox_lease`]); the others stand by.
-//! - **Signed**: `X-Dynreg-Signature: sha256=<hex HMAC-SHA256 of the raw body keyed by
-//!   the webhook secret>`.
+//! - **Signed** (the webhook): `X-Dynreg-Signature: sha256=<hex HMAC-SHA256 of the raw
+//!   body keyed by the webhook secret>`.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -26,6 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dynreg_registrar::events::{Event, SendFuture, Sink, SinkError, SinkFactory};
+use dynreg_registrar::metrics::SinkLabel;
 use dynreg_store::OutboxEvent;
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
@@ -46,6 +52,9 @@ const BATCH: usize = 512;
 const LEASE_SECS: u64 = 15;
 /// The pause when the outbox is empty.
 const IDLE: Duration = Duration::from_millis(200);
+/// The longest pause between two tries of one device's event: a destination that
+/// comes back is found within this.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How often the pools' low-water marks are checked (by the lease holder).
 const POOL_CHECK: Duration = Duration::from_secs(30);
 
@@ -58,8 +67,6 @@ pub struct WebhookConfig {
     pub secret: Arc<[u8]>,
     /// How long one POST may take.
     pub timeout: Duration,
-    /// The longest pause between two tries of one device's event.
-    pub max_backoff: Duration,
 }
 
 impl fmt::Debug for WebhookConfig {
@@ -67,20 +74,17 @@ impl fmt::Debug for WebhookConfig {
         f.debug_struct("WebhookConfig")
             .field("url", &self.url)
             .field("timeout", &self.timeout)
-            .field("max_backoff", &self.max_backoff)
             .finish_non_exhaustive()
     }
 }
 
 impl WebhookConfig {
-    /// A configuration with the default timeout (10 s) and backoff cap (10 s: a
-    /// webhook that comes back is found within 10 s).
+    /// A configuration with the default timeout (10 s).
     pub fn new(url: WebhookUrl, secret: &[u8]) -> Self {
         Self {
             url,
             secret: Arc::from(secret),
             timeout: Duration::from_secs(10),
-            max_backoff: Duration::from_secs(10),
         }
     }
 }
@@ -156,8 +160,9 @@ impl std::str::FromStr for WebhookUrl {
     }
 }
 
-/// The JSON body of an event.
-pub fn body(event: &OutboxEvent) -> Vec<u8> {
+/// The JSON body of an event; `secret` is the device's secret, when it is sent
+/// ([`Delivery::include_secrets`]).
+pub fn body(event: &OutboxEvent, secret: Option<&str>) -> Vec<u8> {
     let detail = serde_json::from_str::<serde_json::Value>(&event.detail).ok();
     if event.kind == "pool.low" {
         // {"pid", "free", "low_water"}
@@ -175,6 +180,9 @@ pub fn body(event: &OutboxEvent) -> Vec<u8> {
     // A device that moved with replacePid says where it came from.
     if let Some(key_pid) = detail.as_ref().and_then(|d| d.get("key_pid")) {
         data["key_pid"] = key_pid.clone();
+    }
+    if let Some(secret) = secret {
+        data["secret"] = serde_json::Value::String(secret.to_owned());
     }
     envelope(event, &data)
 }
@@ -200,24 +208,32 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     )
 }
 
-/// Why a POST failed.
-#[derive(Debug)]
-enum Failure {
-    /// No connection, or it broke.
-    Network(String),
-    /// The webhook answered, not with a 2xx.
-    Status(u16),
-    /// No answer in time.
-    Timeout,
+/// The webhook as a destination of events: [`run`] keeps [`PARTITIONS`] keep-alive
+/// connections to it.
+pub struct Webhook {
+    config: WebhookConfig,
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Network(e) => write!(f, "{e}"),
-            Self::Status(s) => write!(f, "answered {s}"),
-            Self::Timeout => f.write_str("no answer in time"),
-        }
+impl Webhook {
+    /// The webhook of `config` (TLS set up here, for `https://`).
+    pub fn new(config: WebhookConfig) -> Self {
+        let tls = config.url.tls.then(tls_connector);
+        Self { config, tls }
+    }
+}
+
+impl SinkFactory for Webhook {
+    fn make(&self) -> Box<dyn Sink> {
+        Box::new(Client {
+            config: self.config.clone(),
+            tls: self.tls.clone(),
+            conn: None,
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.config.url.to_string()
     }
 }
 
@@ -229,25 +245,17 @@ struct Client {
 }
 
 impl Client {
-    fn new(config: WebhookConfig, tls: Option<tokio_rustls::TlsConnector>) -> Self {
-        Self {
-            config,
-            tls,
-            conn: None,
-        }
-    }
-
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, Failure> {
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, SinkError> {
         let url = &self.config.url;
-        let net = |e: std::io::Error| Failure::Network(format!("{url}: {e}"));
+        let net = |e: std::io::Error| SinkError::unreachable(format!("{url}: {e}"));
         let tcp = TcpStream::connect((url.host.as_str(), url.port))
             .await
             .map_err(net)?;
         let _ = tcp.set_nodelay(true);
-        let hs = |e: hyper::Error| Failure::Network(format!("{url}: {e}"));
+        let hs = |e: hyper::Error| SinkError::unreachable(format!("{url}: {e}"));
         if let Some(tls) = &self.tls {
             let name = rustls_pki_types::ServerName::try_from(url.host.clone())
-                .map_err(|e| Failure::Network(format!("{url}: {e}")))?;
+                .map_err(|e| SinkError::unreachable(format!("{url}: {e}")))?;
             let stream = tls.connect(name, tcp).await.map_err(net)?;
             let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
@@ -263,32 +271,28 @@ impl Client {
         }
     }
 
-    /// POSTs `event`; Ok on a 2xx.
-    async fn post(&mut self, event: &OutboxEvent) -> Result<(), Failure> {
-        let body = body(event);
-        let signature = signature(&self.config.secret, &body);
+    /// POSTs `event`; Ok on a 2xx. No connection or no answer in time is
+    /// [`SinkError::unreachable`]; another status refuses this event.
+    async fn post(&mut self, event: &Event) -> Result<(), SinkError> {
+        let signature = signature(&self.config.secret, &event.body);
         let timeout = self.config.timeout;
+        let url = self.config.url.clone();
+        let net = |e: &dyn fmt::Display| SinkError::unreachable(format!("{url}: {e}"));
         let result = tokio::time::timeout(timeout, async {
             let mut send = match self.conn.take() {
                 Some(c) if !c.is_closed() => c,
                 _ => self.connect().await?,
             };
-            send.ready()
-                .await
-                .map_err(|e| Failure::Network(e.to_string()))?;
-            let url = &self.config.url;
+            send.ready().await.map_err(|e| net(&e))?;
             let request = hyper::Request::post(url.path.as_str())
                 .header("host", format!("{}:{}", url.host, url.port))
                 .header("content-type", "application/json")
                 .header("user-agent", concat!("dynreg/", env!("CARGO_PKG_VERSION")))
                 .header("x-dynreg-event-id", event.id.to_string())
                 .header("x-dynreg-signature", signature)
-                .body(Full::new(Bytes::from(body)))
-                .map_err(|e| Failure::Network(e.to_string()))?;
-            let response = send
-                .send_request(request)
-                .await
-                .map_err(|e| Failure::Network(e.to_string()))?;
+                .body(Full::new(Bytes::from(event.body.clone())))
+                .map_err(|e| net(&e))?;
+            let response = send.send_request(request).await.map_err(|e| net(&e))?;
             let status = response.status();
             // Read the answer to its end, so that the connection can carry the next.
             let _ = response.into_body().collect().await;
@@ -296,12 +300,51 @@ impl Client {
             if status.is_success() {
                 Ok(())
             } else {
-                Err(Failure::Status(status.as_u16()))
+                Err(SinkError::refused(format!(
+                    "{url}: answered {}",
+                    status.as_u16()
+                )))
             }
         })
         .await;
-        result.unwrap_or(Err(Failure::Timeout))
+        result.unwrap_or_else(|_| Err(net(&"no answer in time")))
     }
+}
+
+impl Sink for Client {
+    fn send<'a>(&'a mut self, event: &'a Event) -> SendFuture<'a> {
+        Box::pin(self.post(event))
+    }
+
+    fn describe(&self) -> String {
+        self.config.url.to_string()
+    }
+
+    fn kind(&self) -> &'static str {
+        "webhook"
+    }
+}
+
+/// The event of `e` as sent: its id, kind, pid and [`body`].
+pub fn event(e: &OutboxEvent, secret: Option<&str>) -> Event {
+    Event {
+        id: e.id,
+        kind: e.kind.clone(),
+        pid: e.pid.clone(),
+        body: body(e, secret),
+    }
+}
+
+/// What [`run`] delivers where.
+pub struct Delivery {
+    /// The destinations: the webhook, the broker.
+    pub destinations: Vec<Arc<dyn SinkFactory>>,
+    /// This instance's name in the outbox's lease.
+    pub holder: String,
+    /// Whether `device.registered` and `device.reregistered` events carry the device's
+    /// secret (`data.secret`), for a platform that authenticates devices itself and
+    /// has no other copy. Off by default: the events then carry no secret.
+    pub include_secrets: bool,
 }
 
 /// A device's place in the delivery: its key, and when its next try may be.
@@ -323,17 +366,33 @@ fn partition(key: &str) -> usize {
     usize::try_from(h % PARTITIONS as u64).unwrap_or(0)
 }
 
-/// Delivers the outbox to the webhook until `stop` is cancelled. `holder` names this
-/// instance in the lease.
-pub async fn run(ops: Ops, config: WebhookConfig, holder: String, stop: CancellationToken) {
-    let tls = config.url.tls.then(tls_connector);
-    let mut clients: Vec<Option<Client>> = (0..PARTITIONS)
-        .map(|_| Some(Client::new(config.clone(), tls.clone())))
-        .collect();
+/// A partition's connections: one per destination.
+type Sinks = Vec<Box<dyn Sink>>;
+
+/// Delivers the outbox to the destinations until `stop` is cancelled.
+pub async fn run(ops: Ops, delivery: Delivery, stop: CancellationToken) {
+    let Delivery {
+        destinations,
+        holder,
+        include_secrets,
+    } = delivery;
+    assert!(
+        destinations.len() <= 64,
+        "at most 64 destinations (a bit each)"
+    );
+    let connect = || -> Sinks { destinations.iter().map(|d| d.make()).collect() };
+    let mut partitions: Vec<Option<Sinks>> = (0..PARTITIONS).map(|_| Some(connect())).collect();
     let mut backoff: HashMap<String, Backoff> = HashMap::new();
+    // Events some destinations took and others not yet: a bit per destination taken.
+    let mut taken: HashMap<u64, u64> = HashMap::new();
     let metrics = dynreg_registrar::metrics::metrics();
     let mut failures_logged = Instant::now() - Duration::from_secs(60);
-    tracing::info!(webhook = %config.url, "delivering device events");
+    let to = destinations
+        .iter()
+        .map(|d| d.describe())
+        .collect::<Vec<_>>()
+        .join(", ");
+    tracing::info!(to = %to, "delivering device events");
     // Until when this instance holds the lease (renewed when a third of it is left:
     // each renewal is a write).
     let mut lease_until = 0;
@@ -367,10 +426,16 @@ pub async fn run(ops: Ops, config: WebhookConfig, holder: String, stop: Cancella
         }
         let ops2 = ops.clone();
         let read = tokio::task::spawn_blocking(move || {
-            Ok::<_, dynreg_store::Error>((ops2.outbox_events(BATCH)?, ops2.outbox_backlog()?))
+            let events = ops2.outbox_events(BATCH)?;
+            let secrets = if include_secrets {
+                secrets(&ops2, &events)?
+            } else {
+                HashMap::new()
+            };
+            Ok::<_, dynreg_store::Error>((events, secrets, ops2.outbox_backlog()?))
         })
         .await;
-        let Ok(Ok((events, backlog))) = read else {
+        let Ok(Ok((events, mut secrets, backlog))) = read else {
             pause(&stop, Duration::from_secs(1)).await;
             continue;
         };
@@ -383,7 +448,7 @@ pub async fn run(ops: Ops, config: WebhookConfig, holder: String, stop: Cancella
         }
         // Each partition's events, in order, leaving out devices that wait for a retry.
         let now = Instant::now();
-        let mut shares: Vec<Vec<OutboxEvent>> = vec![Vec::new(); PARTITIONS];
+        let mut shares: Vec<Vec<(Event, String, u64)>> = vec![Vec::new(); PARTITIONS];
         for e in events {
             let key = device_key(&e);
             if backoff
@@ -393,62 +458,47 @@ pub async fn run(ops: Ops, config: WebhookConfig, holder: String, stop: Cancella
             {
                 continue;
             }
-            shares[partition(&key)].push(e);
+            let bits = taken.get(&e.id).copied().unwrap_or(0);
+            let secret = secrets.remove(&e.id);
+            shares[partition(&key)].push((event(&e, secret.as_deref()), key, bits));
         }
         let mut tasks = tokio::task::JoinSet::new();
         for (i, share) in shares.into_iter().enumerate() {
-            let Some(mut client) = clients[i].take() else {
+            let Some(sinks) = partitions[i].take() else {
                 continue;
             };
             tasks.spawn(async move {
-                let mut delivered = Vec::new();
-                let mut failed: HashMap<String, Failure> = HashMap::new();
-                for e in share {
-                    let key = device_key(&e);
-                    if failed.contains_key(&key) {
-                        continue;
-                    }
-                    match client.post(&e).await {
-                        Ok(()) => delivered.push((e.id, key)),
-                        Err(f) => {
-                            // The webhook cannot be reached: the partition's other
-                            // devices are not tried (nor held back) this round.
-                            let unreachable = matches!(f, Failure::Network(_) | Failure::Timeout);
-                            failed.insert(key, f);
-                            if unreachable {
-                                break;
-                            }
-                        }
-                    }
-                }
-                (i, client, delivered, failed)
+                let (sinks, outcome) = deliver(sinks, share).await;
+                (i, sinks, outcome)
             });
         }
         let mut done = Vec::new();
         let mut ok_devices = HashSet::new();
         let mut failed_now = Vec::new();
         while let Some(joined) = tasks.join_next().await {
-            let Ok((i, client, delivered, failed)) = joined else {
+            let Ok((i, sinks, outcome)) = joined else {
                 continue;
             };
-            clients[i] = Some(client);
-            for (id, key) in delivered {
+            partitions[i] = Some(sinks);
+            for (id, key) in outcome.delivered {
+                taken.remove(&id);
                 done.push(id);
                 ok_devices.insert(key);
             }
-            failed_now.extend(failed);
+            taken.extend(outcome.partial);
+            failed_now.extend(outcome.failed);
         }
-        // A task that panicked loses its client: make a new one.
-        for c in &mut clients {
-            if c.is_none() {
-                *c = Some(Client::new(config.clone(), tls.clone()));
+        // A task that panicked loses its connections: make new ones.
+        for p in &mut partitions {
+            if p.is_none() {
+                *p = Some(connect());
             }
         }
         for key in &ok_devices {
             backoff.remove(key);
         }
-        // The webhook answers again: devices that failed while it did not need not
-        // wait out backoffs grown meanwhile (at most a second more, from scratch).
+        // The destinations answer again: devices that failed while they did not need
+        // not wait out backoffs grown meanwhile (at most a second more, from scratch).
         if !ok_devices.is_empty() {
             let soon = Instant::now() + Duration::from_secs(1);
             for b in backoff.values_mut() {
@@ -456,8 +506,6 @@ pub async fn run(ops: Ops, config: WebhookConfig, holder: String, stop: Cancella
                 b.not_before = b.not_before.map(|t| t.min(soon));
             }
         }
-        metrics.webhook_deliveries.inc_by(done.len() as u64);
-        metrics.webhook_failures.inc_by(failed_now.len() as u64);
         let earliest = failed_now
             .iter()
             .map(|(key, _)| {
@@ -465,7 +513,7 @@ pub async fn run(ops: Ops, config: WebhookConfig, holder: String, stop: Cancella
                 b.attempts = b.attempts.saturating_add(1);
                 let wait = Duration::from_millis(100)
                     .saturating_mul(1 << b.attempts.min(20).saturating_sub(1))
-                    .min(config.max_backoff);
+                    .min(MAX_BACKOFF);
                 let at = Instant::now() + wait;
                 b.not_before = Some(at);
                 at
@@ -475,10 +523,9 @@ pub async fn run(ops: Ops, config: WebhookConfig, holder: String, stop: Cancella
             if failures_logged.elapsed() >= Duration::from_secs(10) {
                 failures_logged = Instant::now();
                 tracing::warn!(
-                    webhook = %config.url,
                     failed = failed_now.len(),
                     delivered = done.len(),
-                    "webhook deliveries failed: {first}; retrying with backoff"
+                    "event deliveries failed: {first}; retrying with backoff"
                 );
             }
         }
@@ -497,6 +544,71 @@ pub async fn run(ops: Ops, config: WebhookConfig, holder: String, stop: Cancella
             .await;
         }
     }
+}
+
+/// What a partition's round did.
+#[derive(Default)]
+struct Outcome {
+    /// Events every destination took, with their device.
+    delivered: Vec<(u64, String)>,
+    /// Events some destinations took: the bits of those that did.
+    partial: Vec<(u64, u64)>,
+    /// Devices whose event failed, and why.
+    failed: Vec<(String, SinkError)>,
+}
+
+/// Sends a partition's events in order, each to every destination that has not taken
+/// it yet (`bits`). A device whose event fails is skipped for the rest of the round;
+/// a destination that cannot be reached ends the round.
+async fn deliver(mut sinks: Sinks, share: Vec<(Event, String, u64)>) -> (Sinks, Outcome) {
+    let metrics = dynreg_registrar::metrics::metrics();
+    let mut out = Outcome::default();
+    let mut failed: HashSet<String> = HashSet::new();
+    'events: for (event, key, mut bits) in share {
+        if failed.contains(&key) {
+            continue;
+        }
+        for (j, sink) in sinks.iter_mut().enumerate() {
+            if bits & (1 << j) != 0 {
+                continue;
+            }
+            let label = SinkLabel { sink: sink.kind() };
+            match sink.send(&event).await {
+                Ok(()) => {
+                    bits |= 1 << j;
+                    metrics.event_deliveries.get_or_create(&label).inc();
+                }
+                Err(f) => {
+                    metrics.event_failures.get_or_create(&label).inc();
+                    let unreachable = f.unreachable;
+                    if bits != 0 {
+                        out.partial.push((event.id, bits));
+                    }
+                    failed.insert(key.clone());
+                    out.failed.push((key, f));
+                    if unreachable {
+                        break 'events;
+                    }
+                    continue 'events;
+                }
+            }
+        }
+        out.delivered.push((event.id, key));
+    }
+    (sinks, out)
+}
+
+/// The secrets of the devices that `events` registered, by event id.
+fn secrets(ops: &Ops, events: &[OutboxEvent]) -> Result<HashMap<u64, String>, dynreg_store::Error> {
+    let mut out = HashMap::new();
+    for e in events {
+        if matches!(e.kind.as_str(), "device.registered" | "device.reregistered") {
+            if let Some(t) = ops.triplet(&e.uuid)? {
+                out.insert(e.id, t.secret.expose().to_owned());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Sleeps `d`, or less when `stop` is cancelled.
@@ -565,7 +677,7 @@ mod tests {
             barcode: "B1".into(),
             detail: r#"{"key_pid":"P"}"#.into(),
         };
-        let v: serde_json::Value = serde_json::from_slice(&body(&e)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body(&e, None)).unwrap();
         assert_eq!(
             v,
             serde_json::json!({
@@ -584,7 +696,7 @@ mod tests {
             detail: r#"{"free":9,"low_water":10}"#.into(),
             ..e
         };
-        let v: serde_json::Value = serde_json::from_slice(&body(&low)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body(&low, None)).unwrap();
         assert_eq!(
             v["data"],
             serde_json::json!({"pid": "Q", "free": 9, "low_water": 10})

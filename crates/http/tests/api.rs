@@ -502,6 +502,9 @@ async fn the_openapi_document_describes_every_route() {
         "/products/{pid}/pool/import",
         "/devices",
         "/devices/{pid}/{unique}/revoke",
+        "/devices/export",
+        "/products/{pid}/export",
+        "/products/{pid}/import",
         "/audit",
         "/registrations",
         "/tokens",
@@ -609,4 +612,152 @@ async fn read_until(stream: &mut TcpStream, seen: &mut String, needle: &str) {
         assert!(n > 0, "the stream ended: {seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn products_move_between_stores_and_devices_export_as_csv() {
+    let s = start().await;
+    let (read, write) = (token(&s.store, Scope::Read), token(&s.store, Scope::Write));
+    let (status, created) = send(
+        &s,
+        "POST",
+        "/api/v1/products",
+        &write,
+        serde_json::json!({"pid": "E", "name": "Exported", "mode": "generate",
+                           "mac_range": "02:00:00:00:00:00-02:00:00:00:00:ff",
+                           "reregistration": "never", "low_water": 5}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    // Without the secret: read scope. With it: write scope.
+    let (status, def) = get(&s, "/api/v1/products/E/export", &read).await;
+    assert_eq!(status, 200, "{def}");
+    assert_eq!(def["mode"], "generate");
+    assert_eq!(def["low_water"], 5);
+    assert!(def.get("secret").is_none(), "{def}");
+    let (status, p) = get(&s, "/api/v1/products/E/export?with_secret=true", &read).await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (403, Some("forbidden")),
+        "{p}"
+    );
+    let (status, with) = get(&s, "/api/v1/products/E/export?with_secret=true", &write).await;
+    assert_eq!(status, 200);
+    assert_eq!(with["secret"], created["secret"]);
+    // Into another store (here: under another pid), the secret kept.
+    let (status, imported) = send(&s, "POST", "/api/v1/products/E2/import", &write, with).await;
+    assert_eq!(status, 201, "{imported}");
+    assert_eq!(imported["secret"], created["secret"]);
+    assert_eq!(imported["product"]["pid"], "E2");
+    let (_, copy) = get(&s, "/api/v1/products/E2/export", &read).await;
+    let mut expected = def.clone();
+    expected["pid"] = "E2".into();
+    assert_eq!(copy, expected);
+    // Without a secret in the definition, a new one; a bad field is named.
+    let (status, fresh) = send(
+        &s,
+        "POST",
+        "/api/v1/products/E3/import",
+        &write,
+        def.clone(),
+    )
+    .await;
+    assert_eq!(status, 201, "{fresh}");
+    assert_ne!(fresh["secret"], created["secret"]);
+    let mut bad = def.clone();
+    bad["reregistration"] = "sometimes".into();
+    let (status, p) = send(&s, "POST", "/api/v1/products/E4/import", &write, bad).await;
+    assert_eq!(status, 400, "{p}");
+    assert!(
+        p["detail"].as_str().unwrap().contains("reregistration"),
+        "{p}"
+    );
+    let (status, p) = send(&s, "POST", "/api/v1/products/E/import", &write, def).await;
+    assert_eq!(status, 409, "{p}");
+
+    // Devices as CSV, with their secrets only for a write token.
+    let reg = s
+        .registrar
+        .decide(
+            now(),
+            Device {
+                pid: "E",
+                unique: "e1",
+            },
+            &RegisterRequest::new("1", now()),
+        )
+        .await
+        .unwrap();
+    let (status, ctype, csv) = call(
+        s.addr,
+        "GET",
+        "/api/v1/devices/export?pid=E",
+        Some(&read),
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(ctype.starts_with("text/csv"), "{ctype}");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "pid,unique,uuid,mac,barcode,registered_at,last_seen_at,revoked_at,from_pid"
+    );
+    assert_eq!(lines.len(), 2);
+    assert!(
+        lines[1].starts_with(&format!("E,e1,{},02:00:00:00:00:00,", reg.triplet.uuid)),
+        "{csv}"
+    );
+    let (status, _, _) = call(
+        s.addr,
+        "GET",
+        "/api/v1/devices/export?pid=E&with_secrets=true",
+        Some(&read),
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _, csv) = call(
+        s.addr,
+        "GET",
+        "/api/v1/devices/export?pid=E&with_secrets=true",
+        Some(&write),
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        csv.lines()
+            .nth(1)
+            .unwrap()
+            .ends_with(&format!(",{}", reg.triplet.secret.expose())),
+        "{csv}"
+    );
+    let (status, _, _) = call(
+        s.addr,
+        "GET",
+        "/api/v1/devices/export?pid=nope",
+        Some(&read),
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+    // Exports with secrets and the imports are audited.
+    let (_, audit) = get(&s, "/api/v1/audit?action=device.exported", &read).await;
+    assert_eq!(audit["items"].as_array().map(Vec::len), Some(1), "{audit}");
+    let (_, audit) = get(&s, "/api/v1/audit?action=product.", &read).await;
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"product.exported") && actions.contains(&"product.imported"),
+        "{actions:?}"
+    );
 }

@@ -24,6 +24,7 @@ pub mod auth;
 pub mod ban;
 pub mod cache;
 pub mod conformance;
+pub mod events;
 pub mod generate;
 pub mod memory;
 pub mod metrics;

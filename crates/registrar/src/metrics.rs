@@ -47,6 +47,13 @@ pub struct PidLabel {
     pub pid: String,
 }
 
+/// A `sink` label: where events go.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabel {
+    /// `webhook`, `amqp` or `mqtt` (see [`crate::events::Sink::kind`]).
+    pub sink: &'static str,
+}
+
 /// Every metric of the process.
 pub struct Metrics {
     /// `dynreg_registrations_total{status}`.
@@ -67,10 +74,12 @@ pub struct Metrics {
     pub open_connections: Gauge,
     /// `dynreg_pool_free_triplets{pid}`: set when `/metrics` is read.
     pub pool_free: Family<PidLabel, Gauge>,
-    /// `dynreg_webhook_deliveries_total`: events the webhook answered with a 2xx.
-    pub webhook_deliveries: Counter,
-    /// `dynreg_webhook_failures_total`: POSTs to the webhook that failed.
-    pub webhook_failures: Counter,
+    /// `dynreg_event_deliveries_total{sink}`: events a destination took (the
+    /// webhook's 2xx, the broker's confirm or PUBACK).
+    pub event_deliveries: Family<SinkLabel, Counter>,
+    /// `dynreg_event_failures_total{sink}`: sends to a destination that failed (each
+    /// is tried again).
+    pub event_failures: Family<SinkLabel, Counter>,
     /// `dynreg_outbox_backlog`: events waiting in the outbox, as the deliverer last
     /// read it.
     pub outbox_backlog: Gauge,
@@ -100,8 +109,8 @@ impl Metrics {
             batch_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
             open_connections: Gauge::default(),
             pool_free: Family::default(),
-            webhook_deliveries: Counter::default(),
-            webhook_failures: Counter::default(),
+            event_deliveries: Family::default(),
+            event_failures: Family::default(),
             outbox_backlog: Gauge::default(),
             registry: Mutex::new(Registry::with_prefix("dynreg")),
         };
@@ -148,18 +157,18 @@ impl Metrics {
                 m.pool_free.clone(),
             );
             r.register(
-                "webhook_deliveries",
-                "Events the webhook answered with a 2xx",
-                m.webhook_deliveries.clone(),
+                "event_deliveries",
+                "Device events a destination took (webhook 2xx, broker confirm), by sink",
+                m.event_deliveries.clone(),
             );
             r.register(
-                "webhook_failures",
-                "POSTs to the webhook that failed (each is tried again)",
-                m.webhook_failures.clone(),
+                "event_failures",
+                "Sends of device events that failed (each is tried again), by sink",
+                m.event_failures.clone(),
             );
             r.register(
                 "outbox_backlog",
-                "Events waiting in the outbox for the webhook",
+                "Events waiting in the outbox for their destinations",
                 m.outbox_backlog.clone(),
             );
         }

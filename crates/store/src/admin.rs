@@ -909,3 +909,170 @@ fn validate_import(t: &mut NewTriplet) -> Result<(), InvalidValue> {
     }
     Ok(())
 }
+
+/// A product's definition as `product export` and `GET /products/{pid}/export` write
+/// it, to move a product between environments (`product import`,
+/// `POST /products/import`). Never its triplets or devices.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ProductDefinition {
+    /// The format's version: 1.
+    pub dynreg_product: u32,
+    /// The product id.
+    pub pid: String,
+    /// Its name.
+    pub name: String,
+    /// `pool`, `generate` or `pool-then-generate`.
+    pub mode: String,
+    /// The MAC range of generated triplets, `START-END`.
+    pub mac_range: Option<String>,
+    /// The CONNECT ts window, seconds.
+    pub ts_window: u64,
+    /// The re-registration policy: `always`, `never` or `window:DURATION`.
+    pub reregistration: String,
+    /// The most devices it may bind.
+    pub quota: Option<u64>,
+    /// Whether it takes registrations.
+    pub enabled: bool,
+    /// Free triplets below which `pool.low` fires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_water: Option<u64>,
+    /// The product secret, when exported with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+impl ProductDefinition {
+    /// The format version this build reads and writes.
+    pub const VERSION: u32 = 1;
+
+    /// The definition of product `pid`, with its secret when `with_secret`.
+    pub fn export<O: Operator + ?Sized>(
+        ops: &O,
+        pid: &str,
+        with_secret: bool,
+    ) -> Result<Self, Error> {
+        let p = ops
+            .load_product(pid)?
+            .ok_or_else(|| Error::NotFound(format!("unknown pid `{pid}`")))?;
+        let low_water = ops.pool_stats(pid)?.low_water;
+        Ok(Self {
+            dynreg_product: Self::VERSION,
+            pid: p.pid.clone(),
+            name: p.name.clone(),
+            mode: p.mode.name().into(),
+            mac_range: p.mac_range.map(|r| r.to_string()),
+            ts_window: p.ts_window,
+            reregistration: p.rereg.to_string(),
+            quota: p.quota,
+            enabled: p.enabled,
+            low_water,
+            secret: with_secret.then(|| p.secret.expose().to_owned()),
+        })
+    }
+
+    /// Checks the definition and creates the product (under `pid` when given, else
+    /// the definition's): with the definition's secret, or a new one. Returns the
+    /// product and whether its secret was generated. Errors name the field.
+    pub fn import<O: Operator + ?Sized>(
+        self,
+        ops: &O,
+        pid: Option<String>,
+        now: u64,
+    ) -> Result<(Product, bool), Error> {
+        if self.dynreg_product != Self::VERSION {
+            return Err(Error::Invalid(format!(
+                "dynreg_product: format version {} is not {}",
+                self.dynreg_product,
+                Self::VERSION
+            )));
+        }
+        let field = |key: &str, e: InvalidValue| Error::Invalid(format!("{key}: {e}"));
+        let pid = pid.unwrap_or(self.pid);
+        let new = NewProduct {
+            pid: Some(pid.clone()),
+            name: self.name,
+            mode: self.mode.parse().map_err(|e| field("mode", e))?,
+            mac_range: self
+                .mac_range
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| field("mac_range", e))?,
+            ts_window: self.ts_window,
+            rereg: self
+                .reregistration
+                .parse()
+                .map_err(|e| field("reregistration", e))?,
+            quota: self.quota,
+            low_water: self.low_water,
+        };
+        match self.secret {
+            // The same validation as a new product, then the given secret.
+            Some(secret) => {
+                if secret.is_empty() {
+                    return Err(Error::Invalid("secret: empty".into()));
+                }
+                let low_water = new.low_water;
+                let mut p = new_product(new, now)?;
+                p.secret = Secret::new(secret);
+                p.enabled = self.enabled;
+                ops.insert_product(&p)?;
+                if low_water.is_some() {
+                    ops.update_product(
+                        &pid,
+                        ProductUpdate {
+                            low_water: Some(low_water),
+                            ..ProductUpdate::default()
+                        },
+                    )?;
+                }
+                Ok((p, false))
+            }
+            None => {
+                let mut p = ops.create_product(new, now)?;
+                if !self.enabled {
+                    ops.set_enabled(&pid, false)?;
+                    p.enabled = false;
+                }
+                Ok((p, true))
+            }
+        }
+    }
+}
+
+/// The columns of a device export (`device export`, `GET /devices/export`), before
+/// the optional `secret`.
+pub const DEVICE_EXPORT_HEADER: [&str; 9] = [
+    "pid",
+    "unique",
+    "uuid",
+    "mac",
+    "barcode",
+    "registered_at",
+    "last_seen_at",
+    "revoked_at",
+    "from_pid",
+];
+
+/// A device's row of a device export (times in RFC 3339 UTC), with its secret last
+/// when `with_secret`.
+pub fn device_export_row(r: &Registration, with_secret: bool) -> Vec<String> {
+    let time = dynreg_registrar::model::rfc3339;
+    let mut row = vec![
+        r.pid.clone(),
+        r.unique.clone(),
+        r.triplet.uuid.clone(),
+        r.triplet.mac.clone(),
+        r.triplet.barcode.clone(),
+        time(r.registered_at),
+        time(r.last_seen_at),
+        r.revoked_at.map(time).unwrap_or_default(),
+        r.from_pid().unwrap_or_default().to_owned(),
+    ];
+    if with_secret {
+        row.push(r.triplet.secret.expose().to_owned());
+    }
+    row
+}

@@ -33,8 +33,8 @@ pub mod sqlite;
 
 pub use admin::{
     Actor, AuditFilter, AuditRecord, Deleted, DeviceCursor, DeviceFilter, HistoryEntry, NewProduct,
-    Operator, OutboxEvent, PoolStats, ProductSummary, ProductUpdate, Progress, Scope, TokenInfo,
-    TripletRef, Withdrawal, audited,
+    Operator, OutboxEvent, PoolStats, ProductDefinition, ProductSummary, ProductUpdate, Progress,
+    Scope, TokenInfo, TripletRef, Withdrawal, audited,
 };
 pub use crypto::{KeySource, MasterKey};
 pub use postgres::{PgConfig, PgStore};

@@ -220,7 +220,7 @@ pub(crate) fn outbox(g: &Global, cmd: &OutboxCmd) -> anyhow::Result<()> {
             if g.json {
                 output::json(&json!({ "on": on, "backlog": backlog }))?;
             } else if on {
-                println!("outbox on: {backlog} events waiting for the webhook");
+                println!("outbox on: {backlog} events waiting for delivery");
             } else {
                 println!("outbox off (serve --webhook-url turns it on)");
             }

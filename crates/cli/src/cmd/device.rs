@@ -15,7 +15,7 @@ use crate::cmd::pool::{CsvOut, report_written};
 use crate::progress::Bar;
 use dynreg_store::admin::{DeviceAction, act_on_device};
 
-use crate::{Global, Open, Usage, actor, now, output};
+use crate::{Global, Open, Usage, actor, audited, now, output};
 use dynreg_store::HistoryEntry;
 
 #[derive(Debug, Subcommand)]
@@ -125,18 +125,6 @@ fn device_json(r: &Registration, secret: bool) -> Value {
     }
     v
 }
-
-const EXPORT_HEADER: [&str; 9] = [
-    "pid",
-    "unique",
-    "uuid",
-    "mac",
-    "barcode",
-    "registered_at",
-    "last_seen_at",
-    "revoked_at",
-    "from_pid",
-];
 
 fn history_json(h: &HistoryEntry) -> Value {
     json!({
@@ -333,7 +321,7 @@ pub(crate) fn run(g: &Global, cmd: DeviceCmd) -> anyhow::Result<()> {
             with_secrets,
         } => {
             let mut csv = CsvOut::create(out.as_deref())?;
-            let mut header: Vec<&str> = EXPORT_HEADER.to_vec();
+            let mut header: Vec<&str> = dynreg_store::admin::DEVICE_EXPORT_HEADER.to_vec();
             if with_secrets {
                 header.push("secret");
             }
@@ -343,25 +331,20 @@ pub(crate) fn run(g: &Global, cmd: DeviceCmd) -> anyhow::Result<()> {
                 pid: Some(pid.clone()),
                 ..DeviceFilter::default()
             };
-            store.for_each_device(&filter, &mut |r| {
-                n += 1;
-                let mut row = vec![
-                    r.pid.clone(),
-                    r.unique.clone(),
-                    r.triplet.uuid.clone(),
-                    r.triplet.mac.clone(),
-                    r.triplet.barcode.clone(),
-                    output::time(r.registered_at),
-                    output::time(r.last_seen_at),
-                    r.revoked_at.map(output::time).unwrap_or_default(),
-                    r.from_pid().unwrap_or_default().to_owned(),
-                ];
-                if with_secrets {
-                    row.push(r.triplet.secret.expose().to_owned());
-                }
-                csv.row(&row)
-                    .map_err(|e| dynreg_store::Error::Invalid(e.to_string()))
-            })?;
+            let mut write = |ops: &dyn dynreg_store::Operator| {
+                ops.for_each_device(&filter, &mut |r| {
+                    n += 1;
+                    let row = dynreg_store::admin::device_export_row(&r, with_secrets);
+                    csv.row(&row)
+                        .map_err(|e| dynreg_store::Error::Invalid(e.to_string()))
+                })
+            };
+            if with_secrets {
+                // Device secrets leave the store: who took them is on record.
+                audited(&store, "device.exported", &pid, "", |ops, _| write(ops))?;
+            } else {
+                write(&*store)?;
+            }
             csv.finish()?;
             report_written(g, &pid, n, "devices", out.as_deref())?;
         }

@@ -6,9 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use dynreg_registrar::{MacRange, Product, ReregPolicy, Secret, SourceMode, model};
-use dynreg_store::{NewProduct, PoolStats, ProductSummary, ProductUpdate};
-use serde::{Deserialize, Serialize};
+use dynreg_registrar::{MacRange, Product, ReregPolicy, SourceMode, model};
+use dynreg_store::{NewProduct, PoolStats, ProductDefinition, ProductSummary, ProductUpdate};
 use serde_json::{Value, json};
 
 use crate::outfile::OutFile;
@@ -168,24 +167,6 @@ pub(crate) enum ProductCmd {
         #[arg(long)]
         pid: Option<String>,
     },
-}
-
-/// The `product export` document.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Definition {
-    /// The format's version (1).
-    dynreg_product: u32,
-    pid: String,
-    name: String,
-    mode: String,
-    mac_range: Option<String>,
-    ts_window: u64,
-    reregistration: String,
-    quota: Option<u64>,
-    enabled: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    secret: Option<String>,
 }
 
 fn summary_json(p: &ProductSummary) -> Value {
@@ -481,20 +462,12 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
             with_secret,
             out,
         } => {
-            let p = store
-                .load_product(&pid)?
-                .with_context(|| format!("unknown pid `{pid}`"))?;
-            let def = Definition {
-                dynreg_product: 1,
-                pid: p.pid.clone(),
-                name: p.name.clone(),
-                mode: p.mode.name().into(),
-                mac_range: p.mac_range.map(|r| r.to_string()),
-                ts_window: p.ts_window,
-                reregistration: p.rereg.to_string(),
-                quota: p.quota,
-                enabled: p.enabled,
-                secret: with_secret.then(|| p.secret.expose().to_owned()),
+            let def = if with_secret {
+                audited(&store, "product.exported", &pid, "", |ops, _| {
+                    ProductDefinition::export(ops, &pid, true)
+                })?
+            } else {
+                ProductDefinition::export(&*store, &pid, false)?
             };
             let mut text = serde_json::to_vec_pretty(&def)?;
             text.push(b'\n');
@@ -521,53 +494,13 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
         ProductCmd::Import { file, pid } => {
             let name = file.display();
             let text = std::fs::read(&file).with_context(|| format!("cannot read {name}"))?;
-            let def: Definition = serde_json::from_slice(&text)
+            let def: ProductDefinition = serde_json::from_slice(&text)
                 .with_context(|| format!("{name} is not a `dynreg product export` file"))?;
-            if def.dynreg_product != 1 {
-                bail!("{name}: format version {} is not 1", def.dynreg_product);
-            }
-            let field = |key: &str, e: model::InvalidValue| anyhow::anyhow!("{name}: {key}: {e}");
-            let pid = pid.unwrap_or(def.pid);
-            let mode: SourceMode = def.mode.parse().map_err(|e| field("mode", e))?;
-            let mac_range: Option<MacRange> = def
-                .mac_range
-                .as_deref()
-                .map(str::parse)
-                .transpose()
-                .map_err(|e| field("mac_range", e))?;
-            let rereg: ReregPolicy = def
-                .reregistration
-                .parse()
-                .map_err(|e| field("reregistration", e))?;
-            let new = NewProduct {
-                pid: Some(pid.clone()),
-                name: def.name,
-                mode,
-                mac_range,
-                ts_window: def.ts_window,
-                rereg,
-                quota: def.quota,
-                low_water: None,
-            };
+            let pid = pid.unwrap_or_else(|| def.pid.clone());
             let (p, generated) = audited(&store, "product.imported", &pid, "", |ops, _| {
-                Ok(match def.secret {
-                    // The same validation as `product create`, then the given secret.
-                    Some(secret) => {
-                        let mut p = dynreg_store::admin::new_product(new, now())?;
-                        p.secret = Secret::new(secret);
-                        p.enabled = def.enabled;
-                        ops.insert_product(&p)?;
-                        (p, false)
-                    }
-                    None => {
-                        let p = ops.create_product(new, now())?;
-                        if !def.enabled {
-                            ops.set_enabled(&pid, false)?;
-                        }
-                        (p, true)
-                    }
-                })
-            })?;
+                def.import(ops, Some(pid.clone()), now())
+            })
+            .with_context(|| format!("{name}"))?;
             print_created(g, &p, generated)?;
         }
     }

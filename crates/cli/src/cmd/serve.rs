@@ -12,6 +12,7 @@ use dynreg_endpoint::{Endpoint, EndpointConfig, Listeners, TlsSettings};
 use dynreg_http::{HookAuth, HttpServer};
 use dynreg_proto::credentials::{Credentials, SignMethod, sign};
 use dynreg_proto::{RegisterRequest, Topic};
+use dynreg_registrar::events::SinkFactory;
 use dynreg_registrar::{AuthPolicy, BanPolicy, Registrar, SourceMode};
 use dynreg_store::NewProduct;
 use tokio_util::sync::CancellationToken;
@@ -122,6 +123,16 @@ pub(crate) struct ServeArgs {
     /// required with --webhook-url.
     #[arg(long, env = "DYNREG_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
+    /// In attached mode, also publish device events to the broker (the first --attach
+    /// that answers) under this topic prefix: `PREFIX/{pid}/device/registered` and
+    /// the like; on RabbitMQ to `amq.topic` as `PREFIX.{pid}.device.registered`
+    /// [default: none].
+    #[arg(long, env = "DYNREG_BROKER_EVENTS")]
+    broker_events: Option<String>,
+    /// Put the device's secret into `device.registered` and `device.reregistered`
+    /// events (`data.secret`), for a platform that has no other copy [default: false].
+    #[arg(long, env = "DYNREG_EVENTS_INCLUDE_SECRETS", value_parser = clap::builder::BoolishValueParser::new())]
+    events_include_secrets: Option<bool>,
     /// The log's format: `text` (a line per event) or `json` (one JSON object per
     /// line, for log pipelines) [default: text].
     #[arg(long, env = "DYNREG_LOG_FORMAT")]
@@ -148,8 +159,10 @@ struct Resolved {
     per_pid: u32,
     /// /metrics without a token.
     metrics_public: bool,
-    /// Where device events are delivered.
-    webhook: Option<dynreg_http::webhook::WebhookConfig>,
+    /// Where device events are delivered (the webhook, the broker), if anywhere.
+    events: Vec<Arc<dyn SinkFactory>>,
+    /// Whether registration events carry the device's secret.
+    include_secrets: bool,
 }
 
 /// Merges flags/env, the file and the defaults, and validates every value (naming the
@@ -372,6 +385,32 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
             "mqtt.listen is off and no broker is attached: this instance answers the broker hooks only, and other instances must take the register requests (--attach)"
         );
     }
+    let mut events: Vec<Arc<dyn SinkFactory>> = Vec::new();
+    if let Some(config) = webhook(args, file)? {
+        events.push(Arc::new(dynreg_http::webhook::Webhook::new(config)));
+    }
+    if let Some(prefix) = args
+        .broker_events
+        .as_deref()
+        .or(file.broker_events.as_deref())
+    {
+        let broker =
+            dynreg_attach::events::BrokerEvents::new(attach.clone(), prefix).map_err(|e| {
+                anyhow::anyhow!(
+                    "broker_events: {e} (flag --broker-events, env DYNREG_BROKER_EVENTS)"
+                )
+            })?;
+        events.push(Arc::new(broker));
+    }
+    let include_secrets = args
+        .events_include_secrets
+        .or(file.events_include_secrets)
+        .unwrap_or(false);
+    if include_secrets && events.is_empty() {
+        bail!(
+            "events_include_secrets is set, but events go nowhere (set webhook_url or broker_events; flag --events-include-secrets, env DYNREG_EVENTS_INCLUDE_SECRETS)"
+        );
+    }
     Ok(Resolved {
         store,
         http,
@@ -393,7 +432,8 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
         auth: AuthPolicy { ban, replay_guard },
         per_pid,
         metrics_public: args.metrics_public.or(file.metrics_public).unwrap_or(false),
-        webhook: webhook(args, file)?,
+        events,
+        include_secrets,
     })
 }
 
@@ -555,7 +595,8 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
         auth,
         per_pid,
         metrics_public,
-        webhook,
+        events,
+        include_secrets,
     } = resolve(g, args)?;
     if let Some(config) = config.as_mut() {
         fit_to_open_files(config)?;
@@ -629,31 +670,32 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
             }
             None => "off".to_owned(),
         };
-        let events = match webhook {
-            Some(config) => {
-                let ops = store.ops();
-                let url = config.url.to_string();
-                // Blocking calls are fine here: this future runs on the thread that
-                // called `block_on`, not on a worker.
-                ops.set_outbox(true)?;
-                let holder = format!("{}:{}", crate::actor().origin, std::process::id());
-                let stop = stop.clone();
-                tasks.spawn(async move {
-                    dynreg_http::webhook::run(ops, config, holder, stop).await;
-                    anyhow::Ok(())
-                });
-                url
+        let events_to = if events.is_empty() {
+            let ops = store.ops();
+            let waiting = ops
+                .outbox_on()
+                .and_then(|on| on.then(|| ops.outbox_backlog()).transpose())?;
+            if let Some(n) = waiting {
+                tracing::info!(waiting = n, "the store's outbox is on: this instance does not deliver it (no webhook_url or broker_events); `dynreg outbox off` turns it off");
             }
-            None => {
-                let ops = store.ops();
-                let waiting = ops
-                    .outbox_on()
-                    .and_then(|on| on.then(|| ops.outbox_backlog()).transpose())?;
-                if let Some(n) = waiting {
-                    tracing::info!(waiting = n, "the store's outbox is on: this instance does not deliver it (no webhook_url); `dynreg outbox off` turns it off");
-                }
-                "none".to_owned()
-            }
+            "none".to_owned()
+        } else {
+            let ops = store.ops();
+            let to = events.iter().map(|e| e.describe()).collect::<Vec<_>>().join(", ");
+            // Blocking calls are fine here: this future runs on the thread that
+            // called `block_on`, not on a worker.
+            ops.set_outbox(true)?;
+            let delivery = dynreg_http::webhook::Delivery {
+                destinations: events,
+                holder: format!("{}:{}", crate::actor().origin, std::process::id()),
+                include_secrets,
+            };
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                dynreg_http::webhook::run(ops, delivery, stop).await;
+                anyhow::Ok(())
+            });
+            to
         };
         let brokers = attach.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
         for target in attach {
@@ -663,7 +705,7 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
                 anyhow::Ok(())
             });
         }
-        info!(mqtt = %mqtt, http = %http_addr, attach = %if brokers.is_empty() { "none" } else { &brokers }, hook_token = hooks.is_protected(), webhook = %events, store = %store.location(), store_from = location.from, "dynreg serving registrations");
+        info!(mqtt = %mqtt, http = %http_addr, attach = %if brokers.is_empty() { "none" } else { &brokers }, hook_token = hooks.is_protected(), events = %events_to, store = %store.location(), store_from = location.from, "dynreg serving registrations");
         {
             let stop = stop.clone();
             tokio::spawn(async move {

@@ -24,10 +24,18 @@ pub fn bin() -> Command {
 
 /// The lines of a child's stderr (which must be piped), as they come.
 pub fn stderr_lines(child: &mut Child) -> Receiver<String> {
-    let stderr = child.stderr.take().expect("stderr is piped");
+    lines(child.stderr.take().expect("stderr is piped"))
+}
+
+/// The lines of a child's stdout (which must be piped), as they come.
+pub fn stdout_lines(child: &mut Child) -> Receiver<String> {
+    lines(child.stdout.take().expect("stdout is piped"))
+}
+
+fn lines(from: impl std::io::Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
@@ -70,4 +78,13 @@ pub fn json(dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
         .unwrap();
     assert!(out.status.success(), "{args:?}: {out:?}");
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// A loopback port free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -22,6 +22,7 @@ pub(super) fn routes() -> OpenApiRouter<Api> {
         .routes(routes!(show_device))
         .routes(routes!(revoke_device))
         .routes(routes!(reset_device))
+        .routes(routes!(export_devices))
 }
 
 /// A registered device (without its secret).
@@ -314,4 +315,62 @@ async fn device_action(
         .run(move |ops| act_on_device(ops, &actor, action, &pid, &unique, now))
         .await?;
     Ok(Json(device.into()))
+}
+
+/// The query of a device export.
+#[derive(Debug, Deserialize, IntoParams)]
+pub(crate) struct DeviceExportQuery {
+    /// The product the devices are registered under.
+    pid: String,
+    /// Include each device's secret (needs a token of write scope; audited).
+    #[serde(default)]
+    with_secrets: bool,
+}
+
+/// A product's devices as CSV: `pid,unique,uuid,mac,barcode,registered_at,
+/// last_seen_at,revoked_at,from_pid` (times RFC 3339 UTC), and `secret` when asked
+/// for: what the platform needs to let the devices in, as `dynreg device export`
+/// writes it.
+#[utoipa::path(get, path = "/devices/export", tag = "devices", params(DeviceExportQuery),
+    responses((status = 200, description = "The devices", content_type = "text/csv", body = String)))]
+async fn export_devices(
+    State(api): State<Api>,
+    caller: Caller,
+    Query(q): Query<DeviceExportQuery>,
+) -> Result<axum::response::Response, Problem> {
+    let DeviceExportQuery { pid, with_secrets } = q;
+    caller.need(if with_secrets {
+        Scope::Write
+    } else {
+        Scope::Read
+    })?;
+    let filename = format!("{pid}-devices.csv");
+    let entry = caller.entry("device.exported", &pid, "");
+    let read = move |ops: &dyn dynreg_store::Operator| {
+        if ops.load_product(&pid)?.is_none() {
+            return Err(dynreg_store::Error::NotFound(format!(
+                "unknown pid `{pid}`"
+            )));
+        }
+        let filter = DeviceFilter {
+            pid: Some(pid.clone()),
+            ..DeviceFilter::default()
+        };
+        let mut rows = Vec::new();
+        ops.for_each_device(&filter, &mut |r| {
+            rows.push(dynreg_store::admin::device_export_row(&r, with_secrets));
+            Ok(())
+        })?;
+        Ok(rows)
+    };
+    let rows = if with_secrets {
+        api.audited(entry, move |ops, _| read(ops)).await?
+    } else {
+        api.run(move |ops| read(ops)).await?
+    };
+    let mut header = dynreg_store::admin::DEVICE_EXPORT_HEADER.to_vec();
+    if with_secrets {
+        header.push("secret");
+    }
+    Ok(super::csv_response(&header, rows, Clone::clone, &filename))
 }

@@ -482,3 +482,44 @@ fn page_size(limit: Option<usize>, default: usize) -> Result<usize, Problem> {
 
 /// The largest page of a listing.
 const MAX_PAGE: usize = 1000;
+
+/// A CSV download of `items` (`header`, then a row each from `record`), streamed in
+/// chunks of rows as the client reads it; `filename` names the attachment. Not cached
+/// (exports may carry secrets).
+pub(crate) fn csv_response<T: Send + Sync + 'static>(
+    header: &[&str],
+    items: Vec<T>,
+    record: fn(&T) -> Vec<String>,
+    filename: &str,
+) -> Response {
+    const ROWS: usize = 4096;
+    let items = Arc::new(items);
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    let chunks = items.len().div_ceil(ROWS) + 1;
+    let stream = futures_util::stream::iter((0..chunks).map(move |i| {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        let rows = if i == 0 {
+            w.write_record(&header)
+        } else {
+            items[(i - 1) * ROWS..(i * ROWS).min(items.len())]
+                .iter()
+                .try_for_each(|t| w.write_record(record(t)))
+        };
+        rows.map_err(std::io::Error::other)?;
+        w.into_inner()
+            .map(Bytes::from)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }));
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}

@@ -5,12 +5,14 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use dynreg_registrar::model::parse_duration;
 use dynreg_registrar::{MacRange, NewTriplet, ReregPolicy, SourceMode, TripletState};
 use dynreg_store::admin::DEFAULT_GRACE;
-use dynreg_store::{NewProduct, PoolStats, ProductSummary, ProductUpdate, Scope, TripletRef};
+use dynreg_store::{
+    NewProduct, PoolStats, ProductDefinition, ProductSummary, ProductUpdate, Scope, TripletRef,
+};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -38,6 +40,8 @@ pub(super) fn routes() -> OpenApiRouter<Api> {
         )
         .routes(routes!(export_pool))
         .routes(routes!(withdraw))
+        .routes(routes!(export_product))
+        .routes(routes!(import_product))
 }
 
 /// A product, without its secret, with its pool's counts.
@@ -267,6 +271,14 @@ async fn create_product(
             },
         )
         .await?;
+    created(&api, product).await
+}
+
+/// The `201` answer of a new product: its summary, and its secret (shown only here).
+async fn created(
+    api: &Api,
+    product: dynreg_registrar::Product,
+) -> Result<(StatusCode, Json<CreatedProduct>), Problem> {
     let pid = product.pid.clone();
     let summary = api.run(move |ops| ops.product_summary(&pid)).await?;
     Ok((
@@ -517,39 +529,6 @@ pub(crate) struct GenerateBody {
     barcode_prefix: String,
 }
 
-/// The factory CSV (`uuid,secret,mac,barcode`) of `triplets`, as a streamed body.
-fn csv_response(triplets: Vec<NewTriplet>, filename: &str) -> Response {
-    let triplets = Arc::new(triplets);
-    const ROWS: usize = 4096;
-    let chunks = triplets.len().div_ceil(ROWS) + 1;
-    let stream = futures_util::stream::iter((0..chunks).map(move |i| {
-        let mut w = csv::Writer::from_writer(Vec::new());
-        let rows = if i == 0 {
-            w.write_record(dynreg_store::factory_csv::HEADER)
-        } else {
-            triplets[(i - 1) * ROWS..(i * ROWS).min(triplets.len())]
-                .iter()
-                .try_for_each(|t| w.write_record(dynreg_store::factory_csv::record(t)))
-        };
-        rows.map_err(std::io::Error::other)?;
-        w.into_inner()
-            .map(Bytes::from)
-            .map_err(|e| std::io::Error::other(e.to_string()))
-    }));
-    (
-        [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{filename}\""),
-            ),
-            (header::CACHE_CONTROL, "no-store".to_owned()),
-        ],
-        axum::body::Body::from_stream(stream),
-    )
-        .into_response()
-}
-
 /// Generate free triplets and return their factory CSV, secrets included. The CSV is
 /// returned once: keep it (`pool/export` writes it again from the store).
 #[utoipa::path(post, path = "/products/{pid}/pool/generate", tag = "pools",
@@ -578,7 +557,16 @@ async fn generate_pool(
             )
         })
         .await?;
-    Ok(csv_response(triplets, &filename))
+    Ok(super::csv_response(
+        &dynreg_store::factory_csv::HEADER,
+        triplets,
+        |t| {
+            dynreg_store::factory_csv::record(t)
+                .map(str::to_owned)
+                .to_vec()
+        },
+        &filename,
+    ))
 }
 
 /// What an import did.
@@ -667,7 +655,16 @@ async fn export_pool(
             Ok(out)
         })
         .await?;
-    Ok(csv_response(triplets, &filename))
+    Ok(super::csv_response(
+        &dynreg_store::factory_csv::HEADER,
+        triplets,
+        |t| {
+            dynreg_store::factory_csv::record(t)
+                .map(str::to_owned)
+                .to_vec()
+        },
+        &filename,
+    ))
 }
 
 /// Free triplets to withdraw, by uuid or barcode.
@@ -738,4 +735,66 @@ async fn withdraw(
             })
             .collect(),
     ))
+}
+
+/// The query of a product export.
+#[derive(Debug, Deserialize, IntoParams)]
+pub(crate) struct ProductExportQuery {
+    /// Include the product secret (needs a token of write scope; audited).
+    #[serde(default)]
+    with_secret: bool,
+}
+
+/// Write a product's definition (name, mode, MAC range, ts window, policy, quota,
+/// low-water mark; the secret on request), to create it in another environment with
+/// `POST /products/{pid}/import` or `dynreg product import`. Never its triplets or
+/// devices.
+#[utoipa::path(get, path = "/products/{pid}/export", tag = "products",
+    params(("pid" = String, Path, description = "The product id"), ProductExportQuery),
+    responses((status = 200, description = "The product's definition", body = ProductDefinition)))]
+async fn export_product(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(pid): Path<String>,
+    Query(q): Query<ProductExportQuery>,
+) -> Result<Json<ProductDefinition>, Problem> {
+    let with_secret = q.with_secret;
+    let definition = if with_secret {
+        caller.need(Scope::Write)?;
+        let entry = caller.entry("product.exported", &pid, "");
+        api.audited(entry, move |ops, _| {
+            ProductDefinition::export(ops, &pid, true)
+        })
+        .await?
+    } else {
+        caller.need(Scope::Read)?;
+        api.run(move |ops| ProductDefinition::export(ops, &pid, false))
+            .await?
+    };
+    Ok(Json(definition))
+}
+
+/// Create product `pid` from a definition that `GET /products/{pid}/export` (or
+/// `dynreg product export`) wrote: with the definition's secret, or a new one when it
+/// has none. The pid of the path wins over the definition's.
+#[utoipa::path(post, path = "/products/{pid}/import", tag = "products",
+    request_body = ProductDefinition,
+    params(("pid" = String, Path, description = "The pid to create")),
+    responses((status = 201, description = "Created; its secret (the definition's, or the one generated)", body = CreatedProduct)))]
+async fn import_product(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(pid): Path<String>,
+    Body(definition): Body<ProductDefinition>,
+) -> Result<(StatusCode, Json<CreatedProduct>), Problem> {
+    caller.need(Scope::Write)?;
+    let now = crate::unix_now();
+    let entry = caller.entry("product.imported", &pid, "");
+    let target = pid.clone();
+    let (product, _) = api
+        .audited(entry, move |ops, _| {
+            definition.import(ops, Some(target), now)
+        })
+        .await?;
+    created(&api, product).await
 }

@@ -16,6 +16,7 @@
 //! bind address, loopback by default ([`parse_listen`]).
 
 pub mod api;
+pub mod console;
 pub mod hooks;
 pub mod webhook;
 
@@ -69,7 +70,8 @@ pub fn router<S: Store>(
         router = router
             .route("/readyz", get(api::ready).with_state(admin.clone()))
             .route("/metrics", get(api::metrics).with_state(admin.clone()))
-            .nest("/api/v1", api::router(admin));
+            .nest("/api/v1", api::router(admin.clone()))
+            .merge(console::router(admin));
     }
     router
 }

@@ -3,63 +3,21 @@
 //! reset, the audit log, and the OpenAPI document.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use dynreg_http::api::Api;
-use dynreg_http::{HookAuth, HttpServer, router};
 use dynreg_proto::RegisterRequest;
-use dynreg_registrar::{Device, Registrar};
+use dynreg_registrar::Device;
 use dynreg_store::{Operator, Scope};
 use dynreg_testkit::TempStore;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+mod common;
+use common::{Server, now, start};
 
-struct Server {
-    addr: SocketAddr,
-    store: TempStore,
-    registrar: Arc<Registrar<dynreg_store::SqliteStore>>,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-/// A token of `scope` named after it, made in the store as `dynreg token create` does.
+/// A token of `scope` named after it.
 fn token(store: &TempStore, scope: Scope) -> String {
-    store
-        .store
-        .create_token(&format!("{scope}-token"), scope, "test", now())
-        .unwrap()
-        .1
-}
-
-async fn start() -> Server {
-    let store = TempStore::new();
-    let registrar = Arc::new(Registrar::new(store.store.clone()));
-    let admin = Api::new(Arc::new(store.store.clone()));
-    let server = HttpServer::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let addr = server.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    tokio::spawn(server.run(
-        router(registrar.clone(), HookAuth::open(), Some(admin)),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    Server {
-        addr,
-        store,
-        registrar,
-        _stop: stop,
-    }
+    common::token_named(store, &format!("{scope}-token"), scope)
 }
 
 /// One HTTP/1.0 request (the reply is not chunked, and ends with the connection):

@@ -131,6 +131,20 @@ impl AuthError {
         !matches!(self, Self::Banned | Self::Store(_) | Self::Replayed { .. })
     }
 
+    /// Every value [`AuthError::cause`] takes.
+    pub const CAUSES: [&'static str; 10] = [
+        "banned",
+        "missing_credentials",
+        "stale_ts",
+        "bad_signature",
+        "malformed",
+        "unknown_product",
+        "disabled_product",
+        "replayed",
+        "previous_secret_expired",
+        "store_unavailable",
+    ];
+
     /// The refusal's cause as a metrics label: `banned`, `missing_credentials`,
     /// `malformed` (clientId or username), `stale_ts`, `bad_signature`,
     /// `unknown_product`, `disabled_product`, `replayed`, `previous_secret_expired`,

@@ -187,6 +187,17 @@ impl Metrics {
         self.registration_seconds.observe(took.as_secs_f64());
     }
 
+    /// CONNECTs this process refused, by cause (causes never seen left out).
+    pub fn refusals(&self) -> Vec<(&'static str, u64)> {
+        crate::AuthError::CAUSES
+            .iter()
+            .filter_map(|&cause| {
+                let n = self.connect_refusals.get(&CauseLabel { cause })?.get();
+                (n > 0).then_some((cause, n))
+            })
+            .collect()
+    }
+
     /// Counts a refused CONNECT.
     pub fn connect_refused(&self, cause: &'static str) {
         self.connect_refusals

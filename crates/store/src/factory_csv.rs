@@ -15,8 +15,18 @@ pub const HEADER: [&str; 4] = ["uuid", "secret", "mac", "barcode"];
 
 /// What is wrong with a CSV, naming the file and the line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct CsvError(String);
+#[error("{message}")]
+pub struct CsvError {
+    message: String,
+    line: Option<u64>,
+}
+
+impl CsvError {
+    /// The line it is about, when it is about one.
+    pub fn line(&self) -> Option<u64> {
+        self.line
+    }
+}
 
 /// A reader that notes where the line breaks are (`\n`, `\r\n`, or a lone `\r`, as
 /// the `csv` crate reads them), so that [`Lines::at`] can turn a record's byte offset
@@ -135,7 +145,18 @@ pub fn read_triplets<R: Read>(
     reader: R,
     name: &str,
 ) -> Result<(Vec<NewTriplet>, Vec<u64>), CsvError> {
-    let fail = |m: String| Err(CsvError(m));
+    let fail = |m: String| {
+        Err(CsvError {
+            message: m,
+            line: None,
+        })
+    };
+    let fail_at = |line: u64, m: String| {
+        Err(CsvError {
+            message: m,
+            line: Some(line),
+        })
+    };
     let (reader, line_of) = count_lines(reader);
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
@@ -147,18 +168,24 @@ pub fn read_triplets<R: Read>(
     let mut col = HashMap::new();
     for (i, h) in headers.iter().enumerate() {
         if !HEADER.contains(&h) {
-            return fail(format!(
-                "{name} line 1: unknown column `{h}` (the header is uuid,secret,mac,barcode)"
-            ));
+            return fail_at(
+                1,
+                format!(
+                    "{name} line 1: unknown column `{h}` (the header is uuid,secret,mac,barcode)"
+                ),
+            );
         }
         if col.insert(h.to_owned(), i).is_some() {
-            return fail(format!("{name} line 1: column `{h}` appears twice"));
+            return fail_at(1, format!("{name} line 1: column `{h}` appears twice"));
         }
     }
     let (Some(&u), Some(&s)) = (col.get("uuid"), col.get("secret")) else {
-        return fail(format!(
-            "{name} line 1: the header must name at least uuid and secret (uuid,secret,mac,barcode)"
-        ));
+        return fail_at(
+            1,
+            format!(
+                "{name} line 1: the header must name at least uuid and secret (uuid,secret,mac,barcode)"
+            ),
+        );
     };
     let (m, b) = (col.get("mac").copied(), col.get("barcode").copied());
     let mut triplets = Vec::new();
@@ -179,22 +206,29 @@ pub fn read_triplets<R: Read>(
             barcode: get(b),
         };
         if t.uuid.is_empty() || t.secret.expose().is_empty() {
-            return fail(format!(
-                "{name} line {line}: uuid and secret must not be empty"
-            ));
+            return fail_at(
+                line,
+                format!("{name} line {line}: uuid and secret must not be empty"),
+            );
         }
         if let Some(first) = seen_uuid.insert(t.uuid.clone(), line) {
-            return fail(format!(
-                "{name} line {line}: duplicate uuid `{}` (first on line {first})",
-                t.uuid
-            ));
+            return fail_at(
+                line,
+                format!(
+                    "{name} line {line}: duplicate uuid `{}` (first on line {first})",
+                    t.uuid
+                ),
+            );
         }
         if !t.barcode.is_empty() {
             if let Some(first) = seen_barcode.insert(t.barcode.clone(), line) {
-                return fail(format!(
-                    "{name} line {line}: duplicate barcode `{}` (first on line {first})",
-                    t.barcode
-                ));
+                return fail_at(
+                    line,
+                    format!(
+                        "{name} line {line}: duplicate barcode `{}` (first on line {first})",
+                        t.barcode
+                    ),
+                );
             }
         }
         triplets.push(t);

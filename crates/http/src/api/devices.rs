@@ -29,26 +29,26 @@ pub(super) fn routes() -> OpenApiRouter<Api> {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct DeviceView {
     /// The product it is registered under.
-    pid: String,
+    pub(crate) pid: String,
     /// The pid it authenticates with (differs from `pid` when it moved with
     /// `replacePid`).
-    key_pid: String,
+    pub(crate) key_pid: String,
     /// Its unique.
-    unique: String,
+    pub(crate) unique: String,
     /// Its triplet's uuid.
-    uuid: String,
+    pub(crate) uuid: String,
     /// Its triplet's MAC (empty if none).
-    mac: String,
+    pub(crate) mac: String,
     /// Its triplet's barcode (empty if none).
-    barcode: String,
+    pub(crate) barcode: String,
     /// `active` or `revoked`.
-    state: String,
+    pub(crate) state: String,
     /// When it first registered, Unix seconds.
-    registered_at: u64,
+    pub(crate) registered_at: u64,
     /// When it last registered, Unix seconds.
-    last_seen_at: u64,
+    pub(crate) last_seen_at: u64,
     /// When it was revoked, Unix seconds.
-    revoked_at: Option<u64>,
+    pub(crate) revoked_at: Option<u64>,
 }
 
 impl From<Registration> for DeviceView {
@@ -77,9 +77,9 @@ impl From<Registration> for DeviceView {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct DevicePage {
     /// The devices, newest first.
-    items: Vec<DeviceView>,
+    pub(crate) items: Vec<DeviceView>,
     /// The `cursor` of the next page, when there may be one.
-    next: Option<String>,
+    pub(crate) next: Option<String>,
 }
 
 /// Which devices to list.
@@ -87,23 +87,25 @@ pub(crate) struct DevicePage {
 #[into_params(parameter_in = Query)]
 pub(crate) struct DeviceQuery {
     /// Only devices registered under this product.
-    pid: Option<String>,
+    pub(crate) pid: Option<String>,
     /// `active` or `revoked`.
     #[param(pattern = "^(active|revoked)$")]
-    state: Option<String>,
+    pub(crate) state: Option<String>,
     /// Only the device(s) with this unique.
-    unique: Option<String>,
+    pub(crate) unique: Option<String>,
+    /// Only the device holding the triplet with this uuid.
+    pub(crate) uuid: Option<String>,
     /// Only the device holding the triplet with this barcode.
-    barcode: Option<String>,
+    pub(crate) barcode: Option<String>,
     /// Only the device(s) holding a triplet with this MAC (any usual form).
-    mac: Option<String>,
+    pub(crate) mac: Option<String>,
     /// Only devices registered at or after this time, Unix seconds.
-    since: Option<u64>,
+    pub(crate) since: Option<u64>,
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
-    limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
     /// Where to start: `next` of the previous page.
-    cursor: Option<String>,
+    pub(crate) cursor: Option<String>,
 }
 
 fn encode_cursor(c: &DeviceCursor) -> String {
@@ -125,10 +127,10 @@ fn decode_cursor(text: &str) -> Result<DeviceCursor, Problem> {
     }
 }
 
-/// List devices, newest first, by page; or find them by barcode or MAC.
+/// List devices, newest first, by page; or find them by uuid, barcode or MAC.
 #[utoipa::path(get, path = "/devices", tag = "devices", params(DeviceQuery),
     responses((status = 200, description = "A page of devices", body = DevicePage)))]
-async fn list_devices(
+pub(crate) async fn list_devices(
     State(api): State<Api>,
     caller: Caller,
     Query(q): Query<DeviceQuery>,
@@ -148,11 +150,16 @@ async fn list_devices(
     let keep = move |r: &Registration| {
         (!revoked_only || r.revoked_at.is_some()) && (!active_only || r.revoked_at.is_none())
     };
-    if q.barcode.is_some() || q.mac.is_some() {
+    if q.uuid.is_some() || q.barcode.is_some() || q.mac.is_some() {
         // Lookups by what is printed on the device: a handful at most, one page.
-        let (pid, barcode, mac) = (q.pid, q.barcode, q.mac);
+        let (pid, uuid, barcode, mac) = (q.pid, q.uuid, q.barcode, q.mac);
         let found = api
             .run(move |ops| match (barcode, mac) {
+                _ if uuid.is_some() => Ok(ops
+                    .device_by_uuid(uuid.as_deref().unwrap_or_default())?
+                    .into_iter()
+                    .filter(|r| pid.as_ref().is_none_or(|p| r.pid == *p))
+                    .collect::<Vec<_>>()),
                 (Some(b), mac) => Ok(ops
                     .device_by_barcode(pid.as_deref(), &b)?
                     .into_iter()
@@ -198,15 +205,15 @@ async fn list_devices(
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct HistoryView {
     /// The triplet's uuid.
-    uuid: String,
+    pub(crate) uuid: String,
     /// The product it was registered under.
-    pid: String,
+    pub(crate) pid: String,
     /// When the device registered with it.
-    registered_at: u64,
+    pub(crate) registered_at: u64,
     /// When it was revoked.
-    revoked_at: Option<u64>,
+    pub(crate) revoked_at: Option<u64>,
     /// When the operator reset the device.
-    reset_at: u64,
+    pub(crate) reset_at: u64,
 }
 
 impl From<HistoryEntry> for HistoryView {
@@ -225,12 +232,12 @@ impl From<HistoryEntry> for HistoryView {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct DeviceDetail {
     /// The device now (absent when it was reset and has not registered again).
-    device: Option<DeviceView>,
+    pub(crate) device: Option<DeviceView>,
     /// The triplets it held before resets, oldest first.
-    previous_triplets: Vec<HistoryView>,
+    pub(crate) previous_triplets: Vec<HistoryView>,
     /// Its audit lines (registrations, revocations, resets), newest first (at most
     /// 100).
-    audit: Vec<AuditView>,
+    pub(crate) audit: Vec<AuditView>,
 }
 
 /// Show a device (by the pid it authenticates with and its unique) with its history.
@@ -238,7 +245,7 @@ pub(crate) struct DeviceDetail {
     params(("pid" = String, Path, description = "The pid the device authenticates with"),
            ("unique" = String, Path, description = "The device's unique")),
     responses((status = 200, description = "The device", body = DeviceDetail)))]
-async fn show_device(
+pub(crate) async fn show_device(
     State(api): State<Api>,
     caller: Caller,
     Path((pid, unique)): Path<(String, String)>,
@@ -277,7 +284,7 @@ async fn show_device(
     params(("pid" = String, Path, description = "The pid the device authenticates with"),
            ("unique" = String, Path, description = "The device's unique")),
     responses((status = 200, description = "The device, revoked", body = DeviceView)))]
-async fn revoke_device(
+pub(crate) async fn revoke_device(
     State(api): State<Api>,
     caller: Caller,
     Path((pid, unique)): Path<(String, String)>,
@@ -292,7 +299,7 @@ async fn revoke_device(
     params(("pid" = String, Path, description = "The pid the device authenticates with"),
            ("unique" = String, Path, description = "The device's unique")),
     responses((status = 200, description = "The device as it was before the reset", body = DeviceView)))]
-async fn reset_device(
+pub(crate) async fn reset_device(
     State(api): State<Api>,
     caller: Caller,
     Path((pid, unique)): Path<(String, String)>,
@@ -302,7 +309,7 @@ async fn reset_device(
 }
 
 /// Revokes or resets a device ([`dynreg_store::admin::act_on_device`]).
-async fn device_action(
+pub(crate) async fn device_action(
     api: Api,
     caller: Caller,
     pid: String,
@@ -321,10 +328,10 @@ async fn device_action(
 #[derive(Debug, Deserialize, IntoParams)]
 pub(crate) struct DeviceExportQuery {
     /// The product the devices are registered under.
-    pid: String,
+    pub(crate) pid: String,
     /// Include each device's secret (needs a token of write scope; audited).
     #[serde(default)]
-    with_secrets: bool,
+    pub(crate) with_secrets: bool,
 }
 
 /// A product's devices as CSV: `pid,unique,uuid,mac,barcode,registered_at,
@@ -333,7 +340,7 @@ pub(crate) struct DeviceExportQuery {
 /// writes it.
 #[utoipa::path(get, path = "/devices/export", tag = "devices", params(DeviceExportQuery),
     responses((status = 200, description = "The devices", content_type = "text/csv", body = String)))]
-async fn export_devices(
+pub(crate) async fn export_devices(
     State(api): State<Api>,
     caller: Caller,
     Query(q): Query<DeviceExportQuery>,

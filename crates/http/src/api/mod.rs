@@ -12,9 +12,9 @@
 //! - Every change is written to the audit log with the token's name and the client's
 //!   address ([`dynreg_store::audited`]).
 
-mod devices;
-mod products;
-mod records;
+pub(crate) mod devices;
+pub(crate) mod products;
+pub(crate) mod records;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,8 +43,8 @@ pub type Ops = Arc<dyn Operator + Send + Sync>;
 /// The API's shared state.
 #[derive(Clone)]
 pub struct Api {
-    ops: Ops,
-    public_metrics: bool,
+    pub(crate) ops: Ops,
+    pub(crate) public_metrics: bool,
 }
 
 impl std::fmt::Debug for Api {
@@ -202,10 +202,10 @@ impl Modify for ApiDoc {
 /// `code`; for a refused item of an import, its `line`.
 #[derive(Debug)]
 pub struct Problem {
-    status: StatusCode,
-    code: &'static str,
-    detail: String,
-    line: Option<u64>,
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) detail: String,
+    pub(crate) line: Option<u64>,
 }
 
 /// The problem document's schema.
@@ -244,7 +244,7 @@ impl Problem {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", detail)
     }
 
-    fn invalid(detail: impl Into<String>) -> Self {
+    pub(crate) fn invalid(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid", detail)
     }
 
@@ -312,13 +312,13 @@ impl IntoResponse for Problem {
 /// The caller of a request: the token it presented, and its address.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    token: TokenInfo,
-    origin: String,
+    pub(crate) token: TokenInfo,
+    pub(crate) origin: String,
 }
 
 impl Caller {
     /// Refuses (403) unless the token's scope allows `needed`.
-    fn need(&self, needed: Scope) -> Result<(), Problem> {
+    pub(crate) fn need(&self, needed: Scope) -> Result<(), Problem> {
         if self.token.scope.allows(needed) {
             Ok(())
         } else {
@@ -342,41 +342,71 @@ impl Caller {
     }
 
     /// The audit line of this caller doing `action` on `pid`'s `target` now.
-    fn entry(&self, action: &str, pid: &str, target: &str) -> AuditEntry {
+    pub(crate) fn entry(&self, action: &str, pid: &str, target: &str) -> AuditEntry {
         self.actor().entry(unix_now(), action, pid, target)
     }
 }
 
+impl Caller {
+    /// The caller holding `token`, from `origin` (401 when the token is unknown or
+    /// revoked).
+    pub(crate) async fn of_token(api: &Api, token: &str, origin: String) -> Result<Self, Problem> {
+        let hash = dynreg_store::admin::token_hash(token);
+        let info = api
+            .run(move |ops| ops.token_by_hash(&hash))
+            .await?
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "the token is unknown or revoked",
+                )
+            })?;
+        Ok(Self {
+            token: info,
+            origin,
+        })
+    }
+}
+
+/// The client's address, as the server accepted it.
+pub(crate) fn origin(parts: &Parts) -> String {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default()
+}
+
+/// The token of `Authorization: Bearer <token>`; for reading requests (GET, HEAD)
+/// without that header, the web console's session cookie (so that the console's
+/// pages can read the API and its event stream; changes go through the console's
+/// forms, which check a CSRF token).
 impl FromRequestParts<Api> for Caller {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, Problem> {
         let unauthorized = |m: &str| Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-            return Err(unauthorized(
-                "send an API token as `Authorization: Bearer <token>` (`dynreg token create`)",
-            ));
+        let token = match parts.headers.get(header::AUTHORIZATION) {
+            Some(value) => value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim)
+                .ok_or_else(|| unauthorized("the Authorization header is not `Bearer <token>`"))?
+                .to_owned(),
+            None => parts
+                .method
+                .is_safe()
+                .then(|| crate::console::session_token(&parts.headers))
+                .flatten()
+                .ok_or_else(|| {
+                    unauthorized(
+                        "send an API token as `Authorization: Bearer <token>` (`dynreg token create`)",
+                    )
+                })?,
         };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| unauthorized("the Authorization header is not `Bearer <token>`"))?;
-        let hash = dynreg_store::admin::token_hash(token);
-        let info = api
-            .run(move |ops| ops.token_by_hash(&hash))
-            .await?
-            .ok_or_else(|| unauthorized("the token is unknown or revoked"))?;
-        let origin = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string())
-            .unwrap_or_default();
-        Ok(Self {
-            token: info,
-            origin,
-        })
+        Self::of_token(api, &token, origin(parts)).await
     }
 }
 

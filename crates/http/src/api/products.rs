@@ -48,27 +48,27 @@ pub(super) fn routes() -> OpenApiRouter<Api> {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ProductView {
     /// The product id.
-    pid: String,
+    pub(crate) pid: String,
     /// Its name.
-    name: String,
+    pub(crate) name: String,
     /// Whether its devices may register.
-    enabled: bool,
+    pub(crate) enabled: bool,
     /// Where triplets come from: `pool`, `generate` or `pool-then-generate`.
-    mode: String,
+    pub(crate) mode: String,
     /// MAC addresses for generated triplets, `START-END`.
-    mac_range: Option<String>,
+    pub(crate) mac_range: Option<String>,
     /// The CONNECT ts window, seconds.
-    ts_window: u64,
+    pub(crate) ts_window: u64,
     /// The re-registration policy: `always`, `never` or `window:DURATION`.
-    reregistration: String,
+    pub(crate) reregistration: String,
     /// The most devices it may bind.
-    quota: Option<u64>,
+    pub(crate) quota: Option<u64>,
     /// When the previous secret's grace period ends (or ended), Unix seconds.
-    previous_secret_until: Option<u64>,
+    pub(crate) previous_secret_until: Option<u64>,
     /// When it was created, Unix seconds.
-    created_at: u64,
+    pub(crate) created_at: u64,
     /// Its pool's and devices' counts.
-    pool: PoolView,
+    pub(crate) pool: PoolView,
 }
 
 impl From<ProductSummary> for ProductView {
@@ -93,23 +93,23 @@ impl From<ProductSummary> for ProductView {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct PoolView {
     /// Triplets not handed out yet.
-    free: u64,
+    pub(crate) free: u64,
     /// Triplets bound to a device.
-    bound: u64,
+    pub(crate) bound: u64,
     /// Triplets of revoked devices.
-    revoked: u64,
+    pub(crate) revoked: u64,
     /// Free triplets withdrawn by an operator.
-    withdrawn: u64,
+    pub(crate) withdrawn: u64,
     /// Devices registered under the product.
-    devices: u64,
+    pub(crate) devices: u64,
     /// MAC addresses left in the product's range.
-    mac_left: Option<u64>,
+    pub(crate) mac_left: Option<u64>,
     /// Re-registrations served.
-    reregistrations: u64,
+    pub(crate) reregistrations: u64,
     /// Re-registrations refused by the product's policy.
-    reregistrations_refused: u64,
+    pub(crate) reregistrations_refused: u64,
     /// Free triplets below which `pool.low` fires.
-    low_water: Option<u64>,
+    pub(crate) low_water: Option<u64>,
 }
 
 impl From<PoolStats> for PoolView {
@@ -134,39 +134,39 @@ impl From<PoolStats> for PoolView {
 pub(crate) struct NewProductBody {
     /// Its pid (1 to 64 of `A-Z a-z 0-9 . _ -`); generated when absent.
     #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
-    pid: Option<String>,
+    pub(crate) pid: Option<String>,
     /// A human name (1 to 128 bytes of printable text).
     #[schema(min_length = 1, max_length = 128)]
-    name: String,
+    pub(crate) name: String,
     /// `pool` (the default), `generate` or `pool-then-generate`.
     #[schema(pattern = "^(pool|generate|pool-then-generate)$")]
-    mode: Option<String>,
+    pub(crate) mode: Option<String>,
     /// MAC addresses for generated triplets, `START-END`
     /// (`02:00:00:00:00:00-02:00:00:00:FF:FF`).
     #[schema(
         pattern = "^[0-9A-Fa-f]{2}([:-]?[0-9A-Fa-f]{2}){5}-[0-9A-Fa-f]{2}([:-]?[0-9A-Fa-f]{2}){5}$"
     )]
-    mac_range: Option<String>,
+    pub(crate) mac_range: Option<String>,
     /// The CONNECT ts window in seconds (default 900).
     #[schema(minimum = 1, maximum = 604_800)]
-    ts_window: Option<u64>,
+    pub(crate) ts_window: Option<u64>,
     /// `always`, `never` or `window:DURATION` (default `window:24h`).
     #[schema(pattern = "^(always|never|window:[0-9]{1,9}[smhd]?)$")]
-    reregistration: Option<String>,
+    pub(crate) reregistration: Option<String>,
     /// The most devices the product may bind (default: no limit).
-    quota: Option<u64>,
+    pub(crate) quota: Option<u64>,
     /// Free triplets below which `pool.low` fires (default: none).
-    low_water: Option<u64>,
+    pub(crate) low_water: Option<u64>,
 }
 
 /// A product just created, with its secret (shown once).
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct CreatedProduct {
     /// The product.
-    product: ProductView,
+    pub(crate) product: ProductView,
     /// Its registration secret: flash it into the product's devices. It is not shown
     /// again by the API.
-    secret: String,
+    pub(crate) secret: String,
 }
 
 /// Changes to a product; absent fields stay as they are.
@@ -175,30 +175,30 @@ pub(crate) struct CreatedProduct {
 pub(crate) struct ProductPatch {
     /// A new name.
     #[schema(min_length = 1, max_length = 128)]
-    name: Option<String>,
+    pub(crate) name: Option<String>,
     /// A new mode.
     #[schema(pattern = "^(pool|generate|pool-then-generate)$")]
-    mode: Option<String>,
+    pub(crate) mode: Option<String>,
     /// A new MAC range `START-END`; `null` removes it.
     #[serde(default, deserialize_with = "some")]
     #[schema(value_type = Option<String>, pattern = "^[0-9A-Fa-f]{2}([:-]?[0-9A-Fa-f]{2}){5}-[0-9A-Fa-f]{2}([:-]?[0-9A-Fa-f]{2}){5}$")]
-    mac_range: Option<Option<String>>,
+    pub(crate) mac_range: Option<Option<String>>,
     /// A new ts window, seconds.
     #[schema(minimum = 1, maximum = 604_800)]
-    ts_window: Option<u64>,
+    pub(crate) ts_window: Option<u64>,
     /// A new re-registration policy.
     #[schema(pattern = "^(always|never|window:[0-9]{1,9}[smhd]?)$")]
-    reregistration: Option<String>,
+    pub(crate) reregistration: Option<String>,
     /// A new quota; `null` removes it.
     #[serde(default, deserialize_with = "some")]
     #[schema(value_type = Option<u64>)]
-    quota: Option<Option<u64>>,
+    pub(crate) quota: Option<Option<u64>>,
     /// A new low-water mark of free triplets; `null` removes it.
     #[serde(default, deserialize_with = "some")]
     #[schema(value_type = Option<u64>)]
-    low_water: Option<Option<u64>>,
+    pub(crate) low_water: Option<Option<u64>>,
     /// Enables or disables registration.
-    enabled: Option<bool>,
+    pub(crate) enabled: Option<bool>,
 }
 
 /// A field that is present, possibly `null`: absent stays `None` (serde's default).
@@ -230,7 +230,7 @@ fn rereg_of(v: Option<&str>) -> Result<Option<ReregPolicy>, Problem> {
 /// List products.
 #[utoipa::path(get, path = "/products", tag = "products",
     responses((status = 200, description = "Every product, by pid", body = Vec<ProductView>)))]
-async fn list_products(
+pub(crate) async fn list_products(
     State(api): State<Api>,
     caller: Caller,
 ) -> Result<Json<Vec<ProductView>>, Problem> {
@@ -242,7 +242,7 @@ async fn list_products(
 /// Create a product.
 #[utoipa::path(post, path = "/products", tag = "products", request_body = NewProductBody,
     responses((status = 201, description = "Created; the secret is shown only here", body = CreatedProduct)))]
-async fn create_product(
+pub(crate) async fn create_product(
     State(api): State<Api>,
     caller: Caller,
     Body(body): Body<NewProductBody>,
@@ -275,7 +275,7 @@ async fn create_product(
 }
 
 /// The `201` answer of a new product: its summary, and its secret (shown only here).
-async fn created(
+pub(crate) async fn created(
     api: &Api,
     product: dynreg_registrar::Product,
 ) -> Result<(StatusCode, Json<CreatedProduct>), Problem> {
@@ -294,7 +294,7 @@ async fn created(
 #[utoipa::path(get, path = "/products/{pid}", tag = "products",
     params(("pid" = String, Path, description = "The product id")),
     responses((status = 200, description = "The product", body = ProductView)))]
-async fn show_product(
+pub(crate) async fn show_product(
     State(api): State<Api>,
     caller: Caller,
     Path(pid): Path<String>,
@@ -309,7 +309,7 @@ async fn show_product(
 #[utoipa::path(patch, path = "/products/{pid}", tag = "products", request_body = ProductPatch,
     params(("pid" = String, Path, description = "The product id")),
     responses((status = 200, description = "The product as changed", body = ProductView)))]
-async fn update_product(
+pub(crate) async fn update_product(
     State(api): State<Api>,
     caller: Caller,
     Path(pid): Path<String>,
@@ -352,16 +352,16 @@ async fn update_product(
 pub(crate) struct DeleteQuery {
     /// Also remove the devices registered under it.
     #[serde(default)]
-    force: bool,
+    pub(crate) force: bool,
 }
 
 /// What a deletion removed.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct DeletedView {
     /// Devices removed.
-    devices: u64,
+    pub(crate) devices: u64,
     /// Triplets removed.
-    triplets: u64,
+    pub(crate) triplets: u64,
 }
 
 /// Delete a product with its pool (refused while devices are registered under it,
@@ -369,7 +369,7 @@ pub(crate) struct DeletedView {
 #[utoipa::path(delete, path = "/products/{pid}", tag = "products",
     params(("pid" = String, Path, description = "The product id"), DeleteQuery),
     responses((status = 200, description = "What was removed", body = DeletedView)))]
-async fn delete_product(
+pub(crate) async fn delete_product(
     State(api): State<Api>,
     caller: Caller,
     Path(pid): Path<String>,
@@ -389,7 +389,7 @@ async fn delete_product(
     }))
 }
 
-async fn set_enabled(
+pub(crate) async fn set_enabled(
     api: Api,
     caller: Caller,
     pid: String,
@@ -414,7 +414,7 @@ async fn set_enabled(
 #[utoipa::path(post, path = "/products/{pid}/enable", tag = "products",
     params(("pid" = String, Path, description = "The product id")),
     responses((status = 200, description = "The product", body = ProductView)))]
-async fn enable_product(
+pub(crate) async fn enable_product(
     State(api): State<Api>,
     caller: Caller,
     Path(pid): Path<String>,
@@ -426,7 +426,7 @@ async fn enable_product(
 #[utoipa::path(post, path = "/products/{pid}/disable", tag = "products",
     params(("pid" = String, Path, description = "The product id")),
     responses((status = 200, description = "The product", body = ProductView)))]
-async fn disable_product(
+pub(crate) async fn disable_product(
     State(api): State<Api>,
     caller: Caller,
     Path(pid): Path<String>,
@@ -440,16 +440,16 @@ async fn disable_product(
 pub(crate) struct RotateBody {
     /// How long the old secret keeps working (`0`, `12h`, `30d`; default 90d).
     #[schema(pattern = "^[0-9]{1,9}[smhd]?$")]
-    grace: Option<String>,
+    pub(crate) grace: Option<String>,
 }
 
 /// The product's new secret.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Rotated {
     /// The new secret (shown once).
-    secret: String,
+    pub(crate) secret: String,
     /// When the old secret stops working, Unix seconds.
-    previous_secret_until: u64,
+    pub(crate) previous_secret_until: u64,
 }
 
 /// Give the product a new secret; the old one keeps working for the grace period.
@@ -457,7 +457,7 @@ pub(crate) struct Rotated {
     request_body = RotateBody,
     params(("pid" = String, Path, description = "The product id")),
     responses((status = 200, description = "The new secret", body = Rotated)))]
-async fn rotate_secret(
+pub(crate) async fn rotate_secret(
     State(api): State<Api>,
     caller: Caller,
     Path(pid): Path<String>,
@@ -482,7 +482,7 @@ async fn rotate_secret(
 #[utoipa::path(post, path = "/products/{pid}/retire-secret", tag = "products",
     params(("pid" = String, Path, description = "The product id")),
     responses((status = 200, description = "The product", body = ProductView)))]
-async fn retire_secret(
+pub(crate) async fn retire_secret(
     State(api): State<Api>,
     caller: Caller,
     Path(pid): Path<String>,
@@ -505,7 +505,7 @@ async fn retire_secret(
 #[utoipa::path(get, path = "/products/{pid}/pool", tag = "pools",
     params(("pid" = String, Path, description = "The product id")),
     responses((status = 200, description = "The counts", body = PoolView)))]
-async fn pool_stats(
+pub(crate) async fn pool_stats(
     State(api): State<Api>,
     caller: Caller,
     Path(pid): Path<String>,
@@ -521,12 +521,12 @@ async fn pool_stats(
 pub(crate) struct GenerateBody {
     /// How many triplets (1 to 10,000,000).
     #[schema(minimum = 1, maximum = 10_000_000)]
-    count: u64,
+    pub(crate) count: u64,
     /// Text put before every barcode's 12-digit serial (at most 32 printable
     /// characters, no comma).
     #[serde(default)]
     #[schema(max_length = 32, pattern = "^[^,\\x00-\\x1f]*$")]
-    barcode_prefix: String,
+    pub(crate) barcode_prefix: String,
 }
 
 /// Generate free triplets and return their factory CSV, secrets included. The CSV is
@@ -535,7 +535,7 @@ pub(crate) struct GenerateBody {
     request_body = GenerateBody,
     params(("pid" = String, Path, description = "The product id")),
     responses((status = 200, description = "The factory CSV", content_type = "text/csv", body = String)))]
-async fn generate_pool(
+pub(crate) async fn generate_pool(
     State(api): State<Api>,
     caller: Caller,
     Path(pid): Path<String>,
@@ -573,7 +573,7 @@ async fn generate_pool(
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Imported {
     /// Triplets imported.
-    imported: u64,
+    pub(crate) imported: u64,
 }
 
 /// Import a factory CSV (`uuid,secret[,mac][,barcode]`) as free triplets: all or
@@ -582,7 +582,7 @@ pub(crate) struct Imported {
     request_body(content = String, content_type = "text/csv", description = "The factory CSV"),
     params(("pid" = String, Path, description = "The product id")),
     responses((status = 200, description = "Imported", body = Imported)))]
-async fn import_pool(
+pub(crate) async fn import_pool(
     State(api): State<Api>,
     caller: Caller,
     Path(pid): Path<String>,
@@ -595,7 +595,17 @@ async fn import_pool(
             let (triplets, lines) =
                 match dynreg_store::factory_csv::read_triplets(&body[..], "the CSV") {
                     Ok(t) => t,
-                    Err(e) => return Ok(Err(Problem::invalid(e.to_string()))),
+                    Err(e) => {
+                        return Ok(Err(match e.line() {
+                            Some(line) => Problem::new(
+                                StatusCode::UNPROCESSABLE_ENTITY,
+                                "invalid_item",
+                                e.to_string(),
+                            )
+                            .at_line(line),
+                            None => Problem::invalid(e.to_string()),
+                        }));
+                    }
                 };
             match dynreg_store::audited(ops, entry, |ops, entry| {
                 entry.detail = format!(r#"{{"count":{}}}"#, triplets.len());
@@ -623,14 +633,14 @@ async fn import_pool(
 pub(crate) struct ExportQuery {
     /// Only triplets in this state: `free`, `bound` or `revoked`.
     #[param(pattern = "^(free|bound|revoked)$")]
-    state: Option<String>,
+    pub(crate) state: Option<String>,
 }
 
 /// Write the pool's triplets (secrets included) as a factory CSV again.
 #[utoipa::path(get, path = "/products/{pid}/pool/export", tag = "pools",
     params(("pid" = String, Path, description = "The product id"), ExportQuery),
     responses((status = 200, description = "The factory CSV", content_type = "text/csv", body = String)))]
-async fn export_pool(
+pub(crate) async fn export_pool(
     State(api): State<Api>,
     caller: Caller,
     Path(pid): Path<String>,
@@ -673,21 +683,21 @@ async fn export_pool(
 pub(crate) struct WithdrawBody {
     /// Triplets by uuid.
     #[serde(default)]
-    uuids: Vec<String>,
+    pub(crate) uuids: Vec<String>,
     /// Triplets by barcode.
     #[serde(default)]
-    barcodes: Vec<String>,
+    pub(crate) barcodes: Vec<String>,
 }
 
 /// A withdrawn triplet.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct WithdrawnView {
     /// Its uuid.
-    uuid: String,
+    pub(crate) uuid: String,
     /// Its barcode.
-    barcode: String,
+    pub(crate) barcode: String,
     /// Its MAC.
-    mac: String,
+    pub(crate) mac: String,
 }
 
 /// Withdraw leaked or damaged free triplets: they are never handed out. All or
@@ -696,7 +706,7 @@ pub(crate) struct WithdrawnView {
     request_body = WithdrawBody,
     params(("pid" = String, Path, description = "The product id")),
     responses((status = 200, description = "The withdrawn triplets", body = Vec<WithdrawnView>)))]
-async fn withdraw(
+pub(crate) async fn withdraw(
     State(api): State<Api>,
     caller: Caller,
     Path(pid): Path<String>,
@@ -742,7 +752,7 @@ async fn withdraw(
 pub(crate) struct ProductExportQuery {
     /// Include the product secret (needs a token of write scope; audited).
     #[serde(default)]
-    with_secret: bool,
+    pub(crate) with_secret: bool,
 }
 
 /// Write a product's definition (name, mode, MAC range, ts window, policy, quota,
@@ -752,7 +762,7 @@ pub(crate) struct ProductExportQuery {
 #[utoipa::path(get, path = "/products/{pid}/export", tag = "products",
     params(("pid" = String, Path, description = "The product id"), ProductExportQuery),
     responses((status = 200, description = "The product's definition", body = ProductDefinition)))]
-async fn export_product(
+pub(crate) async fn export_product(
     State(api): State<Api>,
     caller: Caller,
     Path(pid): Path<String>,
@@ -781,7 +791,7 @@ async fn export_product(
     request_body = ProductDefinition,
     params(("pid" = String, Path, description = "The pid to create")),
     responses((status = 201, description = "Created; its secret (the definition's, or the one generated)", body = CreatedProduct)))]
-async fn import_product(
+pub(crate) async fn import_product(
     State(api): State<Api>,
     caller: Caller,
     Path(pid): Path<String>,

@@ -31,23 +31,23 @@ pub(super) fn routes() -> OpenApiRouter<Api> {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct AuditView {
     /// Its id (lines are numbered in the order they were written).
-    id: u64,
+    pub(crate) id: u64,
     /// When, Unix seconds.
-    at: u64,
+    pub(crate) at: u64,
     /// Who: a token's name, `cli:<user>`, or `device`.
-    actor: String,
+    pub(crate) actor: String,
     /// From where (client address, host), or empty.
-    origin: String,
+    pub(crate) origin: String,
     /// What: `device.registered`, `product.created`...
-    action: String,
+    pub(crate) action: String,
     /// The product concerned, or empty.
-    pid: String,
+    pub(crate) pid: String,
     /// The device's unique, token's name..., or empty.
-    target: String,
+    pub(crate) target: String,
     /// The triplet concerned, or empty.
-    uuid: String,
+    pub(crate) uuid: String,
     /// More, as a JSON object's text, or empty.
-    detail: String,
+    pub(crate) detail: String,
 }
 
 impl From<AuditRecord> for AuditView {
@@ -71,9 +71,9 @@ impl From<AuditRecord> for AuditView {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct AuditPage {
     /// The lines, newest first.
-    items: Vec<AuditView>,
+    pub(crate) items: Vec<AuditView>,
     /// The `before` of the next page, when there may be one.
-    next: Option<u64>,
+    pub(crate) next: Option<u64>,
 }
 
 /// Which audit lines to read.
@@ -81,27 +81,31 @@ pub(crate) struct AuditPage {
 #[into_params(parameter_in = Query)]
 pub(crate) struct AuditQuery {
     /// Only lines about this product.
-    pid: Option<String>,
+    pub(crate) pid: Option<String>,
     /// Only lines about this target (a device's unique, a token's name).
-    target: Option<String>,
+    pub(crate) target: Option<String>,
     /// Only lines about this triplet.
-    uuid: Option<String>,
+    pub(crate) uuid: Option<String>,
     /// Only lines by this actor.
-    actor: Option<String>,
+    pub(crate) actor: Option<String>,
     /// Only this action (`device.revoked`), or an object's actions (`device.`).
     #[param(pattern = "^[a-z_.]+$")]
-    action: Option<String>,
+    pub(crate) action: Option<String>,
     /// Only lines at or after this time, Unix seconds.
-    since: Option<u64>,
+    pub(crate) since: Option<u64>,
     /// Only lines with an id below this one: `next` of the previous page.
-    before: Option<u64>,
+    pub(crate) before: Option<u64>,
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
-    limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
 }
 
 /// Reads a page of `filter`'s lines.
-async fn page(api: &Api, mut filter: AuditFilter, limit: usize) -> Result<AuditPage, Problem> {
+pub(crate) async fn page(
+    api: &Api,
+    mut filter: AuditFilter,
+    limit: usize,
+) -> Result<AuditPage, Problem> {
     filter.limit = limit + 1;
     let mut lines = api.run(move |ops| ops.audit(&filter)).await?;
     let next = (lines.len() > limit).then(|| {
@@ -117,7 +121,7 @@ async fn page(api: &Api, mut filter: AuditFilter, limit: usize) -> Result<AuditP
 /// Read the audit log, newest first.
 #[utoipa::path(get, path = "/audit", tag = "audit", params(AuditQuery),
     responses((status = 200, description = "A page of audit lines", body = AuditPage)))]
-async fn list_audit(
+pub(crate) async fn list_audit(
     State(api): State<Api>,
     caller: Caller,
     Query(q): Query<AuditQuery>,
@@ -142,20 +146,20 @@ async fn list_audit(
 #[into_params(parameter_in = Query)]
 pub(crate) struct RegistrationQuery {
     /// Only registrations under this product.
-    pid: Option<String>,
+    pub(crate) pid: Option<String>,
     /// Only those at or after this time, Unix seconds.
-    since: Option<u64>,
+    pub(crate) since: Option<u64>,
     /// Only lines with an id below this one: `next` of the previous page.
-    before: Option<u64>,
+    pub(crate) before: Option<u64>,
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
-    limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
 }
 
 /// Recent registrations and re-registrations, newest first (their audit lines).
 #[utoipa::path(get, path = "/registrations", tag = "audit", params(RegistrationQuery),
     responses((status = 200, description = "A page of registrations", body = AuditPage)))]
-async fn recent_registrations(
+pub(crate) async fn recent_registrations(
     State(api): State<Api>,
     caller: Caller,
     Query(q): Query<RegistrationQuery>,
@@ -177,7 +181,7 @@ async fn recent_registrations(
 #[into_params(parameter_in = Query)]
 pub(crate) struct StreamQuery {
     /// Only registrations under this product.
-    pid: Option<String>,
+    pub(crate) pid: Option<String>,
 }
 
 /// How often the stream looks for new lines.
@@ -242,7 +246,7 @@ impl StreamState {
 /// sent (the audit log has it).
 #[utoipa::path(get, path = "/registrations/stream", tag = "audit", params(StreamQuery),
     responses((status = 200, description = "A stream of registration events", content_type = "text/event-stream", body = String)))]
-async fn registration_stream(
+pub(crate) async fn registration_stream(
     State(api): State<Api>,
     caller: Caller,
     headers: HeaderMap,
@@ -280,15 +284,15 @@ async fn registration_stream(
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct OutboxView {
     /// Whether device events are kept for the webhook.
-    on: bool,
+    pub(crate) on: bool,
     /// Events waiting to be delivered.
-    backlog: u64,
+    pub(crate) backlog: u64,
 }
 
 /// The event outbox: on or off, and its backlog.
 #[utoipa::path(get, path = "/outbox", tag = "audit",
     responses((status = 200, description = "The outbox", body = OutboxView)))]
-async fn outbox_status(
+pub(crate) async fn outbox_status(
     State(api): State<Api>,
     caller: Caller,
 ) -> Result<Json<OutboxView>, Problem> {
@@ -303,17 +307,17 @@ async fn outbox_status(
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct TokenView {
     /// Its id.
-    id: u64,
+    pub(crate) id: u64,
     /// Its name.
-    name: String,
+    pub(crate) name: String,
     /// `read`, `write` or `admin`.
-    scope: String,
+    pub(crate) scope: String,
     /// When it was created, Unix seconds.
-    created_at: u64,
+    pub(crate) created_at: u64,
     /// Who created it.
-    created_by: String,
+    pub(crate) created_by: String,
     /// When it was revoked.
-    revoked_at: Option<u64>,
+    pub(crate) revoked_at: Option<u64>,
 }
 
 impl From<TokenInfo> for TokenView {
@@ -336,10 +340,10 @@ pub(crate) struct NewTokenBody {
     /// Its name (whom it is for), unique among tokens not revoked: 1 to 64
     /// printable characters without leading or trailing spaces.
     #[schema(min_length = 1, max_length = 64)]
-    name: String,
+    pub(crate) name: String,
     /// `read`, `write` or `admin`.
     #[schema(pattern = "^(read|write|admin)$")]
-    scope: String,
+    pub(crate) scope: String,
 }
 
 /// A token just created.
@@ -347,15 +351,15 @@ pub(crate) struct NewTokenBody {
 pub(crate) struct CreatedToken {
     /// The token: send it as `Authorization: Bearer <token>`. Shown once; only its
     /// hash is stored.
-    token: String,
+    pub(crate) token: String,
     /// What was stored.
-    info: TokenView,
+    pub(crate) info: TokenView,
 }
 
 /// List API tokens, revoked ones included.
 #[utoipa::path(get, path = "/tokens", tag = "tokens",
     responses((status = 200, description = "Every token", body = Vec<TokenView>)))]
-async fn list_tokens(
+pub(crate) async fn list_tokens(
     State(api): State<Api>,
     caller: Caller,
 ) -> Result<Json<Vec<TokenView>>, Problem> {
@@ -367,7 +371,7 @@ async fn list_tokens(
 /// Create an API token.
 #[utoipa::path(post, path = "/tokens", tag = "tokens", request_body = NewTokenBody,
     responses((status = 201, description = "Created; the token is shown only here", body = CreatedToken)))]
-async fn create_token(
+pub(crate) async fn create_token(
     State(api): State<Api>,
     caller: Caller,
     Body(body): Body<NewTokenBody>,
@@ -396,7 +400,7 @@ async fn create_token(
 #[utoipa::path(delete, path = "/tokens/{name}", tag = "tokens",
     params(("name" = String, Path, description = "The token's name")),
     responses((status = 200, description = "The revoked token", body = TokenView)))]
-async fn revoke_token(
+pub(crate) async fn revoke_token(
     State(api): State<Api>,
     caller: Caller,
     Path(name): Path<String>,

@@ -1,0 +1,61 @@
+//! The server the API and console tests run against: the whole HTTP router (hooks,
+//! API, console) over a temporary SQLite store, on a free loopback port.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dynreg_http::api::Api;
+use dynreg_http::{HookAuth, HttpServer, router};
+use dynreg_registrar::Registrar;
+use dynreg_store::{Operator, Scope};
+use dynreg_testkit::TempStore;
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A running server; it stops when dropped.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub store: TempStore,
+    pub registrar: Arc<Registrar<dynreg_store::SqliteStore>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// A token of `scope` named `name`, made in the store as `dynreg token create` does.
+pub fn token_named(store: &TempStore, name: &str, scope: Scope) -> String {
+    store
+        .store
+        .create_token(name, scope, "test", now())
+        .unwrap()
+        .1
+}
+
+pub async fn start() -> Server {
+    let store = TempStore::new();
+    let registrar = Arc::new(Registrar::new(store.store.clone()));
+    let admin = Api::new(Arc::new(store.store.clone()));
+    let server = HttpServer::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    tokio::spawn(server.run(
+        router(registrar.clone(), HookAuth::open(), Some(admin)),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Server {
+        addr,
+        store,
+        registrar,
+        _stop: stop,
+    }
+}

@@ -1,0 +1,212 @@
+//! The web console over real HTTP on port 0 (the browser test is
+//! crates/cli/tests/console.rs): signing in sets the session cookie as documented,
+//! pages need a session, forms need the session's CSRF token, a read session cannot
+//! change anything, and the API takes the cookie for reading only.
+
+use std::net::SocketAddr;
+
+use dynreg_registrar::SourceMode;
+use dynreg_store::{Operator, Scope};
+use dynreg_testkit::TempStore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+mod common;
+use common::start;
+
+fn token(store: &TempStore, name: &str, scope: Scope) -> String {
+    common::token_named(store, name, scope)
+}
+
+/// One HTTP/1.0 request with extra header lines: the status, the head, the body.
+async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nhost: x\r\ncontent-length: {}\r\n{headers}\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// A header's value (names compared without case).
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(": ")?;
+        n.eq_ignore_ascii_case(name).then_some(v)
+    })
+}
+
+/// The session cookie's attributes, lower case.
+fn cookie_of(head: &str) -> String {
+    header(head, "set-cookie").unwrap().to_ascii_lowercase()
+}
+
+/// The CSRF token of a signed-in page.
+fn csrf(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token")
+        + 19;
+    page[at..at + 64].to_owned()
+}
+
+const FORM: &str = "content-type: application/x-www-form-urlencoded\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_csrf_and_scopes() {
+    let s = start().await;
+    s.store.product("lamp", SourceMode::Generate);
+    let admin = token(&s.store, "ops", Scope::Admin);
+    let read = token(&s.store, "viewer", Scope::Read);
+
+    // Without a session: to the sign-in page, which comes back here.
+    let (status, head, _) = call(s.addr, "GET", "/products/lamp", "", "").await;
+    assert_eq!(status, 303);
+    assert_eq!(
+        header(&head, "location"),
+        Some("/sign-in?next=%2Fproducts%2Flamp")
+    );
+    assert!(
+        header(&head, "content-security-policy")
+            .unwrap()
+            .contains("script-src 'self'")
+    );
+
+    // A wrong token is refused; a good one gets the cookie, Secure behind TLS.
+    let (status, _, body) = call(s.addr, "POST", "/sign-in", FORM, "token=nope&next=%2F").await;
+    assert_eq!(status, 401);
+    assert!(body.contains("unknown or revoked"), "{body}");
+    let form = format!("token={admin}&next=%2Fproducts");
+    let (status, head, _) = call(s.addr, "POST", "/sign-in", FORM, &form).await;
+    assert_eq!(
+        (status, header(&head, "location")),
+        (303, Some("/products"))
+    );
+    let set = cookie_of(&head);
+    assert!(
+        set.contains("httponly") && set.contains("samesite=strict") && set.contains("path=/"),
+        "{set}"
+    );
+    assert!(!set.contains("secure"), "{set}");
+    let tls = format!("{FORM}x-forwarded-proto: https\r\n");
+    let (_, head, _) = call(s.addr, "POST", "/sign-in", &tls, &form).await;
+    assert!(cookie_of(&head).contains("; secure"));
+    // Only local paths to come back to.
+    let away = format!("token={admin}&next=%2F%2Fevil.example");
+    let (_, head, _) = call(s.addr, "POST", "/sign-in", FORM, &away).await;
+    assert_eq!(header(&head, "location"), Some("/"));
+
+    let session = |t: &str| format!("cookie: dynreg_session={t}\r\n");
+    let (status, _, page) = call(s.addr, "GET", "/products/lamp", &session(&admin), "").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Disable"), "the admin sees the buttons");
+    let token_csrf = csrf(&page);
+
+    // A form without the session's CSRF token changes nothing.
+    let with_form = format!("{}{FORM}", session(&admin));
+    let (status, _, _) = call(
+        s.addr,
+        "POST",
+        "/products/lamp/disable",
+        &with_form,
+        "csrf=0000",
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(s.store.store.load_product("lamp").unwrap().unwrap().enabled);
+    let (status, head, _) = call(
+        s.addr,
+        "POST",
+        "/products/lamp/disable",
+        &with_form,
+        &format!("csrf={token_csrf}"),
+    )
+    .await;
+    assert_eq!(
+        (status, header(&head, "location")),
+        (
+            303,
+            Some("/products/lamp?done=Disabled%3A%20registrations%20are%20refused.")
+        )
+    );
+    assert!(!s.store.store.load_product("lamp").unwrap().unwrap().enabled);
+    // The action is the API's: audited under the token's name.
+    let audit = s
+        .store
+        .store
+        .audit(&dynreg_store::AuditFilter {
+            action: Some("product.disabled".into()),
+            limit: 5,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(audit[0].entry.actor, "ops");
+
+    // A read session sees no buttons, and its forms are refused for their scope.
+    let (_, _, page) = call(s.addr, "GET", "/products/lamp", &session(&read), "").await;
+    assert!(
+        !page.contains("<button type=\"submit\">Enable</button>"),
+        "a read token sees Enable"
+    );
+    assert!(
+        !page.contains("/tokens"),
+        "a read token sees the tokens page"
+    );
+    let read_form = format!("{}{FORM}", session(&read));
+    let (status, head, _) = call(
+        s.addr,
+        "POST",
+        "/products/lamp/enable",
+        &read_form,
+        &format!("csrf={}", csrf(&page)),
+    )
+    .await;
+    assert_eq!(status, 303);
+    assert!(
+        header(&head, "location").unwrap().contains("error="),
+        "{head}"
+    );
+    assert!(!s.store.store.load_product("lamp").unwrap().unwrap().enabled);
+    let (status, _, _) = call(s.addr, "GET", "/tokens", &session(&read), "").await;
+    assert_eq!(status, 403);
+
+    // The API takes the cookie for reading, never for changing.
+    let (status, _, _) = call(s.addr, "GET", "/api/v1/products/lamp", &session(&read), "").await;
+    assert_eq!(status, 200);
+    let (status, _, _) = call(
+        s.addr,
+        "POST",
+        "/api/v1/products/lamp/enable",
+        &session(&admin),
+        "",
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // Signing out clears the cookie; a revoked token's session ends.
+    let (status, head, _) = call(
+        s.addr,
+        "POST",
+        "/sign-out",
+        &with_form,
+        &format!("csrf={token_csrf}"),
+    )
+    .await;
+    assert_eq!(status, 303);
+    assert!(cookie_of(&head).contains("max-age=0"));
+    s.store.store.revoke_token("viewer", 1).unwrap();
+    let (status, head, _) = call(s.addr, "GET", "/", &session(&read), "").await;
+    assert_eq!(status, 303);
+    assert!(cookie_of(&head).contains("max-age=0"));
+}

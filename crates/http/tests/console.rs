@@ -102,6 +102,11 @@ async fn sessions_csrf_and_scopes() {
     let tls = format!("{FORM}x-forwarded-proto: https\r\n");
     let (_, head, _) = call(s.addr, "POST", "/sign-in", &tls, &form).await;
     assert!(cookie_of(&head).contains("; secure"));
+    // Not from another site's page.
+    let cross = format!("{FORM}origin: https://evil.example\r\n");
+    let (status, head, _) = call(s.addr, "POST", "/sign-in", &cross, &form).await;
+    assert_eq!(status, 403);
+    assert!(header(&head, "set-cookie").is_none());
     // Only local paths to come back to.
     let away = format!("token={admin}&next=%2F%2Fevil.example");
     let (_, head, _) = call(s.addr, "POST", "/sign-in", FORM, &away).await;

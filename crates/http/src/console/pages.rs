@@ -135,6 +135,26 @@ pub(crate) async fn sign_in(
     Form(f): Form<SignIn>,
 ) -> Response {
     let next = local(f.next.as_deref()).to_owned();
+    // No session yet, so no CSRF token: a sign-in posted from another site (which
+    // would sign the browser in as someone else) is refused by its Origin.
+    // (Behind a proxy that rewrites Host, the host the browser used is in
+    // X-Forwarded-Host.)
+    let host = headers
+        .get("x-forwarded-host")
+        .or_else(|| headers.get(header::HOST))
+        .and_then(|h| h.to_str().ok());
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    if let (Some(origin), Some(host)) = (origin, host) {
+        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+        if origin_host != host {
+            let why = "Sign in from this site's own page.";
+            return (
+                StatusCode::FORBIDDEN,
+                Html(sign_in_page(&next, Some(why)).into_string()),
+            )
+                .into_response();
+        }
+    }
     let token = f.token.trim();
     match Caller::of_token(&api, token, String::new()).await {
         Ok(_) => {

@@ -33,8 +33,9 @@ pub(crate) struct ServeArgs {
     /// [default: 0.0.0.0:1883].
     #[arg(long, env = "DYNREG_LISTEN")]
     listen: Option<String>,
-    /// The HTTP server for broker hooks: an address, a port (on 127.0.0.1), or `off`
-    /// [default: off].
+    /// The HTTP server (the web console at `/`, the admin API under `/api/v1`, the
+    /// broker hooks, `/metrics`, `/healthz`, `/readyz`): an address, a port (on
+    /// 127.0.0.1), or `off` [default: off].
     #[arg(long, env = "DYNREG_HTTP_LISTEN")]
     http_listen: Option<String>,
     /// A token the broker hooks require (`Authorization: Bearer`, or the password of

@@ -719,3 +719,32 @@ async fn products_move_between_stores_and_devices_export_as_csv() {
         "{actions:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_is_turned_off_by_an_admin_only() {
+    let s = start().await;
+    let (write, admin) = (token(&s.store, Scope::Write), token(&s.store, Scope::Admin));
+    s.store.store.set_outbox(true).unwrap();
+    s.store.product("O", dynreg_registrar::SourceMode::Generate);
+    s.registrar
+        .decide(
+            now(),
+            Device {
+                pid: "O",
+                unique: "o1",
+            },
+            &RegisterRequest::new("1", now()),
+        )
+        .await
+        .unwrap();
+    let (_, outbox) = get(&s, "/api/v1/outbox", &write).await;
+    assert_eq!(outbox, json!({"on": true, "backlog": 1}));
+    let (status, _) = send(&s, "POST", "/api/v1/outbox/off", &write, json!({})).await;
+    assert_eq!(status, 403);
+    let (status, off) = send(&s, "POST", "/api/v1/outbox/off", &admin, json!({})).await;
+    assert_eq!((status, off), (200, json!({"on": false, "dropped": 1})));
+    let (_, outbox) = get(&s, "/api/v1/outbox", &write).await;
+    assert_eq!(outbox, json!({"on": false, "backlog": 0}));
+    let (_, audit) = get(&s, "/api/v1/audit?action=outbox.off", &write).await;
+    assert_eq!(audit["items"][0]["detail"], r#"{"dropped":1}"#);
+}

@@ -1076,3 +1076,21 @@ pub fn device_export_row(r: &Registration, with_secret: bool) -> Vec<String> {
     }
     row
 }
+
+/// The audit action of enabling (`product.enabled`) or disabling
+/// (`product.disabled`) a product.
+pub fn enabled_action(enabled: bool) -> &'static str {
+    if enabled {
+        "product.enabled"
+    } else {
+        "product.disabled"
+    }
+}
+
+/// Turns the event outbox off and drops what waits in it (audit action `outbox.off`):
+/// `entry`'s detail records how many were dropped, which this returns.
+pub fn outbox_off<O: Operator + ?Sized>(ops: &O, entry: &mut AuditEntry) -> Result<u64, Error> {
+    let n = ops.set_outbox(false)?;
+    entry.detail = format!(r#"{{"dropped":{n}}}"#);
+    Ok(n)
+}

@@ -236,9 +236,7 @@ pub(crate) fn outbox(g: &Global, cmd: &OutboxCmd) -> anyhow::Result<()> {
                 anyhow::bail!("not confirmed: the outbox is as it was");
             }
             let dropped = audited(&store, "outbox.off", "", "", |ops, e| {
-                let n = ops.set_outbox(false)?;
-                e.detail = format!(r#"{{"dropped":{n}}}"#);
-                Ok(n)
+                dynreg_store::admin::outbox_off(ops, e)
             })?;
             if g.json {
                 output::json(&json!({ "on": false, "dropped": dropped }))?;

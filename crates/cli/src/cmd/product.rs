@@ -514,11 +514,7 @@ fn set_enabled(
     pid: &str,
     enabled: bool,
 ) -> anyhow::Result<()> {
-    let action = if enabled {
-        "product.enabled"
-    } else {
-        "product.disabled"
-    };
+    let action = dynreg_store::admin::enabled_action(enabled);
     audited(store, action, pid, "", |ops, _| {
         ops.set_enabled(pid, enabled)
     })?;

@@ -396,11 +396,7 @@ pub(crate) async fn set_enabled(
     on: bool,
 ) -> Result<Json<ProductView>, Problem> {
     caller.need(Scope::Write)?;
-    let action = if on {
-        "product.enabled"
-    } else {
-        "product.disabled"
-    };
+    let action = dynreg_store::admin::enabled_action(on);
     let p = api
         .audited(caller.entry(action, &pid, ""), move |ops, _| {
             ops.set_enabled(&pid, on)?;

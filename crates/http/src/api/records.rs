@@ -23,6 +23,7 @@ pub(super) fn routes() -> OpenApiRouter<Api> {
         .routes(routes!(recent_registrations))
         .routes(routes!(registration_stream))
         .routes(routes!(outbox_status))
+        .routes(routes!(outbox_off))
         .routes(routes!(list_tokens, create_token))
         .routes(routes!(revoke_token))
 }
@@ -412,4 +413,31 @@ pub(crate) async fn revoke_token(
         .audited(entry, move |ops, _| ops.revoke_token(&name, now))
         .await?;
     Ok(Json(info.into()))
+}
+
+/// The outbox as turned off.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct OutboxOff {
+    /// Always false.
+    pub(crate) on: bool,
+    /// The events that were waiting, dropped.
+    pub(crate) dropped: u64,
+}
+
+/// Turn the event outbox off and drop the events waiting in it, for a platform that
+/// no longer takes events (as `dynreg outbox off`). Audited; a `serve` with a
+/// webhook or broker events turns it on again when it starts.
+#[utoipa::path(post, path = "/outbox/off", tag = "audit",
+    responses((status = 200, description = "The outbox is off", body = OutboxOff)))]
+pub(crate) async fn outbox_off(
+    State(api): State<Api>,
+    caller: Caller,
+) -> Result<Json<OutboxOff>, Problem> {
+    caller.need(Scope::Admin)?;
+    let dropped = api
+        .audited(caller.entry("outbox.off", "", ""), |ops, entry| {
+            dynreg_store::admin::outbox_off(ops, entry)
+        })
+        .await?;
+    Ok(Json(OutboxOff { on: false, dropped }))
 }

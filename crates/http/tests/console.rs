@@ -215,3 +215,69 @@ async fn sessions_csrf_and_scopes() {
     assert_eq!(status, 303);
     assert!(cookie_of(&head).contains("max-age=0"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_shown_once_and_not_cached() {
+    let s = start().await;
+    s.store.product("lamp", SourceMode::Generate);
+    let admin = token(&s.store, "ops", Scope::Admin);
+    let session = format!("cookie: dynreg_session={admin}\r\n");
+    let (_, _, page) = call(s.addr, "GET", "/products/lamp", &session, "").await;
+    let csrf = csrf(&page);
+    let with_form = format!("{session}{FORM}");
+    let old = s.store.store.load_product("lamp").unwrap().unwrap().secret;
+
+    // Rotation: the new secret on a page that is not cached; the old one in grace.
+    let (status, head, page) = call(
+        s.addr,
+        "POST",
+        "/products/lamp/rotate",
+        &with_form,
+        &format!("csrf={csrf}&grace=1h"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&head, "cache-control"), Some("no-store"));
+    let p = s.store.store.load_product("lamp").unwrap().unwrap();
+    assert_ne!(p.secret, old);
+    assert!(page.contains(p.secret.expose()), "the new secret is shown");
+    assert_eq!(p.previous_secret.as_ref().map(|x| &x.secret), Some(&old));
+    // Retiring the old one.
+    let (status, _, _) = call(
+        s.addr,
+        "POST",
+        "/products/lamp/retire",
+        &with_form,
+        &format!("csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(status, 303);
+    let p = s.store.store.load_product("lamp").unwrap().unwrap();
+    assert!(p.previous_secret.is_none_or(|x| x.until <= common::now()));
+
+    // A token made on the tokens page works, and is shown once.
+    let (status, head, page) = call(
+        s.addr,
+        "POST",
+        "/tokens",
+        &with_form,
+        &format!("csrf={csrf}&name=robot&scope=read"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&head, "cache-control"), Some("no-store"));
+    let at = page.find("dynreg_").unwrap();
+    let made: String = page[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    let (status, _, _) = call(
+        s.addr,
+        "GET",
+        "/",
+        &format!("cookie: dynreg_session={made}\r\n"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "the new token signs in: {made}");
+}

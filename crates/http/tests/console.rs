@@ -107,6 +107,13 @@ async fn sessions_csrf_and_scopes() {
     let (status, head, _) = call(s.addr, "POST", "/sign-in", &cross, &form).await;
     assert_eq!(status, 403);
     assert!(header(&head, "set-cookie").is_none());
+    // (A browser sends `Origin: null` when the page that posts hides its origin.)
+    let hidden = format!("{FORM}origin: null\r\n");
+    let (status, _, _) = call(s.addr, "POST", "/sign-in", &hidden, &form).await;
+    assert_eq!(status, 403);
+    // The console's own pages let the browser name their origin on its forms.
+    let (_, head, _) = call(s.addr, "GET", "/sign-in", "", "").await;
+    assert_eq!(header(&head, "referrer-policy"), Some("same-origin"));
     // Only local paths to come back to.
     let away = format!("token={admin}&next=%2F%2Fevil.example");
     let (_, head, _) = call(s.addr, "POST", "/sign-in", FORM, &away).await;

@@ -76,7 +76,7 @@ pub fn router(api: Api) -> Router {
 }
 
 /// What every console response carries: no script or style but the console's own,
-/// no framing, no sniffing, no referrer.
+/// no framing, no sniffing, no referrer to other sites.
 async fn secure_headers(mut r: Response) -> Response {
     let h = r.headers_mut();
     h.insert(
@@ -91,7 +91,7 @@ async fn secure_headers(mut r: Response) -> Response {
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     r

@@ -30,6 +30,8 @@ pub(crate) struct FileConfig {
     pub(crate) database_url: Option<String>,
     /// Certificate authorities for the database's certificate (`sslmode=verify-*`).
     pub(crate) database_ca_file: Option<PathBuf>,
+    /// PostgreSQL writer connections (group-commit batches in flight at once).
+    pub(crate) database_writers: Option<usize>,
     /// The HTTP server (broker hooks): an address, a port (loopback), or `off`.
     pub(crate) http_listen: Option<String>,
     /// The token the broker hooks require.

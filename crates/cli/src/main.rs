@@ -140,6 +140,9 @@ pub(crate) struct StoreLocation {
     /// A PostgreSQL store instead of the data dir.
     pub(crate) database_url: Option<String>,
     pub(crate) database_ca_file: Option<PathBuf>,
+    /// PostgreSQL writer connections, when set (`DYNREG_DATABASE_WRITERS`,
+    /// `database_writers`).
+    pub(crate) database_writers: Option<usize>,
     pub(crate) from: &'static str,
     pub(crate) key: KeySource,
 }
@@ -181,10 +184,24 @@ impl Global {
             (_, Some(u)) => (Some(u.clone()), "database_url in the config file"),
             _ => (None, from),
         };
+        let database_writers = match std::env::var("DYNREG_DATABASE_WRITERS") {
+            Ok(v) if !v.is_empty() => Some(v.trim().parse::<usize>().map_err(|_| {
+                anyhow::anyhow!(
+                    "DYNREG_DATABASE_WRITERS `{v}` is not a number (database_writers, 1 to 64)"
+                )
+            })?),
+            _ => file.database_writers,
+        };
+        if let Some(n) = database_writers.filter(|n| !(1..=64).contains(n)) {
+            anyhow::bail!(
+                "database_writers = {n} is out of range: 1 to 64 (env DYNREG_DATABASE_WRITERS)"
+            );
+        }
         Ok(StoreLocation {
             data_dir,
             database_url,
             database_ca_file: file.database_ca_file.clone(),
+            database_writers,
             from,
             key,
         })
@@ -225,6 +242,9 @@ impl Global {
             let mut config = PgConfig::new(url.clone(), loc.key.clone());
             config.create = mode == Open::Create;
             config.ca_file.clone_from(&loc.database_ca_file);
+            if let Some(n) = loc.database_writers {
+                config.writers = n;
+            }
             let store = PgStore::open(&config)?;
             let _ = OPENED.set(store.url().to_owned());
             return Ok(Backend::Postgres(store));

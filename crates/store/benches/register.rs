@@ -6,7 +6,7 @@
 //! `DYNREG_TEST_DATABASE_URL` names (default `postgres://postgres@127.0.0.1:5432/postgres`).
 //! `BENCH_N` registrations per round, 3 rounds per figure, default 100,000;
 //! `BENCH_PRELOAD` devices loaded before the second measurement, default 1,000,000;
-//! `BENCH_WRITERS` PostgreSQL writer threads (default 4).
+//! `BENCH_WRITERS` PostgreSQL writer threads (default `dynreg_store::DEFAULT_WRITERS`, 2).
 //!
 //! Each registration is acknowledged only after its transaction is committed durably
 //! (SQLite: `synchronous = FULL`; PostgreSQL: `synchronous_commit` as the server has it,
@@ -149,7 +149,7 @@ fn main() {
             return;
         };
         let mut config = PgConfig::new(&db.url, KeySource::Hex(pgtest::random_key()));
-        config.writers = env_u64("BENCH_WRITERS", 4) as usize;
+        config.writers = env_u64("BENCH_WRITERS", dynreg_store::DEFAULT_WRITERS as u64) as usize;
         let store = PgStore::open(&config).unwrap();
         println!(
             "PostgreSQL store, {} writer threads (batches of up to {})",

@@ -37,7 +37,7 @@ pub use admin::{
     Scope, TokenInfo, TripletRef, Withdrawal, audited,
 };
 pub use crypto::{KeySource, MasterKey};
-pub use postgres::{PgConfig, PgStore};
+pub use postgres::{DEFAULT_WRITERS, PgConfig, PgStore};
 pub use sqlite::{SqliteConfig, SqliteStore, WriterStats};
 
 use dynreg_registrar::{StoreError, StoreErrorKind};

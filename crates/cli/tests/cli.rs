@@ -463,3 +463,33 @@ fn tokens_and_the_audit_log() {
     let out = dynreg(d, &["audit", "list", "--since", "soon"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn database_writers_out_of_range_are_named() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    for (value, want) in [
+        ("0", "database_writers = 0 is out of range: 1 to 64"),
+        ("many", "DYNREG_DATABASE_WRITERS `many` is not a number"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_dynreg"))
+            .args(["--data-dir", "data", "product", "list"])
+            .current_dir(d)
+            .env_remove("DYNREG_MASTER_KEY")
+            .env_remove("DYNREG_DATA_DIR")
+            .env("DYNREG_DATABASE_WRITERS", value)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{value}: {err}"
+        );
+    }
+    std::fs::write(d.join("dynreg.toml"), "database_writers = 65\n").unwrap();
+    let err = fails(d, &["product", "list"]);
+    assert!(
+        err.contains("database_writers = 65 is out of range"),
+        "{err}"
+    );
+}

@@ -20,8 +20,8 @@ fn token(store: &TempStore, scope: Scope) -> String {
     common::token_named(store, &format!("{scope}-token"), scope)
 }
 
-/// One HTTP/1.0 request (the reply is not chunked, and ends with the connection):
-/// the status, content type and body.
+/// A request with a bearer token (when given) and a content type: the status, the
+/// reply's content type and body.
 async fn call(
     addr: SocketAddr,
     method: &str,
@@ -30,25 +30,15 @@ async fn call(
     content_type: &str,
     body: &str,
 ) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
     let auth = token
         .map(|t| format!("authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.0\r\nhost: x\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{auth}\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out[9..12].parse().unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    let ctype = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-type: "))
+    let headers = format!("content-type: {content_type}\r\n{auth}");
+    let (status, head, body) = common::request(addr, method, path, &headers, body).await;
+    let ctype = common::header(&head, "content-type")
         .unwrap_or("")
         .to_owned();
-    (status, ctype, body.to_owned())
+    (status, ctype, body)
 }
 
 async fn get(s: &Server, path: &str, token: &str) -> (u16, Value) {

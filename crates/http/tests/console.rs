@@ -3,48 +3,15 @@
 //! pages need a session, forms need the session's CSRF token, a read session cannot
 //! change anything, and the API takes the cookie for reading only.
 
-use std::net::SocketAddr;
-
 use dynreg_registrar::SourceMode;
 use dynreg_store::{Operator, Scope};
 use dynreg_testkit::TempStore;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 mod common;
-use common::start;
+use common::{header, request as call, start};
 
 fn token(store: &TempStore, name: &str, scope: Scope) -> String {
     common::token_named(store, name, scope)
-}
-
-/// One HTTP/1.0 request with extra header lines: the status, the head, the body.
-async fn call(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &str,
-    body: &str,
-) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.0\r\nhost: x\r\ncontent-length: {}\r\n{headers}\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out[9..12].parse().unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    (status, head.to_owned(), body.to_owned())
-}
-
-/// A header's value (names compared without case).
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|l| {
-        let (n, v) = l.split_once(": ")?;
-        n.eq_ignore_ascii_case(name).then_some(v)
-    })
 }
 
 /// The session cookie's attributes, lower case.

@@ -258,14 +258,13 @@ impl IntoResponse for Refused {
     }
 }
 
-/// Whether the request came over TLS, as far as the server can tell.
-fn came_over_tls(parts: &Parts) -> bool {
-    parts.uri.scheme_str() == Some("https")
-        || parts
-            .headers
-            .get("x-forwarded-proto")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("https"))
+/// Whether the request came over TLS: the server itself speaks plain HTTP, so only
+/// a TLS proxy's `X-Forwarded-Proto: https` says so.
+pub(crate) fn came_over_tls(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"))
 }
 
 impl FromRequestParts<Api> for Session {
@@ -279,7 +278,7 @@ impl FromRequestParts<Api> for Session {
             Ok(caller) => Ok(Self {
                 caller,
                 csrf: csrf_of(&token),
-                tls: came_over_tls(parts),
+                tls: came_over_tls(&parts.headers),
             }),
             Err(p) if p.status == StatusCode::UNAUTHORIZED => Err(to_sign_in(&parts.uri, true)),
             Err(p) => Err(p.into_response()),

@@ -158,10 +158,7 @@ pub(crate) async fn sign_in(
     let token = f.token.trim();
     match Caller::of_token(&api, token, String::new()).await {
         Ok(_) => {
-            let tls = headers
-                .get("x-forwarded-proto")
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+            let tls = super::came_over_tls(&headers);
             let mut r = see_other(&next);
             r.headers_mut()
                 .insert(header::SET_COOKIE, super::session_cookie(token, tls));

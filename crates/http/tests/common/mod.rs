@@ -12,6 +12,8 @@ use dynreg_http::{HookAuth, HttpServer, router};
 use dynreg_registrar::Registrar;
 use dynreg_store::{Operator, Scope};
 use dynreg_testkit::TempStore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 pub fn now() -> u64 {
     SystemTime::now()
@@ -58,4 +60,34 @@ pub async fn start() -> Server {
         registrar,
         _stop: stop,
     }
+}
+
+/// One HTTP/1.0 request (the reply is not chunked, and ends with the connection)
+/// with extra header lines (each ending in `\r\n`): the status, the head, the body.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nhost: x\r\ncontent-length: {}\r\n{headers}\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// A header's value (names compared without case).
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(": ")?;
+        n.eq_ignore_ascii_case(name).then_some(v)
+    })
 }

@@ -379,6 +379,35 @@ mod tests {
 
     const NOW: u64 = 1_700_000_000;
 
+    #[test]
+    fn every_cause_is_listed() {
+        use dynreg_proto::credentials::CredentialError as C;
+        let each = [
+            AuthError::Banned,
+            AuthError::MissingCredentials,
+            AuthError::Credentials(C::TsTooOld { ts: 1, now: 1000 }),
+            AuthError::Credentials(C::BadSignature),
+            AuthError::Credentials(C::ClientIdPrefix),
+            AuthError::UnknownProduct,
+            AuthError::DisabledProduct,
+            AuthError::Replayed {
+                first_unique: "a".into(),
+                unique: "b".into(),
+            },
+            AuthError::PreviousSecretExpired {
+                pid: "p".into(),
+                until: 1,
+            },
+            AuthError::Store(crate::StoreError::unavailable("down")),
+        ];
+        let causes: Vec<&str> = each.iter().map(AuthError::cause).collect();
+        assert_eq!(
+            causes,
+            AuthError::CAUSES,
+            "CAUSES lists every cause, in order"
+        );
+    }
+
     fn registrar(ban: BanPolicy) -> Registrar<MemoryStore> {
         registrar_with(AuthPolicy {
             ban,

@@ -42,9 +42,9 @@ use sha2::Digest;
 use crate::Error;
 use crate::crypto::{KeySource, MasterKey};
 use crate::sql::batch::{Batcher, Counters, Job, TxJob};
-use crate::sql::deferred::{Bulk, RegistrationRow, TripletRow};
+use crate::sql::deferred::{Bulk, Kept, Written};
 use crate::sql::tx::registration_select;
-use crate::sql::{Conn, Row, SqlBackend, Value, i64_of, params};
+use crate::sql::{Conn, Row, SqlBackend, Value, i64_of, params, u64_of};
 
 /// Writer connections by default. Measured on the 2-core reference machine with
 /// PostgreSQL 15 beside dynreg (docs/benchmarks.md): 2 writers committed 24,900
@@ -830,69 +830,98 @@ impl Bulk for Session {
         }
     }
 
-    fn insert_triplets(&mut self, rows: &[TripletRow]) -> Result<u64, Error> {
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let pids: Vec<&str> = rows.iter().map(|r| r.pid.as_str()).collect();
-        let uuids: Vec<&str> = rows.iter().map(|r| r.uuid.as_str()).collect();
-        let secrets: Vec<&[u8]> = rows.iter().map(|r| r.secret_enc.as_slice()).collect();
-        let macs: Vec<&str> = rows.iter().map(|r| r.mac.as_str()).collect();
-        let barcodes: Vec<&str> = rows.iter().map(|r| r.barcode.as_str()).collect();
-        let states: Vec<i64> = rows.iter().map(|r| r.state).collect();
-        self.execute_arrays(
-            "INSERT INTO triplets (id, pid, uuid, secret_enc, mac, barcode, state) SELECT i, p, u, s, m, NULLIF(b, ''), st FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::text[], $7::bigint[]) AS x (i, p, u, s, m, b, st) ON CONFLICT DO NOTHING",
-            &[&ids, &pids, &uuids, &secrets, &macs, &barcodes, &states],
-        )
-    }
-
-    fn bind_triplets(&mut self, ids: &[i64]) -> Result<u64, Error> {
-        self.execute_arrays(
-            "UPDATE triplets SET state = 1 WHERE id = ANY($1::bigint[]) AND state = 0",
-            &[&ids],
-        )
-    }
-
-    fn insert_registrations(&mut self, rows: &[RegistrationRow]) -> Result<u64, Error> {
-        let pids: Vec<&str> = rows.iter().map(|r| r.key_pid.as_str()).collect();
-        let uniques: Vec<&str> = rows.iter().map(|r| r.unique.as_str()).collect();
-        let targets: Vec<&str> = rows.iter().map(|r| r.pid.as_str()).collect();
-        let triplets: Vec<i64> = rows.iter().map(|r| r.triplet_id).collect();
-        let times: Vec<i64> = rows.iter().map(|r| r.now).collect();
-        self.execute_arrays(
-            "INSERT INTO registrations (key_pid, unique_id, pid, triplet_id, registered_at, last_seen_at) SELECT k, u, p, t, n, n FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS x (k, u, p, t, n) ON CONFLICT DO NOTHING",
-            &[&pids, &uniques, &targets, &triplets, &times],
-        )
-    }
-
-    fn insert_audit(&mut self, rows: &[AuditEntry]) -> Result<(), Error> {
-        let column = |f: fn(&AuditEntry) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
-        let at: Vec<i64> = rows.iter().map(|r| i64_of(r.at)).collect();
-        let (actor, origin, action) = (
+    fn write(&mut self, kept: &Kept) -> Result<Written, Error> {
+        let triplets = &kept.triplets;
+        let t_ids: Vec<i64> = triplets.iter().map(|r| r.id).collect();
+        let t_pids: Vec<&str> = triplets.iter().map(|r| r.pid.as_str()).collect();
+        let t_uuids: Vec<&str> = triplets.iter().map(|r| r.uuid.as_str()).collect();
+        let t_secrets: Vec<&[u8]> = triplets.iter().map(|r| r.secret_enc.as_slice()).collect();
+        let t_macs: Vec<&str> = triplets.iter().map(|r| r.mac.as_str()).collect();
+        let t_barcodes: Vec<&str> = triplets.iter().map(|r| r.barcode.as_str()).collect();
+        let t_states: Vec<i64> = triplets.iter().map(|r| r.state).collect();
+        let regs = &kept.registrations;
+        let r_pids: Vec<&str> = regs.iter().map(|r| r.key_pid.as_str()).collect();
+        let r_uniques: Vec<&str> = regs.iter().map(|r| r.unique.as_str()).collect();
+        let r_targets: Vec<&str> = regs.iter().map(|r| r.pid.as_str()).collect();
+        let r_triplets: Vec<i64> = regs.iter().map(|r| r.triplet_id).collect();
+        let r_times: Vec<i64> = regs.iter().map(|r| r.now).collect();
+        let audit = &kept.audit;
+        let column = |f: fn(&AuditEntry) -> &str| audit.iter().map(f).collect::<Vec<&str>>();
+        let a_at: Vec<i64> = audit.iter().map(|r| i64_of(r.at)).collect();
+        let (a_actor, a_origin, a_action) = (
             column(|r| &r.actor),
             column(|r| &r.origin),
             column(|r| &r.action),
         );
-        let (pid, target, uuid, detail) = (
+        let (a_pid, a_target, a_uuid, a_detail) = (
             column(|r| &r.pid),
             column(|r| &r.target),
             column(|r| &r.uuid),
             column(|r| &r.detail),
         );
-        self.execute_arrays(
-            "INSERT INTO audit (at, actor, origin, action, pid, target, uuid, detail) SELECT at, actor, origin, action, pid, target, uuid, detail FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) WITH ORDINALITY AS x (at, actor, origin, action, pid, target, uuid, detail, n) ORDER BY n",
-            &[&at, &actor, &origin, &action, &pid, &target, &uuid, &detail],
-        )
-        .map(drop)
+        let stmt = self.statement(KEPT_WRITE)?;
+        let row = self.client()?.query_one(
+            &stmt,
+            &[
+                &t_ids,
+                &t_pids,
+                &t_uuids,
+                &t_secrets,
+                &t_macs,
+                &t_barcodes,
+                &t_states,
+                &kept.bound,
+                &r_pids,
+                &r_uniques,
+                &r_targets,
+                &r_triplets,
+                &r_times,
+                &a_at,
+                &a_actor,
+                &a_origin,
+                &a_action,
+                &a_pid,
+                &a_target,
+                &a_uuid,
+                &a_detail,
+            ],
+        );
+        let row = self.check(row)?;
+        let count = |i: usize| -> Result<u64, Error> { Ok(u64_of(row.int(i)?)) };
+        Ok(Written {
+            triplets: count(0)?,
+            bound: count(1)?,
+            registrations: count(2)?,
+        })
     }
 }
 
-impl Session {
-    /// Runs a statement with array parameters (PostgreSQL's own `$N`, not rewritten).
-    fn execute_arrays(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
-        let stmt = self.statement(sql)?;
-        let r = self.client()?.execute(&stmt, params);
-        self.check(r)
-    }
+/// [`Bulk::write`]'s one statement. Its parts see one snapshot and touch different
+/// rows (the triplets it binds are pool triplets stored before, never the ones it
+/// inserts); the foreign keys and the audit trigger are checked at its end, when every
+/// part has run. The audit lines are numbered by their order in the batch.
+const KEPT_WRITE: &str = "WITH t AS (
+    INSERT INTO triplets (id, pid, uuid, secret_enc, mac, barcode, state)
+    SELECT i, p, u, s, m, NULLIF(b, ''), st
+    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::text[], $7::bigint[]) AS x (i, p, u, s, m, b, st)
+    ON CONFLICT DO NOTHING RETURNING 1
+), b AS (
+    UPDATE triplets SET state = 1 WHERE id = ANY($8::bigint[]) AND state = 0 RETURNING 1
+), r AS (
+    INSERT INTO registrations (key_pid, unique_id, pid, triplet_id, registered_at, last_seen_at)
+    SELECT k, u, p, t, n, n
+    FROM unnest($9::text[], $10::text[], $11::text[], $12::bigint[], $13::bigint[]) AS x (k, u, p, t, n)
+    ON CONFLICT DO NOTHING RETURNING 1
+), a AS (
+    INSERT INTO audit (at, actor, origin, action, pid, target, uuid, detail)
+    SELECT at, actor, origin, action, pid, target, uuid, detail
+    FROM unnest($14::bigint[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[])
+        WITH ORDINALITY AS x (at, actor, origin, action, pid, target, uuid, detail, n)
+    ORDER BY n
+)
+SELECT (SELECT count(*) FROM t), (SELECT count(*) FROM b), (SELECT count(*) FROM r)";
 
+impl Session {
     /// Runs a query with array parameters and calls `each` with every row.
     fn query_arrays(
         &mut self,

@@ -8,9 +8,9 @@
 //! the registration path's writes until [`Deferred::flush`]:
 //! - [`Tx::registration`] is read ahead for the batch's devices ([`Intent`]s), and
 //!   [`Tx::free_triplet`] takes from triplets claimed (locked) ahead for each pool;
-//! - [`Tx::insert_triplet`], the binding of a pool triplet and
-//!   [`Tx::insert_registration`] are kept, and written at the flush, each table in one
-//!   statement (`ON CONFLICT DO NOTHING`, rows counted);
+//! - [`Tx::insert_triplet`], the binding of a pool triplet,
+//!   [`Tx::insert_registration`] and the audit lines are kept, and written at the flush
+//!   in one statement ([`Bulk::write`]: `ON CONFLICT DO NOTHING`, rows counted);
 //! - every other operation (barcodes, re-registrations, counters, MAC allocation) runs
 //!   at once, as in [`SqlTx`], after the kept writes are flushed when it could see them.
 //!
@@ -53,6 +53,46 @@ pub(crate) struct RegistrationRow {
     pub(crate) now: i64,
 }
 
+/// The rows a batch keeps until its flush.
+#[derive(Default)]
+pub(crate) struct Kept {
+    /// Generated triplets to insert.
+    pub(crate) triplets: Vec<TripletRow>,
+    /// Free pool triplets to mark bound.
+    pub(crate) bound: Vec<i64>,
+    /// Registrations to insert.
+    pub(crate) registrations: Vec<RegistrationRow>,
+    /// Audit lines to append, in order.
+    pub(crate) audit: Vec<AuditEntry>,
+}
+
+impl Kept {
+    fn is_empty(&self) -> bool {
+        self.triplets.is_empty()
+            && self.bound.is_empty()
+            && self.registrations.is_empty()
+            && self.audit.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.triplets.clear();
+        self.bound.clear();
+        self.registrations.clear();
+        self.audit.clear();
+    }
+}
+
+/// How many rows of each kind [`Bulk::write`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Written {
+    /// Triplets inserted (one whose uuid or barcode is taken is skipped).
+    pub(crate) triplets: u64,
+    /// Triplets marked bound that were free.
+    pub(crate) bound: u64,
+    /// Registrations inserted (a device already registered is skipped).
+    pub(crate) registrations: u64,
+}
+
 /// The set-based statements a backend offers for [`Deferred`].
 pub(crate) trait Bulk {
     /// The registrations of these devices (`(key_pid, unique)`), as
@@ -74,17 +114,18 @@ pub(crate) trait Bulk {
     /// Says that triplets of `pid`'s pool claimed by [`Bulk::free_triplets`] from
     /// `first` on were not all used: the next claims look from there again.
     fn unclaimed(&mut self, pid: &str, first: TripletId);
-    /// Inserts triplets, skipping any whose uuid or barcode is taken; how many it
-    /// inserted.
-    fn insert_triplets(&mut self, rows: &[TripletRow]) -> Result<u64, Error>;
-    /// Marks free triplets bound; how many were free.
-    fn bind_triplets(&mut self, ids: &[i64]) -> Result<u64, Error>;
-    /// Inserts registrations, skipping devices already registered; how many it
-    /// inserted.
-    fn insert_registrations(&mut self, rows: &[RegistrationRow]) -> Result<u64, Error>;
-    /// Appends audit lines, in order.
-    fn insert_audit(&mut self, rows: &[AuditEntry]) -> Result<(), Error>;
+    /// Writes the kept rows in one statement (one round trip): inserts the triplets,
+    /// skipping any whose uuid or barcode is taken; marks the bound ones bound where
+    /// they are still free; inserts the registrations, skipping devices already
+    /// registered; appends the audit lines in order. Says how many of each it wrote.
+    fn write(&mut self, rows: &Kept) -> Result<Written, Error>;
 }
+
+/// Triplet ids reserved at once when a batch needs some ([`Conn::reserve_triplet_ids`]),
+/// at least. Ids left over stay with the writer for its next batches (sequence values
+/// are never handed out twice, whatever became of the transaction that drew them), so
+/// that most batches need no round trip for them.
+const RESERVE_IDS: usize = 64;
 
 /// What a batch read ahead and the writes it keeps (one per writer, cleared between
 /// batches).
@@ -103,14 +144,12 @@ pub(crate) struct Deferred {
     unused: HashMap<String, TripletId>,
     /// Devices this batch registered.
     written: HashSet<(String, String)>,
-    /// Triplet ids reserved for generated triplets.
+    /// Triplet ids reserved for generated triplets (kept from batch to batch).
     ids: VecDeque<i64>,
     /// Jobs of the batch that have not run yet (how many ids to reserve at once).
     to_run: usize,
-    triplets: Vec<TripletRow>,
-    bound: Vec<i64>,
-    new_registrations: Vec<RegistrationRow>,
-    audit: Vec<AuditEntry>,
+    /// The writes kept for the flush.
+    kept: Kept,
 }
 
 fn sql(e: Error) -> StoreError {
@@ -204,42 +243,23 @@ impl Deferred {
     /// Writes the kept rows. A row that could not be written (taken by a concurrent
     /// writer) is a conflict.
     pub(crate) fn flush(&mut self, conn: &mut dyn Conn) -> Result<(), StoreError> {
-        if self.triplets.is_empty()
-            && self.bound.is_empty()
-            && self.new_registrations.is_empty()
-            && self.audit.is_empty()
-        {
+        if self.kept.is_empty() {
             return Ok(());
         }
-        let bulk = bulk(conn)?;
-        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        if !self.triplets.is_empty() {
-            let n = bulk.insert_triplets(&self.triplets).map_err(sql)?;
-            if n != count(self.triplets.len()) {
-                return Err(StoreError::conflict("a generated uuid is taken"));
-            }
-            self.triplets.clear();
+        let written = bulk(conn)?.write(&self.kept).map_err(sql)?;
+        let count = |rows: usize| u64::try_from(rows).unwrap_or(u64::MAX);
+        // A short count means a concurrent writer took the row first; the caller
+        // rolls the transaction back, so nothing of this write stays.
+        if written.triplets != count(self.kept.triplets.len()) {
+            return Err(StoreError::conflict("a generated uuid is taken"));
         }
-        if !self.bound.is_empty() {
-            let n = bulk.bind_triplets(&self.bound).map_err(sql)?;
-            if n != count(self.bound.len()) {
-                return Err(StoreError::conflict("a pool triplet is no longer free"));
-            }
-            self.bound.clear();
+        if written.bound != count(self.kept.bound.len()) {
+            return Err(StoreError::conflict("a pool triplet is no longer free"));
         }
-        if !self.new_registrations.is_empty() {
-            let n = bulk
-                .insert_registrations(&self.new_registrations)
-                .map_err(sql)?;
-            if n != count(self.new_registrations.len()) {
-                return Err(StoreError::conflict("a device was registered concurrently"));
-            }
-            self.new_registrations.clear();
+        if written.registrations != count(self.kept.registrations.len()) {
+            return Err(StoreError::conflict("a device was registered concurrently"));
         }
-        if !self.audit.is_empty() {
-            bulk.insert_audit(&self.audit).map_err(sql)?;
-            self.audit.clear();
-        }
+        self.kept.clear();
         Ok(())
     }
 
@@ -268,12 +288,8 @@ impl Deferred {
             }
         }
         self.written.clear();
-        self.ids.clear();
         self.to_run = 0;
-        self.triplets.clear();
-        self.bound.clear();
-        self.new_registrations.clear();
-        self.audit.clear();
+        self.kept.clear();
     }
 }
 
@@ -348,7 +364,7 @@ impl Tx for DeferredTx<'_> {
             return self.writing()?.insert_triplet(pid, t, state);
         }
         if self.d.ids.is_empty() {
-            let n = self.d.to_run + 1;
+            let n = (self.d.to_run + 1).max(RESERVE_IDS);
             self.d.ids = self.conn.reserve_triplet_ids(n).map_err(sql)?.into();
         }
         let id = self
@@ -356,7 +372,7 @@ impl Tx for DeferredTx<'_> {
             .ids
             .pop_front()
             .ok_or_else(|| StoreError::backend("no triplet id reserved"))?;
-        self.d.triplets.push(TripletRow {
+        self.d.kept.triplets.push(TripletRow {
             id,
             pid: pid.to_owned(),
             uuid: t.uuid.clone(),
@@ -395,9 +411,9 @@ impl Tx for DeferredTx<'_> {
                 .insert_registration(key_pid, unique, pid, triplet, now);
         }
         if needs_binding(triplet)? {
-            self.d.bound.push(triplet.id);
+            self.d.kept.bound.push(triplet.id);
         }
-        self.d.new_registrations.push(RegistrationRow {
+        self.d.kept.registrations.push(RegistrationRow {
             key_pid: key_pid.to_owned(),
             unique: unique.to_owned(),
             pid: pid.to_owned(),
@@ -430,7 +446,7 @@ impl Tx for DeferredTx<'_> {
     }
 
     fn record(&mut self, entry: &AuditEntry) -> Result<(), StoreError> {
-        self.d.audit.push(entry.clone());
+        self.d.kept.audit.push(entry.clone());
         Ok(())
     }
 }

@@ -12,8 +12,12 @@ Usage:  python3 bench/run.py            (N=10000 C=200 RUNS=3 by default)
         DYNREG_BIN=/path/to/dynreg python3 bench/run.py   (measure that build instead)
         python3 bench/run.py --print-bin   (print the binary it would measure, and stop)
 Also: the same load with the event outbox delivered to a webhook (bench/webhook_sink.py)
-and /metrics scraped every second, against the outbox off.
-Needs: cargo, mosquitto (Debian: apt-get install mosquitto), curl, Linux /proc.
+and /metrics scraped every second, against the outbox off; and `dynreg serve` on a
+PostgreSQL store against the SQLite one (a fresh database `dynreg_bench_run` on the server
+PG_ADMIN_URL names, default postgres://postgres@127.0.0.1:5432/postgres; PG=0 skips it),
+with the CPU of every `postgres` process counted.
+Needs: cargo, mosquitto (Debian: apt-get install mosquitto), curl, Linux /proc; psql and
+a PostgreSQL server for the PostgreSQL row.
 """
 
 import json
@@ -70,6 +74,42 @@ def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         rest = f.read().rsplit(")", 1)[1].split()
     return (int(rest[11]) + int(rest[12])) / TICK
+
+
+def postgres_cpu_seconds():
+    """The CPU time of every process named `postgres` (server, backends, WAL writer...)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() != "postgres":
+                    continue
+            total += cpu_seconds(int(entry))
+        except OSError:
+            continue  # it ended meanwhile
+    return total
+
+
+def postgres_store(tmp):
+    """A fresh database for the PostgreSQL row, or None (with the reason printed) when
+    there is no PostgreSQL to use."""
+    if os.environ.get("PG", "1") == "0":
+        return None
+    admin = os.environ.get("PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
+    if not shutil.which("psql"):
+        print("PostgreSQL row skipped: psql is not installed", file=sys.stderr)
+        return None
+    made = subprocess.run(["psql", admin, "-qc", "DROP DATABASE IF EXISTS dynreg_bench_run WITH (FORCE)",
+                           "-c", "CREATE DATABASE dynreg_bench_run"], capture_output=True, text=True)
+    if made.returncode != 0:
+        print(f"PostgreSQL row skipped: {made.stderr.strip()}", file=sys.stderr)
+        return None
+    base, _, query = admin.partition("?")
+    url = base.rsplit("/", 1)[0] + "/dynreg_bench_run" + (f"?{query}" if query else "")
+    key = os.path.join(tmp, "pg-master.key")
+    return {"DYNREG_DATABASE_URL": url, "DYNREG_MASTER_KEY_FILE": key}
 
 
 def wait_port(port, timeout=30):
@@ -261,6 +301,31 @@ def main():
                 features[name].append(bench(port, prod["pid"], prod["secret"], "5", "1",
                                             f"ops{run}{name}-")["throughput_per_s"])
 
+        # The PostgreSQL store against the SQLite one (the first server), MQTT 5 QoS 1,
+        # alternating; the server CPU counts dynreg and every postgres process.
+        on_pg = {"sqlite": [], "postgres": [], "pg_cpu": [], "dynreg_cpu": []}
+        pg_env = postgres_store(tmp)
+        if pg_env:
+            env = {**os.environ, **pg_env}
+            subprocess.run([BIN, "init"], env=env, check=True, capture_output=True)
+            pg_product = json.loads(subprocess.run(
+                [BIN, "--json", "product", "create", "--name", "bench", "--mode", "generate"],
+                env=env, capture_output=True, text=True, check=True).stdout)
+            pg_port = free_port()
+            pg_server = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{pg_port}", "--replay-guard", "off"],
+                                         env=env, stderr=subprocess.DEVNULL)
+            procs.append(pg_server)
+            wait_port(pg_port)
+            for run in range(RUNS):
+                on_pg["sqlite"].append(bench(dport, product["pid"], product["secret"], "5", "1",
+                                             f"pg{run}sqlite-")["throughput_per_s"])
+                before = (postgres_cpu_seconds(), cpu_seconds(pg_server.pid))
+                r = bench(pg_port, pg_product["pid"], pg_product["secret"], "5", "1", f"pg{run}postgres-")
+                done = max(r["completed"], 1)
+                on_pg["postgres"].append(r["throughput_per_s"])
+                on_pg["pg_cpu"].append((postgres_cpu_seconds() - before[0]) * 1e6 / done)
+                on_pg["dynreg_cpu"].append((cpu_seconds(pg_server.pid) - before[1]) * 1e6 / done)
+
         # The same MQTT 5 QoS 1 case with PRELOAD devices already stored.
         full = []
         if PRELOAD:
@@ -287,6 +352,12 @@ def main():
         print(f"\nOutbox, webhook and /metrics scraping on (MQTT 5, QoS 1, alternating runs): "
               f"{fmt(features['on'])}/s against {fmt(features['off'])}/s with the outbox off, "
               f"{statistics.median(features['on']) / statistics.median(features['off']):.2f}x")
+        if on_pg["postgres"]:
+            print(f"\nPostgreSQL store (MQTT 5, QoS 1, alternating runs): {fmt(on_pg['postgres'])}/s against "
+                  f"{fmt(on_pg['sqlite'])}/s on SQLite, "
+                  f"{statistics.median(on_pg['postgres']) / statistics.median(on_pg['sqlite']):.2f}x; "
+                  f"CPU per registration: dynreg {fmt(on_pg['dynreg_cpu'], 1)} µs, "
+                  f"PostgreSQL {fmt(on_pg['pg_cpu'], 1)} µs")
         if full:
             empty = [float(r[2].split(" ")[0].replace(",", "")) for r in rows if r[0] == "MQTT 5, QoS 1" and r[1] == "dynreg"][0]
             print(f"\nWith {PRELOAD:,} more devices stored (bulk-loaded while serving), MQTT 5 QoS 1: "

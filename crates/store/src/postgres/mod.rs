@@ -1,11 +1,13 @@
 //! The PostgreSQL store: several dynreg instances on one database.
 //!
-//! - **Registrations** run on writer threads (four by default), each owning one
-//!   connection and taking jobs from one shared queue. A writer runs the job that waits
-//!   and every job already queued behind it in one transaction and commits once
-//!   (group commit, `sql/batch.rs`): the database's fsync per commit is shared
-//!   by the batch, and nothing is answered before its commit. The statements are the
-//!   ones SQLite runs (`sql/`); a free pool triplet is taken with `FOR UPDATE
+//! - **Registrations** run on writer threads ([`DEFAULT_WRITERS`] by default), each
+//!   owning one connection and taking jobs from one shared queue. A writer runs the job
+//!   that waits and every job already queued behind it in one transaction and commits
+//!   once (group commit, `sql/batch.rs`): the database's fsync per commit is shared by
+//!   the batch, and nothing is answered before its commit. The batch reads ahead and
+//!   writes its rows set-based (`sql/deferred.rs`: BEGIN, one read, one write,
+//!   COMMIT); what that does not cover runs the statements SQLite runs (`sql/`). A
+//!   free pool triplet is taken with `FOR UPDATE
 //!   SKIP LOCKED`, so that writers of several instances never wait for, nor take, the
 //!   same triplet, and a device registered by another instance an instant earlier is
 //!   found when the batch runs again (the insert of its registration says `ON CONFLICT

@@ -1,7 +1,7 @@
 //! Set-based group commit, for a backend where every statement is a round trip to a
 //! server (PostgreSQL): the registrations of a batch read what they need in one
-//! statement, and their new rows are written in one statement per table when the batch
-//! commits, instead of three or four statements per registration.
+//! statement, and their new rows are written in one statement when the batch commits,
+//! instead of three or four statements per registration.
 //!
 //! The decisions stay in the registrar's transaction body, which runs unchanged against
 //! [`DeferredTx`]. That `Tx` answers from what was read ahead where it can and keeps

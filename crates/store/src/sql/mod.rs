@@ -12,7 +12,7 @@
 //!   implements [`SqlBackend`];
 //! - [`batch`]: group commit: many registrations in one transaction, committed once;
 //! - [`deferred`]: set-based group commit for a server database (reads ahead for a
-//!   batch, writes its rows in one statement per table).
+//!   batch, writes its rows in one statement).
 
 pub(crate) mod admin;
 pub(crate) mod batch;

@@ -190,6 +190,9 @@ impl Batcher<'_> {
                 let _ = self.conn.control("ROLLBACK");
                 self.isolated(&mut batch, deferred.is_some())
             };
+            if let Some(d) = deferred.as_mut() {
+                d.settle(ok && outcome.is_ok());
+            }
             dynreg_registrar::metrics::metrics().batch(batch.len(), started.elapsed());
             self.finish(&mut batch, outcome);
         }

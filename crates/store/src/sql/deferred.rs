@@ -122,9 +122,11 @@ pub(crate) trait Bulk {
 }
 
 /// Triplet ids reserved at once when a batch needs some ([`Conn::reserve_triplet_ids`]),
-/// at least. Ids left over stay with the writer for its next batches (sequence values
-/// are never handed out twice, whatever became of the transaction that drew them), so
-/// that most batches need no round trip for them.
+/// at least. Ids left over stay with the writer for its next batches, so that most
+/// batches need no round trip for them, but only once the batch that drew them has
+/// committed ([`Deferred::settle`]): a sequence's advance is made durable by the commit
+/// of a transaction that drew from it, and a server that crashes before any such commit
+/// hands the same values out again after its restart.
 const RESERVE_IDS: usize = 64;
 
 /// What a batch read ahead and the writes it keeps (one per writer, cleared between
@@ -144,7 +146,8 @@ pub(crate) struct Deferred {
     unused: HashMap<String, TripletId>,
     /// Devices this batch registered.
     written: HashSet<(String, String)>,
-    /// Triplet ids reserved for generated triplets (kept from batch to batch).
+    /// Triplet ids reserved for generated triplets (kept from a committed batch to the
+    /// next, see [`RESERVE_IDS`]).
     ids: VecDeque<i64>,
     /// Jobs of the batch that have not run yet (how many ids to reserve at once).
     to_run: usize,
@@ -276,6 +279,14 @@ impl Deferred {
         }
         self.dry.clear();
         self.held.clear();
+    }
+
+    /// After the batch's transaction ended: the triplet ids left over are kept for the
+    /// next batches only if it committed (see [`RESERVE_IDS`]).
+    pub(crate) fn settle(&mut self, committed: bool) {
+        if !committed {
+            self.ids.clear();
+        }
     }
 
     /// Empties the state for the next batch. Triplets claimed ahead that no job took

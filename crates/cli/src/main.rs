@@ -23,7 +23,7 @@ use dynreg_store::{KeySource, PgConfig, PgStore, SqliteConfig, SqliteStore};
 
 use crate::store::Backend;
 
-use crate::config::FileConfig;
+use crate::config::{FileConfig, Setting};
 
 /// dynreg: dynamic registration of IoT devices over MQTT.
 ///
@@ -58,6 +58,10 @@ pub(crate) struct Global {
     /// one; each needs the same master key (--master-key-file or DYNREG_MASTER_KEY).
     #[arg(long, global = true, env = "DYNREG_DATABASE_URL", value_name = "URL")]
     pub(crate) database_url: Option<String>,
+    /// PostgreSQL writer connections, each committing a batch of registrations at a
+    /// time, 1 to 64 [default: `database_writers` from the config file, else 2].
+    #[arg(long, global = true, env = "DYNREG_DATABASE_WRITERS", value_name = "N")]
+    pub(crate) database_writers: Option<usize>,
     /// Print one JSON document on stdout instead of tables (errors: one JSON document
     /// on stderr). Commands that write CSV write CSV either way.
     #[arg(long, global = true)]
@@ -140,9 +144,8 @@ pub(crate) struct StoreLocation {
     /// A PostgreSQL store instead of the data dir.
     pub(crate) database_url: Option<String>,
     pub(crate) database_ca_file: Option<PathBuf>,
-    /// PostgreSQL writer connections, when set (`DYNREG_DATABASE_WRITERS`,
-    /// `database_writers`).
-    pub(crate) database_writers: Option<usize>,
+    /// PostgreSQL writer connections (`--database-writers`, `database_writers`).
+    pub(crate) database_writers: usize,
     pub(crate) from: &'static str,
     pub(crate) key: KeySource,
 }
@@ -184,19 +187,15 @@ impl Global {
             (_, Some(u)) => (Some(u.clone()), "database_url in the config file"),
             _ => (None, from),
         };
-        let database_writers = match std::env::var("DYNREG_DATABASE_WRITERS") {
-            Ok(v) if !v.is_empty() => Some(v.trim().parse::<usize>().map_err(|_| {
-                anyhow::anyhow!(
-                    "DYNREG_DATABASE_WRITERS `{v}` is not a number (database_writers, 1 to 64)"
-                )
-            })?),
-            _ => file.database_writers,
-        };
-        if let Some(n) = database_writers.filter(|n| !(1..=64).contains(n)) {
-            anyhow::bail!(
-                "database_writers = {n} is out of range: 1 to 64 (env DYNREG_DATABASE_WRITERS)"
-            );
+        let database_writers = Setting {
+            key: "database_writers",
+            flag: "--database-writers",
+            env: "DYNREG_DATABASE_WRITERS",
+            cli: self.database_writers,
+            file: file.database_writers,
+            default: dynreg_store::DEFAULT_WRITERS,
         }
+        .in_range(1, 64)?;
         Ok(StoreLocation {
             data_dir,
             database_url,
@@ -242,9 +241,7 @@ impl Global {
             let mut config = PgConfig::new(url.clone(), loc.key.clone());
             config.create = mode == Open::Create;
             config.ca_file.clone_from(&loc.database_ca_file);
-            if let Some(n) = loc.database_writers {
-                config.writers = n;
-            }
+            config.writers = loc.database_writers;
             let store = PgStore::open(&config)?;
             let _ = OPENED.set(store.url().to_owned());
             return Ok(Backend::Postgres(store));

@@ -469,8 +469,8 @@ fn database_writers_out_of_range_are_named() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     for (value, want) in [
-        ("0", "database_writers = 0 is out of range: 1 to 64"),
-        ("many", "DYNREG_DATABASE_WRITERS `many` is not a number"),
+        ("0", "database_writers = 0 is out of range: use 1 to 64"),
+        ("many", "invalid value 'many' for '--database-writers <N>'"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_dynreg"))
             .args(["--data-dir", "data", "product", "list"])
@@ -489,7 +489,15 @@ fn database_writers_out_of_range_are_named() {
     std::fs::write(d.join("dynreg.toml"), "database_writers = 65\n").unwrap();
     let err = fails(d, &["product", "list"]);
     assert!(
-        err.contains("database_writers = 65 is out of range"),
+        err.contains("database_writers = 65 is out of range")
+            && err.contains("flag --database-writers, env DYNREG_DATABASE_WRITERS"),
         "{err}"
+    );
+    // The flag wins over the file, and a value in range is taken.
+    let out = dynreg(d, &["--database-writers", "3", "init"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

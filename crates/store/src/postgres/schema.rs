@@ -106,8 +106,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_outbox AFTER INSERT ON audit
         FOR EACH ROW EXECUTE FUNCTION dynreg_audit_outbox();",
     // 4: the outbox trigger once per statement instead of once per row: a batch of
-    // registrations appends its audit lines in one statement, and the row trigger's
-    // function call and `meta` lookup per line cost PostgreSQL more CPU than the line.
+    // registrations appends its audit lines in one statement, and the row trigger
+    // made a PL/pgSQL call and a `meta` lookup for every line (1.5% of all CPU samples
+    // in the profile of docs/benchmarks.md, "one write statement per batch").
     "DROP TRIGGER audit_outbox ON audit;
     DROP FUNCTION dynreg_audit_outbox();
     CREATE FUNCTION dynreg_audit_outbox() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -83,7 +83,7 @@ impl Kept {
 }
 
 /// How many rows of each kind [`Bulk::write`] wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Written {
     /// Triplets inserted (one whose uuid or barcode is taken is skipped).
     pub(crate) triplets: u64,
@@ -130,7 +130,7 @@ pub(crate) trait Bulk {
 const RESERVE_IDS: usize = 64;
 
 /// What a batch read ahead and the writes it keeps (one per writer, cleared between
-/// batches).
+/// batches, except the triplet ids drawn ahead: see [`RESERVE_IDS`]).
 #[derive(Default)]
 pub(crate) struct Deferred {
     /// Registrations read ahead, by device; `None`: the device has none.

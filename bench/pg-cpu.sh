@@ -11,10 +11,10 @@ cd "$(dirname "$0")/.."
 pgcpu() { local t=0 s; for p in $(pgrep -x postgres); do s=$(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0); t=$((t + s)); done; echo "$t"; }
 B=bench/on-postgres.sh
 secret=$($B --json product create --name B --pid bench --mode generate | python3 -c 'import json,sys;print(json.load(sys.stdin)["secret"])')
-export DYNREG_DATABASE_URL="postgres://postgres@127.0.0.1:5432/dynreg_bench?sslmode=disable"
-export DYNREG_MASTER_KEY=0000000000000000000000000000000000000000000000000000000000000001
 p=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-RUST_LOG=warn target/release/dynreg serve --listen "127.0.0.1:$p" --replay-guard off 2>/dev/null &
+# Through on-postgres.sh, which names the database (PG_ADMIN_URL) and the key; it execs
+# dynreg, so $! is the server.
+RUST_LOG=warn $B serve --listen "127.0.0.1:$p" --replay-guard off 2>/dev/null &
 s=$!
 trap 'kill $s 2>/dev/null' EXIT
 sleep 2

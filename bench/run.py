@@ -92,17 +92,20 @@ def postgres_cpu_seconds():
     return total
 
 
+PG_ADMIN = os.environ.get("PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
+DROP_PG = ["psql", PG_ADMIN, "-qc", "DROP DATABASE IF EXISTS dynreg_bench_run WITH (FORCE)"]
+
+
 def postgres_store(tmp):
     """A fresh database for the PostgreSQL row, or None (with the reason printed) when
-    there is no PostgreSQL to use."""
+    there is no PostgreSQL to use. It is dropped again when the script ends."""
     if os.environ.get("PG", "1") == "0":
         return None
-    admin = os.environ.get("PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
+    admin = PG_ADMIN
     if not shutil.which("psql"):
         print("PostgreSQL row skipped: psql is not installed", file=sys.stderr)
         return None
-    made = subprocess.run(["psql", admin, "-qc", "DROP DATABASE IF EXISTS dynreg_bench_run WITH (FORCE)",
-                           "-c", "CREATE DATABASE dynreg_bench_run"], capture_output=True, text=True)
+    made = subprocess.run([*DROP_PG, "-c", "CREATE DATABASE dynreg_bench_run"], capture_output=True, text=True)
     if made.returncode != 0:
         print(f"PostgreSQL row skipped: {made.stderr.strip()}", file=sys.stderr)
         return None
@@ -162,6 +165,7 @@ def main():
         subprocess.run(["cargo", "build", "--release", "-p", "dynreg"], cwd=ROOT, check=True)
     tmp = tempfile.mkdtemp(prefix="dynreg-bench-")
     procs = []
+    pg_env = None
     try:
         data = os.path.join(tmp, "data")
         created = subprocess.run([BIN, "--data-dir", data, "--json", "product", "create", "--name", "bench",
@@ -301,8 +305,9 @@ def main():
                 features[name].append(bench(port, prod["pid"], prod["secret"], "5", "1",
                                             f"ops{run}{name}-")["throughput_per_s"])
 
-        # The PostgreSQL store against the SQLite one (the first server), MQTT 5 QoS 1,
-        # alternating; the server CPU counts dynreg and every postgres process.
+        # The PostgreSQL store against the SQLite one (the first server, which by now
+        # holds the devices of every run above: if anything, that slows SQLite), MQTT 5
+        # QoS 1, alternating; the server CPU counts dynreg and every postgres process.
         on_pg = {"sqlite": [], "postgres": [], "pg_cpu": [], "dynreg_cpu": []}
         pg_env = postgres_store(tmp)
         if pg_env:
@@ -373,6 +378,8 @@ def main():
             p.terminate()
         for p in procs:
             p.wait()
+        if pg_env:
+            subprocess.run(DROP_PG, capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -4,24 +4,16 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use dynreg_http::{HookAuth, HttpServer, router};
 use dynreg_proto::credentials::{SignMethod, sign};
 use dynreg_registrar::{AuthPolicy, Registrar, SourceMode};
 use dynreg_testkit::TempStore;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+mod common;
 mod support;
+use common::now;
 use support::enc;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 struct Hooks {
     addr: SocketAddr,
@@ -61,7 +53,8 @@ async fn start(auth: HookAuth) -> Hooks {
     }
 }
 
-/// One HTTP/1.1 request; the status and body of the reply.
+/// A POST with a content type and (when given) an authorization header: the status
+/// and body of the reply.
 async fn request(
     addr: SocketAddr,
     path: &str,
@@ -69,22 +62,11 @@ async fn request(
     body: &str,
     authorization: Option<&str>,
 ) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
     let auth = authorization
         .map(|a| format!("authorization: {a}\r\n"))
         .unwrap_or_default();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{auth}\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap();
+    let headers = format!("content-type: {content_type}\r\n{auth}");
+    let (status, _, body) = common::request(addr, "POST", path, &headers, body).await;
     (status, body)
 }
 
@@ -437,11 +419,6 @@ async fn the_hook_token_is_required_when_set() {
     .await;
     assert_eq!((status, text.as_str()), (200, "deny"));
     // Health needs no token.
-    let mut s = TcpStream::connect(h.addr).await.unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let (status, _, body) = common::request(h.addr, "GET", "/healthz", "", "").await;
+    assert_eq!(status, 200, "{body}");
 }

@@ -1,5 +1,6 @@
-//! The server the API and console tests run against: the whole HTTP router (hooks,
-//! API, console) over a temporary SQLite store, on a free loopback port.
+//! What the HTTP tests share: the server the API and console tests run against (the
+//! whole HTTP router over a temporary SQLite store, on a free loopback port), one raw
+//! HTTP request, and the clock.
 
 #![allow(dead_code, unreachable_pub)]
 

@@ -168,7 +168,13 @@ async fn connect_device(
         sign_method: cfg.sign_method,
         ts,
     };
-    let password = sign(cfg.sign_method, cfg.secret.as_bytes(), &cfg.pid, ts);
+    let password = sign(
+        cfg.sign_method,
+        cfg.secret.as_bytes(),
+        &cfg.pid,
+        &unique,
+        ts,
+    );
     let mut t = |e: std::io::Error| {
         *why = Some(e.to_string());
         Failure::Transport

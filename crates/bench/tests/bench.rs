@@ -37,10 +37,10 @@ struct Server {
     server: TestServer,
 }
 
-/// Starts an endpoint with `config` on loopback port 0; `dir` holds the store (and
-/// whatever else the test put there). The replay guard is off: every simulated device
-/// of one run signs with the same ts, which the guard would refuse as replays after the
-/// first (docs/security.md).
+/// Starts an endpoint with `config` on loopback port 0, at the default CONNECT policy;
+/// `dir` holds the store (and whatever else the test put there). The simulated devices
+/// of one run sign with the current second, so many share a credential, as a factory
+/// line's do.
 async fn endpoint(dir: tempfile::TempDir, config: EndpointConfig) -> Server {
     let store = TempStore::in_dir(dir);
     tokio::task::block_in_place(|| {
@@ -50,10 +50,7 @@ async fn endpoint(dir: tempfile::TempDir, config: EndpointConfig) -> Server {
         store,
         ServerOptions {
             endpoint: config,
-            policy: AuthPolicy {
-                replay_guard: false,
-                ..AuthPolicy::default()
-            },
+            policy: AuthPolicy::default(),
             ..ServerOptions::default()
         },
     );

@@ -95,6 +95,7 @@ pub(crate) struct LimitsSection {
     pub(crate) max_pending_per_ip: Option<u32>,
     pub(crate) connections_per_ip_per_sec: Option<u32>,
     pub(crate) registrations_per_pid_per_sec: Option<u32>,
+    /// Obsolete: read so that old files still load, and warned about.
     pub(crate) replay_guard: Option<bool>,
     pub(crate) ban_failures: Option<u32>,
     pub(crate) ban_window_secs: Option<u64>,
@@ -232,7 +233,6 @@ mod tests {
         assert_eq!(c.limits.registrations_per_pid_per_sec, Some(0));
         assert_eq!(c.limits.max_pending_per_ip, Some(d.max_pending_per_ip));
         let auth = dynreg_registrar::AuthPolicy::default();
-        assert_eq!(c.limits.replay_guard, Some(auth.replay_guard));
         assert_eq!(c.limits.ban_failures, Some(auth.ban.failures));
         assert_eq!(c.limits.ban_window_secs, Some(auth.ban.window_secs));
         assert_eq!(c.limits.ban_secs, Some(auth.ban.duration_secs));

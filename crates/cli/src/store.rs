@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use dynreg_registrar::{
-    Claim, CredentialUse, Intent, Product, ProductListener, Store, StoreError, Tx,
+    CredentialUse, Intent, Product, ProductListener, Sharing, Store, StoreError, Tx,
 };
 use dynreg_store::{Operator, PgStore, SqliteStore};
 
@@ -66,15 +66,15 @@ impl Store for Backend {
         }
     }
 
-    fn claim_credential(
+    fn record_credential(
         &self,
         credential: &CredentialUse<'_>,
         now: u64,
-    ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
+    ) -> impl Future<Output = Result<Sharing, StoreError>> + Send {
         // Both stores' futures own what they need: only the choice borrows `self`.
         let (sqlite, postgres) = match self {
-            Self::Sqlite(s) => (Some(s.claim_credential(credential, now)), None),
-            Self::Postgres(s) => (None, Some(s.claim_credential(credential, now))),
+            Self::Sqlite(s) => (Some(s.record_credential(credential, now)), None),
+            Self::Postgres(s) => (None, Some(s.record_credential(credential, now))),
         };
         async move {
             match (sqlite, postgres) {

@@ -81,8 +81,6 @@ fn serve(url: &str, dir: &Path, amqp: &str, hooks: Option<(&str, &str)>, extra: 
     let mut cmd = common::bin();
     cmd.args(["--database-url", url, "--master-key-file", "k", "serve"])
         .args(["--listen", "off", "--attach", amqp])
-        // The batches sign many devices with one ts (docs/security.md).
-        .args(["--replay-guard", "off"])
         // A classic queue on node 1, where the first worker declares it: it survives
         // node 2 stopping. (A quorum queue needs a majority of its members: three
         // nodes to lose one; see docs/integrations/rabbitmq.md.)
@@ -352,7 +350,7 @@ fn rr(dir: &Path, port: u16, secret: &str) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let password = sign(SignMethod::HmacSha256, secret.as_bytes(), "plug", ts);
+    let password = sign(SignMethod::HmacSha256, secret.as_bytes(), "plug", "rr1", ts);
     let request = format!(r#"{{"id":"rr1","ts":{ts},"code":"register","ack":1,"data":{{}}}}"#);
     let o = std::process::Command::new("mosquitto_rr")
         .args([

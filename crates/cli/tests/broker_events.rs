@@ -137,7 +137,6 @@ fn events_reach_mqtt_subscribers_and_wait_for_them() {
             "--events-include-secrets",
             "true",
         ])
-        .args(["--replay-guard", "off"])
         .current_dir(d)
         .stderr(Stdio::piped())
         .spawn()

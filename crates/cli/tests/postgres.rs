@@ -75,7 +75,7 @@ fn operator_commands_run_on_postgres_and_name_its_mistakes() {
     assert!(!d.join("k").exists());
     // init creates the schema and the key file.
     let out = ok(&run(url, d, &["--json", "--master-key-file", "k", "init"]));
-    assert_eq!(out["schema_version"], 4);
+    assert_eq!(out["schema_version"], 5);
     assert!(d.join("k").exists());
     let key = ["--master-key-file", "k"];
     let run_k = |args: &[&str]| run(url, d, &[&key[..], args].concat());
@@ -95,7 +95,7 @@ fn operator_commands_run_on_postgres_and_name_its_mistakes() {
         26
     );
     let migrated = ok(&run_k(&["--json", "migrate"]));
-    assert_eq!(migrated["schema_version"], 4);
+    assert_eq!(migrated["schema_version"], 5);
     // Another key is refused before anything is read; the password never shows.
     let wrong = common::bin()
         .args(["--database-url", url, "product", "list"])
@@ -146,9 +146,6 @@ fn serve_store(store: &[&str], dir: &std::path::Path) -> Server {
             "--connections-per-ip",
             "0",
         ])
-        // A batch signs many devices with one ts: the replay guard would refuse them
-        // (docs/security.md).
-        .args(["--replay-guard", "off"])
         .current_dir(dir)
         .stderr(Stdio::piped())
         .spawn()

@@ -126,22 +126,15 @@ fn one_address_holding_idle_connections_cannot_lock_others_out() {
         .local_addr()
         .unwrap()
         .port();
-    // The server under a 1,024 open-file limit, as the attack found it. The replay
-    // guard is off: the load generator's devices all sign with the same ts, and this
-    // test is about descriptors.
+    // The server under a 1,024 open-file limit, as the attack found it, at its default
+    // CONNECT policy (the load generator's devices sign the current second and share
+    // credentials).
     let bin = common::bin();
     let mut child = Command::new("sh")
         .arg("-c")
         .arg("ulimit -n 1024 && exec \"$0\" \"$@\"")
         .arg(bin.get_program())
-        .args([
-            "--data-dir",
-            "data",
-            "serve",
-            "--replay-guard",
-            "off",
-            "--listen",
-        ])
+        .args(["--data-dir", "data", "serve", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .envs(bin.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
         .env_remove("DYNREG_CONFIG")
@@ -190,7 +183,7 @@ fn one_address_holding_idle_connections_cannot_lock_others_out() {
     }
     assert!(
         rest.iter()
-            .any(|l| l.contains("not yet authenticated") && l.contains("127.0.0.1")),
+            .any(|l| l.contains("not sent their CONNECT yet") && l.contains("127.0.0.1")),
         "the refused connections are logged: {rest:?}"
     );
 }

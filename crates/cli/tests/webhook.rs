@@ -103,7 +103,7 @@ impl Drop for Server {
 fn serve(d: &Path, hook: SocketAddr) -> (Server, String) {
     let mut child = common::bin()
         .args(["--data-dir", "data", "serve", "--listen", "127.0.0.1:0"])
-        .args(["--replay-guard", "off", "--log-format", "json"])
+        .args(["--log-format", "json"])
         .args(["--webhook-url", &format!("http://{hook}/hook")])
         .args(["--webhook-secret", SECRET])
         .current_dir(d)

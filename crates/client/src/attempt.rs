@@ -210,31 +210,25 @@ impl Registration {
         Wire {
             client_id: creds.client_id().to_string(),
             username: creds.username().to_string(),
-            password: sign(self.sign_method, self.secret.as_bytes(), &self.pid, ts).to_string(),
+            password: sign(
+                self.sign_method,
+                self.secret.as_bytes(),
+                &self.pid,
+                unique,
+                ts,
+            )
+            .to_string(),
             request_topic: Topic::request(&self.pid, unique).to_string(),
             response_topic: Topic::response(&self.pid, unique).to_string(),
             request: request.to_json(),
         }
     }
 
-    /// The ts to sign with: the current time for a first attempt; for a retry, a time
-    /// drawn at random from the last minute, never the previous attempt's, so that
-    /// devices of one product that collided under the server's replay guard spread out.
-    pub(crate) fn fresh_ts(previous: Option<u64>) -> u64 {
-        let now = SystemTime::now()
+    /// The ts to sign with: the current second, as the protocol says.
+    pub(crate) fn now() -> u64 {
+        SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let Some(previous) = previous else {
-            return now;
-        };
-        let mut b = [0u8; 1];
-        let _ = getrandom::fill(&mut b);
-        let ts = now.saturating_sub(u64::from(b[0]) % 60);
-        if ts == previous {
-            ts.saturating_sub(1)
-        } else {
-            ts
-        }
+            .map_or(0, |d| d.as_secs())
     }
 
     /// One attempt, bounded by the timeout, signed at `ts`.

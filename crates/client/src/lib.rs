@@ -22,11 +22,15 @@
 //! Like the best device SDKs: exponential backoff with full jitter (`initial`,
 //! doubling, capped at `max`), on transport failures, timeouts and retryable statuses,
 //! honouring the status table's retry hint as a floor; never on a non-retryable status,
-//! nor on a refused CONNECT, with one exception: a refusal for bad credentials is tried
-//! twice more. Under the server's replay guard two devices of one product that sign in
-//! the same second present the same credential and the second is refused; its retries
-//! sign with a ts drawn at random from the last minute, so that devices registering in
-//! a burst spread out. Each attempt is bounded by the timeout and signs with a fresh ts.
+//! nor on a refused CONNECT (bad credentials, an unknown or disabled product, a ban:
+//! trying again cannot change them). Each attempt is bounded by the timeout and signs
+//! with the current second.
+//!
+//! ## Sign methods
+//! `hmacSha256` by default, or any method of PROTOCOL.md section 2
+//! ([`Registration::sign_method`]): the device-bound `hmacSha256u` and `hmacSha1u` sign
+//! the unique too, so that a captured CONNECT cannot register another device; a product
+//! set to `signatures = bound` takes only those.
 
 mod attempt;
 pub use attempt::transport as tls_transport;
@@ -213,14 +217,13 @@ impl Error {
             Self::Refused { res, .. } => Status::from_code(*res)
                 .and_then(Status::retry_after)
                 .map(|s| Duration::from_secs(u64::from(s))),
-            Self::ConnectRefused { .. } if self.is_bad_credentials() => Some(Duration::ZERO),
             Self::Invalid(_) | Self::ConnectRefused { .. } | Self::SubscribeRefused => None,
         }
     }
 
     /// Whether this is a CONNECT refused for bad credentials (3.1.1 return code 4,
-    /// MQTT 5 0x86): a wrong secret or clock, or a credential collision under the
-    /// server's replay guard.
+    /// MQTT 5 0x86): a wrong secret, a clock off by more than the product's ts window,
+    /// or a seed sign method where the product takes device-bound ones only.
     pub fn is_bad_credentials(&self) -> bool {
         matches!(self, Self::ConnectRefused { code, .. } if code == "BadUserNamePassword")
     }
@@ -230,7 +233,7 @@ impl Error {
 fn refusal_words(code: &str) -> &'static str {
     match code {
         "BadUserNamePassword" => {
-            "the server refused the credentials (a wrong product secret, or this machine's clock off by more than the product's ts window, 15 minutes by default)"
+            "the server refused the credentials (a wrong product secret, this machine's clock off by more than the product's ts window, 15 minutes by default, or a product that takes device-bound signatures only: --sign-method hmacSha256u)"
         }
         "NotAuthorized" => {
             "the server refused the product (unknown pid, or its registration disabled; over MQTT 3.1.1 also a rate limit or a ban of this address)"
@@ -248,11 +251,6 @@ fn refusal_words(code: &str) -> &'static str {
         _ => "the server refused the CONNECT",
     }
 }
-
-/// Attempts in all when CONNECT is refused for bad credentials: two more, each with a
-/// fresh ts (see the module's notes on retries). A wrong secret costs three refusals,
-/// well under the server's default ban threshold.
-const BAD_CREDENTIAL_ATTEMPTS: u32 = 3;
 
 /// The result of [`Registration::register_detailed`]: the outcome and how many
 /// attempts it took.
@@ -417,15 +415,11 @@ impl Registration {
             };
         }
         let mut attempts = 0;
-        let mut ts = None;
         loop {
             attempts += 1;
-            let signed_at = Self::fresh_ts(ts);
-            ts = Some(signed_at);
-            let result = me.attempt(signed_at).await;
+            let result = me.attempt(Self::now()).await;
             let retry = match &result {
                 Ok(_) => None,
-                Err(e) if e.is_bad_credentials() && attempts >= BAD_CREDENTIAL_ATTEMPTS => None,
                 Err(e) => e.retry_after(),
             };
             match retry {
@@ -521,8 +515,8 @@ mod tests {
                 code: "BadUserNamePassword".into()
             }
             .retry_after(),
-            Some(Duration::ZERO),
-            "a replay-guard collision clears with a fresh ts"
+            None,
+            "bad credentials are permanent"
         );
         assert!(
             Error::ConnectRefused {

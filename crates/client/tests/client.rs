@@ -10,13 +10,10 @@ use dynreg_proto::credentials::SignMethod;
 use dynreg_registrar::{AuthPolicy, SourceMode};
 use dynreg_testkit::{ServerOptions, TempStore, TestServer};
 
-/// An endpoint without the replay guard: these tests register several devices of one
-/// product in the same second, which the guard refuses as replays (PROTOCOL.md section
-/// 2); `guarded_server` has it on.
+/// An endpoint at the default CONNECT policy. These tests register several devices of
+/// one product in the same second, as a factory line does.
 async fn server(config: impl Into<ServerOptions>) -> TestServer {
-    let mut options = config.into();
-    options.policy.replay_guard = false;
-    TestServer::start(store(), options)
+    TestServer::start(store(), config.into())
 }
 
 async fn server_with(config: EndpointConfig, policy: AuthPolicy) -> TestServer {
@@ -95,7 +92,7 @@ async fn registers_with_every_option() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replay_guard_collision_is_retried_with_another_ts() {
+async fn a_burst_of_one_product_registers_at_first_attempt() {
     let s = server_with(local(), AuthPolicy::default()).await;
     let retrying = RetryPolicy {
         max_attempts: 5,
@@ -103,20 +100,34 @@ async fn a_replay_guard_collision_is_retried_with_another_ts() {
         max: Duration::from_millis(20),
     };
     // Devices of one product that start in the same second sign the same credential;
-    // the guard lets the first in and refuses the others, which retry with other ts.
-    let tasks: Vec<_> = (0..3)
+    // every one is served at its first attempt, over both versions and both of the
+    // seed's methods, and with a device-bound method.
+    let tasks: Vec<_> = (0..24)
         .map(|i| {
-            let r = reg(s.addr, "G").unique(format!("burst{i}")).retry(retrying);
+            let method = [
+                SignMethod::HmacSha256,
+                SignMethod::HmacSha1,
+                SignMethod::HmacSha256Bound,
+            ][i % 3];
+            let version = if i % 2 == 0 {
+                MqttVersion::V5
+            } else {
+                MqttVersion::V311
+            };
+            let r = reg(s.addr, "G")
+                .unique(format!("burst{i}"))
+                .sign_method(method)
+                .mqtt_version(version)
+                .retry(retrying);
             tokio::spawn(async move { r.register_detailed().await })
         })
         .collect();
-    let mut retried = 0;
+    let mut uuids = std::collections::HashSet::new();
     for t in tasks {
         let out = t.await.unwrap();
-        assert!(out.result.is_ok(), "{:?}", out.result);
-        retried += u32::from(out.attempts > 1);
+        assert_eq!(out.attempts, 1, "{:?}", out.result);
+        assert!(uuids.insert(out.result.unwrap().uuid));
     }
-    assert!(retried > 0, "the burst collided at least once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,10 +156,7 @@ async fn errors_say_which_step_and_are_not_retried_when_final() {
         .retry(retrying)
         .unique(bad.unique_value().unwrap_or("x"));
     let out = bad.register_detailed().await;
-    assert_eq!(
-        out.attempts, 3,
-        "bad credentials are tried twice more (a replay-guard collision clears), no more"
-    );
+    assert_eq!(out.attempts, 1, "bad credentials are final");
     assert_eq!(
         out.result,
         Err(Error::ConnectRefused {

@@ -248,6 +248,11 @@ impl Session {
         }
     }
 
+    /// Whether the client has not sent its CONNECT yet.
+    pub fn awaits_connect(&self) -> bool {
+        matches!(self.state, State::AwaitConnect)
+    }
+
     /// Whether the session has ended.
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)
@@ -594,7 +599,7 @@ mod tests {
         Authenticated {
             pid: "p1".into(),
             unique: "dev1".into(),
-            repeat: false,
+            sharing: dynreg_registrar::Sharing::Alone,
         }
     }
 
@@ -721,9 +726,9 @@ mod tests {
             (Version::V5, AuthError::Banned, Refusal::Banned),
             (
                 Version::V5,
-                AuthError::Replayed {
-                    first_unique: "a".into(),
-                    unique: "b".into(),
+                AuthError::UnboundSignature {
+                    pid: "p".into(),
+                    method: "hmacSha256",
                 },
                 Refusal::BadCredentials,
             ),

@@ -55,33 +55,15 @@ struct Dev {
     user_pid: Option<String>,
 }
 
-/// Test devices sign with distinct ts values: under the replay guard, two devices of one
-/// product that sign with the same ts present the same credential, and the second is
-/// refused as a replay (PROTOCOL.md section 2). The sign method alternates, so up to
-/// 1,700 devices per test differ (counting back from the time of the first, so that
-/// devices made in later seconds do not land on the same ts).
-fn distinct_credential() -> (u64, SignMethod) {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let base = *BASE.get_or_init(unix_now);
-    let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1700;
-    let method = if k % 2 == 0 {
-        SignMethod::HmacSha256
-    } else {
-        SignMethod::HmacSha1
-    };
-    (base - k / 2, method)
-}
-
 impl Dev {
     fn new(pid: &str, unique: &str, v5: bool) -> Self {
-        let (ts, method) = distinct_credential();
+        // As independent firmware does: the current second, the seed's default method.
         Self {
             pid: pid.into(),
             unique: unique.into(),
             secret: format!("secret-of-{pid}"),
-            method,
-            ts,
+            method: SignMethod::HmacSha256,
+            ts: unix_now(),
             v5,
             tls_ca: None,
             user_pid: None,
@@ -95,7 +77,14 @@ impl Dev {
         format!("{pid}|signMethod={},ts={}", self.method.name(), self.ts)
     }
     fn password(&self) -> String {
-        sign(self.method, self.secret.as_bytes(), &self.pid, self.ts).to_string()
+        sign(
+            self.method,
+            self.secret.as_bytes(),
+            &self.pid,
+            &self.unique,
+            self.ts,
+        )
+        .to_string()
     }
     fn request_topic(&self) -> String {
         Topic::request(&self.pid, &self.unique).to_string()
@@ -538,36 +527,39 @@ async fn keepalive_expiry_closes() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_devices_at_once() {
-    // All from 127.0.0.1 at once: lift the cap on unauthenticated connections per
-    // address (a thousand at once from one address is what the cap is for).
-    let s = server(EndpointConfig {
-        max_pending_per_ip: 0,
-        ..EndpointConfig::default()
-    })
-    .await;
-    let started = std::time::Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..1000 {
-        let addr = s.addr;
-        tasks.push(tokio::spawn(async move {
-            let dev = Dev::new("G", &format!("many{i}"), i % 2 == 0);
+/// `n` devices of product G registering at once, every one signing second `ts` (so all
+/// presenting one credential), half over MQTT 5: each one's triplet by unique.
+async fn at_once(addr: SocketAddr, n: usize, ts: u64) -> std::collections::HashMap<String, String> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        tasks.spawn(async move {
+            let mut dev = Dev::new("G", &format!("line{i}"), i % 2 == 0);
+            dev.ts = ts;
             let pubs = vec![(dev.request_topic(), 1, request("m"))];
             match exchange(addr, &dev, None, pubs, 1, Duration::from_secs(60)).await {
                 Outcome::Replies(r) if r.len() == 1 && r[0].res == 0 => {
-                    r[0].data.uuid.clone().unwrap()
+                    (dev.unique, r[0].data.uuid.clone().unwrap())
                 }
                 other => panic!("device {i}: {other:?}"),
             }
-        }));
+        });
     }
-    let mut uuids = std::collections::HashSet::new();
-    for t in tasks {
-        assert!(uuids.insert(t.await.unwrap()));
-    }
-    assert_eq!(uuids.len(), 1000);
+    tasks.join_all().await.into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_devices_signing_one_second_at_once_and_again() {
+    // A factory line at the defaults: every device of one product signs the same
+    // second, from one address, all at once; then the whole line re-registers at once.
+    let s = server(EndpointConfig::default()).await;
+    let started = std::time::Instant::now();
+    let ts = unix_now();
+    let first = at_once(s.addr, 1000, ts).await;
+    let uuids: std::collections::HashSet<&String> = first.values().collect();
+    assert_eq!((first.len(), uuids.len()), (1000, 1000), "one triplet each");
     eprintln!("1000 devices registered in {:?}", started.elapsed());
+    let again = at_once(s.addr, 1000, ts).await;
+    assert_eq!(again, first, "the same triplets again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -825,13 +817,13 @@ impl dynreg_registrar::Store for Stuck {
         std::future::pending()
     }
 
-    fn claim_credential(
+    fn record_credential(
         &self,
         c: &dynreg_registrar::CredentialUse<'_>,
         now: u64,
-    ) -> impl Future<Output = Result<dynreg_registrar::Claim, dynreg_registrar::StoreError>> + Send
+    ) -> impl Future<Output = Result<dynreg_registrar::Sharing, dynreg_registrar::StoreError>> + Send
     {
-        self.0.claim_credential(c, now)
+        self.0.record_credential(c, now)
     }
 }
 

@@ -1,4 +1,4 @@
-//! What an attacker or a careless client tries, over real sockets on port 0: replayed
+//! What an attacker or a careless client tries, over real sockets on port 0: captured
 //! credentials, clients that never read, a burst from one address, failed-CONNECT
 //! floods, and the MQTT 5 rules the CONNACK advertises. Packets are written and read
 //! with the `rmqtt-codec` client side, so that every flag and property can be set.
@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use dynreg_endpoint::EndpointConfig;
 use dynreg_proto::credentials::{SignMethod, sign};
 use dynreg_proto::{RegisterReply, RegisterRequest, Topic};
-use dynreg_registrar::{AuthPolicy, BanPolicy, SourceMode};
+use dynreg_registrar::{AuthPolicy, SourceMode};
 use dynreg_testkit::{ServerOptions, TempStore, TestServer};
 use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::{v3, v5};
@@ -27,14 +27,18 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// An endpoint on loopback port 0 with products `P0`..`P4` (generate mode) and the
-/// given limits and CONNECT policy.
+/// An endpoint on loopback port 0 with products `P0`..`P4` (generate mode) and `B`
+/// (generate mode, device-bound signatures only), and the given limits and CONNECT
+/// policy.
 async fn server(config: EndpointConfig, policy: AuthPolicy) -> TestServer {
     let store = TempStore::new();
     tokio::task::block_in_place(|| {
         for i in 0..5 {
             store.product(&format!("P{i}"), SourceMode::Generate);
         }
+        let mut bound = dynreg_registrar::conformance::product("B", SourceMode::Generate);
+        bound.signatures = dynreg_registrar::Signatures::Bound;
+        store.put(&bound);
     });
     TestServer::start(
         store,
@@ -59,7 +63,14 @@ fn creds(pid: &str, unique: &str, ts: u64, method: SignMethod) -> Creds {
     Creds {
         client_id: format!("register_{pid}_{unique}"),
         username: format!("{pid}|signMethod={},ts={ts}", method.name()),
-        password: sign(method, format!("secret-of-{pid}").as_bytes(), pid, ts).to_string(),
+        password: sign(
+            method,
+            format!("secret-of-{pid}").as_bytes(),
+            pid,
+            unique,
+            ts,
+        )
+        .to_string(),
         pid: pid.into(),
         unique: unique.into(),
     }
@@ -194,35 +205,37 @@ async fn v3_connect(addr: SocketAddr, c: &Creds) -> v3::ConnectAckReason {
     }
 }
 
+/// Registers `device` over MQTT 5: its reply.
+async fn register_v5(addr: SocketAddr, device: &Creds) -> RegisterReply {
+    let (mut c, code) = V5::connect(addr, V5::connect_packet(device)).await;
+    assert_eq!(code, v5::ConnectAckReason::Success, "{}", device.client_id);
+    c.subscribe(device, QoS::AtLeastOnce).await;
+    c.send(V5::request(device, 1, false, None)).await;
+    loop {
+        match c.recv(Duration::from_secs(5)).await {
+            Some(v5::Packet::Publish(p)) => return RegisterReply::from_json(&p.payload).unwrap(),
+            Some(_) => {}
+            None => panic!("no reply"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_captured_credential_registers_no_other_device() {
+async fn a_captured_bound_credential_registers_no_other_device() {
     let s = server(EndpointConfig::default(), AuthPolicy::default()).await;
     let ts = unix_now();
-    for (i, method) in [SignMethod::HmacSha256, SignMethod::HmacSha1]
-        .into_iter()
-        .enumerate()
-    {
-        let pid = format!("P{i}");
-        let device = creds(&pid, "victim", ts, method);
-        let (mut c, code) = V5::connect(s.addr, V5::connect_packet(&device)).await;
-        assert_eq!(code, v5::ConnectAckReason::Success);
-        c.subscribe(&device, QoS::AtLeastOnce).await;
-        c.send(V5::request(&device, 1, false, None)).await;
-        let triplet = loop {
-            match c.recv(Duration::from_secs(5)).await {
-                Some(v5::Packet::Publish(p)) => {
-                    break RegisterReply::from_json(&p.payload).unwrap();
-                }
-                Some(_) => {}
-                None => panic!("no reply"),
-            }
-        };
+    for (pid, method) in [
+        ("P0", SignMethod::HmacSha256Bound),
+        ("B", SignMethod::HmacSha1Bound),
+        ("B", SignMethod::HmacSha256Bound),
+    ] {
+        let device = creds(pid, "victim", ts, method);
+        let triplet = register_v5(s.addr, &device).await;
         assert_eq!(triplet.res, 0);
-        drop(c);
 
         // Whoever saw that CONNECT tries its password for other uniques, over both
-        // versions: refused as bad credentials.
-        let mut stolen = creds(&pid, "attacker", ts, method);
+        // versions: refused as bad credentials (the signature names the unique).
+        let mut stolen = creds(pid, "attacker", ts, method);
         stolen.password.clone_from(&device.password);
         let (_, code) = V5::connect(s.addr, V5::connect_packet(&stolen)).await;
         assert_eq!(code, v5::ConnectAckReason::BadUserNameOrPassword);
@@ -233,58 +246,85 @@ async fn a_captured_credential_registers_no_other_device() {
             v3::ConnectAckReason::BadUserNameOrPassword
         );
         // The device itself may come back with the same credential (a lost reply).
-        let (_, code) = V5::connect(s.addr, V5::connect_packet(&device)).await;
-        assert_eq!(code, v5::ConnectAckReason::Success);
+        let again = register_v5(s.addr, &device).await;
+        assert_eq!(again.data.uuid, triplet.data.uuid);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_connects_ban_the_address_and_replays_do_not() {
-    let s = server(
-        EndpointConfig::default(),
-        AuthPolicy {
-            ban: BanPolicy {
-                failures: 5,
-                window_secs: 60,
-                duration_secs: 300,
-            },
-            replay_guard: true,
-        },
-    )
-    .await;
+async fn a_bound_product_refuses_the_seed_methods_over_both_versions() {
+    let s = server(EndpointConfig::default(), AuthPolicy::default()).await;
     let ts = unix_now();
-    // Ten devices of one product that signed in the same second: the first gets in,
-    // the others are refused as replays, and the address is not banned for it.
-    for i in 0..10 {
-        let c = creds("P0", &format!("nat{i}"), ts, SignMethod::HmacSha256);
-        let (_, code) = V5::connect(s.addr, V5::connect_packet(&c)).await;
-        let want = if i == 0 {
-            v5::ConnectAckReason::Success
-        } else {
-            v5::ConnectAckReason::BadUserNameOrPassword
-        };
-        assert_eq!(code, want, "device {i}");
-    }
-    // Guessing secrets is another matter.
-    for i in 0..5 {
-        let mut c = creds("P1", &format!("guess{i}"), ts - i, SignMethod::HmacSha256);
-        c.password = "00".repeat(32);
-        let (_, code) = V5::connect(s.addr, V5::connect_packet(&c)).await;
+    for method in [SignMethod::HmacSha256, SignMethod::HmacSha1] {
+        let seed = creds("B", "seed", ts, method);
+        let (_, code) = V5::connect(s.addr, V5::connect_packet(&seed)).await;
         assert_eq!(code, v5::ConnectAckReason::BadUserNameOrPassword);
+        assert_eq!(
+            v3_connect(s.addr, &seed).await,
+            v3::ConnectAckReason::BadUserNameOrPassword
+        );
     }
-    let good = creds("P2", "honest", ts, SignMethod::HmacSha256);
-    let (_, code) = V5::connect(s.addr, V5::connect_packet(&good)).await;
-    assert_eq!(code, v5::ConnectAckReason::Banned);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_second_seed_credentials_are_served_for_every_unique() {
+    let s = server(EndpointConfig::default(), AuthPolicy::default()).await;
+    let ts = unix_now();
+    let mut uuids = std::collections::HashSet::new();
+    for i in 0..20 {
+        // Byte-identical credentials (the seed's content does not name the unique).
+        let c = creds("P3", &format!("nat{i}"), ts, SignMethod::HmacSha256);
+        let r = register_v5(s.addr, &c).await;
+        assert_eq!(r.res, 0, "device {i}");
+        assert!(uuids.insert(r.data.uuid.unwrap()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_answers_failing_connects_and_serves_valid_devices() {
+    // At the defaults: 30 refusals within 60 s ban the address for 300 s.
+    let s = server(EndpointConfig::default(), AuthPolicy::default()).await;
+    let ts = unix_now();
+    // A few devices behind the factory's NAT were flashed with another environment's
+    // secret, and keep trying: 60 bad CONNECTs from 127.0.0.1.
+    for i in 0..60 {
+        let mut c = creds("P1", &format!("wrong{i}"), ts, SignMethod::HmacSha256);
+        c.password = sign(SignMethod::HmacSha256, b"test-environment", "P1", "x", ts).to_string();
+        let (_, code) = V5::connect(s.addr, V5::connect_packet(&c)).await;
+        let want = if i < 30 {
+            v5::ConnectAckReason::BadUserNameOrPassword
+        } else {
+            v5::ConnectAckReason::Banned
+        };
+        assert_eq!(code, want, "bad CONNECT {i}");
+    }
+    let wrong = creds("P1", "wrong-v3", ts, SignMethod::HmacSha1);
+    let mut wrong = wrong;
+    wrong.password = "00".repeat(20);
     assert_eq!(
-        v3_connect(s.addr, &creds("P3", "honest", ts, SignMethod::HmacSha256)).await,
-        v3::ConnectAckReason::NotAuthorized
+        v3_connect(s.addr, &wrong).await,
+        v3::ConnectAckReason::NotAuthorized,
+        "banned, over 3.1.1"
     );
+    // 20 devices with the right secret from the same address are served, over both
+    // versions.
+    for i in 0..20 {
+        let c = creds("P2", &format!("line{i}"), ts, SignMethod::HmacSha256);
+        if i % 2 == 0 {
+            assert_eq!(register_v5(s.addr, &c).await.res, 0, "device {i}");
+        } else {
+            assert_eq!(
+                v3_connect(s.addr, &c).await,
+                v3::ConnectAckReason::ConnectionAccepted,
+                "device {i}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_configuration_takes_a_burst_of_5000_from_one_address() {
     let s = server(EndpointConfig::default(), AuthPolicy::default()).await;
-    let base = unix_now();
     let started = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let mut workers = Vec::new();
@@ -297,19 +337,13 @@ async fn the_default_configuration_takes_a_burst_of_5000_from_one_address() {
                 if i >= 5000 {
                     return refused;
                 }
-                // Five products, a thousand devices each; within a product no two
-                // devices share (signMethod, ts), as the replay guard requires.
-                let j = u64::from(i / 5);
-                let method = if j % 2 == 0 {
-                    SignMethod::HmacSha256
-                } else {
-                    SignMethod::HmacSha1
-                };
+                // Five products, a thousand devices each, signing the current second
+                // as independent firmware does (many share a credential).
                 let c = creds(
                     &format!("P{}", i % 5),
                     &format!("d{i}"),
-                    base - j / 2,
-                    method,
+                    unix_now(),
+                    SignMethod::HmacSha256,
                 );
                 let (mut conn, code) = V5::connect(addr, V5::connect_packet(&c)).await;
                 if code != v5::ConnectAckReason::Success {
@@ -394,10 +428,7 @@ async fn flood_until_stalled(stream: &mut TcpStream, limit: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_closed_by_its_timers_and_by_shutdown() {
-    let guard_off = AuthPolicy {
-        replay_guard: false,
-        ..AuthPolicy::default()
-    };
+    let policy = AuthPolicy::default();
     let ts = unix_now();
     // A small receive buffer on our side, so that the server's replies back up soon.
     let connected = async |addr: SocketAddr, unique: &str| {
@@ -425,7 +456,7 @@ async fn a_client_that_never_reads_is_closed_by_its_timers_and_by_shutdown() {
             write_timeout: Duration::from_secs(600),
             ..EndpointConfig::default()
         },
-        guard_off,
+        policy,
     )
     .await;
     let mut stream = connected(s.addr, "idle").await;
@@ -440,7 +471,7 @@ async fn a_client_that_never_reads_is_closed_by_its_timers_and_by_shutdown() {
             write_timeout: Duration::from_secs(2),
             ..EndpointConfig::default()
         },
-        guard_off,
+        policy,
     )
     .await;
     let mut stream = connected(s.addr, "stall").await;
@@ -462,7 +493,7 @@ async fn a_client_that_never_reads_is_closed_by_its_timers_and_by_shutdown() {
             shutdown_grace: Duration::from_secs(30),
             ..EndpointConfig::default()
         },
-        guard_off,
+        policy,
     )
     .await;
     let mut stream = connected(s.addr, "shutdown").await;
@@ -480,14 +511,7 @@ async fn a_client_that_never_reads_is_closed_by_its_timers_and_by_shutdown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt5_limits_of_the_connack_and_of_the_client_are_kept() {
-    let s = server(
-        EndpointConfig::default(),
-        AuthPolicy {
-            replay_guard: false,
-            ..AuthPolicy::default()
-        },
-    )
-    .await;
+    let s = server(EndpointConfig::default(), AuthPolicy::default()).await;
     let ts = unix_now();
     let c = creds("P0", "v5rules", ts, SignMethod::HmacSha256);
     let wait = Duration::from_secs(3);

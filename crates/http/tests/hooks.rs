@@ -100,6 +100,7 @@ fn creds(pid: &str, unique: &str, ts: u64) -> (String, String, String) {
         SignMethod::HmacSha256,
         format!("secret-of-{pid}").as_bytes(),
         pid,
+        unique,
         ts,
     );
     (
@@ -127,18 +128,18 @@ async fn emqx_authn_decides_like_the_endpoint() {
     assert_eq!(acl[1]["topic"], "eq register/v2/p1/u1/register_response");
     assert_eq!(acl[2]["permission"], "deny");
 
-    // The same credential again for the same unique (a reconnect): allowed; for
-    // another unique: the replay guard refuses it.
+    // The same credential again for the same unique (a reconnect), and for another
+    // unique (a device of the product that signed in the same second): both allowed.
     let again = serde_json::json!({"clientid": cid, "username": user, "password": pw});
     assert_eq!(
         json(&h, "/hooks/emqx/authn", again).await["result"],
         "allow"
     );
     let (cid2, _, _) = creds("p1", "u2", ts);
-    let replay = serde_json::json!({"clientid": cid2, "username": user, "password": pw});
+    let shared = serde_json::json!({"clientid": cid2, "username": user, "password": pw});
     assert_eq!(
-        json(&h, "/hooks/emqx/authn", replay).await["result"],
-        "deny"
+        json(&h, "/hooks/emqx/authn", shared).await["result"],
+        "allow"
     );
 
     // A bad password, a stale ts, a disabled product, a pid mismatch: deny.
@@ -421,4 +422,93 @@ async fn the_hook_token_is_required_when_set() {
     // Health needs no token.
     let (status, _, body) = common::request(h.addr, "GET", "/healthz", "", "").await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// The CONNECT hook of each broker for `(client_id, username, password)` from `ip`:
+/// whether it allowed it.
+async fn hook_allows(h: &Hooks, broker: &str, c: &(String, String, String), ip: &str) -> bool {
+    let (cid, user, pw) = c;
+    match broker {
+        "emqx" => {
+            let body = serde_json::json!({"clientid": cid, "username": user, "password": pw, "peerhost": ip});
+            json(h, "/hooks/emqx/authn", body).await["result"] == "allow"
+        }
+        "rabbitmq" => {
+            let fields = [
+                ("username", user.as_str()),
+                ("password", pw.as_str()),
+                ("vhost", "/"),
+                ("client_id", cid.as_str()),
+                ("ip", ip),
+            ];
+            // RabbitMQ asks `user` (no address), then `vhost` (with the address).
+            let vhost = [
+                ("username", user.as_str()),
+                ("vhost", "/"),
+                ("ip", ip),
+                ("client_id", cid.as_str()),
+            ];
+            form(h, "/hooks/rabbitmq/user", &fields).await == "allow"
+                && form(h, "/hooks/rabbitmq/vhost", &vhost).await == "allow"
+        }
+        _ => {
+            let body = serde_json::json!({"peer_addr": ip, "peer_port": 5000, "client_id": cid, "username": user, "password": pw, "mountpoint": "", "clean_session": true});
+            json(h, "/hooks/vernemq/auth_on_register", body).await["result"] == "ok"
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_devices_signing_one_second_are_all_allowed_twice_by_every_hook() {
+    let h = start(HookAuth::open()).await;
+    let ts = now();
+    for broker in ["emqx", "rabbitmq", "vernemq"] {
+        // 500 devices of one product behind one address, every one signing the same
+        // second (so presenting the same credential), then all of them again (a herd
+        // re-registering), concurrently.
+        for round in 0..2 {
+            let mut all = tokio::task::JoinSet::new();
+            for i in 0..500 {
+                let c = creds("p1", &format!("{broker}-dev{i}"), ts);
+                let h = Hooks {
+                    addr: h.addr,
+                    _store: TempStore::new(),
+                    stop: None,
+                };
+                let broker = broker.to_owned();
+                all.spawn(async move { hook_allows(&h, &broker, &c, "10.1.2.3").await });
+            }
+            let allowed = all.join_all().await.iter().filter(|a| **a).count();
+            assert_eq!(allowed, 500, "{broker}, round {round}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banned_address_is_still_served_its_valid_devices_through_every_hook() {
+    let h = start(HookAuth::open()).await;
+    let ts = now();
+    for (n, broker) in ["emqx", "rabbitmq", "vernemq"].into_iter().enumerate() {
+        let ip = format!("10.9.9.{n}");
+        // 60 CONNECTs with a wrong secret: the address is banned after 30 (the default).
+        for i in 0..60 {
+            let (cid, user, _) = creds("p1", &format!("bad{i}"), ts);
+            let wrong = sign(
+                SignMethod::HmacSha256,
+                b"test-environment-secret",
+                "p1",
+                "x",
+                ts,
+            );
+            assert!(!hook_allows(&h, broker, &(cid, user, wrong.to_string()), &ip).await);
+        }
+        // 20 devices with the right secret from the same address, same second: served.
+        for i in 0..20 {
+            let c = creds("p1", &format!("{broker}-good{i}"), ts);
+            assert!(
+                hook_allows(&h, broker, &c, &ip).await,
+                "{broker}: device {i}"
+            );
+        }
+    }
 }

@@ -13,17 +13,19 @@ use dynreg_proto::credentials::{Credentials, SignMethod, sign, verify_password};
 const SECRET: &[u8] = b"Zk3mQ8vR2tY6wP1n";
 const PID: &str = "p7kq2x9d";
 const TS: u64 = 1_626_197_189;
+const UNIQUE: &str = "8f14e45fceea167a";
 
 fn verify_per_method(c: &mut Criterion) {
     let mut g = c.benchmark_group("verify_password");
-    for method in [SignMethod::HmacSha1, SignMethod::HmacSha256] {
-        let password = sign(method, SECRET, PID, TS);
+    for method in SignMethod::ALL {
+        let password = sign(method, SECRET, PID, UNIQUE, TS);
         g.bench_function(method.name(), |b| {
             b.iter(|| {
                 verify_password(
                     black_box(method),
                     black_box(SECRET),
                     black_box(PID),
+                    black_box(UNIQUE),
                     black_box(TS),
                     black_box(password.as_bytes()),
                 )
@@ -37,7 +39,7 @@ fn verify_per_method(c: &mut Criterion) {
 fn full_connect_check(c: &mut Criterion) {
     let client_id = "register_p7kq2x9d_8f14e45fceea167a";
     let username = "p7kq2x9d|signMethod=hmacSha256,ts=1626197189";
-    let password = sign(SignMethod::HmacSha256, SECRET, PID, TS);
+    let password = sign(SignMethod::HmacSha256, SECRET, PID, UNIQUE, TS);
     c.bench_function("connect_check_hmacSha256", |b| {
         b.iter(|| {
             let creds = Credentials::parse(black_box(client_id), black_box(username)).unwrap();

@@ -6,7 +6,10 @@
 //!   the first `|`; after it come `key=value` pairs separated by `,`, in any order.
 //!   Keys are matched exactly, unknown keys are ignored, `signMethod` and `ts` are
 //!   required and may appear once each.
-//! - password: lowercase hex of `HMAC(key = secret, message = "uuid=" + pid + ",ts=" + ts)`;
+//! - password: lowercase hex of `HMAC(key = secret, message = content)`, where the content
+//!   is `uuid=${pid},ts=${ts}` for the seed's methods (`hmacSha1`, `hmacSha256`) and
+//!   `uuid=${pid},unique=${unique},ts=${ts}` for the device-bound ones (`hmacSha1u`,
+//!   `hmacSha256u`, our extension: such a credential verifies for its own unique only);
 //!   either case is accepted when verifying, and the comparison is constant time.
 //!
 //! The server's clock is never read here: [`Credentials::verify`] takes `now` and the
@@ -48,8 +51,9 @@ pub enum CredentialError {
     /// The username's `ts` is not a decimal number of seconds that fits in 64 bits.
     #[error("username ts is not a decimal number of seconds")]
     InvalidTs,
-    /// The username's `signMethod` is neither `hmacSha1` nor `hmacSha256`.
-    #[error("unknown signMethod (expected hmacSha1 or hmacSha256)")]
+    /// The username's `signMethod` is none of `hmacSha1`, `hmacSha256`, `hmacSha1u`,
+    /// `hmacSha256u`.
+    #[error("unknown signMethod (expected hmacSha1, hmacSha256, hmacSha1u or hmacSha256u)")]
     UnknownSignMethod,
     /// The pid in the clientId differs from the pid in the username.
     #[error("pid in clientId differs from pid in username")]
@@ -130,41 +134,63 @@ impl Refusal {
     }
 }
 
-/// The HMAC used to sign the password.
+/// The HMAC used to sign the password, and what it signs.
+///
+/// The seed's methods sign `uuid=${pid},ts=${ts}`, which does not name the device: two
+/// devices of one product that sign in the same second send the same credential. The
+/// device-bound methods (`...u`, our extension) sign `uuid=${pid},unique=${unique},ts=${ts}`,
+/// so a credential verifies for the unique it was made for and no other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SignMethod {
-    /// HMAC-SHA1, 40 hex digits.
+    /// `hmacSha1`: HMAC-SHA1 of the seed's content, 40 hex digits.
     HmacSha1,
-    /// HMAC-SHA256, 64 hex digits.
+    /// `hmacSha256`: HMAC-SHA256 of the seed's content, 64 hex digits.
     HmacSha256,
+    /// `hmacSha1u`: HMAC-SHA1 of the device-bound content, 40 hex digits.
+    HmacSha1Bound,
+    /// `hmacSha256u`: HMAC-SHA256 of the device-bound content, 64 hex digits.
+    HmacSha256Bound,
 }
 
 impl SignMethod {
-    /// The canonical name, as written in the username (`hmacSha1`, `hmacSha256`).
+    /// Every method, the seed's first.
+    pub const ALL: [Self; 4] = [
+        Self::HmacSha1,
+        Self::HmacSha256,
+        Self::HmacSha1Bound,
+        Self::HmacSha256Bound,
+    ];
+
+    /// The canonical name, as written in the username (`hmacSha1`, `hmacSha256`,
+    /// `hmacSha1u`, `hmacSha256u`).
     pub const fn name(self) -> &'static str {
         match self {
             Self::HmacSha1 => "hmacSha1",
             Self::HmacSha256 => "hmacSha256",
+            Self::HmacSha1Bound => "hmacSha1u",
+            Self::HmacSha256Bound => "hmacSha256u",
         }
     }
 
     /// The length of the raw HMAC output in bytes (20 or 32).
     pub const fn mac_len(self) -> usize {
         match self {
-            Self::HmacSha1 => 20,
-            Self::HmacSha256 => 32,
+            Self::HmacSha1 | Self::HmacSha1Bound => 20,
+            Self::HmacSha256 | Self::HmacSha256Bound => 32,
         }
+    }
+
+    /// Whether the signed content names the unique (the device-bound methods).
+    pub const fn is_bound(self) -> bool {
+        matches!(self, Self::HmacSha1Bound | Self::HmacSha256Bound)
     }
 
     /// Parses a sign method name without regard to case.
     pub fn parse(s: &str) -> Result<Self, CredentialError> {
-        if s.eq_ignore_ascii_case("hmacSha256") {
-            Ok(Self::HmacSha256)
-        } else if s.eq_ignore_ascii_case("hmacSha1") {
-            Ok(Self::HmacSha1)
-        } else {
-            Err(CredentialError::UnknownSignMethod)
-        }
+        Self::ALL
+            .into_iter()
+            .find(|m| s.eq_ignore_ascii_case(m.name()))
+            .ok_or(CredentialError::UnknownSignMethod)
     }
 }
 
@@ -349,7 +375,14 @@ impl<'a> Credentials<'a> {
         window: u64,
     ) -> Result<(), CredentialError> {
         check_ts(self.ts, now, window)?;
-        verify_password(self.sign_method, secret, self.pid, self.ts, password)
+        verify_password(
+            self.sign_method,
+            secret,
+            self.pid,
+            self.unique,
+            self.ts,
+            password,
+        )
     }
 }
 
@@ -397,8 +430,10 @@ impl fmt::Debug for Password {
     }
 }
 
-/// Feeds the signed content, `uuid=${pid},ts=${ts}`, into `mac` without allocating.
-fn feed_content<M: Mac>(mut mac: M, pid: &str, ts: u64) -> M {
+/// Feeds the signed content into `mac` without allocating: `uuid=${pid},ts=${ts}`, or
+/// `uuid=${pid},unique=${unique},ts=${ts}` when `unique` is given (the device-bound
+/// methods).
+fn feed_content<M: Mac>(mut mac: M, pid: &str, unique: Option<&str>, ts: u64) -> M {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     let mut v = ts;
@@ -413,9 +448,31 @@ fn feed_content<M: Mac>(mut mac: M, pid: &str, ts: u64) -> M {
     }
     mac.update(b"uuid=");
     mac.update(pid.as_bytes());
+    if let Some(unique) = unique {
+        mac.update(b",unique=");
+        mac.update(unique.as_bytes());
+    }
     mac.update(b",ts=");
     mac.update(&digits[at..]);
     mac
+}
+
+/// The HMAC of `method` over the content, keyed with `secret`, into `out` (20 or 32
+/// bytes).
+fn tag(method: SignMethod, secret: &[u8], pid: &str, unique: &str, ts: u64, out: &mut [u8]) {
+    let unique = method.is_bound().then_some(unique);
+    match method {
+        SignMethod::HmacSha1 | SignMethod::HmacSha1Bound => out.copy_from_slice(
+            &feed_content(keyed::<Hmac<Sha1>>(secret), pid, unique, ts)
+                .finalize()
+                .into_bytes(),
+        ),
+        SignMethod::HmacSha256 | SignMethod::HmacSha256Bound => out.copy_from_slice(
+            &feed_content(keyed::<Hmac<Sha256>>(secret), pid, unique, ts)
+                .finalize()
+                .into_bytes(),
+        ),
+    }
 }
 
 fn keyed<M: hmac::digest::KeyInit>(secret: &[u8]) -> M {
@@ -426,35 +483,31 @@ fn keyed<M: hmac::digest::KeyInit>(secret: &[u8]) -> M {
     }
 }
 
-/// Signs the content for `pid` and `ts` with the product `secret`, giving the password
-/// a device sends (lowercase hex).
-pub fn sign(method: SignMethod, secret: &[u8], pid: &str, ts: u64) -> Password {
+/// Signs the content for `pid` and `ts` (and `unique`, under a device-bound method;
+/// the seed's methods ignore it) with the product `secret`, giving the password a
+/// device sends (lowercase hex).
+pub fn sign(method: SignMethod, secret: &[u8], pid: &str, unique: &str, ts: u64) -> Password {
+    let mut raw = [0u8; 32];
+    let n = method.mac_len();
+    tag(method, secret, pid, unique, ts, &mut raw[..n]);
     let mut out = Password {
         buf: [0; 64],
         len: 0,
     };
-    let n = match method {
-        SignMethod::HmacSha1 => {
-            let tag = feed_content(keyed::<Hmac<Sha1>>(secret), pid, ts).finalize();
-            hex::encode_into(&tag.into_bytes(), &mut out.buf[..40]);
-            40
-        }
-        SignMethod::HmacSha256 => {
-            let tag = feed_content(keyed::<Hmac<Sha256>>(secret), pid, ts).finalize();
-            hex::encode_into(&tag.into_bytes(), &mut out.buf[..64]);
-            64
-        }
-    };
-    out.len = n;
+    hex::encode_into(&raw[..n], &mut out.buf[..2 * n]);
+    // 2 * 32 at most: fits a u8.
+    out.len = (2 * n) as u8;
     out
 }
 
-/// Verifies a password (hex, either case) for `pid` and `ts` under the product
-/// `secret`. The HMAC comparison is constant time.
+/// Verifies a password (hex, either case) for `pid` and `ts` (and `unique`, under a
+/// device-bound method) under the product `secret`. The HMAC comparison is constant
+/// time.
 pub fn verify_password(
     method: SignMethod,
     secret: &[u8],
     pid: &str,
+    unique: &str,
     ts: u64,
     password: &[u8],
 ) -> Result<(), CredentialError> {
@@ -463,12 +516,13 @@ pub fn verify_password(
     // The length and alphabet of the password are public; only its value is compared
     // in constant time, by `verify_slice`.
     hex::decode_into(password, raw).ok_or(CredentialError::BadSignature)?;
+    let unique = method.is_bound().then_some(unique);
     let ok = match method {
-        SignMethod::HmacSha1 => {
-            feed_content(keyed::<Hmac<Sha1>>(secret), pid, ts).verify_slice(raw)
+        SignMethod::HmacSha1 | SignMethod::HmacSha1Bound => {
+            feed_content(keyed::<Hmac<Sha1>>(secret), pid, unique, ts).verify_slice(raw)
         }
-        SignMethod::HmacSha256 => {
-            feed_content(keyed::<Hmac<Sha256>>(secret), pid, ts).verify_slice(raw)
+        SignMethod::HmacSha256 | SignMethod::HmacSha256Bound => {
+            feed_content(keyed::<Hmac<Sha256>>(secret), pid, unique, ts).verify_slice(raw)
         }
     };
     ok.map_err(|_| CredentialError::BadSignature)
@@ -538,6 +592,13 @@ mod tests {
         assert_eq!(u.ts, 12);
         assert_eq!(u.sign_method, SignMethod::HmacSha1);
         assert_eq!(u.to_string(), "p|signMethod=hmacSha1,ts=12");
+        for (name, m) in [
+            ("HMACSHA1U", SignMethod::HmacSha1Bound),
+            ("hmacsha256u", SignMethod::HmacSha256Bound),
+        ] {
+            assert_eq!(SignMethod::parse(name), Ok(m));
+            assert_eq!(SignMethod::parse(m.name()), Ok(m));
+        }
     }
 
     #[test]
@@ -587,19 +648,24 @@ mod tests {
 
     #[test]
     fn sign_verify_either_case() {
-        for m in [SignMethod::HmacSha1, SignMethod::HmacSha256] {
-            let pw = sign(m, b"secret", "pid", 42);
+        for m in SignMethod::ALL {
+            let pw = sign(m, b"secret", "pid", "u", 42);
             assert_eq!(pw.as_str().len(), m.mac_len() * 2);
-            assert!(verify_password(m, b"secret", "pid", 42, pw.as_bytes()).is_ok());
+            let ok = |secret: &[u8], pid, unique, ts, pw: &[u8]| {
+                verify_password(m, secret, pid, unique, ts, pw).is_ok()
+            };
+            assert!(ok(b"secret", "pid", "u", 42, pw.as_bytes()));
             let upper = pw.as_str().to_ascii_uppercase();
-            assert!(verify_password(m, b"secret", "pid", 42, upper.as_bytes()).is_ok());
-            assert!(verify_password(m, b"secreT", "pid", 42, pw.as_bytes()).is_err());
-            assert!(verify_password(m, b"secret", "pid", 43, pw.as_bytes()).is_err());
-            assert!(verify_password(m, b"secret", "pie", 42, pw.as_bytes()).is_err());
-            assert!(verify_password(m, b"secret", "pid", 42, &pw.as_bytes()[1..]).is_err());
+            assert!(ok(b"secret", "pid", "u", 42, upper.as_bytes()));
+            assert!(!ok(b"secreT", "pid", "u", 42, pw.as_bytes()));
+            assert!(!ok(b"secret", "pid", "u", 43, pw.as_bytes()));
+            assert!(!ok(b"secret", "pie", "u", 42, pw.as_bytes()));
+            assert!(!ok(b"secret", "pid", "u", 42, &pw.as_bytes()[1..]));
+            // Only the device-bound methods tie the credential to its unique.
+            assert_eq!(ok(b"secret", "pid", "v", 42, pw.as_bytes()), !m.is_bound());
         }
         assert_eq!(
-            alloc::format!("{:?}", sign(SignMethod::HmacSha1, b"s", "p", 0)),
+            alloc::format!("{:?}", sign(SignMethod::HmacSha1, b"s", "p", "u", 0)),
             "Password(..)"
         );
     }

@@ -24,7 +24,7 @@
 //! ```
 //! use dynreg_proto::credentials::{sign, Credentials, SignMethod};
 //!
-//! let password = sign(SignMethod::HmacSha256, b"Zk3mQ8vR2tY6wP1n", "p7kq2x9d", 1626197189);
+//! let password = sign(SignMethod::HmacSha256, b"Zk3mQ8vR2tY6wP1n", "p7kq2x9d", "8f14e45fceea167a", 1626197189);
 //! let creds = Credentials::parse(
 //!     "register_p7kq2x9d_8f14e45fceea167a",
 //!     "p7kq2x9d|signMethod=hmacSha256,ts=1626197189",

@@ -20,7 +20,7 @@ fn unique() -> impl Strategy<Value = String> {
 }
 
 fn method() -> impl Strategy<Value = SignMethod> {
-    prop_oneof![Just(SignMethod::HmacSha1), Just(SignMethod::HmacSha256)]
+    proptest::sample::select(SignMethod::ALL.to_vec())
 }
 
 proptest! {
@@ -47,12 +47,12 @@ proptest! {
         let (cid, user) = (creds.client_id().to_string(), creds.username().to_string());
         let parsed = Credentials::parse(&cid, &user).unwrap();
         prop_assert_eq!(parsed, creds);
-        let pw = sign(m, &secret, &pid, ts);
+        let pw = sign(m, &secret, &pid, &unique, ts);
         prop_assert!(parsed.verify(&secret, pw.as_bytes(), ts + skew, 900).is_ok());
         prop_assert!(parsed.verify(&secret, pw.as_bytes(), ts + 901, 900).is_err());
         let mut other = secret;
         other.push(0x55); // not 0: HMAC zero-pads short keys, so k and k||0 are one key
-        prop_assert!(verify_password(m, &other, &pid, ts, pw.as_bytes()).is_err());
+        prop_assert!(verify_password(m, &other, &pid, &unique, ts, pw.as_bytes()).is_err());
     }
 
     #[test]

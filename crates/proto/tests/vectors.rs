@@ -45,7 +45,7 @@ fn valid_vectors_sign_and_verify() {
 
         // Signing reproduces the password, and formatting reproduces the strings.
         assert_eq!(
-            sign(method, secret, pid, ts).as_str(),
+            sign(method, secret, pid, unique, ts).as_str(),
             s(v, "password"),
             "{v}"
         );
@@ -145,4 +145,66 @@ fn invalid_vectors_are_refused_whatever_the_clock() {
             }
         }
     }
+}
+
+/// Device-bound credentials (`hmacSha1u`, `hmacSha256u`: content
+/// `uuid=${pid},unique=${unique},ts=${ts}`). The shared file predates them, so these
+/// passwords were computed independently of this code, with Python's `hmac` module:
+/// `hmac.new(secret, content.encode(), hashlib.sha256).hexdigest()`. docs/device-guide.md
+/// shows the first one as its worked example.
+const BOUND: [(&str, &str, &str); 2] = [
+    (
+        "hmacSha256u",
+        "8f14e45fceea167a",
+        "d4a83f0d75f00670b596848250310946770fb3e55e0df3e425a0dcc3fb25be59",
+    ),
+    (
+        "hmacSha1u",
+        "8f14e45fceea167a",
+        "001cc52d2005d0c46881a43fce935af0157ce801",
+    ),
+];
+
+#[test]
+fn device_bound_vectors_verify_for_their_own_unique_only() {
+    let (pid, secret, ts) = ("p7kq2x9d", b"Zk3mQ8vR2tY6wP1n", 1_626_197_189);
+    for (method, unique, password) in BOUND {
+        let m = SignMethod::parse(method).unwrap();
+        assert!(m.is_bound());
+        assert_eq!(sign(m, secret, pid, unique, ts).as_str(), password);
+        let username = format!("{pid}|signMethod={method},ts={ts}");
+        verify_connect(
+            &format!("register_{pid}_{unique}"),
+            &username,
+            password.as_bytes(),
+            secret,
+            ts,
+            900,
+        )
+        .unwrap_or_else(|e| panic!("{method} refused: {e}"));
+        // The same password presented by another unique is a bad signature.
+        assert_eq!(
+            verify_connect(
+                &format!("register_{pid}_0f8fad5b-d9cb-469f-a165-70867728950e"),
+                &username,
+                password.as_bytes(),
+                secret,
+                ts,
+                900,
+            ),
+            Err(dynreg_proto::CredentialError::BadSignature)
+        );
+    }
+    // Another unique's own bound password (also from Python's hmac).
+    assert_eq!(
+        sign(
+            SignMethod::HmacSha256Bound,
+            secret,
+            pid,
+            "0f8fad5b-d9cb-469f-a165-70867728950e",
+            ts
+        )
+        .as_str(),
+        "c8b88a049ac6b8c94268a52c99e8afe137875dd797406e14c1533b3a81f7453b"
+    );
 }

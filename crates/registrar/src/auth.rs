@@ -1,13 +1,18 @@
 //! Whether a CONNECT is allowed (PROTOCOL.md section 2), decided once for every front
-//! door: the embedded endpoint calls [`Registrar::authenticate`], and so will every
+//! door: the embedded endpoint calls [`Registrar::authenticate`], and so does every
 //! broker hook.
 //!
-//! In order: the source address must not be banned; the clientId and username must
-//! parse and agree on the pid; the product must exist and be enabled; the ts must lie
-//! in the product's window and the password must be its signature (constant time); the
-//! credential must not have been accepted before for another unique (the replay
-//! guard). A refusal counts towards the address's ban ([`crate::ban`]) unless it is the
-//! service's own fault (storage unavailable).
+//! In order: the clientId and username must parse and agree on the pid; the product
+//! must exist and be enabled; its signatures setting must allow the sign method; the ts
+//! must lie in the product's window and the password must be its signature (constant
+//! time). A seed credential that verifies is recorded with its unique
+//! ([`crate::sharing`]): another unique that presented the same credential is counted
+//! and, past [`SHARING_LOG_THRESHOLD`], logged, but never refused.
+//!
+//! A refusal counts towards the address's ban ([`crate::ban`]) unless it is the
+//! service's own fault (storage unavailable). A banned address is never refused a
+//! CONNECT whose credentials verify: its failing ones are answered "banned" instead of
+//! their own cause, and logged once per ban rather than one line each.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -20,33 +25,14 @@ use tracing::warn;
 use crate::ban::{BanPolicy, Failure};
 use crate::model::SecretMatch;
 use crate::registrar::Registrar;
-use crate::replay::{Claim, CredentialUse};
+use crate::sharing::{CredentialUse, SHARING_LOG_THRESHOLD, Sharing};
 use crate::store::{Store, StoreError};
 
 /// How CONNECTs are decided beyond the credentials themselves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AuthPolicy {
     /// The failed-authentication ban.
     pub ban: BanPolicy,
-    /// Whether the replay guard is on (PROTOCOL.md section 2).
-    ///
-    /// Because the password does not cover the unique, two honest devices of one
-    /// product that sign with the same ts (the same second) present the same
-    /// credential: with the guard on, the second is refused like a replay and must try
-    /// again with a fresh ts. A product therefore takes about one new credential per
-    /// second per sign method and product secret. Turn it off only where CONNECTs
-    /// cannot be sniffed (TLS only) and bursts of one product matter more; see
-    /// docs/security.md.
-    pub replay_guard: bool,
-}
-
-impl Default for AuthPolicy {
-    fn default() -> Self {
-        Self {
-            ban: BanPolicy::default(),
-            replay_guard: true,
-        }
-    }
 }
 
 /// A device whose CONNECT was allowed.
@@ -56,9 +42,9 @@ pub struct Authenticated {
     pub pid: String,
     /// The unique of its clientId.
     pub unique: String,
-    /// True when the same credential had been accepted before for the same unique (a
-    /// reconnect, e.g. after a lost reply).
-    pub repeat: bool,
+    /// What the record of seed credentials said of its credential (always
+    /// [`Sharing::Alone`] for a device-bound one).
+    pub sharing: Sharing,
 }
 
 /// Why a CONNECT was refused. For the log and counters only: the client is told
@@ -66,7 +52,8 @@ pub struct Authenticated {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuthError {
-    /// The source address is banned after too many refused CONNECTs.
+    /// The credentials did not verify and the source address is banned after too many
+    /// refused CONNECTs (a banned address's valid CONNECTs are served).
     #[error("the address is banned after too many refused CONNECTs")]
     Banned,
     /// No username or no password.
@@ -81,15 +68,16 @@ pub enum AuthError {
     /// The product's registration is disabled.
     #[error("registration disabled for the product")]
     DisabledProduct,
-    /// The credential was accepted before for another unique.
+    /// The product takes device-bound signatures only (`signatures = bound`) and the
+    /// device signed with a seed method.
     #[error(
-        "credential replayed: accepted before for unique {first_unique}, now presented for {unique}"
+        "product {pid} takes device-bound signatures only (hmacSha1u, hmacSha256u), and the device signed with {method}"
     )]
-    Replayed {
-        /// The unique the credential was first accepted for.
-        first_unique: String,
-        /// The unique it is presented with now.
-        unique: String,
+    UnboundSignature {
+        /// The product.
+        pid: String,
+        /// The seed method the device used.
+        method: &'static str,
     },
     /// The password was signed with the product's previous secret after its grace
     /// period ended (the device was flashed before a rotation). The client is told
@@ -103,7 +91,7 @@ pub enum AuthError {
         /// The end of the grace period (Unix seconds).
         until: u64,
     },
-    /// The product or the replay guard could not be read.
+    /// The product could not be read.
     #[error("storage unavailable: {0}")]
     Store(StoreError),
 }
@@ -114,7 +102,7 @@ impl AuthError {
         match self {
             Self::Banned => Refusal::Banned,
             Self::MissingCredentials
-            | Self::Replayed { .. }
+            | Self::UnboundSignature { .. }
             | Self::PreviousSecretExpired { .. } => Refusal::BadCredentials,
             Self::Credentials(e) => e.refusal(),
             Self::UnknownProduct | Self::DisabledProduct => Refusal::NotAuthorized,
@@ -123,12 +111,9 @@ impl AuthError {
     }
 
     /// Whether the refusal counts towards the address's ban: every refusal that is the
-    /// client's doing, except a replay (honest devices of one product that sign in the
-    /// same second collide, and a factory line behind one address must not be banned
-    /// for that; a replayer gains nothing by repeating), a ban already in force, or the
-    /// service's own failure.
+    /// client's doing, except a ban already in force or the service's own failure.
     pub fn counts_against_address(&self) -> bool {
-        !matches!(self, Self::Banned | Self::Store(_) | Self::Replayed { .. })
+        !matches!(self, Self::Banned | Self::Store(_))
     }
 
     /// Every value [`AuthError::cause`] takes.
@@ -140,15 +125,15 @@ impl AuthError {
         "malformed",
         "unknown_product",
         "disabled_product",
-        "replayed",
+        "unbound_signature",
         "previous_secret_expired",
         "store_unavailable",
     ];
 
     /// The refusal's cause as a metrics label: `banned`, `missing_credentials`,
     /// `malformed` (clientId or username), `stale_ts`, `bad_signature`,
-    /// `unknown_product`, `disabled_product`, `replayed`, `previous_secret_expired`,
-    /// `store_unavailable`.
+    /// `unknown_product`, `disabled_product`, `unbound_signature`,
+    /// `previous_secret_expired`, `store_unavailable`.
     pub fn cause(&self) -> &'static str {
         use dynreg_proto::credentials::CredentialError as C;
         match self {
@@ -159,7 +144,7 @@ impl AuthError {
             Self::Credentials(_) => "malformed",
             Self::UnknownProduct => "unknown_product",
             Self::DisabledProduct => "disabled_product",
-            Self::Replayed { .. } => "replayed",
+            Self::UnboundSignature { .. } => "unbound_signature",
             Self::PreviousSecretExpired { .. } => "previous_secret_expired",
             Self::Store(_) => "store_unavailable",
         }
@@ -173,9 +158,9 @@ pub struct AuthCounters {
     pub allowed: AtomicU64,
     /// CONNECTs refused (any cause).
     pub refused: AtomicU64,
-    /// Of those, replayed credentials.
-    pub replayed: AtomicU64,
-    /// Of those, refused because the address was banned.
+    /// Of the allowed, those whose seed credential another unique presented before.
+    pub shared: AtomicU64,
+    /// Of the refused, those answered "banned" (failing CONNECTs from a banned address).
     pub refused_banned: AtomicU64,
     /// Bans started.
     pub bans: AtomicU64,
@@ -188,9 +173,9 @@ pub struct AuthStats {
     pub allowed: u64,
     /// CONNECTs refused (any cause).
     pub refused: u64,
-    /// Of those, replayed credentials.
-    pub replayed: u64,
-    /// Of those, refused because the address was banned.
+    /// Of the allowed, those whose seed credential another unique presented before.
+    pub shared: u64,
+    /// Of the refused, those answered "banned".
     pub refused_banned: u64,
     /// Bans started.
     pub bans: u64,
@@ -203,7 +188,7 @@ impl AuthCounters {
         AuthStats {
             allowed: r(&self.allowed),
             refused: r(&self.refused),
-            replayed: r(&self.replayed),
+            shared: r(&self.shared),
             refused_banned: r(&self.refused_banned),
             bans: r(&self.bans),
         }
@@ -239,43 +224,59 @@ impl<S: Store> Registrar<S> {
         let peer = c.peer;
         let result = self.decide_connect(now, c).await;
         let counters = &self.auth_counters;
-        match &result {
-            Ok(_) => {
+        let e = match result {
+            Ok(ok) => {
                 counters.allowed.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                counters.refused.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::metrics().connect_refused(e.cause());
-                match e {
-                    AuthError::Replayed { .. } => {
-                        counters.replayed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    AuthError::Banned => {
-                        counters.refused_banned.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {}
-                }
-                if let (Some(ip), true) = (peer, e.counts_against_address()) {
-                    if let Failure::BannedUntil(until) = self.bans.record_failure(ip, now) {
-                        counters.bans.fetch_add(1, Ordering::Relaxed);
-                        let p = self.bans.policy();
+                if let Sharing::Shared { uniques } = ok.sharing {
+                    counters.shared.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::metrics().credential_shared(&ok.pid);
+                    // At the threshold, then at each doubling: a handful of lines per
+                    // credential at most.
+                    if uniques >= SHARING_LOG_THRESHOLD && uniques.is_power_of_two() {
                         warn!(
-                            peer = %ip,
-                            until,
-                            failures = p.failures,
-                            window_secs = p.window_secs,
-                            "address banned for {} s after too many refused CONNECTs",
-                            p.duration_secs
+                            pid = ok.pid,
+                            unique = ok.unique,
+                            uniques,
+                            "one CONNECT credential (one second of one product) has been presented by {uniques} devices: more than honest same-second collisions explain, unless a rack of devices or a herd of re-registering ones started together. A captured credential or an extracted product secret looks like this; consider signatures = bound or a re-registration window for the product (docs/security.md)"
                         );
                     }
                 }
+                return Ok(ok);
             }
-        }
-        result
+            Err(e) => e,
+        };
+        counters.refused.fetch_add(1, Ordering::Relaxed);
+        let banned = match peer {
+            Some(ip) if e.counts_against_address() => {
+                let already = self.bans.is_banned(ip, now);
+                if let Failure::BannedUntil(until) = self.bans.record_failure(ip, now) {
+                    counters.bans.fetch_add(1, Ordering::Relaxed);
+                    let p = self.bans.policy();
+                    warn!(
+                        peer = %ip,
+                        until,
+                        failures = p.failures,
+                        window_secs = p.window_secs,
+                        "address banned for {} s after too many refused CONNECTs: its failing CONNECTs are answered \"banned\" and not logged one by one; its valid ones are served (last refusal: {e})",
+                        p.duration_secs
+                    );
+                }
+                already
+            }
+            _ => false,
+        };
+        let e = if banned {
+            counters.refused_banned.fetch_add(1, Ordering::Relaxed);
+            AuthError::Banned
+        } else {
+            e
+        };
+        crate::metrics::metrics().connect_refused(e.cause());
+        Err(e)
     }
 
-    /// Whether `ip` is banned at `now`: a front door may refuse its connections before
-    /// reading anything from them.
+    /// Whether `ip` is banned at `now` (its failing CONNECTs are answered "banned";
+    /// its valid ones are served all the same).
     pub fn is_banned(&self, ip: IpAddr, now: u64) -> bool {
         self.bans.is_banned(ip, now)
     }
@@ -284,7 +285,6 @@ impl<S: Store> Registrar<S> {
     pub fn auth_policy(&self) -> AuthPolicy {
         AuthPolicy {
             ban: self.bans.policy(),
-            replay_guard: self.replay_guard,
         }
     }
 
@@ -294,11 +294,6 @@ impl<S: Store> Registrar<S> {
     }
 
     async fn decide_connect(&self, now: u64, c: Connect<'_>) -> Result<Authenticated, AuthError> {
-        if let Some(ip) = c.peer {
-            if self.bans.is_banned(ip, now) {
-                return Err(AuthError::Banned);
-            }
-        }
         let (Some(username), Some(password)) = (c.username, c.password) else {
             return Err(AuthError::MissingCredentials);
         };
@@ -311,6 +306,12 @@ impl<S: Store> Registrar<S> {
         if !product.enabled {
             return Err(AuthError::DisabledProduct);
         }
+        if !product.signatures.allows(creds.sign_method) {
+            return Err(AuthError::UnboundSignature {
+                pid: product.pid.clone(),
+                method: creds.sign_method.name(),
+            });
+        }
         check_ts(creds.ts, now, product.ts_window).map_err(AuthError::Credentials)?;
         // The current secret, then (during and after a rotation's grace period) the
         // previous one; each comparison is constant-time.
@@ -319,6 +320,7 @@ impl<S: Store> Registrar<S> {
                 creds.sign_method,
                 secret.expose().as_bytes(),
                 creds.pid,
+                creds.unique,
                 creds.ts,
                 password,
             )
@@ -336,36 +338,43 @@ impl<S: Store> Registrar<S> {
                 return Err(AuthError::Credentials(CredentialError::BadSignature));
             }
         }
-        let claim = if self.replay_guard {
-            self.store()
-                .claim_credential(
-                    &CredentialUse {
-                        pid: creds.pid,
-                        sign_method: creds.sign_method,
-                        ts: creds.ts,
-                        password,
-                        unique: creds.unique,
-                        // Valid while ts >= now - window, i.e. until ts + window inclusive.
-                        expires_at: creds.ts.saturating_add(product.ts_window).saturating_add(1),
-                    },
-                    now,
-                )
-                .await
-                .map_err(AuthError::Store)?
+        let sharing = if creds.sign_method.is_bound() {
+            Sharing::Alone
         } else {
-            Claim::First
+            self.record_credential(
+                &CredentialUse {
+                    pid: creds.pid,
+                    sign_method: creds.sign_method,
+                    ts: creds.ts,
+                    password,
+                    unique: creds.unique,
+                    // Valid while ts >= now - window, i.e. until ts + window inclusive.
+                    expires_at: creds.ts.saturating_add(product.ts_window).saturating_add(1),
+                },
+                now,
+            )
+            .await
         };
-        if let Claim::Replayed { first_unique } = claim {
-            return Err(AuthError::Replayed {
-                first_unique,
-                unique: creds.unique.to_owned(),
-            });
-        }
         Ok(Authenticated {
             pid: creds.pid.to_owned(),
             unique: creds.unique.to_owned(),
-            repeat: claim == Claim::Repeat,
+            sharing,
         })
+    }
+
+    /// Records a verified seed credential. The record only counts and logs, so a store
+    /// that cannot keep it now does not cost the device its CONNECT: the failure is
+    /// logged once per burst and the credential taken as [`Sharing::Alone`].
+    async fn record_credential(&self, c: &CredentialUse<'_>, now: u64) -> Sharing {
+        match self.store().record_credential(c, now).await {
+            Ok(sharing) => sharing,
+            Err(e) => {
+                if let Some(suppressed) = self.sharing_errors.record(now) {
+                    warn!(error = %e, suppressed, "shared credentials could not be recorded (CONNECTs are served regardless)");
+                }
+                Sharing::Alone
+            }
+        }
     }
 }
 
@@ -390,9 +399,9 @@ mod tests {
             AuthError::Credentials(C::ClientIdPrefix),
             AuthError::UnknownProduct,
             AuthError::DisabledProduct,
-            AuthError::Replayed {
-                first_unique: "a".into(),
-                unique: "b".into(),
+            AuthError::UnboundSignature {
+                pid: "p".into(),
+                method: "hmacSha256",
             },
             AuthError::PreviousSecretExpired {
                 pid: "p".into(),
@@ -409,13 +418,6 @@ mod tests {
     }
 
     fn registrar(ban: BanPolicy) -> Registrar<MemoryStore> {
-        registrar_with(AuthPolicy {
-            ban,
-            replay_guard: true,
-        })
-    }
-
-    fn registrar_with(policy: AuthPolicy) -> Registrar<MemoryStore> {
         let store = MemoryStore::new();
         let mut p = product("p", SourceMode::Generate);
         p.rereg = ReregPolicy::Always;
@@ -423,7 +425,10 @@ mod tests {
         let mut off = product("off", SourceMode::Generate);
         off.enabled = false;
         store.put_product(off);
-        Registrar::with_policy(store, policy)
+        let mut b = product("b", SourceMode::Generate);
+        b.signatures = crate::Signatures::Bound;
+        store.put_product(b);
+        Registrar::with_policy(store, AuthPolicy { ban })
     }
 
     struct Creds {
@@ -433,10 +438,14 @@ mod tests {
     }
 
     fn creds(pid: &str, unique: &str, ts: u64, secret: &str) -> Creds {
+        creds_with(SignMethod::HmacSha256, pid, unique, ts, secret)
+    }
+
+    fn creds_with(m: SignMethod, pid: &str, unique: &str, ts: u64, secret: &str) -> Creds {
         Creds {
             client_id: format!("register_{pid}_{unique}"),
-            username: format!("{pid}|signMethod=hmacSha256,ts={ts}"),
-            password: sign(SignMethod::HmacSha256, secret.as_bytes(), pid, ts).to_string(),
+            username: format!("{pid}|signMethod={m},ts={ts}"),
+            password: sign(m, secret.as_bytes(), pid, unique, ts).to_string(),
         }
     }
 
@@ -459,13 +468,7 @@ mod tests {
             until: NOW + 100,
         });
         store.put_product(p);
-        let r = Registrar::with_policy(
-            store,
-            AuthPolicy {
-                ban: BanPolicy::default(),
-                replay_guard: true,
-            },
-        );
+        let r = Registrar::new(store);
         let new = creds("g", "a", NOW, "new-secret");
         let old = creds("g", "b", NOW, "old-secret");
         r.authenticate(NOW, connect(&new, "10.0.0.1"))
@@ -504,82 +507,88 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_captured_credential_works_for_its_own_unique_only() {
+    async fn same_second_devices_share_a_credential_and_are_all_served() {
         let r = registrar(BanPolicy::default());
-        let good = creds("p", "dev1", NOW, "secret-of-p");
+        let first = creds("p", "dev1", NOW, "secret-of-p");
         let ok = r
-            .authenticate(NOW, connect(&good, "10.0.0.1"))
+            .authenticate(NOW, connect(&first, "10.0.0.1"))
             .await
             .unwrap();
         assert_eq!(
-            (ok.pid.as_str(), ok.unique.as_str(), ok.repeat),
-            ("p", "dev1", false)
+            (ok.pid.as_str(), ok.unique.as_str(), ok.sharing),
+            ("p", "dev1", Sharing::Alone)
         );
         // The device reconnects with the same credential (its reply was lost).
         let again = r
-            .authenticate(NOW + 5, connect(&good, "10.0.0.1"))
+            .authenticate(NOW + 5, connect(&first, "10.0.0.1"))
             .await
             .unwrap();
-        assert!(again.repeat);
-        // Someone who sniffed it signs up another unique, in either case of hex.
-        let mut stolen = creds("p", "attacker", NOW, "secret-of-p");
-        stolen.password = good.password.to_uppercase();
-        let e = r
-            .authenticate(NOW + 6, connect(&stolen, "10.0.0.9"))
-            .await
-            .unwrap_err();
-        assert_eq!(
-            e,
-            AuthError::Replayed {
-                first_unique: "dev1".into(),
-                unique: "attacker".into()
+        assert_eq!(again.sharing, Sharing::Repeat);
+        // 99 more devices of the product signed in the same second, behind one address,
+        // in either case of hex: each is served, and counted as sharing.
+        for i in 2..=100u32 {
+            let mut same = creds("p", &format!("dev{i}"), NOW, "secret-of-p");
+            if i % 2 == 0 {
+                same.password = same.password.to_uppercase();
             }
-        );
-        assert_eq!(e.refusal(), Refusal::BadCredentials);
-        assert!(e.to_string().contains("dev1") && e.to_string().contains("attacker"));
-        // A fresh ts is a fresh credential.
-        let next = creds("p", "dev2", NOW + 1, "secret-of-p");
-        assert!(
-            r.authenticate(NOW + 6, connect(&next, "10.0.0.1"))
+            let ok = r
+                .authenticate(NOW + 1, connect(&same, "10.0.0.1"))
                 .await
-                .is_ok()
-        );
+                .unwrap();
+            assert_eq!(ok.sharing, Sharing::Shared { uniques: i });
+        }
+        assert!(!r.is_banned("10.0.0.1".parse().unwrap(), NOW + 1));
         let stats = r.auth_stats();
-        assert_eq!((stats.allowed, stats.refused, stats.replayed), (3, 1, 1));
+        assert_eq!((stats.allowed, stats.refused, stats.shared), (101, 0, 99));
     }
 
     #[tokio::test]
-    async fn replays_do_not_ban_and_the_guard_can_be_off() {
-        let r = registrar(BanPolicy {
-            failures: 3,
-            window_secs: 60,
-            duration_secs: 300,
-        });
-        let first = creds("p", "u0", NOW, "secret-of-p");
-        r.authenticate(NOW, connect(&first, "10.0.0.5"))
-            .await
-            .unwrap();
-        // Devices behind one NAT that signed in the same second: refused, never banned.
-        for i in 1..10 {
-            let same_second = creds("p", &format!("u{i}"), NOW, "secret-of-p");
-            assert!(matches!(
-                r.authenticate(NOW, connect(&same_second, "10.0.0.5")).await,
-                Err(AuthError::Replayed { .. })
-            ));
-        }
-        assert!(!r.is_banned("10.0.0.5".parse().unwrap(), NOW));
-
-        let off = registrar_with(AuthPolicy {
-            ban: BanPolicy::default(),
-            replay_guard: false,
-        });
-        for i in 0..10 {
-            let same_second = creds("p", &format!("u{i}"), NOW, "secret-of-p");
-            assert!(
-                off.authenticate(NOW, connect(&same_second, "10.0.0.5"))
+    async fn device_bound_credentials_verify_for_their_own_unique_only() {
+        let r = registrar(BanPolicy::default());
+        for m in [SignMethod::HmacSha1Bound, SignMethod::HmacSha256Bound] {
+            for pid in ["p", "b"] {
+                let own = creds_with(m, pid, "dev1", NOW, &format!("secret-of-{pid}"));
+                let ok = r
+                    .authenticate(NOW, connect(&own, "10.0.0.1"))
                     .await
-                    .is_ok()
+                    .unwrap();
+                assert_eq!(
+                    ok.sharing,
+                    Sharing::Alone,
+                    "bound credentials are not recorded"
+                );
+                // Replayed for another unique: a bad signature (4 / 0x86).
+                let mut replay = creds_with(m, pid, "dev2", NOW, &format!("secret-of-{pid}"));
+                replay.password = own.password.clone();
+                let e = r
+                    .authenticate(NOW, connect(&replay, "10.0.0.9"))
+                    .await
+                    .unwrap_err();
+                assert_eq!(e, AuthError::Credentials(CredentialError::BadSignature));
+                assert_eq!(e.refusal().v5_reason_code(), 0x86);
+                assert_eq!(e.refusal().v3_return_code(), 4);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bound_product_refuses_the_seed_methods() {
+        let r = registrar(BanPolicy::default());
+        for m in [SignMethod::HmacSha1, SignMethod::HmacSha256] {
+            let seed = creds_with(m, "b", "dev1", NOW, "secret-of-b");
+            let e = r
+                .authenticate(NOW, connect(&seed, "10.0.0.1"))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                e,
+                AuthError::UnboundSignature {
+                    pid: "b".into(),
+                    method: m.name()
+                }
             );
+            assert_eq!(e.refusal(), Refusal::BadCredentials);
+            assert!(e.to_string().contains("device-bound"), "{e}");
         }
     }
 
@@ -622,7 +631,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn repeated_failures_ban_the_address_not_others() {
+    async fn a_ban_answers_failing_connects_and_serves_valid_ones() {
         let r = registrar(BanPolicy {
             failures: 5,
             window_secs: 60,
@@ -635,25 +644,33 @@ mod tests {
                 Err(AuthError::Credentials(_))
             ));
         }
-        let good = creds("p", "d", NOW, "secret-of-p");
-        assert_eq!(
-            r.authenticate(NOW + 1, connect(&good, "10.0.0.66")).await,
-            Err(AuthError::Banned),
-            "even good credentials, while banned"
-        );
-        assert_eq!(AuthError::Banned.refusal(), Refusal::Banned);
         assert!(r.is_banned("10.0.0.66".parse().unwrap(), NOW + 299));
+        // Failing CONNECTs from the banned address are answered "banned"...
+        for _ in 0..3 {
+            let e = r
+                .authenticate(NOW + 1, connect(&bad, "10.0.0.66"))
+                .await
+                .unwrap_err();
+            assert_eq!(e, AuthError::Banned);
+            assert_eq!(e.refusal(), Refusal::Banned);
+        }
+        // ...and every device whose credentials verify is served, same second or not.
+        for i in 0..20 {
+            let good = creds("p", &format!("ok{i}"), NOW, "secret-of-p");
+            assert!(
+                r.authenticate(NOW + 1, connect(&good, "10.0.0.66"))
+                    .await
+                    .is_ok()
+            );
+        }
+        let good = creds("p", "d", NOW, "secret-of-p");
         assert!(
             r.authenticate(NOW + 1, connect(&good, "10.0.0.7"))
                 .await
                 .is_ok()
         );
-        assert!(
-            r.authenticate(NOW + 301, connect(&good, "10.0.0.66"))
-                .await
-                .is_ok()
-        );
+        assert!(!r.is_banned("10.0.0.66".parse().unwrap(), NOW + 301));
         let stats = r.auth_stats();
-        assert_eq!((stats.bans, stats.refused_banned), (1, 1));
+        assert_eq!((stats.bans, stats.refused_banned), (1, 3));
     }
 }

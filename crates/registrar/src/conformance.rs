@@ -101,6 +101,7 @@ pub fn product(pid: &str, mode: SourceMode) -> Product {
         mac_range: None,
         ts_window: 900,
         rereg: crate::ReregPolicy::DEFAULT,
+        signatures: crate::Signatures::Any,
         quota: None,
         previous_secret: None,
         created_at: NOW,

@@ -1,7 +1,7 @@
 //! # dynreg-registrar: the registration decision
 //!
-//! Whether a CONNECT is allowed ([`Registrar::authenticate`]: credentials, the replay
-//! guard, bans), and given an authenticated device (pid, unique) and its register
+//! Whether a CONNECT is allowed ([`Registrar::authenticate`]: credentials, product
+//! signature settings, bans, the record of shared credentials), and given an authenticated device (pid, unique) and its register
 //! request, the reply: idempotency per device, the re-registration policy, quotas,
 //! triplet pools, on-the-spot generation, barcode overwrite, `replacePid`, revocation.
 //! Time is passed in; storage is reached only
@@ -13,7 +13,7 @@
 //! - [`store`]: the [`Store`] and [`Tx`] traits a storage backend implements.
 //! - [`registrar`]: [`Registrar`], the registration rules.
 //! - [`auth`]: [`Registrar::authenticate`], the CONNECT decision.
-//! - [`replay`]: the replay guard's in-process memory of accepted credentials.
+//! - [`sharing`]: the in-process record of seed credentials shared by several uniques.
 //! - [`ban`]: the failed-authentication ban per source address.
 //! - [`generate`]: random secrets, uuids and pids from the OS CSPRNG.
 //! - [`memory`]: an in-memory store for tests and examples.
@@ -31,15 +31,15 @@ pub mod metrics;
 pub mod model;
 pub mod rate;
 pub mod registrar;
-pub mod replay;
+pub mod sharing;
 pub mod store;
 
 pub use auth::{AuthError, AuthPolicy, AuthStats, Authenticated, Connect};
 pub use ban::BanPolicy;
 pub use model::{
     AuditEntry, MacRange, NewTriplet, PreviousSecret, Product, Registration, ReregPolicy, Secret,
-    SecretMatch, SourceMode, Triplet, TripletId, TripletState,
+    SecretMatch, Signatures, SourceMode, Triplet, TripletId, TripletState,
 };
 pub use registrar::{Device, Handled, Registered, Registrar};
-pub use replay::{Claim, CredentialUse, ReplayGuard};
+pub use sharing::{CredentialUse, SharedCredentials, Sharing};
 pub use store::{Intent, ProductListener, Store, StoreError, StoreErrorKind, Tx};

@@ -13,7 +13,7 @@ use crate::conformance::Fixture;
 use crate::model::{
     AuditEntry, MacRange, NewTriplet, Product, Registration, Triplet, TripletId, TripletState,
 };
-use crate::replay::{Claim, CredentialUse, ReplayGuard};
+use crate::sharing::{CredentialUse, SharedCredentials, Sharing};
 use crate::store::{Intent, ProductListener, Store, StoreError, Tx};
 
 #[derive(Debug, Clone)]
@@ -42,7 +42,7 @@ struct State {
 #[derive(Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
-    replay: ReplayGuard,
+    shared: SharedCredentials,
     listeners: Mutex<Vec<ProductListener>>,
 }
 
@@ -297,12 +297,12 @@ impl Store for MemoryStore {
         std::future::ready(result)
     }
 
-    fn claim_credential(
+    fn record_credential(
         &self,
         credential: &CredentialUse<'_>,
         now: u64,
-    ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
-        std::future::ready(Ok(self.replay.claim(credential, now)))
+    ) -> impl Future<Output = Result<Sharing, StoreError>> + Send {
+        std::future::ready(Ok(self.shared.record(credential, now)))
     }
 }
 

@@ -63,6 +63,9 @@ pub struct Metrics {
     pub registration_seconds: Histogram,
     /// `dynreg_connect_refusals_total{cause}`.
     pub connect_refusals: Family<CauseLabel, Counter>,
+    /// `dynreg_shared_credentials_total{pid}`: CONNECTs served whose seed credential
+    /// another unique of the product presented before (PROTOCOL.md section 2).
+    pub shared_credentials: Family<PidLabel, Counter>,
     /// `dynreg_hook_calls_total{broker,hook,result}`.
     pub hook_calls: Family<HookLabels, Counter>,
     /// `dynreg_store_batch_size`: registrations per store transaction (group commit).
@@ -104,6 +107,7 @@ impl Metrics {
             registrations: Family::default(),
             registration_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 14)),
             connect_refusals: Family::default(),
+            shared_credentials: Family::default(),
             hook_calls: Family::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
             batch_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
@@ -130,6 +134,11 @@ impl Metrics {
                 "connect_refusals",
                 "CONNECTs refused, by cause",
                 m.connect_refusals.clone(),
+            );
+            r.register(
+                "shared_credentials",
+                "CONNECTs served whose seed credential another unique of the product presented before (same-second devices, or a replay)",
+                m.shared_credentials.clone(),
             );
             r.register(
                 "hook_calls",
@@ -198,7 +207,17 @@ impl Metrics {
             .collect()
     }
 
-    /// Counts a refused CONNECT.
+    /// Counts a CONNECT of product `pid` served with a seed credential that another
+    /// unique presented before.
+    pub fn credential_shared(&self, pid: &str) {
+        self.shared_credentials
+            .get_or_create(&PidLabel {
+                pid: pid.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a refused CONNECT by its cause.
     pub fn connect_refused(&self, cause: &'static str) {
         self.connect_refusals
             .get_or_create(&CauseLabel { cause })

@@ -275,6 +275,56 @@ impl fmt::Display for ReregPolicy {
     }
 }
 
+/// Which sign methods a product's devices may use at CONNECT (PROTOCOL.md section 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Signatures {
+    /// The seed's methods (`hmacSha1`, `hmacSha256`) and the device-bound ones: what
+    /// every device built against the protocol text needs.
+    #[default]
+    Any,
+    /// Only the device-bound methods (`hmacSha1u`, `hmacSha256u`), whose credential
+    /// verifies for its own unique only: a captured CONNECT cannot register another
+    /// device. For firmware that signs them.
+    Bound,
+}
+
+impl Signatures {
+    /// The name used in the CLI, the API and the database: `any` or `bound`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Any => "any",
+            Self::Bound => "bound",
+        }
+    }
+
+    /// Whether a credential signed with `method` is acceptable.
+    pub const fn allows(self, method: dynreg_proto::SignMethod) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Bound => method.is_bound(),
+        }
+    }
+}
+
+impl FromStr for Signatures {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "any" => Ok(Self::Any),
+            "bound" => Ok(Self::Bound),
+            _ => Err(InvalidValue(format!(
+                "unknown signatures setting `{s}` (expected any or bound)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Signatures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Parses a duration in seconds written as a number with a unit: `90s`, `15m`, `24h`,
 /// `7d` (a bare number is seconds). At most ten years.
 pub fn parse_duration(s: &str) -> Result<u64, InvalidValue> {
@@ -369,6 +419,8 @@ pub struct Product {
     pub ts_window: u64,
     /// When a device that registered before gets its triplet again.
     pub rereg: ReregPolicy,
+    /// Which sign methods its devices may use.
+    pub signatures: Signatures,
     /// The most devices the product may bind (`None`: no limit).
     pub quota: Option<u64>,
     /// The secret replaced by the last rotation, kept until it is retired: it verifies

@@ -147,14 +147,14 @@ pub struct Registrar<S> {
     /// Product lookups, in front of the store.
     products: Arc<ProductCache>,
     pub(crate) bans: Bans,
-    pub(crate) replay_guard: bool,
     pub(crate) auth_counters: AuthCounters,
     store_errors: ErrorLog,
+    /// Failures to record a shared credential (logged once per burst).
+    pub(crate) sharing_errors: ErrorLog,
 }
 
 impl<S: Store> Registrar<S> {
-    /// A registrar over `store` with the default CONNECT policy (replay guard on, the
-    /// default ban).
+    /// A registrar over `store` with the default CONNECT policy (the default ban).
     pub fn new(store: S) -> Self {
         Self::with_policy(store, AuthPolicy::default())
     }
@@ -177,9 +177,9 @@ impl<S: Store> Registrar<S> {
             per_pid: RateLimiter::new(0, MAX_RATE_KEYS),
             epoch: std::time::Instant::now(),
             bans: Bans::new(policy.ban),
-            replay_guard: policy.replay_guard,
             auth_counters: AuthCounters::default(),
             store_errors: ErrorLog::default(),
+            sharing_errors: ErrorLog::default(),
         }
     }
 
@@ -538,7 +538,7 @@ mod tests {
     use super::*;
     use crate::conformance::{Fixture, product};
     use crate::memory::MemoryStore;
-    use crate::replay::{Claim, CredentialUse};
+    use crate::sharing::{CredentialUse, Sharing};
     use std::io::Write;
 
     /// A store whose disk is full.
@@ -562,12 +562,12 @@ mod tests {
         {
             std::future::ready(Err(StoreError::backend("database or disk is full")))
         }
-        fn claim_credential(
+        fn record_credential(
             &self,
             c: &CredentialUse<'_>,
             now: u64,
-        ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
-            self.0.claim_credential(c, now)
+        ) -> impl Future<Output = Result<Sharing, StoreError>> + Send {
+            self.0.record_credential(c, now)
         }
     }
     use std::future::Future;

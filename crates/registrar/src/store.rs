@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::model::{
     AuditEntry, NewTriplet, Product, Registration, Triplet, TripletId, TripletState,
 };
-use crate::replay::{Claim, CredentialUse};
+use crate::sharing::{CredentialUse, Sharing};
 
 /// What kind of failure a store reports: what a caller decides on (refuse, retry,
 /// report).
@@ -271,16 +271,18 @@ pub trait Store: Send + Sync + 'static {
         F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static;
 
-    /// The replay guard (PROTOCOL.md section 2): remembers `credential` as accepted for
-    /// its unique until it expires, or reports that it was accepted before. Called on
-    /// every allowed CONNECT, so it must cost about one hash lookup. A store served by
-    /// one process may keep this in memory ([`crate::ReplayGuard`]); a store shared by
-    /// several instances keeps it where all of them see it.
-    fn claim_credential(
+    /// The record of shared credentials (PROTOCOL.md section 2, [`crate::sharing`]):
+    /// remembers that `credential` was presented by its unique until it expires, and
+    /// says whether other uniques presented it before. Called on every allowed CONNECT
+    /// with a seed credential, so it must cost about one hash lookup; it decides
+    /// nothing. A store served by one process may keep this in memory
+    /// ([`crate::SharedCredentials`]); a store shared by several instances keeps it
+    /// where all of them see it.
+    fn record_credential(
         &self,
         credential: &CredentialUse<'_>,
         now: u64,
-    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Sharing, StoreError>> + Send;
 }
 
 impl<S: Store> Store for Arc<S> {
@@ -307,11 +309,11 @@ impl<S: Store> Store for Arc<S> {
         (**self).transact(intent, work)
     }
 
-    fn claim_credential(
+    fn record_credential(
         &self,
         credential: &CredentialUse<'_>,
         now: u64,
-    ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
-        (**self).claim_credential(credential, now)
+    ) -> impl Future<Output = Result<Sharing, StoreError>> + Send {
+        (**self).record_credential(credential, now)
     }
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use dynreg_registrar::model::{InvalidValue, MAX_NAME_LEN, is_valid_pid};
 use dynreg_registrar::{
-    AuditEntry, MacRange, NewTriplet, Product, Registration, ReregPolicy, Secret, SourceMode,
-    Triplet, TripletState, generate,
+    AuditEntry, MacRange, NewTriplet, Product, Registration, ReregPolicy, Secret, Signatures,
+    SourceMode, Triplet, TripletState, generate,
 };
 
 use crate::Error;
@@ -38,6 +38,8 @@ pub struct NewProduct {
     pub ts_window: u64,
     /// When a device that registered before gets its triplet again.
     pub rereg: ReregPolicy,
+    /// Which sign methods its devices may use.
+    pub signatures: Signatures,
     /// The most devices the product may bind (`None`: no limit).
     pub quota: Option<u64>,
     /// The low-water mark of free triplets: below it, `pool.low` fires (`None`:
@@ -58,6 +60,8 @@ pub struct ProductUpdate {
     pub ts_window: Option<u64>,
     /// A new re-registration policy.
     pub rereg: Option<ReregPolicy>,
+    /// A new signatures setting.
+    pub signatures: Option<Signatures>,
     /// A new quota: `Some(None)` removes it.
     pub quota: Option<Option<u64>>,
     /// A new low-water mark of free triplets: `Some(None)` removes it.
@@ -72,6 +76,7 @@ impl ProductUpdate {
             && self.mac_range.is_none()
             && self.ts_window.is_none()
             && self.rereg.is_none()
+            && self.signatures.is_none()
             && self.quota.is_none()
             && self.low_water.is_none()
     }
@@ -151,6 +156,8 @@ pub struct ProductSummary {
     pub ts_window: u64,
     /// The re-registration policy.
     pub rereg: ReregPolicy,
+    /// Which sign methods its devices may use.
+    pub signatures: Signatures,
     /// The most devices the product may bind, if limited.
     pub quota: Option<u64>,
     /// When the previous secret's grace period ends (or ended), if a rotation left one.
@@ -172,6 +179,7 @@ impl ProductSummary {
             mac_range: product.mac_range,
             ts_window: product.ts_window,
             rereg: product.rereg,
+            signatures: product.signatures,
             quota: product.quota,
             previous_secret_until: product.previous_secret.map(|p| p.until),
             created_at: product.created_at,
@@ -830,6 +838,7 @@ pub fn new_product(new: NewProduct, now: u64) -> Result<Product, Error> {
         mac_range: new.mac_range,
         ts_window: new.ts_window,
         rereg: new.rereg,
+        signatures: new.signatures,
         quota: new.quota,
         previous_secret: None,
         created_at: now,
@@ -931,6 +940,10 @@ pub struct ProductDefinition {
     pub ts_window: u64,
     /// The re-registration policy: `always`, `never` or `window:DURATION`.
     pub reregistration: String,
+    /// Which sign methods its devices may use: `any` or `bound` (`any` when absent, as
+    /// in definitions written before the setting existed).
+    #[serde(default = "any_signatures")]
+    pub signatures: String,
     /// The most devices it may bind.
     pub quota: Option<u64>,
     /// Whether it takes registrations.
@@ -965,6 +978,7 @@ impl ProductDefinition {
             mac_range: p.mac_range.map(|r| r.to_string()),
             ts_window: p.ts_window,
             reregistration: p.rereg.to_string(),
+            signatures: p.signatures.to_string(),
             quota: p.quota,
             enabled: p.enabled,
             low_water,
@@ -1005,6 +1019,10 @@ impl ProductDefinition {
                 .reregistration
                 .parse()
                 .map_err(|e| field("reregistration", e))?,
+            signatures: self
+                .signatures
+                .parse()
+                .map_err(|e| field("signatures", e))?,
             quota: self.quota,
             low_water: self.low_water,
         };
@@ -1040,6 +1058,10 @@ impl ProductDefinition {
             }
         }
     }
+}
+
+fn any_signatures() -> String {
+    Signatures::Any.to_string()
 }
 
 /// The columns of a device export (`device export`, `GET /devices/export`), before

@@ -6,8 +6,8 @@
 //!   WAL mode with `synchronous = FULL` (a commit is on disk before it returns), one
 //!   writer thread;
 //! - [`PgStore`]: PostgreSQL, for several instances on one database: writer threads
-//!   sharing one queue, pool triplets taken with `FOR UPDATE SKIP LOCKED`, a replay
-//!   guard every instance sees, migrations under an advisory lock.
+//!   sharing one queue, pool triplets taken with `FOR UPDATE SKIP LOCKED`, a record
+//!   of shared credentials every instance sees, migrations under an advisory lock.
 //!
 //! Both run the same statements (a private SQL layer over a small connection
 //! interface) with group commit: concurrent registrations run in one transaction and

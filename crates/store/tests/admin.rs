@@ -7,7 +7,7 @@
 use dynreg_store::Operator;
 use std::sync::Arc;
 
-use dynreg_registrar::{MacRange, NewTriplet, ReregPolicy, Secret, SourceMode};
+use dynreg_registrar::{MacRange, NewTriplet, ReregPolicy, Secret, Signatures, SourceMode};
 use dynreg_store::{DeviceFilter, Error, KeySource, NewProduct, SqliteConfig, SqliteStore};
 
 mod common;
@@ -25,6 +25,7 @@ fn new_product(pid: Option<&str>, mode: SourceMode, mac: Option<&str>) -> NewPro
         mac_range: mac.map(|m| m.parse::<MacRange>().unwrap()),
         ts_window: 900,
         rereg: ReregPolicy::DEFAULT,
+        signatures: Signatures::Any,
         quota: None,
         low_water: None,
     }
@@ -460,6 +461,7 @@ async fn update_delete_withdraw_lookups_and_history<S: Backend>(t: TempStore<S>)
                 mac_range: Some(Some("02:00:00:00:01:00-02:00:00:00:01:FF".parse().unwrap())),
                 ts_window: Some(60),
                 rereg: Some(ReregPolicy::Always),
+                signatures: Some(Signatures::Bound),
                 quota: None,
                 low_water: Some(Some(3)),
             },
@@ -478,12 +480,13 @@ async fn update_delete_withdraw_lookups_and_history<S: Backend>(t: TempStore<S>)
     });
     let p = tokio::task::block_in_place(|| s.load_product("u").unwrap().unwrap());
     assert_eq!(
-        (p.name.as_str(), p.mode, p.ts_window, p.rereg),
+        (p.name.as_str(), p.mode, p.ts_window, p.rereg, p.signatures),
         (
             "Bulb",
             SourceMode::PoolThenGenerate,
             60,
-            ReregPolicy::Always
+            ReregPolicy::Always,
+            Signatures::Bound
         )
     );
     assert_eq!(

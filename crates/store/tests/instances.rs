@@ -12,7 +12,7 @@ use common::{TempStore, pg_config};
 use dynreg_proto::{RegisterRequest, Status};
 use dynreg_registrar::conformance::{join_all, pool, product};
 use dynreg_registrar::{
-    Claim, CredentialUse, Device, MacRange, Registered, Registrar, ReregPolicy, SourceMode, Store,
+    CredentialUse, Device, MacRange, Registered, Registrar, ReregPolicy, Sharing, SourceMode, Store,
 };
 use dynreg_store::{Operator, PgStore};
 
@@ -210,16 +210,16 @@ async fn a_barcode_goes_to_one_device_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replay_guard_and_reregistration_policy_hold_across_instances() {
-    let Some(t) = two("replay_guard_and_rereg_across_instances", |s| {
+async fn shared_credentials_and_reregistration_policy_hold_across_instances() {
+    let Some(t) = two("shared_credentials_and_rereg_across_instances", |s| {
         let mut p = product("R", SourceMode::Generate);
         p.rereg = ReregPolicy::Never;
         s.insert_product(&p).unwrap();
     }) else {
         return;
     };
-    // A credential accepted by one instance for one unique is a replay at the other
-    // when it comes with another unique, and a reconnect with the same one.
+    // The uniques that presented one credential are counted over both instances: a
+    // reconnect is a repeat wherever it lands, another unique is one more sharer.
     let password = b"ab12".to_vec();
     let use_for = |unique: &'static str| CredentialUse {
         pid: "R",
@@ -229,39 +229,30 @@ async fn replay_guard_and_reregistration_policy_hold_across_instances() {
         unique,
         expires_at: NOW + 900,
     };
-    let second = &t.second;
-    assert_eq!(
-        t.first
-            .store
-            .claim_credential(&use_for("u1"), NOW)
-            .await
-            .unwrap(),
-        Claim::First
-    );
-    assert_eq!(
-        second
-            .claim_credential(&use_for("u1"), NOW + 1)
-            .await
-            .unwrap(),
-        Claim::Repeat
-    );
-    assert_eq!(
-        second
-            .claim_credential(&use_for("u2"), NOW + 1)
-            .await
-            .unwrap(),
-        Claim::Replayed {
-            first_unique: "u1".into()
+    let (first, second) = (&t.first.store, &t.second);
+    let record = |s: u8, unique: &'static str, now: u64| {
+        let c = use_for(unique);
+        async move {
+            if s == 1 {
+                first.record_credential(&c, now).await.unwrap()
+            } else {
+                second.record_credential(&c, now).await.unwrap()
+            }
         }
-    );
-    // Expired, the credential is forgotten.
+    };
+    assert_eq!(record(1, "u1", NOW).await, Sharing::Alone);
+    assert_eq!(record(2, "u1", NOW + 1).await, Sharing::Repeat);
     assert_eq!(
-        second
-            .claim_credential(&use_for("u2"), NOW + 901)
-            .await
-            .unwrap(),
-        Claim::First
+        record(2, "u2", NOW + 1).await,
+        Sharing::Shared { uniques: 2 }
     );
+    assert_eq!(
+        record(1, "u3", NOW + 1).await,
+        Sharing::Shared { uniques: 3 }
+    );
+    assert_eq!(record(1, "u2", NOW + 2).await, Sharing::Repeat);
+    // Expired, the credential is forgotten.
+    assert_eq!(record(2, "u2", NOW + 901).await, Sharing::Alone);
     // Registered through one instance, refused a re-registration by the other.
     let req = RegisterRequest::new("1", NOW);
     t.a.decide(NOW, dev("R", "once"), &req).await.unwrap();

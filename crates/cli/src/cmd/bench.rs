@@ -47,7 +47,9 @@ pub(crate) struct BenchArgs {
     /// QoS of the subscription and the request.
     #[arg(long, default_value = "1", value_parser = ["0", "1"])]
     qos: String,
-    /// The HMAC for the password.
+    /// The sign method: hmacSha256 or hmacSha1 (the seed's), or the device-bound
+    /// hmacSha256u or hmacSha1u. Every device signs the current second, as firmware
+    /// does, so the devices of a second share a seed credential.
     #[arg(long, default_value = "hmacSha256", value_parser = |s: &str| SignMethod::parse(s).map_err(|e| e.to_string()))]
     sign_method: SignMethod,
     /// Seconds one cycle may take before it counts as a timeout.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use dynreg_registrar::{MacRange, Product, ReregPolicy, SourceMode, model};
+use dynreg_registrar::{MacRange, Product, ReregPolicy, Signatures, SourceMode, model};
 use dynreg_store::{NewProduct, PoolStats, ProductDefinition, ProductSummary, ProductUpdate};
 use serde_json::{Value, json};
 
@@ -47,6 +47,12 @@ pub(crate) enum ProductCmd {
         /// device. See docs/security.md.
         #[arg(long, default_value_t = ReregPolicy::DEFAULT)]
         reregistration: ReregPolicy,
+        /// Which sign methods devices may use: `any` (the seed's hmacSha1 and
+        /// hmacSha256, and the device-bound hmacSha1u and hmacSha256u) or `bound` (the
+        /// device-bound ones only: a captured CONNECT cannot register another device).
+        /// See docs/security.md.
+        #[arg(long, default_value_t = Signatures::Any)]
+        signatures: Signatures,
         /// The most devices the product may bind; more get res 4033 [default: no limit].
         #[arg(long)]
         quota: Option<u64>,
@@ -56,7 +62,7 @@ pub(crate) enum ProductCmd {
         low_water: Option<u64>,
     },
     /// Change a product: name, mode, MAC range, ts window, re-registration policy,
-    /// quota. Only the options given change.
+    /// signatures, quota. Only the options given change.
     Update {
         /// The product id.
         pid: String,
@@ -79,6 +85,9 @@ pub(crate) enum ProductCmd {
         /// `always`, `never`, or `window:DURATION` (e.g. window:24h).
         #[arg(long)]
         reregistration: Option<ReregPolicy>,
+        /// `any` or `bound` (device-bound sign methods only).
+        #[arg(long)]
+        signatures: Option<Signatures>,
         /// The most devices the product may bind (devices already registered keep
         /// their triplets).
         #[arg(long, conflicts_with = "no_quota")]
@@ -178,6 +187,7 @@ fn summary_json(p: &ProductSummary) -> Value {
         "mac_range": p.mac_range.map(|r| r.to_string()),
         "ts_window": p.ts_window,
         "reregistration": p.rereg.to_string(),
+        "signatures": p.signatures.name(),
         "quota": p.quota,
         "previous_secret_until": p.previous_secret_until.map(output::time),
         "created_at": output::time(p.created_at),
@@ -207,6 +217,7 @@ fn summary_fields(p: &ProductSummary) -> Vec<(&'static str, String)> {
         ),
         ("ts window", format!("{} s", p.ts_window)),
         ("re-registration", p.rereg.to_string()),
+        ("signatures", p.signatures.to_string()),
         ("quota", p.quota.map_or("-".into(), |q| q.to_string())),
         (
             "low water",
@@ -255,6 +266,7 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
             mac_range,
             ts_window,
             reregistration,
+            signatures,
             quota,
             low_water,
         } => {
@@ -265,6 +277,7 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
                 mac_range,
                 ts_window,
                 rereg: reregistration,
+                signatures,
                 quota,
                 low_water,
             };
@@ -334,6 +347,7 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
             no_mac_range,
             ts_window,
             reregistration,
+            signatures,
             quota,
             no_quota,
             low_water,
@@ -349,6 +363,7 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
                 },
                 ts_window,
                 rereg: reregistration,
+                signatures,
                 quota: if no_quota {
                     Some(None)
                 } else {

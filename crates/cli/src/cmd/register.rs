@@ -64,7 +64,9 @@ pub(crate) struct RegisterArgs {
     /// The device's unique (no `_`); a random UUID is generated when absent.
     #[arg(long, conflicts_with = "batch")]
     unique: Option<String>,
-    /// The HMAC for the password.
+    /// The sign method: hmacSha256 or hmacSha1 (the seed's), or the device-bound
+    /// hmacSha256u or hmacSha1u, which sign the unique too (what a product with
+    /// `signatures = bound` takes).
     #[arg(long, default_value = "hmacSha256", value_parser = parse_method)]
     sign_method: SignMethod,
     /// A barcode to write onto the triplet.
@@ -122,7 +124,9 @@ pub(crate) struct RegisterArgs {
 }
 
 fn parse_method(s: &str) -> Result<SignMethod, String> {
-    SignMethod::parse(s).map_err(|_| format!("`{s}` is not hmacSha1 or hmacSha256"))
+    SignMethod::parse(s).map_err(|_| {
+        format!("`{s}` is not a sign method (hmacSha256, hmacSha1, hmacSha256u or hmacSha1u)")
+    })
 }
 
 /// What `--state` keeps.

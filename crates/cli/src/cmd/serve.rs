@@ -79,15 +79,16 @@ pub(crate) struct ServeArgs {
     /// is closed [default: 10].
     #[arg(long, env = "DYNREG_WRITE_TIMEOUT")]
     write_timeout: Option<u64>,
-    /// Connections per source IP that have not authenticated yet; 0: no limit
-    /// [default: 256].
+    /// Connections per source IP that have not sent their CONNECT yet; 0: no limit
+    /// [default: 1024].
     #[arg(long, env = "DYNREG_MAX_PENDING_PER_IP")]
     max_pending_per_ip: Option<u32>,
     /// New connections per second per source IP; 0: no limit [default: 0].
     #[arg(long, env = "DYNREG_CONNECTIONS_PER_IP")]
     connections_per_ip: Option<u32>,
-    /// The replay guard: on or off [default: on]. See docs/security.md.
-    #[arg(long, env = "DYNREG_REPLAY_GUARD", value_parser = clap::builder::BoolishValueParser::new())]
+    /// Obsolete and ignored (kept so that existing start scripts still start): shared
+    /// credentials are never refused (PROTOCOL.md section 2); a warning says so.
+    #[arg(long, env = "DYNREG_REPLAY_GUARD", hide = true, value_parser = clap::builder::BoolishValueParser::new())]
     replay_guard: Option<bool>,
     /// Refused CONNECTs from one IP within the ban window that ban it; 0: no ban
     /// [default: 30].
@@ -253,15 +254,11 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
     }
     .in_range(0, 10_000_000)?;
     let a = AuthPolicy::default();
-    let replay_guard = Setting {
-        key: "limits.replay_guard",
-        flag: "--replay-guard",
-        env: "DYNREG_REPLAY_GUARD",
-        cli: args.replay_guard,
-        file: file.limits.replay_guard,
-        default: a.replay_guard,
+    if args.replay_guard.is_some() || file.limits.replay_guard.is_some() {
+        tracing::warn!(
+            "limits.replay_guard (--replay-guard, DYNREG_REPLAY_GUARD) is obsolete and ignored: a CONNECT is never refused because another device presented the same credential (PROTOCOL.md section 2); sharing is counted in dynreg_shared_credentials_total. Remove the setting; see docs/security.md for what protects a product instead"
+        );
     }
-    .in_range(false, true)?;
     let ban = BanPolicy {
         failures: Setting {
             key: "limits.ban_failures",
@@ -430,7 +427,7 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
             tls,
             ..d
         }),
-        auth: AuthPolicy { ban, replay_guard },
+        auth: AuthPolicy { ban },
         per_pid,
         metrics_public: args.metrics_public.or(file.metrics_public).unwrap_or(false),
         events,
@@ -533,6 +530,7 @@ fn demo(store: &Backend, listen: SocketAddr) -> anyhow::Result<()> {
                     mac_range: None,
                     ts_window: dynreg_proto::credentials::DEFAULT_TS_WINDOW,
                     rereg: dynreg_registrar::ReregPolicy::DEFAULT,
+                    signatures: dynreg_registrar::Signatures::Any,
                     quota: None,
                     low_water: None,
                 },
@@ -559,6 +557,7 @@ fn demo(store: &Backend, listen: SocketAddr) -> anyhow::Result<()> {
         SignMethod::HmacSha256,
         product.secret.expose().as_bytes(),
         &pid,
+        &unique,
         ts,
     );
     let host = if listen.ip().is_unspecified() {
@@ -601,11 +600,6 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
     } = resolve(g, args)?;
     if let Some(config) = config.as_mut() {
         fit_to_open_files(config)?;
-    }
-    if !auth.replay_guard {
-        tracing::warn!(
-            "the replay guard is off: a CONNECT credential seen on the wire works for any unique while its ts is in the window (see docs/security.md)"
-        );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -189,7 +189,9 @@ impl<S: Store> Conn<'_, S> {
                     }
                 }
             }
-            if slot.is_some() && io.session.identity().is_some() {
+            // The cap is on connections that have not sent a CONNECT yet (PROTOCOL.md
+            // section 2): the slot is freed as soon as one arrives.
+            if slot.is_some() && !io.session.awaits_connect() {
                 slot = None;
             }
             if !io.out.is_empty() {

@@ -18,7 +18,7 @@
 //!   write waits, the session's timers (keepalive, idle) and shutdown still apply, so a
 //!   client that never reads cannot keep its connection, nor hold up a shutdown.
 //! - Descriptors: at most `max_pending_per_ip` connections per source address that have
-//!   not yet authenticated; more are closed at accept. If the process runs out of file
+//!   not sent their CONNECT yet; more are closed at accept. If the process runs out of file
 //!   descriptors anyway, a reserve descriptor is freed to accept and close the waiting
 //!   connection, rather than leaving the listener spinning on `EMFILE`.
 
@@ -70,8 +70,13 @@ pub struct EndpointConfig {
     /// A write to the client that makes no progress for this long closes the
     /// connection.
     pub write_timeout: Duration,
-    /// Connections per source IP that have not yet authenticated; more are closed at
-    /// accept. 0: no limit.
+    /// Connections per source IP that have not sent their CONNECT yet; more are closed
+    /// at accept. 0: no limit. The default, 1,024, is sized for a carrier NAT: a herd of
+    /// 10,000 devices behind one address reconnecting within 10 s, each taking up to
+    /// half a second between TCP accept and its CONNECT, keeps about 500 in that state;
+    /// a client that opens silent connections holds at most 1,024 descriptors, each for
+    /// `connect_timeout`. Enforced as at most a quarter of `max_connections`
+    /// ([`EndpointConfig::pending_per_ip_cap`]).
     pub max_pending_per_ip: u32,
     /// New connections per second allowed from one source IP (bursts of as many);
     /// more get their CONNECT refused with "quota exceeded". 0: no limit (the
@@ -79,6 +84,21 @@ pub struct EndpointConfig {
     pub connections_per_ip_per_sec: u32,
     /// MQTT over TLS, when configured.
     pub tls: Option<TlsSettings>,
+}
+
+impl EndpointConfig {
+    /// The cap on one address's connections that have not sent their CONNECT yet, as
+    /// enforced: `max_pending_per_ip`, but no more than a quarter of `max_connections`
+    /// (and no less than 16), so that one address that opens silent connections cannot
+    /// take the service's connections from the others (0 when `max_pending_per_ip` is
+    /// 0: no cap).
+    pub fn pending_per_ip_cap(&self) -> u32 {
+        if self.max_pending_per_ip == 0 {
+            return 0;
+        }
+        let quarter = u32::try_from(self.max_connections / 4).unwrap_or(u32::MAX);
+        self.max_pending_per_ip.min(quarter.max(16))
+    }
 }
 
 impl Default for EndpointConfig {
@@ -93,7 +113,7 @@ impl Default for EndpointConfig {
             receive_max: 16,
             shutdown_grace: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
-            max_pending_per_ip: 256,
+            max_pending_per_ip: 1024,
             connections_per_ip_per_sec: 0,
             tls: None,
         }
@@ -202,7 +222,7 @@ impl<S: Store> Endpoint<S> {
         // (no per-connection bookkeeping, no wakeup of this loop when one ends).
         let connections = Connections::new(self.config.max_connections, REFUSAL_SLOTS);
         let per_ip = RateLimiter::new(self.config.connections_per_ip_per_sec, 100_000);
-        let pending = PendingPerIp::new(self.config.max_pending_per_ip);
+        let pending = PendingPerIp::new(self.config.pending_per_ip_cap());
         let pending_refused = Throttle::default();
         let fd_exhausted = Throttle::default();
         // Freed when accept fails for want of descriptors, to accept and close the
@@ -261,7 +281,7 @@ impl<S: Store> Endpoint<S> {
             };
             let Some(slot) = pending.enter(peer.ip()) else {
                 if let Some(n) = pending_refused.hit(elapsed_ms(shared.epoch), 5_000) {
-                    warn!(%peer, limit = self.config.max_pending_per_ip, closed = n, "connections closed at accept: too many from this address not yet authenticated");
+                    warn!(%peer, limit = self.config.pending_per_ip_cap(), closed = n, "connections closed at accept: too many from this address that have not sent their CONNECT yet");
                 }
                 drop(stream);
                 continue;

@@ -8,7 +8,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use dynreg_registrar::model::parse_duration;
-use dynreg_registrar::{MacRange, NewTriplet, ReregPolicy, SourceMode, TripletState};
+use dynreg_registrar::{MacRange, NewTriplet, ReregPolicy, Signatures, SourceMode, TripletState};
 use dynreg_store::admin::DEFAULT_GRACE;
 use dynreg_store::{
     NewProduct, PoolStats, ProductDefinition, ProductSummary, ProductUpdate, Scope, TripletRef,
@@ -61,6 +61,9 @@ pub(crate) struct ProductView {
     pub(crate) ts_window: u64,
     /// The re-registration policy: `always`, `never` or `window:DURATION`.
     pub(crate) reregistration: String,
+    /// Which sign methods its devices may use: `any`, or `bound` (the device-bound
+    /// `hmacSha1u` and `hmacSha256u` only).
+    pub(crate) signatures: String,
     /// The most devices it may bind.
     pub(crate) quota: Option<u64>,
     /// When the previous secret's grace period ends (or ended), Unix seconds.
@@ -81,6 +84,7 @@ impl From<ProductSummary> for ProductView {
             mac_range: p.mac_range.map(|r| r.to_string()),
             ts_window: p.ts_window,
             reregistration: p.rereg.to_string(),
+            signatures: p.signatures.to_string(),
             quota: p.quota,
             previous_secret_until: p.previous_secret_until,
             created_at: p.created_at,
@@ -153,6 +157,10 @@ pub(crate) struct NewProductBody {
     /// `always`, `never` or `window:DURATION` (default `window:24h`).
     #[schema(pattern = "^(always|never|window:[0-9]{1,9}[smhd]?)$")]
     pub(crate) reregistration: Option<String>,
+    /// `any` (the default: the seed's sign methods and the device-bound ones) or
+    /// `bound` (only `hmacSha1u` and `hmacSha256u`).
+    #[schema(pattern = "^(any|bound)$")]
+    pub(crate) signatures: Option<String>,
     /// The most devices the product may bind (default: no limit).
     pub(crate) quota: Option<u64>,
     /// Free triplets below which `pool.low` fires (default: none).
@@ -189,6 +197,9 @@ pub(crate) struct ProductPatch {
     /// A new re-registration policy.
     #[schema(pattern = "^(always|never|window:[0-9]{1,9}[smhd]?)$")]
     pub(crate) reregistration: Option<String>,
+    /// A new signatures setting: `any` or `bound`.
+    #[schema(pattern = "^(any|bound)$")]
+    pub(crate) signatures: Option<String>,
     /// A new quota; `null` removes it.
     #[serde(default, deserialize_with = "some")]
     #[schema(value_type = Option<u64>)]
@@ -227,6 +238,10 @@ fn rereg_of(v: Option<&str>) -> Result<Option<ReregPolicy>, Problem> {
     v.map(|m| parse("reregistration", m)).transpose()
 }
 
+fn signatures_of(v: Option<&str>) -> Result<Option<Signatures>, Problem> {
+    v.map(|m| parse("signatures", m)).transpose()
+}
+
 /// List products.
 #[utoipa::path(get, path = "/products", tag = "products",
     responses((status = 200, description = "Every product, by pid", body = Vec<ProductView>)))]
@@ -257,6 +272,7 @@ pub(crate) async fn create_product(
             .ts_window
             .unwrap_or(dynreg_proto::credentials::DEFAULT_TS_WINDOW),
         rereg: rereg_of(body.reregistration.as_deref())?.unwrap_or(ReregPolicy::DEFAULT),
+        signatures: signatures_of(body.signatures.as_deref())?.unwrap_or_default(),
         quota: body.quota,
         low_water: body.low_water,
     };
@@ -305,7 +321,7 @@ pub(crate) async fn show_product(
 }
 
 /// Change a product: name, mode, MAC range, ts window, re-registration policy,
-/// quota, enabled.
+/// signatures, quota, enabled.
 #[utoipa::path(patch, path = "/products/{pid}", tag = "products", request_body = ProductPatch,
     params(("pid" = String, Path, description = "The product id")),
     responses((status = 200, description = "The product as changed", body = ProductView)))]
@@ -325,6 +341,7 @@ pub(crate) async fn update_product(
         },
         ts_window: patch.ts_window,
         rereg: rereg_of(patch.reregistration.as_deref())?,
+        signatures: signatures_of(patch.signatures.as_deref())?,
         quota: patch.quota,
         low_water: patch.low_water,
     };

@@ -316,6 +316,7 @@ pub(crate) async fn products(
                     (field("mac_range", "MAC range for generated triplets", "text", "", false, "e.g. 02:00:00:00:00:00-02:00:00:00:FF:FF"))
                     (field("ts_window", "ts window, seconds", "number", "", false, "empty: the default"))
                     (field("reregistration", "Re-registration", "text", "", false, "always, never or window:24h (empty: the default)"))
+                    (signatures_select(None))
                     (field("quota", "Most devices", "number", "", false, "empty: no limit"))
                     (field("low_water", "Low-water mark of free triplets", "number", "", false, "empty: none"))
                     button type="submit" { "Create product" }
@@ -352,6 +353,20 @@ fn mode_select(current: Option<&str>) -> Markup {
     }
 }
 
+fn signatures_select(current: Option<&str>) -> Markup {
+    html! {
+        div.field {
+            label for="f-signatures" { "Sign methods devices may use" }
+            select #f-signatures name="signatures" aria-describedby="f-signatures-hint" {
+                @for (v, l) in [("any", "any: hmacSha1, hmacSha256 and the device-bound ones"), ("bound", "bound: hmacSha1u and hmacSha256u only")] {
+                    option value=(v) selected[current == Some(v)] { (l) }
+                }
+            }
+            small #f-signatures-hint { "bound refuses devices that sign the seed's way: only for firmware that signs its unique too" }
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct ProductForm {
     csrf: String,
@@ -365,6 +380,8 @@ pub(crate) struct ProductForm {
     ts_window: String,
     #[serde(default)]
     reregistration: String,
+    #[serde(default)]
+    signatures: String,
     #[serde(default)]
     quota: String,
     #[serde(default)]
@@ -402,6 +419,7 @@ pub(crate) async fn create_product(
             mac_range: opt(&f.mac_range),
             ts_window: num("ts_window", &f.ts_window)?,
             reregistration: opt(&f.reregistration),
+            signatures: opt(&f.signatures),
             quota: num("quota", &f.quota)?,
             low_water: num("low_water", &f.low_water)?,
         })
@@ -449,6 +467,7 @@ pub(crate) async fn product(
             dt { "MAC range" } dd { (p.mac_range.as_deref().unwrap_or("none")) }
             dt { "ts window" } dd { (p.ts_window) " s" }
             dt { "Re-registration" } dd { (p.reregistration) }
+            dt { "Signatures" } dd { @if p.signatures == "bound" { "device-bound only (hmacSha1u, hmacSha256u)" } @else { "any (the seed's methods and device-bound ones)" } }
             dt { "Quota" } dd { (p.quota.map_or("no limit".to_owned(), |q| q.to_string())) }
             dt { "Created" } dd { (time_el(p.created_at)) }
             @if let Some(until) = p.previous_secret_until { dt { "Previous secret" } dd { "works until " (time_el(until)) } }
@@ -523,6 +542,7 @@ pub(crate) async fn product(
                     (field("mac_range", "MAC range", "text", p.mac_range.as_deref().unwrap_or(""), false, "empty: none"))
                     (field("ts_window", "ts window, seconds", "number", &p.ts_window.to_string(), true, ""))
                     (field("reregistration", "Re-registration", "text", &p.reregistration, true, "always, never or window:24h"))
+                    (signatures_select(Some(&p.signatures)))
                     (field("quota", "Most devices", "number", &opt_num(p.quota), false, "empty: no limit"))
                     (field("low_water", "Low-water mark", "number", &opt_num(p.pool.low_water), false, "empty: none"))
                     button type="submit" { "Save" }
@@ -554,6 +574,7 @@ pub(crate) async fn update_product(
             mac_range: Some(opt(&f.mac_range)),
             ts_window: num("ts_window", &f.ts_window)?,
             reregistration: opt(&f.reregistration),
+            signatures: opt(&f.signatures),
             quota: Some(num("quota", &f.quota)?),
             low_water: Some(num("low_water", &f.low_water)?),
             enabled: None,

@@ -6,7 +6,8 @@
 //! - [`vernemq`]: VerneMQ's webhooks.
 //!
 //! A CONNECT is decided by [`Registrar::authenticate`], as at the embedded endpoint:
-//! parse, product, enabled, ts window, HMAC with the grace secrets, replay guard, ban.
+//! parse, product, enabled, signatures setting, ts window, HMAC with the grace secrets,
+//! the record of shared credentials, ban.
 //! A topic is decided by [`access`] from the identity the broker vouches for (the
 //! clientId it authenticated through the CONNECT hook): a registration client may
 //! publish to its own request topic and subscribe to its own response topic, at QoS 0

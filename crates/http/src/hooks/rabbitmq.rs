@@ -8,7 +8,9 @@
 //!   worker's own AMQP user, the platform's devices) get `deny`, so that the next
 //!   backend (`internal`) decides.
 //! - `vhost`: `username`, `vhost`, `ip`, `client_id`: allowed for a registration
-//!   client whose address is not banned.
+//!   client (asked only after `user` allowed it: its credentials verified, so a ban of
+//!   its address does not apply, PROTOCOL.md section 2). `user` carries no address,
+//!   so failing CONNECTs through RabbitMQ are not counted towards a ban.
 //! - `resource`: the MQTT plugin's subscription queue
 //!   `mqtt-subscription-<clientId>qos<0|1>` (configure, read, write) and its exchange
 //!   `amq.topic` (read, write).
@@ -20,7 +22,6 @@
 //! wildcard) could not be told apart from another device's topic: such clients are
 //! refused at the `user` hook.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -33,7 +34,6 @@ use tracing::info;
 
 use super::{Action, Verdict, authenticate, identity, is_registration_client, topic_access};
 use crate::fields::Fields;
-use crate::unix_now;
 
 /// The exchange the MQTT plugin publishes to and binds its queues on (its default).
 pub const EXCHANGE: &str = "amq.topic";
@@ -44,7 +44,7 @@ const QUEUE_PREFIX: &str = "mqtt-subscription-";
 pub(super) fn router<S: Store>() -> Router<Arc<Registrar<S>>> {
     Router::new()
         .route("/rabbitmq/user", get(user::<S>).post(user::<S>))
-        .route("/rabbitmq/vhost", get(vhost::<S>).post(vhost::<S>))
+        .route("/rabbitmq/vhost", get(vhost).post(vhost))
         .route("/rabbitmq/resource", get(resource).post(resource))
         .route("/rabbitmq/topic", get(topic).post(topic))
 }
@@ -107,16 +107,11 @@ fn registration_client<'a>(f: &'a Fields, hook: &'static str) -> Option<&'a str>
     }
 }
 
-async fn vhost<S: Store>(State(registrar): State<Arc<Registrar<S>>>, f: Fields) -> Response {
-    let Some(client_id) = registration_client(&f, "vhost") else {
-        return deny();
-    };
-    let ip = f.get("ip").and_then(|ip| ip.parse::<IpAddr>().ok());
-    if let Some(ip) = ip.filter(|ip| registrar.is_banned(*ip, unix_now())) {
-        info!(hook = "rabbitmq", client_id, %ip, "vhost access denied: the address is banned");
-        return deny();
+async fn vhost(f: Fields) -> Response {
+    match registration_client(&f, "vhost") {
+        Some(_) => allow(),
+        None => deny(),
     }
-    allow()
 }
 
 async fn resource(f: Fields) -> Response {

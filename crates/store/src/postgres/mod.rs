@@ -12,8 +12,9 @@
 //!   same triplet, and a device registered by another instance an instant earlier is
 //!   found when the batch runs again (the insert of its registration says `ON CONFLICT
 //!   DO NOTHING`).
-//! - **Product lookups and the replay guard** run on two reader threads. The replay
-//!   guard is an unlogged table, so that every instance sees each credential.
+//! - **Product lookups and the record of shared credentials** run on two reader
+//!   threads. The record is an unlogged table, so that every instance sees each
+//!   credential and the uniques that presented it.
 //! - **Operator operations** run on the caller's thread over a connection of their own.
 //! - **Product changes** made through this store reach its cache at once; changes by
 //!   another instance are seen when the registrar's product cache expires its entry
@@ -33,8 +34,9 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use dynreg_registrar::sharing::MAX_UNIQUES_PER_CREDENTIAL;
 use dynreg_registrar::{
-    AuditEntry, Claim, CredentialUse, Intent, Product, ProductListener, Store, StoreError,
+    AuditEntry, CredentialUse, Intent, Product, ProductListener, Sharing, Store, StoreError,
     StoreErrorKind, Tx,
 };
 use postgres::error::SqlState;
@@ -957,7 +959,7 @@ struct Inner {
     threads: Threads,
     counters: Arc<Counters>,
     listeners: crate::sql::Listeners,
-    /// When expired credentials were last removed from the replay guard's table.
+    /// When expired credentials were last removed from the shared-credential table.
     swept_at: AtomicU64,
 }
 
@@ -975,10 +977,10 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-/// The number of reader threads (product lookups and the replay guard).
+/// The number of reader threads (product lookups and the shared-credential record).
 const READERS: usize = 2;
 
-/// How often expired credentials are removed from the replay guard's table.
+/// How often expired credentials are removed from the shared-credential table.
 const SWEEP_EVERY_SECS: u64 = 60;
 
 impl PgStore {
@@ -1292,7 +1294,7 @@ fn serve_reads(jobs: &Mutex<Receiver<ReadJob>>, session: &mut Session, key: &Mas
     }
 }
 
-/// The replay guard's key: a SHA-256 of the credential's identity, truncated to 16
+/// The shared-credential record's key: a SHA-256 of the credential's identity, truncated to 16
 /// bytes (collisions cannot be aimed at without breaking SHA-256; the same on every
 /// instance).
 fn credential_key(c: &CredentialUse<'_>) -> Vec<u8> {
@@ -1354,14 +1356,14 @@ impl Store for PgStore {
         }
     }
 
-    fn claim_credential(
+    fn record_credential(
         &self,
         credential: &CredentialUse<'_>,
         now: u64,
-    ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
+    ) -> impl Future<Output = Result<Sharing, StoreError>> + Send {
         let expires_at = credential.expires_at;
         let (key, unique) = (credential_key(credential), credential.unique.to_owned());
-        // One claim a minute (the one that wins the exchange) also removes the expired.
+        // One record a minute (the one that wins the exchange) also removes the expired.
         let sweep = {
             let last = self.inner.swept_at.load(Ordering::Relaxed);
             now >= last + SWEEP_EVERY_SECS
@@ -1380,24 +1382,26 @@ impl Store for PgStore {
                 );
             }
             if expires_at <= now {
-                return Ok(Claim::First);
+                return Ok(Sharing::Alone);
             }
-            let (first, inserted) = conn
+            // One statement: insert this unique's row, and count the uniques that
+            // presented the credential before it (the insert is not visible to the
+            // count of the same statement), at most MAX_UNIQUES_PER_CREDENTIAL of them
+            // so that one presentation reads a bounded number of index entries.
+            let (inserted, before) = conn
                 .query_opt(
-                    "INSERT INTO credential_uses AS c (key, unique_id, expires_at) VALUES (?1, ?2, ?3) ON CONFLICT (key) DO UPDATE SET unique_id = CASE WHEN c.expires_at <= ?4 THEN excluded.unique_id ELSE c.unique_id END, expires_at = CASE WHEN c.expires_at <= ?4 THEN excluded.expires_at ELSE c.expires_at END RETURNING unique_id, xmax = 0",
-                    params![&key, &unique, i64_of(expires_at), i64_of(now)],
-                    |r| Ok((r.text(0)?, r.bool(1)?)),
+                    "WITH added AS (INSERT INTO credential_uses (key, unique_id, expires_at) VALUES (?1, ?2, ?3) ON CONFLICT (key, unique_id) DO NOTHING RETURNING 1) SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM (SELECT 1 FROM credential_uses WHERE key = ?1 AND expires_at > ?4 LIMIT ?5) AS b)",
+                    params![&key, &unique, i64_of(expires_at), i64_of(now), i64_of(MAX_UNIQUES_PER_CREDENTIAL as u64)],
+                    |r| Ok((r.int(0)?, r.int(1)?)),
                 )
                 .map_err(StoreError::from)?
-                .ok_or_else(|| StoreError::backend("the replay guard's upsert returned no row"))?;
-            Ok(if first != unique {
-                Claim::Replayed {
-                    first_unique: first,
-                }
-            } else if inserted {
-                Claim::First
-            } else {
-                Claim::Repeat
+                .ok_or_else(|| StoreError::backend("the shared-credential insert returned no row"))?;
+            Ok(match (inserted, before) {
+                (0, _) => Sharing::Repeat,
+                (_, 0) => Sharing::Alone,
+                (_, n) => Sharing::Shared {
+                    uniques: u32::try_from(n + 1).unwrap_or(u32::MAX),
+                },
             })
         })
     }

@@ -1,7 +1,7 @@
 //! The PostgreSQL schema, as an ordered list of migrations embedded in the binary.
 //!
 //! The same tables as SQLite's (every integer a `BIGINT`, so that one set of statements
-//! serves both), plus the replay guard's table. `dynreg_schema` records how many
+//! serves both), plus the table of shared credentials. `dynreg_schema` records how many
 //! migrations the database has had. They are applied in one transaction that first
 //! takes a transaction-level advisory lock, so that instances starting together wait
 //! for one another instead of racing; a database written by a newer dynreg is refused.
@@ -123,6 +123,17 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_outbox AFTER INSERT ON audit
         REFERENCING NEW TABLE AS added
         FOR EACH STATEMENT EXECUTE FUNCTION dynreg_audit_outbox();",
+    // 5: which sign methods a product's devices may use (SQLite's migration 7); the
+    // record of shared credentials replaces the replay guard: one row per credential
+    // and unique that presented it (PROTOCOL.md section 2), still UNLOGGED.
+    "ALTER TABLE products ADD COLUMN signatures TEXT NOT NULL DEFAULT 'any' CHECK (signatures IN ('any', 'bound'));
+    DROP TABLE credential_uses;
+    CREATE UNLOGGED TABLE credential_uses (
+        key        BYTEA NOT NULL,
+        unique_id  TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        PRIMARY KEY (key, unique_id)
+    );",
 ];
 
 /// SQLite's migration 5 with PostgreSQL's types.

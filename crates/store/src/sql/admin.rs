@@ -40,7 +40,7 @@ pub(crate) fn read_product(
     pid: &str,
 ) -> Result<Option<Product>, Error> {
     conn.query_opt(
-        "SELECT pid, name, secret_enc, enabled, mode, mac_start, mac_end, ts_window, created_at, rereg, quota, previous_secret_enc, previous_secret_until FROM products WHERE pid = ?1",
+        "SELECT pid, name, secret_enc, enabled, mode, mac_start, mac_end, ts_window, created_at, rereg, quota, previous_secret_enc, previous_secret_until, signatures FROM products WHERE pid = ?1",
         params![pid],
         |r| product_of(r, key),
     )
@@ -71,6 +71,7 @@ fn product_of(r: &dyn Row, key: &MasterKey) -> Result<Product, Error> {
         ts_window: u64_of(r.int(7)?),
         created_at: u64_of(r.int(8)?),
         rereg: r.text(9)?.parse().map_err(Error::from)?,
+        signatures: r.text(13)?.parse().map_err(Error::from)?,
         quota: r.opt_int(10)?.map(u64_of),
         previous_secret,
         pid,
@@ -282,8 +283,8 @@ impl<B: SqlBackend> Operator for B {
             };
             let rereg = p.rereg.to_string();
             let n = conn.execute(
-                "INSERT INTO products (pid, name, secret_enc, enabled, mode, mac_start, mac_end, mac_next, ts_window, created_at, rereg, quota, previous_secret_enc, previous_secret_until) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6, ?8, ?9, ?10, ?11, ?12, ?13) ON CONFLICT (pid) DO NOTHING",
-                params![&p.pid, &p.name, &sealed, p.enabled, p.mode.name(), start, end, i64_of(p.ts_window), i64_of(p.created_at), &rereg, p.quota.map(i64_of), previous.as_ref(), until],
+                "INSERT INTO products (pid, name, secret_enc, enabled, mode, mac_start, mac_end, mac_next, ts_window, created_at, rereg, quota, previous_secret_enc, previous_secret_until, signatures) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6, ?8, ?9, ?10, ?11, ?12, ?13, ?14) ON CONFLICT (pid) DO NOTHING",
+                params![&p.pid, &p.name, &sealed, p.enabled, p.mode.name(), start, end, i64_of(p.ts_window), i64_of(p.created_at), &rereg, p.quota.map(i64_of), previous.as_ref(), until, p.signatures.name()],
             )?;
             if n == 0 {
                 return Err(Error::Conflict(format!("a product with pid `{}` exists", p.pid)));
@@ -301,6 +302,7 @@ impl<B: SqlBackend> Operator for B {
             mac_range,
             ts_window,
             rereg,
+            signatures,
             quota,
             low_water,
         } = update;
@@ -349,6 +351,12 @@ impl<B: SqlBackend> Operator for B {
             if let Some(rereg) = rereg {
                 let rereg = rereg.to_string();
                 conn.execute("UPDATE products SET rereg = ?2 WHERE pid = ?1", params![&p, &rereg])?;
+            }
+            if let Some(signatures) = signatures {
+                conn.execute(
+                    "UPDATE products SET signatures = ?2 WHERE pid = ?1",
+                    params![&p, signatures.name()],
+                )?;
             }
             if let Some(low_water) = low_water {
                 conn.execute(

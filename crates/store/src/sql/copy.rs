@@ -50,7 +50,8 @@ impl Owned {
     }
 }
 
-/// The tables a store holds (the replay guard's memory is not copied), parents first.
+/// The tables a store holds (the record of shared credentials is not copied), parents
+/// first.
 const TABLES: &[(&str, &[(&str, Kind)])] = &[
     (
         "products",
@@ -72,6 +73,9 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("reregistrations_refused", Kind::Int),
             ("previous_secret_enc", Kind::OptBytes),
             ("previous_secret_until", Kind::OptInt),
+            ("low_water", Kind::OptInt),
+            ("low_fired", Kind::Int),
+            ("signatures", Kind::Text),
         ],
     ),
     (

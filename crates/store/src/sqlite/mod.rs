@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use dynreg_registrar::{
-    Claim, CredentialUse, Intent, Product, ProductListener, ReplayGuard, Store, StoreError,
+    CredentialUse, Intent, Product, ProductListener, SharedCredentials, Sharing, Store, StoreError,
     StoreErrorKind, Tx,
 };
 use rusqlite::{Connection, OpenFlags};
@@ -45,8 +45,9 @@ pub struct SqliteConfig {
     pub key: KeySource,
     /// The most jobs committed together in one transaction.
     pub max_batch: usize,
-    /// The most CONNECT credentials the replay guard remembers at once.
-    pub replay_capacity: usize,
+    /// The most (credential, unique) pairs the record of shared credentials remembers
+    /// at once.
+    pub shared_capacity: usize,
     /// Create the data dir, master key and database when they are missing. When
     /// `false`, a missing data dir or database is an error that names the path
     /// (commands that only read or change an existing store must not create an empty
@@ -61,7 +62,7 @@ impl SqliteConfig {
             data_dir: data_dir.into(),
             key: KeySource::DataDir,
             max_batch: 512,
-            replay_capacity: dynreg_registrar::replay::DEFAULT_CAPACITY,
+            shared_capacity: dynreg_registrar::sharing::DEFAULT_CAPACITY,
             create: true,
         }
     }
@@ -85,8 +86,9 @@ pub(crate) struct Inner {
     /// Told of every product this store changes (the registrar's cache).
     listeners: crate::sql::Listeners,
     path: PathBuf,
-    /// One process serves a SQLite database, so the replay guard lives in its memory.
-    replay: ReplayGuard,
+    /// One process serves a SQLite database, so the record of shared credentials lives
+    /// in its memory.
+    shared: SharedCredentials,
 }
 
 /// The embedded SQLite store. Cheap to clone (all clones share one database).
@@ -239,7 +241,7 @@ impl SqliteStore {
                 writer,
                 listeners: crate::sql::Listeners::default(),
                 path,
-                replay: ReplayGuard::with_capacity(config.replay_capacity),
+                shared: SharedCredentials::with_capacity(config.shared_capacity),
             }),
         })
     }
@@ -374,12 +376,12 @@ impl Store for SqliteStore {
         }
     }
 
-    fn claim_credential(
+    fn record_credential(
         &self,
         credential: &CredentialUse<'_>,
         now: u64,
-    ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
-        std::future::ready(Ok(self.inner.replay.claim(credential, now)))
+    ) -> impl Future<Output = Result<Sharing, StoreError>> + Send {
+        std::future::ready(Ok(self.inner.shared.record(credential, now)))
     }
 }
 

@@ -127,6 +127,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     BEGIN
         INSERT INTO outbox (audit_id) VALUES (NEW.id);
     END;",
+    // 7: which sign methods a product's devices may use: `any` (the seed's and the
+    // device-bound ones) or `bound` (PROTOCOL.md section 2).
+    "ALTER TABLE products ADD COLUMN signatures TEXT NOT NULL DEFAULT 'any' CHECK (signatures IN ('any', 'bound'));",
 ];
 
 /// Migration 5: the same tables as PostgreSQL's migration 2.

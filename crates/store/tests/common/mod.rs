@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use dynreg_registrar::conformance::Fixture;
-use dynreg_registrar::{Claim, CredentialUse, NewTriplet, Product, Store, StoreError, Tx};
+use dynreg_registrar::{CredentialUse, NewTriplet, Product, Sharing, Store, StoreError, Tx};
 use dynreg_store::{KeySource, PgConfig, PgStore, SqliteConfig, SqliteStore};
 
 #[path = "../../../../support/pgtest.rs"]
@@ -120,12 +120,12 @@ impl<S: Store + Operator + Sync> Store for TempStore<S> {
         self.store.transact(intent, work)
     }
 
-    fn claim_credential(
+    fn record_credential(
         &self,
         c: &CredentialUse<'_>,
         now: u64,
-    ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
-        self.store.claim_credential(c, now)
+    ) -> impl Future<Output = Result<Sharing, StoreError>> + Send {
+        self.store.record_credential(c, now)
     }
 }
 

@@ -49,6 +49,10 @@ pub struct BenchConfig {
     pub timeout: Duration,
     /// Uniques are this prefix followed by a serial number.
     pub unique_prefix: String,
+    /// The second every device signs (`None`: the current second of each CONNECT, as
+    /// firmware does). A fixed second is a factory line's worst case: every device of
+    /// the run presents the same seed credential.
+    pub sign_ts: Option<u64>,
     /// Start cycles at this many per second (open loop; latency is then measured from
     /// each cycle's scheduled start, so a slow server cannot hide its queueing). `None`:
     /// as fast as the concurrency allows.
@@ -207,7 +211,7 @@ async fn connect_device(
 
 /// One device's full registration cycle.
 async fn cycle(cfg: &BenchConfig, serial: u64, why: &mut Option<String>) -> Result<(), Failure> {
-    let ts = unix_now();
+    let ts = cfg.sign_ts.unwrap_or_else(unix_now);
     let (mut c, unique, response_topic) = connect_device(cfg, serial, ts, 30, why).await?;
     let request_topic = Topic::request(&cfg.pid, &unique).to_string();
     let mut t = |e: std::io::Error| {
@@ -355,7 +359,7 @@ pub async fn hold(
     progress: &(dyn Fn(u64) + Sync),
 ) -> std::io::Result<Held> {
     let mut held = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
-    let ts = unix_now();
+    let ts = cfg.sign_ts.unwrap_or_else(unix_now);
     for serial in 0..count {
         let mut why = None;
         let (c, _, _) = connect_device(cfg, serial, ts, 0, &mut why)

@@ -23,6 +23,7 @@ fn config(addr: String, secret: &str, v5: bool, qos: u8) -> BenchConfig {
         sign_method: SignMethod::HmacSha256,
         timeout: Duration::from_secs(10),
         unique_prefix: format!("b{v5}{qos}-"),
+        sign_ts: None,
         rate: None,
         duration: None,
         tls: None,

@@ -378,3 +378,75 @@ fn store_copy_moves_a_sqlite_store_to_an_empty_database() {
         + &String::from_utf8_lossy(&shown.stderr);
     assert!(text.contains("reset") && text.contains("\"e\""), "{text}");
 }
+
+/// `dynreg bench` of `n` devices of `pid` at once against `s`, every one signing second
+/// `ts`: its JSON report.
+fn bench_one_second(s: &Server, secret: &str, pid: &str, n: u64, ts: u64) -> Value {
+    let out = common::bin()
+        .args(["--json", "bench", "--port", &s.1.to_string(), "--pid", pid])
+        .args(["-n", &n.to_string(), "-c", &n.to_string()])
+        .args(["--sign-ts", &ts.to_string(), "--unique-prefix", "line-"])
+        .args(["--timeout", "60"])
+        .env("DYNREG_SECRET", secret)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn five_hundred_devices_signing_one_second_register_and_reregister_at_the_defaults() {
+    let Some(db) = pgtest::TestDb::create("five_hundred_devices_one_second") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let url = db.url.as_str();
+    ok(&run(url, d, &["--master-key-file", "k", "init"]));
+    let p = ok(&run(
+        url,
+        d,
+        &[
+            "--json",
+            "--master-key-file",
+            "k",
+            "product",
+            "create",
+            "--name",
+            "Line",
+            "--pid",
+            "line",
+            "--mode",
+            "generate",
+        ],
+    ));
+    let secret = p["secret"].as_str().unwrap().to_owned();
+    let s = serve(url, d);
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // A factory line: 500 devices of one product, every one signing the same second
+    // (one credential), all at once; then the whole line re-registers at once.
+    for round in ["register", "re-register"] {
+        let report = bench_one_second(&s, &secret, "line", 500, ts);
+        assert_eq!(report["completed"], 500, "{round}: {report}");
+    }
+    let stats = ok(&run(
+        url,
+        d,
+        &[
+            "--json",
+            "--master-key-file",
+            "k",
+            "product",
+            "show",
+            "line",
+        ],
+    ));
+    assert_eq!(
+        (stats["devices"].as_u64(), stats["reregistrations"].as_u64()),
+        (Some(500), Some(500)),
+        "{stats}"
+    );
+}

@@ -59,6 +59,11 @@ pub(crate) struct BenchArgs {
     /// new devices; keep it to measure repeat registrations).
     #[arg(long, default_value = "bench-")]
     unique_prefix: String,
+    /// Sign every device with this Unix second instead of the current one (within the
+    /// product's ts window of the server's clock): a factory line's worst case, every
+    /// device presenting the same credential.
+    #[arg(long)]
+    sign_ts: Option<u64>,
     /// Start cycles at this many per second (open loop; latency counted from each
     /// cycle's scheduled start).
     #[arg(long)]
@@ -260,6 +265,7 @@ pub(crate) fn run(g: &Global, args: &BenchArgs) -> anyhow::Result<()> {
         sign_method: args.sign_method,
         timeout: Duration::from_secs(args.timeout.max(1)),
         unique_prefix: args.unique_prefix.clone(),
+        sign_ts: args.sign_ts,
         rate: args.rate.filter(|r| *r > 0.0),
         duration: args.duration.map(Duration::from_secs),
         tls: match &args.tls_ca {

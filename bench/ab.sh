@@ -5,7 +5,7 @@
 # generator for both), the server's CPU from /proc before and after.
 #
 # usage: A=/path/to/old/dynreg B=/path/to/new/dynreg bench/ab.sh ROUNDS N
-#        A_ARGS / B_ARGS: extra `serve` flags for each (e.g. B_ARGS="--replay-guard off")
+#        A_ARGS / B_ARGS: extra `serve` flags for each (e.g. B_ARGS="--database-writers 4")
 #        MQTT=5|3 QOS=1|0 (default 5, 1); concurrency 200.
 # prints one line per run: build registrations/s p99_ms server_cpu_us/registration completed failed
 set -u

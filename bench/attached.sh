@@ -53,7 +53,7 @@ serve() { # log, extra args...
     local log=$1
     shift
     RUST_LOG=warn,dynreg=info,dynreg_attach=info "$bin" --data-dir "$data" serve --listen off \
-        --http-listen "127.0.0.1:$hook_port" --hook-token "$token" --replay-guard off \
+        --http-listen "127.0.0.1:$hook_port" --hook-token "$token" \
         --attach-queue-type classic "$@" >"$log" 2>&1 &
     pids+=($!)
     wait_log "$log" "dynreg serving"

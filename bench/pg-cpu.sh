@@ -14,7 +14,7 @@ secret=$($B --json product create --name B --pid bench --mode generate | python3
 p=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
 # Through on-postgres.sh, which names the database (PG_ADMIN_URL) and the key; it execs
 # dynreg, so $! is the server.
-RUST_LOG=warn $B serve --listen "127.0.0.1:$p" --replay-guard off 2>/dev/null &
+RUST_LOG=warn $B serve --listen "127.0.0.1:$p" 2>/dev/null &
 s=$!
 trap 'kill $s 2>/dev/null' EXIT
 sleep 2

@@ -178,11 +178,11 @@ def main():
                         # An end-entity certificate: rustls refuses a CA certificate as a server's.
                         "-addext", "basicConstraints=critical,CA:FALSE",
                         "-keyout", key, "-out", cert], check=True, capture_output=True)
-        # The replay guard is off: every simulated device of a run signs with the same ts,
-        # which the guard would refuse as replays after the first per second (see
-        # docs/security.md; its cost is measured by `cargo bench -p dynreg-registrar`).
+        # The server at its defaults: the simulated devices sign the current second, as
+        # firmware does, so the devices of a second share a credential (recorded and
+        # counted, never refused: PROTOCOL.md section 2).
         dynreg = subprocess.Popen([BIN, "--data-dir", data, "serve", "--listen", f"127.0.0.1:{dport}",
-                                   "--replay-guard", "off", "--tls-listen", f"127.0.0.1:{dtls}",
+                                   "--tls-listen", f"127.0.0.1:{dtls}",
                                    "--tls-cert", cert, "--tls-key", key], stderr=subprocess.DEVNULL)
         procs.append(dynreg)
         conf = os.path.join(tmp, "mosquitto.conf")
@@ -289,7 +289,7 @@ def main():
             [BIN, "--data-dir", ops_data, "--json", "product", "create", "--name", "bench", "--mode", "generate"],
             capture_output=True, text=True, check=True).stdout)
         ops_server = subprocess.Popen(
-            [BIN, "--data-dir", ops_data, "serve", "--listen", f"127.0.0.1:{ops_port}", "--replay-guard", "off",
+            [BIN, "--data-dir", ops_data, "serve", "--listen", f"127.0.0.1:{ops_port}",
              "--http-listen", f"127.0.0.1:{ops_http}", "--metrics-public", "true",
              "--webhook-url", f"http://127.0.0.1:{sink_port}/", "--webhook-secret", "bench"],
             stderr=subprocess.DEVNULL)
@@ -317,7 +317,7 @@ def main():
                 [BIN, "--json", "product", "create", "--name", "bench", "--mode", "generate"],
                 env=env, capture_output=True, text=True, check=True).stdout)
             pg_port = free_port()
-            pg_server = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{pg_port}", "--replay-guard", "off"],
+            pg_server = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{pg_port}"],
                                          env=env, stderr=subprocess.DEVNULL)
             procs.append(pg_server)
             wait_port(pg_port)

@@ -12,8 +12,8 @@ port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));pri
 p1=$(port); p2=$(port)
 export DYNREG_DATABASE_URL="postgres://postgres@127.0.0.1:5432/dynreg_bench?sslmode=disable"
 export DYNREG_MASTER_KEY=0000000000000000000000000000000000000000000000000000000000000001
-RUST_LOG=warn target/release/dynreg serve --listen 127.0.0.1:$p1 --replay-guard off --connections-per-ip 0 2>/dev/null & s1=$!
-RUST_LOG=warn target/release/dynreg serve --listen 127.0.0.1:$p2 --replay-guard off --connections-per-ip 0 2>/dev/null & s2=$!
+RUST_LOG=warn target/release/dynreg serve --listen 127.0.0.1:$p1 --connections-per-ip 0 2>/dev/null & s1=$!
+RUST_LOG=warn target/release/dynreg serve --listen 127.0.0.1:$p2 --connections-per-ip 0 2>/dev/null & s2=$!
 sleep 2
 for round in 1 2 3; do
   one=$(target/release/dynreg --json bench --port $p1 --pid bench -n 20000 -c 200 --unique-prefix "one$round-" | python3 -c 'import json,sys;print(round(json.load(sys.stdin)["throughput_per_s"]))')

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use dynreg_registrar::{
-    CredentialUse, Intent, Product, ProductListener, Sharing, Store, StoreError, Tx,
+    CredentialUse, ExpectedDevice, Intent, Product, ProductListener, Sharing, Store, StoreError, Tx,
 };
 use dynreg_store::{Operator, PgStore, SqliteStore};
 
@@ -45,6 +45,17 @@ impl Store for Backend {
         match self {
             Self::Sqlite(s) => s.product(pid).await,
             Self::Postgres(s) => s.product(pid).await,
+        }
+    }
+
+    async fn expected_device(
+        &self,
+        pid: &str,
+        unique: &str,
+    ) -> Result<Option<ExpectedDevice>, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.expected_device(pid, unique).await,
+            Self::Postgres(s) => s.expected_device(pid, unique).await,
         }
     }
 

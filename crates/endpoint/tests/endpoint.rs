@@ -803,6 +803,16 @@ impl dynreg_registrar::Store for Stuck {
         self.0.product(pid)
     }
 
+    fn expected_device(
+        &self,
+        pid: &str,
+        unique: &str,
+    ) -> impl Future<
+        Output = Result<Option<dynreg_registrar::ExpectedDevice>, dynreg_registrar::StoreError>,
+    > + Send {
+        self.0.expected_device(pid, unique)
+    }
+
     fn transact<T, F>(
         &self,
         _intent: Option<dynreg_registrar::Intent>,

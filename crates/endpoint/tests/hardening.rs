@@ -27,9 +27,9 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// An endpoint on loopback port 0 with products `P0`..`P4` (generate mode) and `B`
-/// (generate mode, device-bound signatures only), and the given limits and CONNECT
-/// policy.
+/// An endpoint on loopback port 0 with products `P0`..`P4` (generate mode), `B`
+/// (generate mode, device-bound signatures only) and `L` (generate mode, admitting its
+/// listed device `listed1` only), and the given limits and CONNECT policy.
 async fn server(config: EndpointConfig, policy: AuthPolicy) -> TestServer {
     let store = TempStore::new();
     tokio::task::block_in_place(|| {
@@ -39,6 +39,7 @@ async fn server(config: EndpointConfig, policy: AuthPolicy) -> TestServer {
         let mut bound = dynreg_registrar::conformance::product("B", SourceMode::Generate);
         bound.signatures = dynreg_registrar::Signatures::Bound;
         store.put(&bound);
+        store.listed("L", &["listed1"]);
     });
     TestServer::start(
         store,
@@ -264,6 +265,29 @@ async fn a_bound_product_refuses_the_seed_methods_over_both_versions() {
             v3::ConnectAckReason::BadUserNameOrPassword
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_product_refuses_unlisted_uniques_and_serves_listed_ones() {
+    let s = server(EndpointConfig::default(), AuthPolicy::default()).await;
+    let ts = unix_now();
+    let stranger = creds("L", "stranger", ts, SignMethod::HmacSha256);
+    let (_, code) = V5::connect(s.addr, V5::connect_packet(&stranger)).await;
+    assert_eq!(code, v5::ConnectAckReason::NotAuthorized);
+    assert_eq!(
+        v3_connect(s.addr, &stranger).await,
+        v3::ConnectAckReason::NotAuthorized
+    );
+    let listed = creds("L", "listed1", ts, SignMethod::HmacSha256);
+    let r = register_v5(s.addr, &listed).await;
+    assert_eq!(r.res, 0);
+    // Its triplet carries the barcode it was listed with.
+    let stored = tokio::task::block_in_place(|| {
+        dynreg_store::Operator::device(&s.store, "L", "listed1").unwrap()
+    })
+    .expect("registered");
+    assert_eq!(Some(stored.triplet.uuid), r.data.uuid);
+    assert_eq!(stored.triplet.barcode, "BC-listed1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

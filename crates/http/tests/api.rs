@@ -453,6 +453,8 @@ async fn the_openapi_document_describes_every_route() {
         "/devices/export",
         "/products/{pid}/export",
         "/products/{pid}/import",
+        "/products/{pid}/expected",
+        "/products/{pid}/expected/{unique}",
         "/audit",
         "/registrations",
         "/tokens",
@@ -737,4 +739,145 @@ async fn the_outbox_is_turned_off_by_an_admin_only() {
     assert_eq!(outbox, json!({"on": false, "backlog": 0}));
     let (_, audit) = get(&s, "/api/v1/audit?action=outbox.off", &write).await;
     assert_eq!(audit["items"][0]["detail"], r#"{"dropped":1}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expected_devices_are_uploaded_listed_counted_and_removed() {
+    let s = start().await;
+    let (read, write) = (token(&s.store, Scope::Read), token(&s.store, Scope::Write));
+    let (status, p) = send(
+        &s,
+        "POST",
+        "/api/v1/products",
+        &write,
+        json!({"name": "Listed", "pid": "LS", "mode": "generate", "admission": "listed"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{p}");
+    assert_eq!(p["product"]["admission"], "listed");
+    let upload = async |body: &str, token: &str| {
+        let (status, _, text) = call(
+            s.addr,
+            "POST",
+            "/api/v1/products/LS/expected",
+            Some(token),
+            "text/csv",
+            body,
+        )
+        .await;
+        (
+            status,
+            serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+        )
+    };
+    // A read token may not; a refused line lists nothing and is named.
+    assert_eq!(upload("u1\n", &read).await.0, 403);
+    let (status, p) = upload("unique,barcode,mac\nu1,B1,0a0000000001\nu_2,B2,\n", &write).await;
+    assert_eq!(
+        (status, p["code"].as_str(), p["line"].as_u64()),
+        (422, Some("invalid_item"), Some(3)),
+        "{p}"
+    );
+    assert!(
+        p["detail"].as_str().unwrap().contains("unique `u_2`"),
+        "{p}"
+    );
+    let (status, p) = upload(
+        "unique,barcode,mac\nu1,B1,0a0000000001\nu2,B2,\nu3,,\n",
+        &write,
+    )
+    .await;
+    assert_eq!(
+        (status, p["listed_now"].as_u64(), p["listed"].as_u64()),
+        (200, Some(3), Some(3)),
+        "{p}"
+    );
+    // One registers (through the registrar, as a device would after its CONNECT).
+    let r = dynreg_registrar::Registrar::new(s.store.store.clone());
+    let got = r
+        .decide(
+            now(),
+            Device {
+                pid: "LS",
+                unique: "u1",
+            },
+            &RegisterRequest::new("1", now()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (got.triplet.barcode.as_str(), got.triplet.mac.as_str()),
+        ("B1", "0A:00:00:00:00:01")
+    );
+    // Counted in the product; listed by page, all or those waiting.
+    let (_, p) = get(&s, "/api/v1/products/LS", &read).await;
+    assert_eq!(
+        (
+            p["pool"]["expected"].as_u64(),
+            p["pool"]["expected_waiting"].as_u64()
+        ),
+        (Some(3), Some(2)),
+        "{p}"
+    );
+    let (status, page) = get(&s, "/api/v1/products/LS/expected?limit=2", &read).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    assert_eq!(page["items"][0]["unique"], "u1");
+    assert!(page["items"][0]["registered_at"].is_u64());
+    assert_eq!(page["next"], "u2");
+    let (_, page) = get(&s, "/api/v1/products/LS/expected?after=u2", &read).await;
+    assert_eq!(page["items"][0]["unique"], "u3");
+    assert!(page["next"].is_null());
+    let (_, page) = get(&s, "/api/v1/products/LS/expected?waiting=true", &read).await;
+    let waiting: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["unique"].as_str().unwrap())
+        .collect();
+    assert_eq!(waiting, ["u2", "u3"]);
+    // Removed; removing again is 404; the audit log has both.
+    let (status, _, _) = call(
+        s.addr,
+        "DELETE",
+        "/api/v1/products/LS/expected/u3",
+        Some(&write),
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, _, body) = call(
+        s.addr,
+        "DELETE",
+        "/api/v1/products/LS/expected/u3",
+        Some(&write),
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    let (_, audit) = get(&s, "/api/v1/audit?pid=LS", &read).await;
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"expected.uploaded") && actions.contains(&"expected.removed"),
+        "{actions:?}"
+    );
+    // An unknown product is 404.
+    assert_eq!(upload("u1\n", &write).await.0, 200);
+    let (status, _, _) = call(
+        s.addr,
+        "POST",
+        "/api/v1/products/NOPE/expected",
+        Some(&write),
+        "text/csv",
+        "u1\n",
+    )
+    .await;
+    assert_eq!(status, 404);
 }

@@ -34,6 +34,7 @@ async fn start(auth: HookAuth) -> Hooks {
     store.product("p1", SourceMode::Generate);
     store.disabled("off", SourceMode::Generate);
     store.product("a.b", SourceMode::Generate);
+    store.listed("L", &["dev1"]);
     let registrar = Arc::new(Registrar::with_policy(
         store.store.clone(),
         AuthPolicy::default(),
@@ -510,5 +511,21 @@ async fn a_banned_address_is_still_served_its_valid_devices_through_every_hook()
                 "{broker}: device {i}"
             );
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_product_admits_its_listed_devices_only_through_every_hook() {
+    let h = start(HookAuth::open()).await;
+    let ts = now();
+    for broker in ["emqx", "rabbitmq", "vernemq"] {
+        assert!(
+            hook_allows(&h, broker, &creds("L", "dev1", ts), "10.3.3.3").await,
+            "{broker}"
+        );
+        assert!(
+            !hook_allows(&h, broker, &creds("L", "stranger", ts), "10.3.3.3").await,
+            "{broker}"
+        );
     }
 }

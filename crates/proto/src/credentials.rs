@@ -220,7 +220,7 @@ impl<'a> ClientId<'a> {
     /// Builds a clientId, checking that pid and unique are valid ids and that unique
     /// has no `_`.
     pub fn new(pid: &'a str, unique: &'a str) -> Result<Self, CredentialError> {
-        if is_valid_id(pid) && is_valid_id(unique) && !unique.contains('_') {
+        if is_valid_id(pid) && crate::is_valid_unique(unique) {
             Ok(Self { pid, unique })
         } else {
             Err(CredentialError::ClientIdFormat)

@@ -61,10 +61,17 @@ pub const MAX_ID_LEN: usize = 64;
 /// bytes, and usable as one MQTT topic level (no `/`, `+`, `#`, no control characters
 /// and no NUL).
 ///
-/// Underscores are allowed here; the clientId rules forbid them in `unique` separately.
+/// Underscores are allowed here; the clientId rules forbid them in `unique`
+/// ([`is_valid_unique`]).
 pub fn is_valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_ID_LEN
         && s.chars()
             .all(|c| !matches!(c, '/' | '+' | '#') && !c.is_control())
+}
+
+/// Whether `s` may be a device's unique: a valid id ([`is_valid_id`]) without `_`
+/// (the clientId splits at its last `_`).
+pub fn is_valid_unique(s: &str) -> bool {
+    is_valid_id(s) && !s.contains('_')
 }

@@ -31,12 +31,26 @@ fn use_of<'a>(pw: &'a [u8], unique: &'a str, expires_at: u64) -> CredentialUse<'
     }
 }
 
+/// Resident memory of this process, bytes (Linux; 0 elsewhere).
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
 fn a_million_remembered() -> SharedCredentials {
+    let before = rss();
     let record = SharedCredentials::with_capacity(1_000_000);
     for i in 0..1_000_000u64 {
         let pw = format!("{i:064x}");
         record.record(&use_of(pw.as_bytes(), "u", NOW + 900 + i % 900), NOW);
     }
+    eprintln!(
+        "shared credentials: 1,000,000 remembered in {} bytes of resident memory ({} bytes each)",
+        rss().saturating_sub(before),
+        rss().saturating_sub(before) / 1_000_000
+    );
     record
 }
 

@@ -5,7 +5,7 @@
 //! In order: the clientId and username must parse and agree on the pid; the product
 //! must exist and be enabled; its signatures setting must allow the sign method; the ts
 //! must lie in the product's window and the password must be its signature (constant
-//! time). A seed credential that verifies is recorded with its unique
+//! time); a product that admits listed devices only must list the unique. A seed credential that verifies is recorded with its unique
 //! ([`crate::sharing`]): another unique that presented the same credential is counted
 //! and, past [`SHARING_LOG_THRESHOLD`], logged, but never refused.
 //!
@@ -23,7 +23,7 @@ use dynreg_proto::credentials::{CredentialError, Credentials, check_ts, verify_p
 use tracing::warn;
 
 use crate::ban::{BanPolicy, Failure};
-use crate::model::SecretMatch;
+use crate::model::{Admission, SecretMatch};
 use crate::registrar::Registrar;
 use crate::sharing::{CredentialUse, SHARING_LOG_THRESHOLD, Sharing};
 use crate::store::{Store, StoreError};
@@ -68,6 +68,17 @@ pub enum AuthError {
     /// The product's registration is disabled.
     #[error("registration disabled for the product")]
     DisabledProduct,
+    /// The product admits listed devices only (`admission = listed`) and this unique is
+    /// not listed.
+    #[error(
+        "unique {unique} is not among the devices listed for product {pid} (admission = listed)"
+    )]
+    NotListed {
+        /// The product.
+        pid: String,
+        /// The unique that is not listed.
+        unique: String,
+    },
     /// The product takes device-bound signatures only (`signatures = bound`) and the
     /// device signed with a seed method.
     #[error(
@@ -105,7 +116,9 @@ impl AuthError {
             | Self::UnboundSignature { .. }
             | Self::PreviousSecretExpired { .. } => Refusal::BadCredentials,
             Self::Credentials(e) => e.refusal(),
-            Self::UnknownProduct | Self::DisabledProduct => Refusal::NotAuthorized,
+            Self::UnknownProduct | Self::DisabledProduct | Self::NotListed { .. } => {
+                Refusal::NotAuthorized
+            }
             Self::Store(_) => Refusal::ServerUnavailable,
         }
     }
@@ -117,7 +130,7 @@ impl AuthError {
     }
 
     /// Every value [`AuthError::cause`] takes.
-    pub const CAUSES: [&'static str; 10] = [
+    pub const CAUSES: [&'static str; 11] = [
         "banned",
         "missing_credentials",
         "stale_ts",
@@ -125,6 +138,7 @@ impl AuthError {
         "malformed",
         "unknown_product",
         "disabled_product",
+        "not_listed",
         "unbound_signature",
         "previous_secret_expired",
         "store_unavailable",
@@ -132,7 +146,7 @@ impl AuthError {
 
     /// The refusal's cause as a metrics label: `banned`, `missing_credentials`,
     /// `malformed` (clientId or username), `stale_ts`, `bad_signature`,
-    /// `unknown_product`, `disabled_product`, `unbound_signature`,
+    /// `unknown_product`, `disabled_product`, `not_listed`, `unbound_signature`,
     /// `previous_secret_expired`, `store_unavailable`.
     pub fn cause(&self) -> &'static str {
         use dynreg_proto::credentials::CredentialError as C;
@@ -144,6 +158,7 @@ impl AuthError {
             Self::Credentials(_) => "malformed",
             Self::UnknownProduct => "unknown_product",
             Self::DisabledProduct => "disabled_product",
+            Self::NotListed { .. } => "not_listed",
             Self::UnboundSignature { .. } => "unbound_signature",
             Self::PreviousSecretExpired { .. } => "previous_secret_expired",
             Self::Store(_) => "store_unavailable",
@@ -338,6 +353,20 @@ impl<S: Store> Registrar<S> {
                 return Err(AuthError::Credentials(CredentialError::BadSignature));
             }
         }
+        // Only once the credentials verify, so that the list cannot be probed without
+        // the product secret.
+        if product.admission == Admission::Listed
+            && self
+                .expected(creds.pid, creds.unique)
+                .await
+                .map_err(AuthError::Store)?
+                .is_none()
+        {
+            return Err(AuthError::NotListed {
+                pid: product.pid.clone(),
+                unique: creds.unique.to_owned(),
+            });
+        }
         let sharing = if creds.sign_method.is_bound() {
             Sharing::Alone
         } else {
@@ -399,6 +428,10 @@ mod tests {
             AuthError::Credentials(C::ClientIdPrefix),
             AuthError::UnknownProduct,
             AuthError::DisabledProduct,
+            AuthError::NotListed {
+                pid: "p".into(),
+                unique: "u".into(),
+            },
             AuthError::UnboundSignature {
                 pid: "p".into(),
                 method: "hmacSha256",

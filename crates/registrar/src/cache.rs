@@ -1,4 +1,6 @@
-//! The product cache in front of any store.
+//! The caches in front of any store: products ([`ProductCache`]) and, for products
+//! that admit listed devices only, the expected devices ([`ExpectedCache`]), one
+//! implementation ([`TtlCache`]).
 //!
 //! Every CONNECT and every registration looks its product up, so lookups are served
 //! from memory:
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use quick_cache::sync::Cache;
 
-use crate::model::Product;
+use crate::model::{ExpectedDevice, Product};
 use crate::store::StoreError;
 
 /// The most products kept by default.
@@ -26,31 +28,57 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 /// How long a looked-up product is served from memory by default.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(2);
 
-#[derive(Clone)]
-struct Entry {
-    product: Option<Arc<Product>>,
+struct Entry<V> {
+    value: Option<Arc<V>>,
     /// Milliseconds since the cache's epoch after which the entry is stale.
     expires_ms: u64,
 }
 
-/// A bounded, TTL'd, single-flight cache of product lookups.
-pub struct ProductCache {
-    cache: Cache<String, Entry>,
+// Not derived: a derive would ask `V: Clone`, and only the `Arc` is cloned.
+impl<V> Clone for Entry<V> {
+    fn clone(&self) -> Self {
+        Self {
+            value: self.value.clone(),
+            expires_ms: self.expires_ms,
+        }
+    }
+}
+
+/// A bounded, TTL'd, single-flight cache of lookups by a text key, absent values
+/// included.
+pub struct TtlCache<V> {
+    cache: Cache<String, Entry<V>>,
     ttl_ms: u64,
     epoch: Instant,
 }
 
-impl std::fmt::Debug for ProductCache {
+/// The product cache: by pid.
+pub type ProductCache = TtlCache<Product>;
+
+/// The expected-device cache: by [`ExpectedCache::key`] of pid and unique. Changes to
+/// a product's list reach it through the store's product-change report, which clears
+/// it ([`TtlCache::clear`]): lists change seldom, and a cleared cache costs one read per
+/// device that connects next.
+pub type ExpectedCache = TtlCache<ExpectedDevice>;
+
+impl ExpectedCache {
+    /// The key of device `unique` of product `pid` (`/` is in neither).
+    pub fn key(pid: &str, unique: &str) -> String {
+        format!("{pid}/{unique}")
+    }
+}
+
+impl<V> std::fmt::Debug for TtlCache<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProductCache")
+        f.debug_struct("TtlCache")
             .field("len", &self.cache.len())
             .field("ttl_ms", &self.ttl_ms)
             .finish_non_exhaustive()
     }
 }
 
-impl ProductCache {
-    /// A cache of at most `capacity` products, each served for `ttl`.
+impl<V> TtlCache<V> {
+    /// A cache of at most `capacity` entries, each served for `ttl`.
     pub fn new(capacity: usize, ttl: Duration) -> Self {
         Self {
             cache: Cache::new(capacity.max(1)),
@@ -63,19 +91,19 @@ impl ProductCache {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The product `pid`: from memory while fresh, else from `load` (called at most
-    /// once per miss, however many callers miss together). A failed lookup is not
-    /// cached: the callers waiting on it look up again.
-    pub async fn get<F, Fut>(&self, pid: &str, load: F) -> Result<Option<Arc<Product>>, StoreError>
+    /// The value of `pid` (the key): from memory while fresh, else from `load` (called
+    /// at most once per miss, however many callers miss together). A failed lookup is
+    /// not cached: the callers waiting on it look up again.
+    pub async fn get<F, Fut>(&self, pid: &str, load: F) -> Result<Option<Arc<V>>, StoreError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<Arc<Product>>, StoreError>>,
+        Fut: Future<Output = Result<Option<Arc<V>>, StoreError>>,
     {
         let now = self.now_ms();
         let mut tried_stale = false;
         loop {
             match self.cache.get_value_or_guard_async(pid).await {
-                Ok(e) if e.expires_ms > now => return Ok(e.product),
+                Ok(e) if e.expires_ms > now => return Ok(e.value),
                 Ok(stale) if !tried_stale => {
                     // Drop the stale entry (unless another caller refreshed it
                     // meanwhile) and take the loader's place, or wait for whoever did.
@@ -87,12 +115,12 @@ impl ProductCache {
                 // TTL is shorter than a lookup; answer from the store directly.
                 Ok(_) => return load().await,
                 Err(guard) => {
-                    let product = load().await?;
+                    let value = load().await?;
                     let _ = guard.insert(Entry {
-                        product: product.clone(),
+                        value: value.clone(),
                         expires_ms: self.now_ms().saturating_add(self.ttl_ms),
                     });
-                    return Ok(product);
+                    return Ok(value);
                 }
             }
         }
@@ -103,7 +131,12 @@ impl ProductCache {
         self.cache.remove(pid);
     }
 
-    /// How many products are cached.
+    /// Forgets everything.
+    pub fn clear(&self) {
+        self.cache.clear();
+    }
+
+    /// How many entries are cached.
     pub fn len(&self) -> usize {
         self.cache.len()
     }

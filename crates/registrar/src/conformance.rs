@@ -16,8 +16,8 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use crate::{
-    AuditEntry, Device, MacRange, NewTriplet, Product, Registrar, Secret, SourceMode, Store,
-    TripletState,
+    AuditEntry, Device, ExpectedDevice, MacRange, NewTriplet, Product, Registrar, Secret,
+    SourceMode, Store, TripletState,
 };
 
 /// Polls all futures concurrently on the current task and collects their outputs in
@@ -62,6 +62,8 @@ pub trait Fixture: Store + Sized {
     fn reregistrations(&self, pid: &str) -> (u64, u64);
     /// The audit lines devices caused (actor `device`), oldest first.
     fn audit(&self) -> Vec<AuditEntry>;
+    /// Lists devices in advance for a product (added, or replacing the same uniques).
+    fn expect(&self, pid: &str, devices: Vec<ExpectedDevice>);
 }
 
 impl<F: Fixture> Fixture for Arc<F> {
@@ -86,6 +88,9 @@ impl<F: Fixture> Fixture for Arc<F> {
     fn audit(&self) -> Vec<AuditEntry> {
         (**self).audit()
     }
+    fn expect(&self, pid: &str, devices: Vec<ExpectedDevice>) {
+        (**self).expect(pid, devices);
+    }
 }
 
 const NOW: u64 = 1_700_000_000;
@@ -102,6 +107,7 @@ pub fn product(pid: &str, mode: SourceMode) -> Product {
         ts_window: 900,
         rereg: crate::ReregPolicy::DEFAULT,
         signatures: crate::Signatures::Any,
+        admission: crate::Admission::Open,
         quota: None,
         previous_secret: None,
         created_at: NOW,
@@ -723,6 +729,114 @@ pub async fn registrations_are_audited<F: Fixture>(store: F) {
     );
 }
 
+/// Rule test: a product that admits listed devices only (`admission = listed`) is
+/// refused at CONNECT for other uniques, and a listed device's registration carries the
+/// barcode and MAC it was listed with (a request's barcode still wins), in generate and
+/// pool modes.
+pub async fn listed_devices_bring_their_barcode_and_mac<F: Fixture>(store: F) {
+    use dynreg_proto::credentials::{SignMethod, sign};
+    let mut g = product("L", SourceMode::Generate);
+    g.admission = crate::Admission::Listed;
+    g.mac_range = Some("02:00:00:00:00:00-02:00:00:00:00:FF".parse().unwrap());
+    store.put_product(g);
+    let mut p = product("LP", SourceMode::Pool);
+    p.admission = crate::Admission::Listed;
+    store.put_product(p);
+    store.add_pool("LP", pool("LP", 2));
+    let listed = |unique: &str, barcode: &str, mac: &str| crate::ExpectedDevice {
+        unique: unique.into(),
+        barcode: barcode.into(),
+        mac: mac.into(),
+        added_at: NOW,
+    };
+    store.expect(
+        "L",
+        vec![
+            listed("dev1", "BC-1", "0A:00:00:00:00:01"),
+            listed("dev2", "", ""),
+            listed("dev3", "BC-3", ""),
+        ],
+    );
+    store.expect("LP", vec![listed("pooled", "BC-P", "0A:00:00:00:00:09")]);
+    let (r, _) = registrar(store);
+    let connect = async |pid: &str, unique: &str| {
+        let password = sign(
+            SignMethod::HmacSha256,
+            format!("secret-of-{pid}").as_bytes(),
+            pid,
+            unique,
+            NOW,
+        )
+        .to_string();
+        let (cid, user) = (
+            format!("register_{pid}_{unique}"),
+            format!("{pid}|signMethod=hmacSha256,ts={NOW}"),
+        );
+        r.authenticate(
+            NOW,
+            crate::Connect {
+                client_id: &cid,
+                username: Some(&user),
+                password: Some(password.as_bytes()),
+                peer: None,
+            },
+        )
+        .await
+    };
+    // An unlisted unique is refused at CONNECT (3.1.1: 5; MQTT 5: 0x87); a listed one
+    // is served.
+    let e = connect("L", "stranger").await.unwrap_err();
+    assert_eq!(
+        e,
+        crate::AuthError::NotListed {
+            pid: "L".into(),
+            unique: "stranger".into()
+        }
+    );
+    assert_eq!(e.refusal().v3_return_code(), 5);
+    assert_eq!(e.refusal().v5_reason_code(), 0x87);
+    assert!(connect("L", "dev1").await.is_ok());
+    assert!(connect("LP", "pooled").await.is_ok());
+    // The listed barcode and MAC, on a generated triplet (the range is not used).
+    let d = |pid, unique| Device { pid, unique };
+    let one = r.decide(NOW, d("L", "dev1"), &req()).await.unwrap();
+    assert_eq!(
+        (one.triplet.barcode.as_str(), one.triplet.mac.as_str()),
+        ("BC-1", "0A:00:00:00:00:01")
+    );
+    // Listed without either: the range's first address, no barcode.
+    let two = r.decide(NOW, d("L", "dev2"), &req()).await.unwrap();
+    assert_eq!(
+        (two.triplet.barcode.as_str(), two.triplet.mac.as_str()),
+        ("", "02:00:00:00:00:00")
+    );
+    // The request's barcode wins over the listed one.
+    let three = r
+        .decide(
+            NOW,
+            d("L", "dev3"),
+            &with(|q| q.data.barcode = "FROM-DEVICE".into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(three.triplet.barcode, "FROM-DEVICE");
+    // A pool triplet takes the listed barcode and MAC.
+    let pooled = r.decide(NOW, d("LP", "pooled"), &req()).await.unwrap();
+    assert_eq!(
+        (
+            pooled.triplet.uuid.as_str(),
+            pooled.triplet.barcode.as_str(),
+            pooled.triplet.mac.as_str()
+        ),
+        ("LP-u0", "BC-P", "0A:00:00:00:00:09")
+    );
+    // Again: the same triplet, as stored.
+    let again = r.decide(NOW + 5, d("LP", "pooled"), &req()).await.unwrap();
+    assert_eq!(again.triplet, pooled.triplet);
+    let again = r.decide(NOW + 5, d("L", "dev1"), &req()).await.unwrap();
+    assert_eq!(again.triplet, one.triplet);
+}
+
 /// Expands to one `#[tokio::test]` per rule of the suite, each running against a fresh
 /// store made by `$make` (an expression giving a [`Fixture`]).
 ///
@@ -752,7 +866,8 @@ macro_rules! conformance_tests {
             many_devices_never_share_a_triplet,
             reregistration_policies,
             quota_limits_bound_devices,
-            registrations_are_audited
+            registrations_are_audited,
+            listed_devices_bring_their_barcode_and_mac
         );
     };
     (@each plain $make:expr; $($name:ident),* $(,)?) => {

@@ -37,8 +37,9 @@ pub mod store;
 pub use auth::{AuthError, AuthPolicy, AuthStats, Authenticated, Connect};
 pub use ban::BanPolicy;
 pub use model::{
-    AuditEntry, MacRange, NewTriplet, PreviousSecret, Product, Registration, ReregPolicy, Secret,
-    SecretMatch, Signatures, SourceMode, Triplet, TripletId, TripletState,
+    Admission, AuditEntry, ExpectedDevice, MacRange, NewTriplet, PreviousSecret, Product,
+    Registration, ReregPolicy, Secret, SecretMatch, Signatures, SourceMode, Triplet, TripletId,
+    TripletState,
 };
 pub use registrar::{Device, Handled, Registered, Registrar};
 pub use sharing::{CredentialUse, SharedCredentials, Sharing};

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::conformance::Fixture;
 use crate::model::{
-    AuditEntry, MacRange, NewTriplet, Product, Registration, Triplet, TripletId, TripletState,
+    AuditEntry, ExpectedDevice, MacRange, NewTriplet, Product, Registration, Triplet, TripletId,
+    TripletState,
 };
 use crate::sharing::{CredentialUse, SharedCredentials, Sharing};
 use crate::store::{Intent, ProductListener, Store, StoreError, Tx};
@@ -42,6 +43,9 @@ struct State {
 #[derive(Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    /// Expected devices by (pid, unique): outside `State`, which every transaction
+    /// copies, since no transaction writes them.
+    expected: Mutex<HashMap<(String, String), ExpectedDevice>>,
     shared: SharedCredentials,
     listeners: Mutex<Vec<ProductListener>>,
 }
@@ -154,6 +158,11 @@ impl Tx for MemTx<'_> {
             .iter()
             .find(|t| t.pid == pid && t.barcode == barcode)
             .map(|t| (t.id, t.state)))
+    }
+
+    fn set_mac(&mut self, triplet: TripletId, mac: &str) -> Result<(), StoreError> {
+        mac.clone_into(&mut self.s.triplets[index(triplet)].mac);
+        Ok(())
     }
 
     fn set_barcode(&mut self, triplet: TripletId, barcode: &str) -> Result<(), StoreError> {
@@ -269,6 +278,20 @@ impl Store for MemoryStore {
         std::future::ready(Ok(self.lock().products.get(pid).cloned()))
     }
 
+    fn expected_device(
+        &self,
+        pid: &str,
+        unique: &str,
+    ) -> impl Future<Output = Result<Option<ExpectedDevice>, StoreError>> + Send {
+        let found = self
+            .expected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(pid.to_owned(), unique.to_owned()))
+            .cloned();
+        std::future::ready(Ok(found))
+    }
+
     fn on_product_change(&self, listener: ProductListener) {
         self.listeners
             .lock()
@@ -307,6 +330,22 @@ impl Store for MemoryStore {
 }
 
 impl Fixture for MemoryStore {
+    fn expect(&self, pid: &str, devices: Vec<ExpectedDevice>) {
+        let mut e = self.expected.lock().unwrap_or_else(PoisonError::into_inner);
+        for d in devices {
+            e.insert((pid.to_owned(), d.unique.clone()), d);
+        }
+        drop(e);
+        for l in self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            l(pid);
+        }
+    }
+
     fn put_product(&self, product: Product) {
         let mut s = self.lock();
         if let Some(r) = product.mac_range {

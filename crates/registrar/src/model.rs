@@ -325,6 +325,63 @@ impl fmt::Display for Signatures {
     }
 }
 
+/// Which uniques of a product may CONNECT (PROTOCOL.md section 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Admission {
+    /// Any unique whose credentials verify: what every device built against the
+    /// protocol text expects.
+    #[default]
+    Open,
+    /// Only the uniques an operator listed in advance ([`ExpectedDevice`]); any other
+    /// is refused at CONNECT (3.1.1: 5; MQTT 5: 0x87). Alibaba's pre-registration: a
+    /// product secret extracted from one device cannot mint new devices.
+    Listed,
+}
+
+impl Admission {
+    /// The name used in the CLI, the API and the database: `open` or `listed`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Listed => "listed",
+        }
+    }
+}
+
+impl FromStr for Admission {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "open" => Ok(Self::Open),
+            "listed" => Ok(Self::Listed),
+            _ => Err(InvalidValue(format!(
+                "unknown admission setting `{s}` (expected open or listed)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Admission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A device an operator listed in advance for a product (uploaded from the factory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedDevice {
+    /// Its unique.
+    pub unique: String,
+    /// The barcode its registration puts on its triplet (empty: none); a barcode in the
+    /// register request still wins.
+    pub barcode: String,
+    /// The MAC its registration puts on its triplet (empty: the triplet's own, or one
+    /// from the product's range).
+    pub mac: String,
+    /// When it was listed (Unix seconds).
+    pub added_at: u64,
+}
+
 /// Parses a duration in seconds written as a number with a unit: `90s`, `15m`, `24h`,
 /// `7d` (a bare number is seconds). At most ten years.
 pub fn parse_duration(s: &str) -> Result<u64, InvalidValue> {
@@ -400,6 +457,8 @@ pub fn is_valid_pid(pid: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+pub use dynreg_proto::is_valid_unique;
+
 /// A product: what a family of devices shares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Product {
@@ -421,6 +480,8 @@ pub struct Product {
     pub rereg: ReregPolicy,
     /// Which sign methods its devices may use.
     pub signatures: Signatures,
+    /// Which uniques may CONNECT.
+    pub admission: Admission,
     /// The most devices the product may bind (`None`: no limit).
     pub quota: Option<u64>,
     /// The secret replaced by the last rotation, kept until it is retired: it verifies

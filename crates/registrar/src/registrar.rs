@@ -31,11 +31,12 @@ use tracing::{error, info};
 
 use crate::auth::{AuthCounters, AuthPolicy};
 use crate::ban::Bans;
-use crate::cache::ProductCache;
+use crate::cache::{ExpectedCache, ProductCache};
 use crate::generate;
 use crate::model::SecretMatch;
 use crate::model::{
-    AuditEntry, NewTriplet, Product, ReregPolicy, SourceMode, Triplet, TripletId, TripletState,
+    Admission, AuditEntry, ExpectedDevice, NewTriplet, Product, ReregPolicy, SourceMode, Triplet,
+    TripletId, TripletState,
 };
 use crate::rate::RateLimiter;
 use crate::store::{Intent, Store, StoreError, StoreErrorKind, Tx};
@@ -146,6 +147,8 @@ pub struct Registrar<S> {
     epoch: std::time::Instant,
     /// Product lookups, in front of the store.
     products: Arc<ProductCache>,
+    /// Expected-device lookups of products that admit listed devices only.
+    expected: Arc<ExpectedCache>,
     pub(crate) bans: Bans,
     pub(crate) auth_counters: AuthCounters,
     store_errors: ErrorLog,
@@ -165,14 +168,22 @@ impl<S: Store> Registrar<S> {
             crate::cache::DEFAULT_CAPACITY,
             crate::cache::DEFAULT_TTL,
         ));
-        let dropped = Arc::downgrade(&products);
+        let expected = Arc::new(ExpectedCache::new(
+            crate::cache::DEFAULT_CAPACITY,
+            crate::cache::DEFAULT_TTL,
+        ));
+        let (dropped, dropped_expected) = (Arc::downgrade(&products), Arc::downgrade(&expected));
         store.on_product_change(Arc::new(move |pid| {
             if let Some(cache) = dropped.upgrade() {
                 cache.invalidate(pid);
             }
+            if let Some(cache) = dropped_expected.upgrade() {
+                cache.clear();
+            }
         }));
         Self {
             products,
+            expected,
             store,
             per_pid: RateLimiter::new(0, MAX_RATE_KEYS),
             epoch: std::time::Instant::now(),
@@ -286,6 +297,19 @@ impl<S: Store> Registrar<S> {
         self.products.get(pid, || self.store.product(pid)).await
     }
 
+    /// The device `unique` listed for product `pid`, through the cache.
+    pub(crate) async fn expected(
+        &self,
+        pid: &str,
+        unique: &str,
+    ) -> Result<Option<Arc<ExpectedDevice>>, StoreError> {
+        self.expected
+            .get(&ExpectedCache::key(pid, unique), || async {
+                Ok(self.store.expected_device(pid, unique).await?.map(Arc::new))
+            })
+            .await
+    }
+
     /// The status a device sees for a storage failure, which is logged with its cause
     /// (once per burst).
     fn store_failure(&self, now: u64, e: &StoreError) -> Status {
@@ -328,6 +352,16 @@ impl<S: Store> Registrar<S> {
         // The policy of the product the device authenticates with: its secret is the
         // one that may have leaked.
         let rereg = product.rereg;
+        // A listed device brings the barcode and MAC it was listed with (the CONNECT
+        // decision already refused unlisted ones).
+        let listed = if product.admission == Admission::Listed {
+            match self.expected(device.pid, device.unique).await {
+                Ok(e) => e,
+                Err(e) => return Err(self.store_failure(now, &e)),
+            }
+        } else {
+            None
+        };
         let target = match request.replace_pid() {
             None => product,
             Some(replace_pid) => {
@@ -361,6 +395,11 @@ impl<S: Store> Registrar<S> {
             rereg,
             quota: target.quota,
             barcode: request.barcode().map(str::to_owned),
+            listed_barcode: listed
+                .as_ref()
+                .map(|l| l.barcode.clone())
+                .filter(|b| !b.is_empty()),
+            listed_mac: listed.map(|l| l.mac.clone()).filter(|m| !m.is_empty()),
             now,
             // Drawn outside the transaction so the store's writer does less; pool mode
             // never needs one, and pool-then-generate draws one only when the pool is dry.
@@ -392,7 +431,12 @@ struct Plan {
     has_mac_range: bool,
     rereg: ReregPolicy,
     quota: Option<u64>,
+    /// The request's barcode.
     barcode: Option<String>,
+    /// The barcode and MAC a listed device was listed with, for its first
+    /// registration (the request's barcode wins).
+    listed_barcode: Option<String>,
+    listed_mac: Option<String>,
     now: u64,
     candidate: Option<NewTriplet>,
 }
@@ -425,7 +469,8 @@ impl Plan {
             }));
         }
 
-        if let Some(barcode) = &self.barcode {
+        let new_barcode = self.barcode.as_ref().or(self.listed_barcode.as_ref());
+        if let Some(barcode) = new_barcode {
             if let Some((_, state)) = tx.barcode_holder(&self.pid, barcode)? {
                 if state != TripletState::Free {
                     return Ok(Err(Status::BarcodeTaken));
@@ -447,7 +492,11 @@ impl Plan {
         let Some(mut triplet) = triplet else {
             return Ok(Err(Status::PoolExhausted));
         };
-        if let Some(barcode) = &self.barcode {
+        if let Some(mac) = self.listed_mac.as_ref().filter(|m| **m != triplet.mac) {
+            tx.set_mac(triplet.id, mac)?;
+            triplet.mac.clone_from(mac);
+        }
+        if let Some(barcode) = new_barcode {
             if *barcode != triplet.barcode {
                 if let Err(status) = claim_barcode(tx, &self.pid, triplet.id, barcode)? {
                     return Ok(Err(status));
@@ -489,8 +538,11 @@ impl Plan {
     }
 
     /// Generates and stores a bound triplet, or `None` when the MAC range is used up.
+    /// A listed device's MAC is used instead of the range's next address.
     fn generate(&self, tx: &mut dyn Tx) -> Result<Option<Triplet>, StoreError> {
-        let mac = if self.has_mac_range {
+        let mac = if let Some(mac) = &self.listed_mac {
+            mac.clone()
+        } else if self.has_mac_range {
             match tx.next_mac(&self.pid)? {
                 Some(mac) => mac,
                 None => return Ok(None),
@@ -561,6 +613,14 @@ mod tests {
             T: Send + 'static,
         {
             std::future::ready(Err(StoreError::backend("database or disk is full")))
+        }
+        fn expected_device(
+            &self,
+            pid: &str,
+            unique: &str,
+        ) -> impl Future<Output = Result<Option<crate::ExpectedDevice>, StoreError>> + Send
+        {
+            self.0.expected_device(pid, unique)
         }
         fn record_credential(
             &self,

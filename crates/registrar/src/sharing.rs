@@ -100,10 +100,11 @@ pub const SHARING_LOG_THRESHOLD: u32 = 64;
 /// of one presentation to a scan of 1,024 hashes.
 pub const MAX_UNIQUES_PER_CREDENTIAL: usize = 1024;
 
-/// The default bound on remembered presentations (credential and unique pairs). At
-/// about 60 bytes each (measured with `dynreg bench`: see docs/benchmarks.md) this is
-/// at most ~60 MB, and it only fills when a million CONNECTs are accepted within one
-/// ts window (30 minutes with the default ±15: about 550 per second, sustained).
+/// The default bound on remembered presentations (credential and unique pairs). A
+/// million credentials took 133 MB of resident memory (`cargo bench -p
+/// dynreg-registrar --bench connect` prints it; docs/benchmarks.md), and the record
+/// only fills when a million CONNECTs are accepted within one ts window (30 minutes
+/// with the default ±15: about 550 per second, sustained).
 pub const DEFAULT_CAPACITY: usize = 1_000_000;
 
 /// An in-process, bounded, time-evicted record of accepted seed credentials and the

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::model::{
-    AuditEntry, NewTriplet, Product, Registration, Triplet, TripletId, TripletState,
+    AuditEntry, ExpectedDevice, NewTriplet, Product, Registration, Triplet, TripletId, TripletState,
 };
 use crate::sharing::{CredentialUse, Sharing};
 
@@ -180,6 +180,10 @@ pub trait Tx {
     /// Sets a triplet's barcode; the empty string clears it.
     fn set_barcode(&mut self, triplet: TripletId, barcode: &str) -> Result<(), StoreError>;
 
+    /// Sets a triplet's MAC (normalised, `AA:BB:CC:DD:EE:FF`): the MAC a listed device
+    /// brings to its registration ([`crate::ExpectedDevice::mac`]).
+    fn set_mac(&mut self, triplet: TripletId, mac: &str) -> Result<(), StoreError>;
+
     /// Binds `triplet` to the device (`key_pid`, `unique`), registered under `pid`, at
     /// `now`. `triplet` is one this transaction got from [`Tx::free_triplet`] (it then
     /// becomes [`TripletState::Bound`]) or stored with [`Tx::insert_triplet`] as bound.
@@ -248,8 +252,17 @@ pub trait Store: Send + Sync + 'static {
         pid: &str,
     ) -> impl Future<Output = Result<Option<Arc<Product>>, StoreError>> + Send;
 
+    /// The device `unique` listed in advance for product `pid`
+    /// ([`crate::Admission::Listed`]), if it is: one indexed read (the registrar caches
+    /// it like products).
+    fn expected_device(
+        &self,
+        pid: &str,
+        unique: &str,
+    ) -> impl Future<Output = Result<Option<ExpectedDevice>, StoreError>> + Send;
+
     /// Registers `listener`, to be called with the pid of every product this store
-    /// changes (and, for a database shared by several instances, that another instance
+    /// changes (its expected devices included) (and, for a database shared by several instances, that another instance
     /// changes, where the backend can tell). Caches use it to drop the product at once;
     /// changes nobody reports are seen within the cache's TTL. The default reports
     /// nothing.
@@ -291,6 +304,14 @@ impl<S: Store> Store for Arc<S> {
         pid: &str,
     ) -> impl Future<Output = Result<Option<Arc<Product>>, StoreError>> + Send {
         (**self).product(pid)
+    }
+
+    fn expected_device(
+        &self,
+        pid: &str,
+        unique: &str,
+    ) -> impl Future<Output = Result<Option<ExpectedDevice>, StoreError>> + Send {
+        (**self).expected_device(pid, unique)
     }
 
     fn on_product_change(&self, listener: ProductListener) {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use dynreg_registrar::model::{InvalidValue, MAX_NAME_LEN, is_valid_pid};
 use dynreg_registrar::{
-    AuditEntry, MacRange, NewTriplet, Product, Registration, ReregPolicy, Secret, Signatures,
-    SourceMode, Triplet, TripletState, generate,
+    Admission, AuditEntry, ExpectedDevice, MacRange, NewTriplet, Product, Registration,
+    ReregPolicy, Secret, Signatures, SourceMode, Triplet, TripletState, generate,
 };
 
 use crate::Error;
@@ -40,6 +40,8 @@ pub struct NewProduct {
     pub rereg: ReregPolicy,
     /// Which sign methods its devices may use.
     pub signatures: Signatures,
+    /// Which uniques may CONNECT.
+    pub admission: Admission,
     /// The most devices the product may bind (`None`: no limit).
     pub quota: Option<u64>,
     /// The low-water mark of free triplets: below it, `pool.low` fires (`None`:
@@ -62,6 +64,8 @@ pub struct ProductUpdate {
     pub rereg: Option<ReregPolicy>,
     /// A new signatures setting.
     pub signatures: Option<Signatures>,
+    /// A new admission setting.
+    pub admission: Option<Admission>,
     /// A new quota: `Some(None)` removes it.
     pub quota: Option<Option<u64>>,
     /// A new low-water mark of free triplets: `Some(None)` removes it.
@@ -77,6 +81,7 @@ impl ProductUpdate {
             && self.ts_window.is_none()
             && self.rereg.is_none()
             && self.signatures.is_none()
+            && self.admission.is_none()
             && self.quota.is_none()
             && self.low_water.is_none()
     }
@@ -158,6 +163,8 @@ pub struct ProductSummary {
     pub rereg: ReregPolicy,
     /// Which sign methods its devices may use.
     pub signatures: Signatures,
+    /// Which uniques may CONNECT.
+    pub admission: Admission,
     /// The most devices the product may bind, if limited.
     pub quota: Option<u64>,
     /// When the previous secret's grace period ends (or ended), if a rotation left one.
@@ -180,6 +187,7 @@ impl ProductSummary {
             ts_window: product.ts_window,
             rereg: product.rereg,
             signatures: product.signatures,
+            admission: product.admission,
             quota: product.quota,
             previous_secret_until: product.previous_secret.map(|p| p.until),
             created_at: product.created_at,
@@ -209,6 +217,30 @@ pub struct PoolStats {
     pub reregistrations_refused: u64,
     /// The low-water mark of free triplets, if set (`pool.low` fires below it).
     pub low_water: Option<u64>,
+    /// Devices listed in advance for the product ([`Operator::expect_devices`]).
+    pub expected: u64,
+    /// Of those, the ones not registered yet.
+    pub expected_waiting: u64,
+}
+
+/// Which expected devices to list ([`Operator::list_expected`]).
+#[derive(Debug, Clone, Default)]
+pub struct ExpectedFilter {
+    /// Only those not registered yet.
+    pub waiting_only: bool,
+    /// Only uniques after this one (the cursor of the next page).
+    pub after: Option<String>,
+    /// At most this many (0: no limit).
+    pub limit: usize,
+}
+
+/// A listed device and whether it registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    /// The device as listed.
+    pub device: ExpectedDevice,
+    /// When it registered under its product (Unix seconds), if it did.
+    pub registered_at: Option<u64>,
 }
 
 /// Which devices to list.
@@ -540,6 +572,29 @@ pub trait Operator {
         progress: Progress,
     ) -> Result<u64, Error>;
 
+    /// Lists devices in advance for `pid` (uploaded from the factory; see
+    /// [`crate::expected_csv`]): a listed unique replaces its earlier entry (barcode and
+    /// MAC). Checked as a whole first (each device's fields, uniques and barcodes
+    /// repeated within the batch: [`Error::Item`] names the 0-based item), then written
+    /// in transactions of 50,000 so that registrations are not held up behind a large
+    /// list; a failure after the first says how many were written (uploading the same
+    /// file again is harmless). Returns how many devices the product lists now.
+    fn expect_devices(
+        &self,
+        pid: &str,
+        devices: Vec<ExpectedDevice>,
+        progress: Progress,
+    ) -> Result<u64, Error>;
+
+    /// The devices listed for `pid`, by unique, after `filter.after`, with when each
+    /// registered (if it did).
+    fn list_expected(&self, pid: &str, filter: &ExpectedFilter) -> Result<Vec<Expected>, Error>;
+
+    /// Removes listed devices of `pid` (a device already registered keeps its
+    /// registration; it is refused its next CONNECT if the product admits listed
+    /// devices only). Returns how many were listed.
+    fn remove_expected(&self, pid: &str, uniques: &[String]) -> Result<u64, Error>;
+
     /// Calls `f` for each triplet of `pid`'s pool (optionally only those in `state`), in
     /// creation order, secrets opened: re-exporting a factory CSV.
     fn for_each_triplet(
@@ -839,6 +894,7 @@ pub fn new_product(new: NewProduct, now: u64) -> Result<Product, Error> {
         ts_window: new.ts_window,
         rereg: new.rereg,
         signatures: new.signatures,
+        admission: new.admission,
         quota: new.quota,
         previous_secret: None,
         created_at: now,
@@ -884,6 +940,30 @@ pub fn hex(bytes: &[u8]) -> String {
 
 fn printable(s: &str) -> bool {
     !s.chars().any(char::is_control)
+}
+
+/// Checks one expected device's fields (what a CONNECT would accept as its unique, a
+/// barcode like an imported triplet's) and normalises its MAC (see
+/// [`MacRange::normalise`]). The one check of an expected device, for the CSV reader
+/// and the store alike.
+pub fn validate_expected(d: &mut ExpectedDevice) -> Result<(), InvalidValue> {
+    if !dynreg_registrar::model::is_valid_unique(&d.unique) {
+        return Err(InvalidValue(format!(
+            "unique `{}` must be 1 to 64 bytes without _ / + # or control characters",
+            d.unique
+        )));
+    }
+    if d.barcode.len() > MAX_FIELD_LEN || !printable(&d.barcode) {
+        return Err(InvalidValue(format!(
+            "barcode of `{}` must be at most {MAX_FIELD_LEN} printable characters",
+            d.unique
+        )));
+    }
+    if !d.mac.is_empty() {
+        d.mac = MacRange::normalise(&d.mac)
+            .map_err(|e| InvalidValue(format!("mac of `{}`: {e}", d.unique)))?;
+    }
+    Ok(())
 }
 
 /// Checks one imported triplet's fields and normalises its MAC (see
@@ -944,6 +1024,10 @@ pub struct ProductDefinition {
     /// in definitions written before the setting existed).
     #[serde(default = "any_signatures")]
     pub signatures: String,
+    /// Which uniques may CONNECT: `open` or `listed` (`open` when absent). The list
+    /// itself is not part of the definition.
+    #[serde(default = "open_admission")]
+    pub admission: String,
     /// The most devices it may bind.
     pub quota: Option<u64>,
     /// Whether it takes registrations.
@@ -979,6 +1063,7 @@ impl ProductDefinition {
             ts_window: p.ts_window,
             reregistration: p.rereg.to_string(),
             signatures: p.signatures.to_string(),
+            admission: p.admission.to_string(),
             quota: p.quota,
             enabled: p.enabled,
             low_water,
@@ -1023,6 +1108,7 @@ impl ProductDefinition {
                 .signatures
                 .parse()
                 .map_err(|e| field("signatures", e))?,
+            admission: self.admission.parse().map_err(|e| field("admission", e))?,
             quota: self.quota,
             low_water: self.low_water,
         };
@@ -1062,6 +1148,10 @@ impl ProductDefinition {
 
 fn any_signatures() -> String {
     Signatures::Any.to_string()
+}
+
+fn open_admission() -> String {
+    Admission::Open.to_string()
 }
 
 /// The columns of a device export (`device export`, `GET /devices/export`), before

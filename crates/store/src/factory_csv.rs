@@ -22,6 +22,14 @@ pub struct CsvError {
 }
 
 impl CsvError {
+    /// An error with `message`, about `line` when given.
+    pub fn new(message: impl Into<String>, line: Option<u64>) -> Self {
+        Self {
+            message: message.into(),
+            line,
+        }
+    }
+
     /// The line it is about, when it is about one.
     pub fn line(&self) -> Option<u64> {
         self.line

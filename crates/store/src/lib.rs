@@ -26,15 +26,16 @@
 
 pub mod admin;
 pub mod crypto;
+pub mod expected_csv;
 pub mod factory_csv;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
 
 pub use admin::{
-    Actor, AuditFilter, AuditRecord, Deleted, DeviceCursor, DeviceFilter, HistoryEntry, NewProduct,
-    Operator, OutboxEvent, PoolStats, ProductDefinition, ProductSummary, ProductUpdate, Progress,
-    Scope, TokenInfo, TripletRef, Withdrawal, audited,
+    Actor, AuditFilter, AuditRecord, Deleted, DeviceCursor, DeviceFilter, Expected, ExpectedFilter,
+    HistoryEntry, NewProduct, Operator, OutboxEvent, PoolStats, ProductDefinition, ProductSummary,
+    ProductUpdate, Progress, Scope, TokenInfo, TripletRef, Withdrawal, audited,
 };
 pub use crypto::{KeySource, MasterKey};
 pub use postgres::{DEFAULT_WRITERS, PgConfig, PgStore};

@@ -26,6 +26,7 @@ fn new_product(pid: Option<&str>, mode: SourceMode, mac: Option<&str>) -> NewPro
         ts_window: 900,
         rereg: ReregPolicy::DEFAULT,
         signatures: Signatures::Any,
+        admission: dynreg_registrar::Admission::Open,
         quota: None,
         low_water: None,
     }
@@ -462,6 +463,7 @@ async fn update_delete_withdraw_lookups_and_history<S: Backend>(t: TempStore<S>)
                 ts_window: Some(60),
                 rereg: Some(ReregPolicy::Always),
                 signatures: Some(Signatures::Bound),
+                admission: Some(dynreg_registrar::Admission::Listed),
                 quota: None,
                 low_water: Some(Some(3)),
             },

@@ -44,6 +44,28 @@ impl TempStore {
     }
 
     /// Adds `product` (blocking: call it from a blocking context or outside a runtime).
+    /// Adds a product (generate mode) that admits only the listed `uniques`
+    /// (`admission = listed`), each listed with barcode `BC-<unique>` and no MAC.
+    pub fn listed(&self, pid: &str, uniques: &[&str]) -> &Self {
+        let mut p = dynreg_registrar::conformance::product(pid, SourceMode::Generate);
+        p.admission = dynreg_registrar::Admission::Listed;
+        self.put(&p);
+        let devices = uniques
+            .iter()
+            .map(|u| dynreg_registrar::ExpectedDevice {
+                unique: (*u).to_owned(),
+                barcode: format!("BC-{u}"),
+                mac: String::new(),
+                added_at: 0,
+            })
+            .collect();
+        self.store
+            .expect_devices(pid, devices, std::sync::Arc::new(|_| {}))
+            .expect("list the devices");
+        self
+    }
+
+    /// Adds a product exactly as given.
     pub fn put(&self, product: &Product) -> &Self {
         self.store
             .insert_product(product)

@@ -1,4 +1,5 @@
-//! `dynreg device ...`: list, show, revoke, reset, export.
+//! `dynreg device ...`: list, show, revoke, reset, export, and the devices expected in
+//! advance (expect, expected, unexpect: [`crate::cmd::expected`]).
 //!
 //! A device is named by the pid it authenticates with (its clientId's pid) and its
 //! unique; `--uuid` finds it by its triplet instead.
@@ -92,6 +93,45 @@ pub(crate) enum DeviceCmd {
         /// The first serial number (uniques `bulk-<start>` upwards).
         #[arg(long, default_value_t = 0)]
         start: u64,
+    },
+    /// List devices in advance for a product (`admission = listed` then admits only
+    /// them): a CSV of `unique[,barcode[,mac]]`, header optional, from the factory. A
+    /// listed device's registration puts its barcode and MAC on its triplet. Listing a
+    /// unique again replaces its barcode and MAC.
+    Expect {
+        /// The product.
+        #[arg(long)]
+        pid: String,
+        /// The CSV file.
+        file: PathBuf,
+    },
+    /// Show the devices listed for a product, by unique, with when each registered.
+    Expected {
+        /// The product.
+        #[arg(long)]
+        pid: String,
+        /// Only the devices not registered yet.
+        #[arg(long)]
+        waiting: bool,
+        /// Only uniques after this one (the next page).
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many (0: all).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print the counts only (listed, not registered yet).
+        #[arg(long)]
+        count: bool,
+    },
+    /// Remove devices from a product's list (a registered one keeps its registration,
+    /// but is refused its next CONNECT while the product admits listed devices only).
+    Unexpect {
+        /// The product.
+        #[arg(long)]
+        pid: String,
+        /// The uniques to remove.
+        #[arg(required = true)]
+        uniques: Vec<String>,
     },
     /// Write a product's devices as CSV (CSV even under --json).
     Export {
@@ -314,6 +354,24 @@ pub(crate) fn run(g: &Global, cmd: DeviceCmd) -> anyhow::Result<()> {
                     start + n.saturating_sub(1)
                 );
             }
+        }
+        DeviceCmd::Expect { pid, file } => crate::cmd::expected::expect(g, &store, &pid, &file)?,
+        DeviceCmd::Expected {
+            pid,
+            waiting,
+            after,
+            limit,
+            count,
+        } => {
+            let filter = dynreg_store::ExpectedFilter {
+                waiting_only: waiting,
+                after,
+                limit,
+            };
+            crate::cmd::expected::list(g, &store, &pid, &filter, count)?;
+        }
+        DeviceCmd::Unexpect { pid, uniques } => {
+            crate::cmd::expected::remove(g, &store, &pid, &uniques)?;
         }
         DeviceCmd::Export {
             pid,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use dynreg_registrar::{MacRange, Product, ReregPolicy, Signatures, SourceMode, model};
+use dynreg_registrar::{Admission, MacRange, Product, ReregPolicy, Signatures, SourceMode, model};
 use dynreg_store::{NewProduct, PoolStats, ProductDefinition, ProductSummary, ProductUpdate};
 use serde_json::{Value, json};
 
@@ -53,6 +53,11 @@ pub(crate) enum ProductCmd {
         /// See docs/security.md.
         #[arg(long, default_value_t = Signatures::Any)]
         signatures: Signatures,
+        /// Which devices may register: `open` (any unique whose credentials verify) or
+        /// `listed` (only the uniques listed with `dynreg device expect`; any other is
+        /// refused at CONNECT). See docs/security.md.
+        #[arg(long, default_value_t = Admission::Open)]
+        admission: Admission,
         /// The most devices the product may bind; more get res 4033 [default: no limit].
         #[arg(long)]
         quota: Option<u64>,
@@ -62,7 +67,7 @@ pub(crate) enum ProductCmd {
         low_water: Option<u64>,
     },
     /// Change a product: name, mode, MAC range, ts window, re-registration policy,
-    /// signatures, quota. Only the options given change.
+    /// signatures, admission, quota. Only the options given change.
     Update {
         /// The product id.
         pid: String,
@@ -88,6 +93,9 @@ pub(crate) enum ProductCmd {
         /// `any` or `bound` (device-bound sign methods only).
         #[arg(long)]
         signatures: Option<Signatures>,
+        /// `open` or `listed` (only the devices listed with `dynreg device expect`).
+        #[arg(long)]
+        admission: Option<Admission>,
         /// The most devices the product may bind (devices already registered keep
         /// their triplets).
         #[arg(long, conflicts_with = "no_quota")]
@@ -188,6 +196,7 @@ fn summary_json(p: &ProductSummary) -> Value {
         "ts_window": p.ts_window,
         "reregistration": p.rereg.to_string(),
         "signatures": p.signatures.name(),
+        "admission": p.admission.name(),
         "quota": p.quota,
         "previous_secret_until": p.previous_secret_until.map(output::time),
         "created_at": output::time(p.created_at),
@@ -202,6 +211,8 @@ fn summary_json(p: &ProductSummary) -> Value {
         "reregistrations": p.stats.reregistrations,
         "reregistrations_refused": p.stats.reregistrations_refused,
         "low_water": p.stats.low_water,
+        "expected": p.stats.expected,
+        "expected_waiting": p.stats.expected_waiting,
     })
 }
 
@@ -218,6 +229,16 @@ fn summary_fields(p: &ProductSummary) -> Vec<(&'static str, String)> {
         ("ts window", format!("{} s", p.ts_window)),
         ("re-registration", p.rereg.to_string()),
         ("signatures", p.signatures.to_string()),
+        (
+            "admission",
+            match p.admission {
+                Admission::Open => "open".to_owned(),
+                Admission::Listed => format!(
+                    "listed ({} devices listed, {} not registered yet)",
+                    p.stats.expected, p.stats.expected_waiting
+                ),
+            },
+        ),
         ("quota", p.quota.map_or("-".into(), |q| q.to_string())),
         (
             "low water",
@@ -267,6 +288,7 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
             ts_window,
             reregistration,
             signatures,
+            admission,
             quota,
             low_water,
         } => {
@@ -278,6 +300,7 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
                 ts_window,
                 rereg: reregistration,
                 signatures,
+                admission,
                 quota,
                 low_water,
             };
@@ -348,6 +371,7 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
             ts_window,
             reregistration,
             signatures,
+            admission,
             quota,
             no_quota,
             low_water,
@@ -364,6 +388,7 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
                 ts_window,
                 rereg: reregistration,
                 signatures,
+                admission,
                 quota: if no_quota {
                     Some(None)
                 } else {

@@ -531,6 +531,7 @@ fn demo(store: &Backend, listen: SocketAddr) -> anyhow::Result<()> {
                     ts_window: dynreg_proto::credentials::DEFAULT_TS_WINDOW,
                     rereg: dynreg_registrar::ReregPolicy::DEFAULT,
                     signatures: dynreg_registrar::Signatures::Any,
+                    admission: dynreg_registrar::Admission::Open,
                     quota: None,
                     low_water: None,
                 },

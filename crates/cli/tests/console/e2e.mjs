@@ -111,7 +111,7 @@ try {
     await page.getByRole("button", { name: "Import" }).click();
   };
   await upload("bad.csv", "uuid,secret,mac,barcode\nimp1aaaaaaaaaaaaaaaa,s1secretsecretsecret,,IMP-1\n,missing-uuid,,IMP-2\n");
-  await page.getByText(/Nothing imported: the CSV line 3: uuid and secret must not be empty/).waitFor();
+  await page.getByText(/Nothing written: the CSV line 3: uuid and secret must not be empty/).waitFor();
   await upload("good.csv", "uuid,secret,mac,barcode\nimp1aaaaaaaaaaaaaaaa,s1secretsecretsecret,,IMP-1\nimp2aaaaaaaaaaaaaaaa,s2secretsecretsecret,,IMP-2\n");
   await page.getByText("2 triplets imported.").waitFor();
   await check("product");

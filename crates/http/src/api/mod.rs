@@ -13,6 +13,7 @@
 //!   address ([`dynreg_store::audited`]).
 
 pub(crate) mod devices;
+pub(crate) mod expected;
 pub(crate) mod products;
 pub(crate) mod records;
 
@@ -103,6 +104,7 @@ pub fn router(api: Api) -> Router {
     let (routes, mut doc) = OpenApiRouter::<Api>::with_openapi(ApiDoc::openapi_base())
         .merge(products::routes())
         .merge(devices::routes())
+        .merge(expected::routes())
         .merge(records::routes())
         .split_for_parts();
     ApiDoc.modify(&mut doc);
@@ -252,7 +254,7 @@ impl Problem {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
     }
 
-    fn at_line(mut self, line: u64) -> Self {
+    pub(crate) fn at_line(mut self, line: u64) -> Self {
         self.line = Some(line);
         self
     }

@@ -8,7 +8,9 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use dynreg_registrar::model::parse_duration;
-use dynreg_registrar::{MacRange, NewTriplet, ReregPolicy, Signatures, SourceMode, TripletState};
+use dynreg_registrar::{
+    Admission, MacRange, NewTriplet, ReregPolicy, Signatures, SourceMode, TripletState,
+};
 use dynreg_store::admin::DEFAULT_GRACE;
 use dynreg_store::{
     NewProduct, PoolStats, ProductDefinition, ProductSummary, ProductUpdate, Scope, TripletRef,
@@ -64,6 +66,9 @@ pub(crate) struct ProductView {
     /// Which sign methods its devices may use: `any`, or `bound` (the device-bound
     /// `hmacSha1u` and `hmacSha256u` only).
     pub(crate) signatures: String,
+    /// Which uniques may CONNECT: `open`, or `listed` (only the expected devices,
+    /// `/products/{pid}/expected`).
+    pub(crate) admission: String,
     /// The most devices it may bind.
     pub(crate) quota: Option<u64>,
     /// When the previous secret's grace period ends (or ended), Unix seconds.
@@ -85,6 +90,7 @@ impl From<ProductSummary> for ProductView {
             ts_window: p.ts_window,
             reregistration: p.rereg.to_string(),
             signatures: p.signatures.to_string(),
+            admission: p.admission.to_string(),
             quota: p.quota,
             previous_secret_until: p.previous_secret_until,
             created_at: p.created_at,
@@ -114,6 +120,10 @@ pub(crate) struct PoolView {
     pub(crate) reregistrations_refused: u64,
     /// Free triplets below which `pool.low` fires.
     pub(crate) low_water: Option<u64>,
+    /// Devices listed in advance (`admission = listed`).
+    pub(crate) expected: u64,
+    /// Of those, the ones not registered yet.
+    pub(crate) expected_waiting: u64,
 }
 
 impl From<PoolStats> for PoolView {
@@ -128,6 +138,8 @@ impl From<PoolStats> for PoolView {
             reregistrations: s.reregistrations,
             reregistrations_refused: s.reregistrations_refused,
             low_water: s.low_water,
+            expected: s.expected,
+            expected_waiting: s.expected_waiting,
         }
     }
 }
@@ -161,6 +173,10 @@ pub(crate) struct NewProductBody {
     /// `bound` (only `hmacSha1u` and `hmacSha256u`).
     #[schema(pattern = "^(any|bound)$")]
     pub(crate) signatures: Option<String>,
+    /// `open` (the default: any unique whose credentials verify) or `listed` (only the
+    /// uniques listed with `POST /products/{pid}/expected`).
+    #[schema(pattern = "^(open|listed)$")]
+    pub(crate) admission: Option<String>,
     /// The most devices the product may bind (default: no limit).
     pub(crate) quota: Option<u64>,
     /// Free triplets below which `pool.low` fires (default: none).
@@ -200,6 +216,9 @@ pub(crate) struct ProductPatch {
     /// A new signatures setting: `any` or `bound`.
     #[schema(pattern = "^(any|bound)$")]
     pub(crate) signatures: Option<String>,
+    /// A new admission setting: `open` or `listed`.
+    #[schema(pattern = "^(open|listed)$")]
+    pub(crate) admission: Option<String>,
     /// A new quota; `null` removes it.
     #[serde(default, deserialize_with = "some")]
     #[schema(value_type = Option<u64>)]
@@ -242,6 +261,10 @@ fn signatures_of(v: Option<&str>) -> Result<Option<Signatures>, Problem> {
     v.map(|m| parse("signatures", m)).transpose()
 }
 
+fn admission_of(v: Option<&str>) -> Result<Option<Admission>, Problem> {
+    v.map(|m| parse("admission", m)).transpose()
+}
+
 /// List products.
 #[utoipa::path(get, path = "/products", tag = "products",
     responses((status = 200, description = "Every product, by pid", body = Vec<ProductView>)))]
@@ -273,6 +296,7 @@ pub(crate) async fn create_product(
             .unwrap_or(dynreg_proto::credentials::DEFAULT_TS_WINDOW),
         rereg: rereg_of(body.reregistration.as_deref())?.unwrap_or(ReregPolicy::DEFAULT),
         signatures: signatures_of(body.signatures.as_deref())?.unwrap_or_default(),
+        admission: admission_of(body.admission.as_deref())?.unwrap_or_default(),
         quota: body.quota,
         low_water: body.low_water,
     };
@@ -321,7 +345,7 @@ pub(crate) async fn show_product(
 }
 
 /// Change a product: name, mode, MAC range, ts window, re-registration policy,
-/// signatures, quota, enabled.
+/// signatures, admission, quota, enabled.
 #[utoipa::path(patch, path = "/products/{pid}", tag = "products", request_body = ProductPatch,
     params(("pid" = String, Path, description = "The product id")),
     responses((status = 200, description = "The product as changed", body = ProductView)))]
@@ -342,6 +366,7 @@ pub(crate) async fn update_product(
         ts_window: patch.ts_window,
         rereg: rereg_of(patch.reregistration.as_deref())?,
         signatures: signatures_of(patch.signatures.as_deref())?,
+        admission: admission_of(patch.admission.as_deref())?,
         quota: patch.quota,
         low_water: patch.low_water,
     };

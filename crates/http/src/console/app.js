@@ -1,6 +1,6 @@
 // dynreg console: the few things pages cannot do without a script. Hand-written,
 // no dependencies; the pages work without it except for the live dashboard, the
-// copy buttons and the CSV import.
+// copy buttons and the CSV uploads.
 "use strict";
 
 // Confirmation before destructive forms (data-confirm="question").
@@ -73,44 +73,48 @@ function dashboard() {
   draw();
 }
 
-// The CSV import: upload with progress, then the count or the refused line.
-function importer() {
-  const form = document.getElementById("import");
-  if (!form) return;
-  form.addEventListener("submit", (e) => {
-    e.preventDefault();
-    const file = form.querySelector("input[type=file]").files[0];
-    const progress = document.getElementById("import-progress");
-    const result = document.getElementById("import-result");
-    if (!file) return;
-    const xhr = new XMLHttpRequest();
-    xhr.open("POST", form.getAttribute("data-action"));
-    xhr.setRequestHeader("content-type", "text/csv");
-    xhr.setRequestHeader("x-csrf-token", form.getAttribute("data-csrf"));
-    progress.hidden = false;
-    progress.value = 0;
-    result.className = "";
-    result.textContent = "Uploading…";
-    xhr.upload.onprogress = (p) => { if (p.lengthComputable) progress.value = (100 * p.loaded) / p.total; };
-    xhr.upload.onload = () => { result.textContent = "Checking and importing…"; };
-    xhr.onload = () => {
-      progress.value = 100;
-      let answer = {};
-      try { answer = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
-      if (xhr.status === 200) {
-        result.className = "flash done";
-        result.textContent = `${answer.imported} triplets imported.`;
-        const free = document.getElementById("pool-free");
-        if (free) free.textContent = String(Number(free.textContent) + answer.imported);
-      } else {
-        result.className = "flash error";
-        result.textContent = `Nothing imported: ${answer.detail || xhr.statusText}`;
-      }
-    };
-    xhr.onerror = () => { result.className = "flash error"; result.textContent = "The upload failed (network)."; };
-    xhr.send(file);
-  });
+// CSV uploads (a pool's triplets, a product's expected devices): each form with
+// data-upload posts its file with progress, then shows the count (data-count of the
+// answer, worded with data-noun) or the refused line; data-counter names an element
+// whose number grows by the count.
+function uploads() {
+  for (const form of document.querySelectorAll("form[data-upload]")) {
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      const file = form.querySelector("input[type=file]").files[0];
+      const progress = form.querySelector("progress");
+      const result = form.querySelector("[role=status]");
+      if (!file) return;
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", form.getAttribute("data-action"));
+      xhr.setRequestHeader("content-type", "text/csv");
+      xhr.setRequestHeader("x-csrf-token", form.getAttribute("data-csrf"));
+      progress.hidden = false;
+      progress.value = 0;
+      result.className = "";
+      result.textContent = "Uploading…";
+      xhr.upload.onprogress = (p) => { if (p.lengthComputable) progress.value = (100 * p.loaded) / p.total; };
+      xhr.upload.onload = () => { result.textContent = "Checking and writing…"; };
+      xhr.onload = () => {
+        progress.value = 100;
+        let answer = {};
+        try { answer = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
+        if (xhr.status === 200) {
+          const n = answer[form.getAttribute("data-count")];
+          result.className = "flash done";
+          result.textContent = `${n} ${form.getAttribute("data-noun")}.`;
+          const counter = document.getElementById(form.getAttribute("data-counter") || "");
+          if (counter) counter.textContent = String(Number(counter.textContent) + n);
+        } else {
+          result.className = "flash error";
+          result.textContent = `Nothing written: ${answer.detail || xhr.statusText}`;
+        }
+      };
+      xhr.onerror = () => { result.className = "flash error"; result.textContent = "The upload failed (network)."; };
+      xhr.send(file);
+    });
+  }
 }
 
 dashboard();
-importer();
+uploads();

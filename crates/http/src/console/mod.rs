@@ -18,12 +18,13 @@
 //!   dashboard's live registrations come from `GET /api/v1/registrations/stream`.
 //! - A read token sees no button it cannot use.
 
+mod expected;
 mod pages;
 
 use std::fmt::Write as _;
 
 use axum::Router;
-use axum::extract::FromRequestParts;
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -39,6 +40,9 @@ use dynreg_store::Scope;
 pub(crate) const COOKIE: &str = "dynreg_session";
 /// How long a session cookie lasts, seconds.
 const SESSION_SECS: u64 = 12 * 3600;
+/// The largest CSV the console's uploads take (the API's limit: a pool or a list of
+/// millions).
+const MAX_UPLOAD_BYTES: usize = 512 * 1024 * 1024;
 
 /// The console's routes (at `/`).
 pub fn router(api: Api) -> Router {
@@ -59,8 +63,21 @@ pub fn router(api: Api) -> Router {
         .route("/products/{pid}/rotate", post(pages::rotate_secret))
         .route("/products/{pid}/retire", post(pages::retire_secret))
         .route("/products/{pid}/generate", post(pages::generate_pool))
-        .route("/products/{pid}/import", post(pages::import_pool))
+        .route(
+            "/products/{pid}/import",
+            post(pages::import_pool).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
+        )
         .route("/products/{pid}/withdraw", post(pages::withdraw))
+        .route(
+            "/products/{pid}/expected",
+            get(expected::page)
+                .post(expected::upload)
+                .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
+        )
+        .route(
+            "/products/{pid}/expected/{unique}/remove",
+            post(expected::remove),
+        )
         .route("/products/{pid}/pool.csv", get(pages::export_pool))
         .route("/devices", get(pages::devices))
         .route("/devices/{pid}/{unique}", get(pages::device))

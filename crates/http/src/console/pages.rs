@@ -32,7 +32,7 @@ pub(crate) struct Flash {
     error: Option<String>,
 }
 
-fn flash(f: &Flash) -> Markup {
+pub(super) fn flash(f: &Flash) -> Markup {
     html! {
         @if let Some(d) = &f.done { p.flash.done role="status" { (d) } }
         @if let Some(e) = &f.error { p.flash.error role="alert" { (e) } }
@@ -42,10 +42,10 @@ fn flash(f: &Flash) -> Markup {
 /// A form with only its CSRF token.
 #[derive(Debug, Deserialize)]
 pub(crate) struct CsrfForm {
-    csrf: String,
+    pub(super) csrf: String,
 }
 
-fn html(page: Markup) -> Response {
+pub(super) fn html(page: Markup) -> Response {
     Html(page.into_string()).into_response()
 }
 
@@ -66,13 +66,13 @@ fn num(field: &str, v: &str) -> Result<Option<u64>, Problem> {
 }
 
 /// Runs an API call; its problem becomes an error page.
-fn or_page<T>(s: &Session, r: Result<T, Problem>) -> Result<T, Refused> {
+pub(super) fn or_page<T>(s: &Session, r: Result<T, Problem>) -> Result<T, Refused> {
     r.map_err(|p| Refused::from(s.page_problem(&p)))
 }
 
 /// A form of one API action: checks its CSRF token, runs `action`, and goes back to
 /// `to` saying `done`, or what the API refused.
-async fn act<T>(
+pub(super) async fn act<T>(
     s: &Session,
     csrf: &str,
     to: &str,
@@ -221,6 +221,10 @@ pub(crate) async fn dashboard(s: Session, State(api): State<Api>) -> Result<Resp
         .iter()
         .filter(|p| p.pool.low_water.is_some_and(|w| p.pool.free < w))
         .collect();
+    let waiting: Vec<&ProductView> = products
+        .iter()
+        .filter(|p| p.pool.expected_waiting > 0)
+        .collect();
     let refusals = dynreg_registrar::metrics::metrics().refusals();
     let body = html! {
         h1 { "Dashboard" }
@@ -256,6 +260,11 @@ pub(crate) async fn dashboard(s: Session, State(api): State<Api>) -> Result<Resp
                 @if low.is_empty() { p.muted { "None below its low-water mark." } }
                 @else {
                     ul { @for p in &low { li { a href={"/products/" (enc(&p.pid))} { (p.pid) } ": " (p.pool.free) " free, mark " (p.pool.low_water.unwrap_or(0)) } } }
+                }
+                h3 { "Expected devices not registered yet" }
+                @if waiting.is_empty() { p.muted { "None: every listed device has registered." } }
+                @else {
+                    ul { @for p in &waiting { li { a href={"/products/" (enc(&p.pid)) "/expected?waiting=true"} { (p.pid) } ": " (p.pool.expected_waiting) " of " (p.pool.expected) " listed" } } }
                 }
                 h3 { "Event outbox" }
                 p { @if outbox.on { (outbox.backlog) " events waiting for delivery" } @else { "Off (no webhook or broker events)." } }
@@ -317,6 +326,7 @@ pub(crate) async fn products(
                     (field("ts_window", "ts window, seconds", "number", "", false, "empty: the default"))
                     (field("reregistration", "Re-registration", "text", "", false, "always, never or window:24h (empty: the default)"))
                     (signatures_select(None))
+                    (admission_select(None))
                     (field("quota", "Most devices", "number", "", false, "empty: no limit"))
                     (field("low_water", "Low-water mark of free triplets", "number", "", false, "empty: none"))
                     button type="submit" { "Create product" }
@@ -367,6 +377,20 @@ fn signatures_select(current: Option<&str>) -> Markup {
     }
 }
 
+fn admission_select(current: Option<&str>) -> Markup {
+    html! {
+        div.field {
+            label for="f-admission" { "Which devices may register" }
+            select #f-admission name="admission" aria-describedby="f-admission-hint" {
+                @for (v, l) in [("open", "open: any device whose credentials verify"), ("listed", "listed: only the expected devices uploaded for it")] {
+                    option value=(v) selected[current == Some(v)] { (l) }
+                }
+            }
+            small #f-admission-hint { "listed refuses every unique not uploaded in advance (Expected devices, on the product's page)" }
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct ProductForm {
     csrf: String,
@@ -382,6 +406,8 @@ pub(crate) struct ProductForm {
     reregistration: String,
     #[serde(default)]
     signatures: String,
+    #[serde(default)]
+    admission: String,
     #[serde(default)]
     quota: String,
     #[serde(default)]
@@ -420,6 +446,7 @@ pub(crate) async fn create_product(
             ts_window: num("ts_window", &f.ts_window)?,
             reregistration: opt(&f.reregistration),
             signatures: opt(&f.signatures),
+            admission: opt(&f.admission),
             quota: num("quota", &f.quota)?,
             low_water: num("low_water", &f.low_water)?,
         })
@@ -467,6 +494,7 @@ pub(crate) async fn product(
             dt { "MAC range" } dd { (p.mac_range.as_deref().unwrap_or("none")) }
             dt { "ts window" } dd { (p.ts_window) " s" }
             dt { "Re-registration" } dd { (p.reregistration) }
+            dt { "Admission" } dd { @if p.admission == "listed" { "listed devices only (" (p.pool.expected) " listed, " (p.pool.expected_waiting) " not registered yet)" } @else { "open: any device whose credentials verify" } }
             dt { "Signatures" } dd { @if p.signatures == "bound" { "device-bound only (hmacSha1u, hmacSha256u)" } @else { "any (the seed's methods and device-bound ones)" } }
             dt { "Quota" } dd { (p.quota.map_or("no limit".to_owned(), |q| q.to_string())) }
             dt { "Created" } dd { (time_el(p.created_at)) }
@@ -483,7 +511,12 @@ pub(crate) async fn product(
                 dt { "MACs left" } dd { (p.pool.mac_left.map_or("-".to_owned(), |m| m.to_string())) }
                 dt { "Low-water mark" } dd { (p.pool.low_water.map_or("none".to_owned(), |m| m.to_string())) }
             }
-            p { a href={"/devices?pid=" (enc(&p.pid))} { "Devices of " (p.pid) } }
+            p {
+                a href={"/devices?pid=" (enc(&p.pid))} { "Devices of " (p.pid) }
+                " · "
+                a href={(base) "/expected"} { "Expected devices" }
+                " (" (p.pool.expected) " listed, " (p.pool.expected_waiting) " not registered yet)"
+            }
         }
         @if write {
             section aria-labelledby="actions-h" {
@@ -517,14 +550,14 @@ pub(crate) async fn product(
                 }
                 p.muted { "The CSV holds the triplets' secrets; it is shown once (the pool export writes it again)." }
                 h2 { "Import triplets" }
-                form #import data-action={(base) "/import"} data-csrf=(s.csrf) {
+                form #import data-upload data-action={(base) "/import"} data-csrf=(s.csrf) data-count="imported" data-noun="triplets imported" data-counter="pool-free" {
                     div.field {
                         label for="f-file" { "Factory CSV (uuid,secret,mac,barcode)" }
                         input #f-file type="file" name="file" accept=".csv,text/csv" required;
                     }
                     button type="submit" { "Import" }
-                    progress #import-progress max="100" value="0" hidden {}
-                    div #import-result role="status" aria-live="polite" {}
+                    progress max="100" value="0" hidden {}
+                    div role="status" aria-live="polite" {}
                 }
                 h2 { "Withdraw free triplets" }
                 form.stack method="post" action={(base) "/withdraw"} data-confirm="Withdraw these triplets for good?" {
@@ -543,6 +576,7 @@ pub(crate) async fn product(
                     (field("ts_window", "ts window, seconds", "number", &p.ts_window.to_string(), true, ""))
                     (field("reregistration", "Re-registration", "text", &p.reregistration, true, "always, never or window:24h"))
                     (signatures_select(Some(&p.signatures)))
+                    (admission_select(Some(&p.admission)))
                     (field("quota", "Most devices", "number", &opt_num(p.quota), false, "empty: no limit"))
                     (field("low_water", "Low-water mark", "number", &opt_num(p.pool.low_water), false, "empty: none"))
                     button type="submit" { "Save" }
@@ -575,6 +609,7 @@ pub(crate) async fn update_product(
             ts_window: num("ts_window", &f.ts_window)?,
             reregistration: opt(&f.reregistration),
             signatures: opt(&f.signatures),
+            admission: opt(&f.admission),
             quota: Some(num("quota", &f.quota)?),
             low_water: Some(num("low_water", &f.low_water)?),
             enabled: None,

@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 
 use dynreg_registrar::sharing::MAX_UNIQUES_PER_CREDENTIAL;
 use dynreg_registrar::{
-    AuditEntry, CredentialUse, Intent, Product, ProductListener, Sharing, Store, StoreError,
-    StoreErrorKind, Tx,
+    AuditEntry, CredentialUse, ExpectedDevice, Intent, Product, ProductListener, Sharing, Store,
+    StoreError, StoreErrorKind, Tx,
 };
 use postgres::error::SqlState;
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
@@ -1313,6 +1313,17 @@ impl Store for PgStore {
             crate::sql::admin::read_product(session, key, &pid)
                 .map(|p| p.map(Arc::new))
                 .map_err(StoreError::from)
+        })
+    }
+
+    fn expected_device(
+        &self,
+        pid: &str,
+        unique: &str,
+    ) -> impl Future<Output = Result<Option<ExpectedDevice>, StoreError>> + Send {
+        let (pid, unique) = (pid.to_owned(), unique.to_owned());
+        self.read_job(move |session, _| {
+            crate::sql::expected::read(session, &pid, &unique).map_err(StoreError::from)
         })
     }
 

@@ -123,10 +123,20 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_outbox AFTER INSERT ON audit
         REFERENCING NEW TABLE AS added
         FOR EACH STATEMENT EXECUTE FUNCTION dynreg_audit_outbox();",
-    // 5: which sign methods a product's devices may use (SQLite's migration 7); the
-    // record of shared credentials replaces the replay guard: one row per credential
-    // and unique that presented it (PROTOCOL.md section 2), still UNLOGGED.
+    // 5: a product's signatures and admission settings and its expected devices
+    // (SQLite's migration 7); the record of shared credentials replaces the replay
+    // guard: one row per credential and unique that presented it (PROTOCOL.md section
+    // 2), still UNLOGGED.
     "ALTER TABLE products ADD COLUMN signatures TEXT NOT NULL DEFAULT 'any' CHECK (signatures IN ('any', 'bound'));
+    ALTER TABLE products ADD COLUMN admission TEXT NOT NULL DEFAULT 'open' CHECK (admission IN ('open', 'listed'));
+    CREATE TABLE expected_devices (
+        pid       TEXT NOT NULL REFERENCES products (pid),
+        unique_id TEXT NOT NULL,
+        barcode   TEXT NOT NULL DEFAULT '',
+        mac       TEXT NOT NULL DEFAULT '',
+        added_at  BIGINT NOT NULL,
+        PRIMARY KEY (pid, unique_id)
+    );
     DROP TABLE credential_uses;
     CREATE UNLOGGED TABLE credential_uses (
         key        BYTEA NOT NULL,

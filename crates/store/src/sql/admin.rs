@@ -9,8 +9,8 @@
 use dynreg_registrar::model::PreviousSecret;
 use dynreg_registrar::model::is_valid_pid;
 use dynreg_registrar::{
-    AuditEntry, MacRange, NewTriplet, Product, Registration, Secret, SourceMode, Triplet,
-    TripletState, generate,
+    AuditEntry, ExpectedDevice, MacRange, NewTriplet, Product, Registration, Secret, SourceMode,
+    Triplet, TripletState, generate,
 };
 
 use super::tx::{
@@ -23,9 +23,10 @@ use super::{
 };
 use crate::Error;
 use crate::admin::{
-    Actor, AuditFilter, AuditRecord, Deleted, DeviceFilter, HistoryEntry, MAX_POOL_BATCH, Operator,
-    OutboxEvent, PoolStats, ProductUpdate, Progress, Scope, TokenInfo, TripletRef, Withdrawal,
-    validate_import_batch, validate_name, validate_token_name, validate_ts_window,
+    Actor, AuditFilter, AuditRecord, Deleted, DeviceFilter, Expected, ExpectedFilter, HistoryEntry,
+    MAX_POOL_BATCH, Operator, OutboxEvent, PoolStats, ProductUpdate, Progress, Scope, TokenInfo,
+    TripletRef, Withdrawal, validate_import_batch, validate_name, validate_token_name,
+    validate_ts_window,
 };
 use crate::crypto::MasterKey;
 
@@ -40,7 +41,7 @@ pub(crate) fn read_product(
     pid: &str,
 ) -> Result<Option<Product>, Error> {
     conn.query_opt(
-        "SELECT pid, name, secret_enc, enabled, mode, mac_start, mac_end, ts_window, created_at, rereg, quota, previous_secret_enc, previous_secret_until, signatures FROM products WHERE pid = ?1",
+        "SELECT pid, name, secret_enc, enabled, mode, mac_start, mac_end, ts_window, created_at, rereg, quota, previous_secret_enc, previous_secret_until, signatures, admission FROM products WHERE pid = ?1",
         params![pid],
         |r| product_of(r, key),
     )
@@ -72,6 +73,7 @@ fn product_of(r: &dyn Row, key: &MasterKey) -> Result<Product, Error> {
         created_at: u64_of(r.int(8)?),
         rereg: r.text(9)?.parse().map_err(Error::from)?,
         signatures: r.text(13)?.parse().map_err(Error::from)?,
+        admission: r.text(14)?.parse().map_err(Error::from)?,
         quota: r.opt_int(10)?.map(u64_of),
         previous_secret,
         pid,
@@ -104,7 +106,7 @@ fn token_of(r: &dyn Row) -> Result<TokenInfo, Error> {
     })
 }
 
-fn require_product(conn: &mut dyn Conn, pid: &str) -> Result<(), Error> {
+pub(super) fn require_product(conn: &mut dyn Conn, pid: &str) -> Result<(), Error> {
     if conn.exists("SELECT 1 FROM products WHERE pid = ?1", params![pid])? {
         Ok(())
     } else {
@@ -149,6 +151,7 @@ fn pool_stats(conn: &mut dyn Conn, pid: &str) -> Result<PoolStats, Error> {
         stats.reregistrations = u64_of(served);
         stats.reregistrations_refused = u64_of(refused);
     }
+    (stats.expected, stats.expected_waiting) = super::expected::counts(conn, pid)?;
     Ok(stats)
 }
 
@@ -283,8 +286,8 @@ impl<B: SqlBackend> Operator for B {
             };
             let rereg = p.rereg.to_string();
             let n = conn.execute(
-                "INSERT INTO products (pid, name, secret_enc, enabled, mode, mac_start, mac_end, mac_next, ts_window, created_at, rereg, quota, previous_secret_enc, previous_secret_until, signatures) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6, ?8, ?9, ?10, ?11, ?12, ?13, ?14) ON CONFLICT (pid) DO NOTHING",
-                params![&p.pid, &p.name, &sealed, p.enabled, p.mode.name(), start, end, i64_of(p.ts_window), i64_of(p.created_at), &rereg, p.quota.map(i64_of), previous.as_ref(), until, p.signatures.name()],
+                "INSERT INTO products (pid, name, secret_enc, enabled, mode, mac_start, mac_end, mac_next, ts_window, created_at, rereg, quota, previous_secret_enc, previous_secret_until, signatures, admission) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) ON CONFLICT (pid) DO NOTHING",
+                params![&p.pid, &p.name, &sealed, p.enabled, p.mode.name(), start, end, i64_of(p.ts_window), i64_of(p.created_at), &rereg, p.quota.map(i64_of), previous.as_ref(), until, p.signatures.name(), p.admission.name()],
             )?;
             if n == 0 {
                 return Err(Error::Conflict(format!("a product with pid `{}` exists", p.pid)));
@@ -303,6 +306,7 @@ impl<B: SqlBackend> Operator for B {
             ts_window,
             rereg,
             signatures,
+            admission,
             quota,
             low_water,
         } = update;
@@ -358,6 +362,12 @@ impl<B: SqlBackend> Operator for B {
                     params![&p, signatures.name()],
                 )?;
             }
+            if let Some(admission) = admission {
+                conn.execute(
+                    "UPDATE products SET admission = ?2 WHERE pid = ?1",
+                    params![&p, admission.name()],
+                )?;
+            }
             if let Some(low_water) = low_water {
                 conn.execute(
                     "UPDATE products SET low_water = ?2, low_fired = 0 WHERE pid = ?1",
@@ -399,6 +409,7 @@ impl<B: SqlBackend> Operator for B {
             // triplets and stay with it.
             let devices = conn.execute("DELETE FROM registrations WHERE pid = ?1", params![&p])?;
             let triplets = conn.execute("DELETE FROM triplets WHERE pid = ?1", params![&p])?;
+            conn.execute("DELETE FROM expected_devices WHERE pid = ?1", params![&p])?;
             conn.execute("DELETE FROM products WHERE pid = ?1", params![&p])?;
             Ok(Deleted { devices, triplets })
         })?;
@@ -593,6 +604,23 @@ impl<B: SqlBackend> Operator for B {
             }
         }
         Ok(out)
+    }
+
+    fn expect_devices(
+        &self,
+        pid: &str,
+        devices: Vec<ExpectedDevice>,
+        progress: Progress,
+    ) -> Result<u64, Error> {
+        super::expected::expect(self, pid, devices, &progress)
+    }
+
+    fn list_expected(&self, pid: &str, filter: &ExpectedFilter) -> Result<Vec<Expected>, Error> {
+        self.read(|conn| super::expected::list(conn, pid, filter))
+    }
+
+    fn remove_expected(&self, pid: &str, uniques: &[String]) -> Result<u64, Error> {
+        super::expected::remove(self, pid, uniques)
     }
 
     fn import_pool(

@@ -76,6 +76,17 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("low_water", Kind::OptInt),
             ("low_fired", Kind::Int),
             ("signatures", Kind::Text),
+            ("admission", Kind::Text),
+        ],
+    ),
+    (
+        "expected_devices",
+        &[
+            ("pid", Kind::Text),
+            ("unique_id", Kind::Text),
+            ("barcode", Kind::Text),
+            ("mac", Kind::Text),
+            ("added_at", Kind::Int),
         ],
     ),
     (

@@ -407,6 +407,10 @@ impl Tx for DeferredTx<'_> {
         self.writing()?.set_barcode(triplet, barcode)
     }
 
+    fn set_mac(&mut self, triplet: TripletId, mac: &str) -> Result<(), StoreError> {
+        self.writing()?.set_mac(triplet, mac)
+    }
+
     fn insert_registration(
         &mut self,
         key_pid: &str,

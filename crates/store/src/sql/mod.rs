@@ -18,6 +18,7 @@ pub(crate) mod admin;
 pub(crate) mod batch;
 pub(crate) mod copy;
 pub(crate) mod deferred;
+pub(crate) mod expected;
 pub(crate) mod tx;
 
 use crate::Error;

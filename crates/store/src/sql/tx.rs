@@ -250,6 +250,16 @@ impl Tx for SqlTx<'_> {
             .map_err(sql)
     }
 
+    fn set_mac(&mut self, triplet: TripletId, mac: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE triplets SET mac = ?2 WHERE id = ?1",
+                params![triplet, mac],
+            )
+            .map_err(sql)?;
+        Ok(())
+    }
+
     fn set_barcode(&mut self, triplet: TripletId, barcode: &str) -> Result<(), StoreError> {
         self.conn
             .execute(

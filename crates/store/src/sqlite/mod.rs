@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use dynreg_registrar::{
-    CredentialUse, Intent, Product, ProductListener, SharedCredentials, Sharing, Store, StoreError,
-    StoreErrorKind, Tx,
+    CredentialUse, ExpectedDevice, Intent, Product, ProductListener, SharedCredentials, Sharing,
+    Store, StoreError, StoreErrorKind, Tx,
 };
 use rusqlite::{Connection, OpenFlags};
 
@@ -346,6 +346,20 @@ impl Store for SqliteStore {
             crate::Operator::load_product(self, pid)
                 .map(|p| p.map(Arc::new))
                 .map_err(StoreError::from),
+        )
+    }
+
+    fn expected_device(
+        &self,
+        pid: &str,
+        unique: &str,
+    ) -> impl Future<Output = Result<Option<ExpectedDevice>, StoreError>> + Send {
+        // A read of the read connection, like a product's.
+        std::future::ready(
+            crate::sql::SqlBackend::read(self, |conn| {
+                crate::sql::expected::read(conn, pid, unique)
+            })
+            .map_err(StoreError::from),
         )
     }
 

@@ -127,9 +127,19 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     BEGIN
         INSERT INTO outbox (audit_id) VALUES (NEW.id);
     END;",
-    // 7: which sign methods a product's devices may use: `any` (the seed's and the
-    // device-bound ones) or `bound` (PROTOCOL.md section 2).
-    "ALTER TABLE products ADD COLUMN signatures TEXT NOT NULL DEFAULT 'any' CHECK (signatures IN ('any', 'bound'));",
+    // 7: which sign methods a product's devices may use (`any`: the seed's and the
+    // device-bound ones; `bound`), which uniques may CONNECT (`open`; `listed`: those
+    // listed in expected_devices), and the expected devices (PROTOCOL.md section 2).
+    "ALTER TABLE products ADD COLUMN signatures TEXT NOT NULL DEFAULT 'any' CHECK (signatures IN ('any', 'bound'));
+    ALTER TABLE products ADD COLUMN admission TEXT NOT NULL DEFAULT 'open' CHECK (admission IN ('open', 'listed'));
+    CREATE TABLE expected_devices (
+        pid       TEXT NOT NULL REFERENCES products (pid),
+        unique_id TEXT NOT NULL,
+        barcode   TEXT NOT NULL DEFAULT '',
+        mac       TEXT NOT NULL DEFAULT '',
+        added_at  INTEGER NOT NULL,
+        PRIMARY KEY (pid, unique_id)
+    ) WITHOUT ROWID;",
 ];
 
 /// Migration 5: the same tables as PostgreSQL's migration 2.

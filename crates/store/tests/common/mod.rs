@@ -108,6 +108,15 @@ impl<S: Store + Operator + Sync> Store for TempStore<S> {
         self.store.on_product_change(listener);
     }
 
+    fn expected_device(
+        &self,
+        pid: &str,
+        unique: &str,
+    ) -> impl Future<Output = Result<Option<dynreg_registrar::ExpectedDevice>, StoreError>> + Send
+    {
+        self.store.expected_device(pid, unique)
+    }
+
     fn transact<T, F>(
         &self,
         intent: Option<dynreg_registrar::Intent>,
@@ -154,6 +163,14 @@ impl<S: Store + Operator + Sync> Fixture for TempStore<S> {
                     .unwrap();
             }
             Err(e) => panic!("{e}"),
+        });
+    }
+
+    fn expect(&self, pid: &str, devices: Vec<dynreg_registrar::ExpectedDevice>) {
+        blocking(|| {
+            self.store
+                .expect_devices(pid, devices, Arc::new(|_| {}))
+                .unwrap()
         });
     }
 

@@ -1,0 +1,163 @@
+//! The console's page of a product's expected devices (`admission = listed`): the
+//! counts, the upload of the factory's CSV (with progress and the refused line), the
+//! list (all, or those not registered yet) and removal. Over the admin API's handlers,
+//! like every page.
+
+use axum::Form;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use maud::html;
+use serde::Deserialize;
+
+use super::pages::{Flash, act, flash, html, or_page};
+use super::{Refused, Session, enc, time_el};
+use crate::api::expected::{self as exp, ExpectedQuery};
+use crate::api::products as prod;
+use crate::api::{Api, Path};
+use dynreg_store::Scope;
+
+/// The page's query: the flash message and which devices to list.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ExpectedPageQuery {
+    #[serde(flatten)]
+    flash: Flash,
+    #[serde(default)]
+    waiting: Option<bool>,
+    #[serde(default)]
+    after: Option<String>,
+}
+
+pub(crate) async fn page(
+    s: Session,
+    State(api): State<Api>,
+    axum::extract::Path(pid): axum::extract::Path<String>,
+    Query(q): Query<ExpectedPageQuery>,
+) -> Result<Response, Refused> {
+    let p = or_page(
+        &s,
+        prod::show_product(State(api.clone()), s.caller.clone(), Path(pid.clone())).await,
+    )?
+    .0;
+    let waiting = q.waiting.unwrap_or(false);
+    let list = or_page(
+        &s,
+        exp::list_expected(
+            State(api),
+            s.caller.clone(),
+            Path(pid.clone()),
+            crate::api::Query(ExpectedQuery {
+                waiting: Some(waiting),
+                after: q.after.clone(),
+                limit: Some(100),
+            }),
+        )
+        .await,
+    )?
+    .0;
+    let base = format!("/products/{}/expected", enc(&p.pid));
+    let write = s.can(Scope::Write);
+    let body = html! {
+        h1 { "Expected devices of " a href={"/products/" (enc(&p.pid))} { (p.pid) } }
+        (flash(&q.flash))
+        p {
+            @if p.admission == "listed" { "Only these devices may register: any other unique is refused at CONNECT." }
+            @else { strong { "The product admits any device (admission open): " } "the list takes effect when the product's admission is set to listed (its Edit form)." }
+        }
+        dl.facts.counts {
+            dt { "Listed" } dd #expected-count { (p.pool.expected) }
+            dt { "Not registered yet" } dd { (p.pool.expected_waiting) }
+        }
+        @if write {
+            h2 { "Upload" }
+            form #expect data-upload data-action=(base) data-csrf=(s.csrf) data-count="listed_now" data-noun="devices listed" {
+                div.field {
+                    label for="f-expected" { "Expected devices CSV (unique[,barcode[,mac]])" }
+                    input #f-expected type="file" name="file" accept=".csv,text/csv" required;
+                    small { "A header line is optional. A unique listed again gets the new barcode and MAC. A refused line lists nothing." }
+                }
+                button type="submit" { "Upload" }
+                progress max="100" value="0" hidden {}
+                div role="status" aria-live="polite" {}
+            }
+        }
+        h2 { @if waiting { "Not registered yet" } @else { "Listed devices" } }
+        p {
+            @if waiting { a href=(base) { "Show all" } } @else { a href={(base) "?waiting=true"} { "Show those not registered yet" } }
+        }
+        @if list.items.is_empty() { p.muted { "None." } }
+        @else {
+            table.cards {
+                thead { tr { th scope="col" { "Unique" } th scope="col" { "Barcode" } th scope="col" { "MAC" } th scope="col" { "Listed" } th scope="col" { "Registered" } @if write { th scope="col" { span.visually-hidden { "Remove" } } } } }
+                tbody {
+                    @for e in &list.items {
+                        tr {
+                            td data-label="Unique" { @if e.registered_at.is_some() { a href={"/devices/" (enc(&p.pid)) "/" (enc(&e.unique))} { (e.unique) } } @else { (e.unique) } }
+                            td data-label="Barcode" { (e.barcode) }
+                            td data-label="MAC" { (e.mac) }
+                            td data-label="Listed" { (time_el(e.listed_at)) }
+                            td data-label="Registered" { @if let Some(t) = e.registered_at { (time_el(t)) } @else { "-" } }
+                            @if write {
+                                td {
+                                    form method="post" action={(base) "/" (enc(&e.unique)) "/remove"} data-confirm={"Remove " (e.unique) " from the list?"} {
+                                        (s.csrf_field())
+                                        button.secondary type="submit" aria-label={"Remove " (e.unique)} { "Remove" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if let Some(next) = &list.next {
+                p { a href={(base) "?after=" (enc(next)) @if waiting { "&waiting=true" }} { "Next page" } }
+            }
+        }
+    };
+    Ok(html(s.page(
+        &format!("Expected devices of {}", p.pid),
+        "products",
+        &body,
+    )))
+}
+
+/// The CSV uploaded by the page's script (`x-csrf-token`); JSON back: the API's
+/// `{"listed_now", "listed"}`, or its problem document (with the refused `line`).
+pub(crate) async fn upload(
+    s: Session,
+    State(api): State<Api>,
+    axum::extract::Path(pid): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let csrf = headers
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if let Err(r) = s.check(csrf) {
+        return r.into_response();
+    }
+    match exp::upload_expected(State(api), s.caller.clone(), Path(pid), body).await {
+        Ok(j) => j.into_response(),
+        Err(p) => p.into_response(),
+    }
+}
+
+pub(crate) async fn remove(
+    s: Session,
+    State(api): State<Api>,
+    axum::extract::Path((pid, unique)): axum::extract::Path<(String, String)>,
+    Form(f): Form<super::pages::CsrfForm>,
+) -> Response {
+    let to = format!("/products/{}/expected", enc(&pid));
+    let done = format!("{unique} removed from the list.");
+    act(
+        &s,
+        &f.csrf,
+        &to,
+        &done,
+        exp::remove_expected(State(api), s.caller.clone(), Path((pid, unique))),
+    )
+    .await
+}

@@ -842,3 +842,96 @@ fn a_served_rotation_grace_and_a_returns_desk_lookup() {
         "{err}"
     );
 }
+
+#[test]
+fn expected_devices_are_listed_from_a_csv_shown_counted_and_removed() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let p = product(
+        d,
+        &[
+            "--pid",
+            "lst",
+            "--mode",
+            "generate",
+            "--admission",
+            "listed",
+        ],
+    );
+    assert_eq!(p["pid"], "lst");
+    let shown = json(&run(d, &["--json", "product", "show", "lst"]));
+    assert_eq!(shown["admission"], "listed", "{shown}");
+    // A bad line is named with the file, and nothing is listed.
+    std::fs::write(
+        d.join("bad.csv"),
+        "unique,barcode,mac\nu1,B1,\nu2,B2,not-a-mac\n",
+    )
+    .unwrap();
+    let e = fails_with(&run(d, &["device", "expect", "--pid", "lst", "bad.csv"]), 1);
+    assert!(e.contains("bad.csv line 3: mac of `u2`"), "{e}");
+    let n = json(&run(
+        d,
+        &["--json", "device", "expected", "--pid", "lst", "--count"],
+    ));
+    assert_eq!(n["expected"], 0);
+    // A good file, with or without a header.
+    std::fs::write(d.join("good.csv"), "u1,B1,0A:00:00:00:00:01\nu2\nu3,B3\n").unwrap();
+    let out = json(&run(
+        d,
+        &["--json", "device", "expect", "--pid", "lst", "good.csv"],
+    ));
+    assert_eq!(
+        (out["listed_now"].as_u64(), out["listed"].as_u64()),
+        (Some(3), Some(3))
+    );
+    let list = json(&run(
+        d,
+        &["--json", "device", "expected", "--pid", "lst", "--waiting"],
+    ));
+    let uniques: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["unique"].as_str().unwrap())
+        .collect();
+    assert_eq!(uniques, ["u1", "u2", "u3"]);
+    assert_eq!(list[0]["mac"], "0A:00:00:00:00:01");
+    // Listed again: the barcode replaced, still three.
+    std::fs::write(d.join("again.csv"), "unique,barcode\nu2,B2\n").unwrap();
+    let out = json(&run(
+        d,
+        &["--json", "device", "expect", "--pid", "lst", "again.csv"],
+    ));
+    assert_eq!(out["listed"], 3);
+    let text = ok(&run(d, &["device", "expected", "--pid", "lst"]));
+    assert!(text.contains("u2") && text.contains("B2"), "{text}");
+    // Removed, and counted in `product show`.
+    let out = json(&run(
+        d,
+        &[
+            "--json", "device", "unexpect", "--pid", "lst", "u3", "nobody",
+        ],
+    ));
+    assert_eq!(out["removed"], 1);
+    let shown = json(&run(d, &["--json", "product", "show", "lst"]));
+    assert_eq!(
+        (
+            shown["expected"].as_u64(),
+            shown["expected_waiting"].as_u64()
+        ),
+        (Some(2), Some(2)),
+        "{shown}"
+    );
+    // An unknown product is named.
+    let e = fails_with(
+        &run(d, &["device", "expect", "--pid", "nope", "good.csv"]),
+        1,
+    );
+    assert!(e.contains("unknown pid `nope`"), "{e}");
+    // The audit log has the upload and the removal.
+    let audit = ok(&run(d, &["audit", "list", "--pid", "lst"]));
+    assert!(
+        audit.contains("expected.uploaded") && audit.contains("expected.removed"),
+        "{audit}"
+    );
+}

@@ -116,6 +116,24 @@ try {
   await page.getByText("2 triplets imported.").waitFor();
   await check("product");
 
+  // 3b. Expected devices: a bad line is named and nothing is listed; then two are.
+  step("expected devices");
+  await page.getByRole("link", { name: "Expected devices" }).click();
+  const expect = async (name, text) => {
+    await page.getByLabel("Expected devices CSV (unique[,barcode[,mac]])").setInputFiles({ name, mimeType: "text/csv", buffer: Buffer.from(text) });
+    await page.getByRole("button", { name: "Upload" }).click();
+  };
+  await expect("bad.csv", "unique,barcode\nexp1,EXP-1\nexp_2,EXP-2\n");
+  await page.getByText(/Nothing written: the CSV line 3: unique `exp_2` must be/).waitFor();
+  await expect("good.csv", "unique,barcode\nexp1,EXP-1\nexp2,EXP-2\n");
+  await page.getByText("2 devices listed.").waitFor();
+  await page.reload();
+  await page.getByRole("cell", { name: "exp2", exact: true }).waitFor();
+  await check("expected");
+  await page.getByRole("button", { name: "Remove exp2" }).click();
+  await page.getByText("exp2 removed from the list.").waitFor();
+  await page.getByRole("link", { name: "lamp" }).click();
+
   // 4. A device registers through the SDK; the dashboard shows it without a reload.
   step("live registration");
   await page.getByRole("link", { name: "Dashboard" }).click();

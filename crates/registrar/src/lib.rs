@@ -15,6 +15,9 @@
 //! - [`auth`]: [`Registrar::authenticate`], the CONNECT decision.
 //! - [`sharing`]: the in-process record of seed credentials shared by several uniques.
 //! - [`ban`]: the failed-authentication ban per source address.
+//! - [`cache`]: the caches of products and expected devices in front of any store.
+//! - [`rate`]: token-bucket rate limits (registrations per product).
+//! - [`events`]: where device events go (the outbox's destinations).
 //! - [`generate`]: random secrets, uuids and pids from the OS CSPRNG.
 //! - [`memory`]: an in-memory store for tests and examples.
 //! - [`metrics`]: the process's Prometheus metrics.

@@ -22,6 +22,8 @@
 //!   trait (implemented once, in SQL, for both stores).
 //! - [`crypto`]: the master key and the sealing of secrets.
 //! - [`factory_csv`]: reading the factory CSV of triplets that `pool import` takes.
+//! - [`expected_csv`]: reading the CSV of expected devices, and the one upload of it
+//!   that every front door calls.
 //! - [`sqlite`]: [`SqliteStore`]; [`postgres`]: [`PgStore`].
 
 pub mod admin;

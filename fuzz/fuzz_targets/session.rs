@@ -7,7 +7,7 @@
 use bytes::BytesMut;
 use dynreg_endpoint::session::{Action, Session, SessionConfig};
 use dynreg_endpoint::wire::{self, Version};
-use dynreg_registrar::{AuthError, Authenticated};
+use dynreg_registrar::{AuthError, Authenticated, Sharing};
 use libfuzzer_sys::fuzz_target;
 use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
 use rmqtt_codec::{MqttCodec, v3, v5};
@@ -25,7 +25,11 @@ fn answer(session: &mut Session, actions: Vec<Action>, choice: u8, depth: u8) {
                 Ok(Authenticated {
                     pid: "p".into(),
                     unique: "u".into(),
-                    repeat: choice & 2 != 0,
+                    sharing: if choice & 2 != 0 {
+                        Sharing::Repeat
+                    } else {
+                        Sharing::Alone
+                    },
                 })
             } else {
                 Err(AuthError::Banned)

@@ -1,12 +1,9 @@
 //! The store the configuration names: one variant per backend, so that every command
 //! works against whichever it is (the SQLite data dir, or PostgreSQL).
 
-use std::future::Future;
 use std::sync::Arc;
 
-use dynreg_registrar::{
-    CredentialUse, ExpectedDevice, Intent, Product, ProductListener, Sharing, Store, StoreError, Tx,
-};
+use dynreg_registrar::{ExpectedDevice, Intent, Product, ProductListener, Store, StoreError, Tx};
 use dynreg_store::{Operator, PgStore, SqliteStore};
 
 /// An open store.
@@ -74,25 +71,6 @@ impl Store for Backend {
         match self {
             Self::Sqlite(s) => s.transact(intent, work).await,
             Self::Postgres(s) => s.transact(intent, work).await,
-        }
-    }
-
-    fn record_credential(
-        &self,
-        credential: &CredentialUse<'_>,
-        now: u64,
-    ) -> impl Future<Output = Result<Sharing, StoreError>> + Send {
-        // Both stores' futures own what they need: only the choice borrows `self`.
-        let (sqlite, postgres) = match self {
-            Self::Sqlite(s) => (Some(s.record_credential(credential, now)), None),
-            Self::Postgres(s) => (None, Some(s.record_credential(credential, now))),
-        };
-        async move {
-            match (sqlite, postgres) {
-                (Some(f), _) => f.await,
-                (_, Some(f)) => f.await,
-                (None, None) => unreachable!("one store is chosen"),
-            }
         }
     }
 }

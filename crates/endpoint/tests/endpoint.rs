@@ -826,15 +826,6 @@ impl dynreg_registrar::Store for Stuck {
     {
         std::future::pending()
     }
-
-    fn record_credential(
-        &self,
-        c: &dynreg_registrar::CredentialUse<'_>,
-        now: u64,
-    ) -> impl Future<Output = Result<dynreg_registrar::Sharing, dynreg_registrar::StoreError>> + Send
-    {
-        self.0.record_credential(c, now)
-    }
 }
 
 /// A connected MQTT 5 device: waits for CONNACK and SUBACK, publishes its request when

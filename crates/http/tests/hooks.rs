@@ -35,6 +35,9 @@ async fn start(auth: HookAuth) -> Hooks {
     store.disabled("off", SourceMode::Generate);
     store.product("a.b", SourceMode::Generate);
     store.listed("L", &["dev1"]);
+    let mut bound = dynreg_registrar::conformance::product("B", SourceMode::Generate);
+    bound.signatures = dynreg_registrar::Signatures::Bound;
+    store.put(&bound);
     let registrar = Arc::new(Registrar::with_policy(
         store.store.clone(),
         AuthPolicy::default(),
@@ -527,5 +530,45 @@ async fn a_listed_product_admits_its_listed_devices_only_through_every_hook() {
             !hook_allows(&h, broker, &creds("L", "stranger", ts), "10.3.3.3").await,
             "{broker}"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_bound_credentials_through_every_hook() {
+    let h = start(HookAuth::open()).await;
+    let ts = now();
+    let bound = |pid: &str, unique: &str| {
+        let password = sign(
+            SignMethod::HmacSha256Bound,
+            format!("secret-of-{pid}").as_bytes(),
+            pid,
+            unique,
+            ts,
+        );
+        (
+            format!("register_{pid}_{unique}"),
+            format!("{pid}|signMethod=hmacSha256u,ts={ts}"),
+            password.as_str().to_owned(),
+        )
+    };
+    for broker in ["emqx", "rabbitmq", "vernemq"] {
+        // A bound product takes a bound credential, and refuses the seed's.
+        assert!(
+            hook_allows(&h, broker, &bound("B", "dev1"), "10.4.4.4").await,
+            "{broker}"
+        );
+        assert!(
+            !hook_allows(&h, broker, &creds("B", "dev1", ts), "10.4.4.4").await,
+            "{broker}"
+        );
+        // A bound credential presented for another unique is refused, on any product.
+        for pid in ["B", "p1"] {
+            let (_, user, password) = bound(pid, "victim");
+            let replay = (format!("register_{pid}_thief"), user, password);
+            assert!(
+                !hook_allows(&h, broker, &replay, "10.4.4.5").await,
+                "{broker} {pid}"
+            );
+        }
     }
 }

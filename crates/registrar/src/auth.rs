@@ -370,7 +370,7 @@ impl<S: Store> Registrar<S> {
         let sharing = if creds.sign_method.is_bound() {
             Sharing::Alone
         } else {
-            self.record_credential(
+            self.shared.record(
                 &CredentialUse {
                     pid: creds.pid,
                     sign_method: creds.sign_method,
@@ -382,28 +382,12 @@ impl<S: Store> Registrar<S> {
                 },
                 now,
             )
-            .await
         };
         Ok(Authenticated {
             pid: creds.pid.to_owned(),
             unique: creds.unique.to_owned(),
             sharing,
         })
-    }
-
-    /// Records a verified seed credential. The record only counts and logs, so a store
-    /// that cannot keep it now does not cost the device its CONNECT: the failure is
-    /// logged once per burst and the credential taken as [`Sharing::Alone`].
-    async fn record_credential(&self, c: &CredentialUse<'_>, now: u64) -> Sharing {
-        match self.store().record_credential(c, now).await {
-            Ok(sharing) => sharing,
-            Err(e) => {
-                if let Some(suppressed) = self.sharing_errors.record(now) {
-                    warn!(error = %e, suppressed, "shared credentials could not be recorded (CONNECTs are served regardless)");
-                }
-                Sharing::Alone
-            }
-        }
     }
 }
 

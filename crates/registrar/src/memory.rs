@@ -14,7 +14,6 @@ use crate::model::{
     AuditEntry, ExpectedDevice, MacRange, NewTriplet, Product, Registration, Triplet, TripletId,
     TripletState,
 };
-use crate::sharing::{CredentialUse, SharedCredentials, Sharing};
 use crate::store::{Intent, ProductListener, Store, StoreError, Tx};
 
 #[derive(Debug, Clone)]
@@ -46,7 +45,6 @@ pub struct MemoryStore {
     /// Expected devices by (pid, unique): outside `State`, which every transaction
     /// copies, since no transaction writes them.
     expected: Mutex<HashMap<(String, String), ExpectedDevice>>,
-    shared: SharedCredentials,
     listeners: Mutex<Vec<ProductListener>>,
 }
 
@@ -318,14 +316,6 @@ impl Store for MemoryStore {
             r
         };
         std::future::ready(result)
-    }
-
-    fn record_credential(
-        &self,
-        credential: &CredentialUse<'_>,
-        now: u64,
-    ) -> impl Future<Output = Result<Sharing, StoreError>> + Send {
-        std::future::ready(Ok(self.shared.record(credential, now)))
     }
 }
 

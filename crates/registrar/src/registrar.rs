@@ -39,6 +39,7 @@ use crate::model::{
     TripletId, TripletState,
 };
 use crate::rate::RateLimiter;
+use crate::sharing::SharedCredentials;
 use crate::store::{Intent, Store, StoreError, StoreErrorKind, Tx};
 
 /// An authenticated device identity: the pid and unique of its clientId.
@@ -152,8 +153,8 @@ pub struct Registrar<S> {
     pub(crate) bans: Bans,
     pub(crate) auth_counters: AuthCounters,
     store_errors: ErrorLog,
-    /// Failures to record a shared credential (logged once per burst).
-    pub(crate) sharing_errors: ErrorLog,
+    /// The record of seed credentials and the uniques that presented them.
+    pub(crate) shared: SharedCredentials,
 }
 
 impl<S: Store> Registrar<S> {
@@ -190,7 +191,7 @@ impl<S: Store> Registrar<S> {
             bans: Bans::new(policy.ban),
             auth_counters: AuthCounters::default(),
             store_errors: ErrorLog::default(),
-            sharing_errors: ErrorLog::default(),
+            shared: SharedCredentials::default(),
         }
     }
 
@@ -206,12 +207,6 @@ impl<S: Store> Registrar<S> {
     /// Storage failures seen by registrations since start.
     pub fn store_errors(&self) -> u64 {
         self.store_errors.total()
-    }
-
-    /// The store this registrar uses (the CONNECT decision claims credentials
-    /// through it).
-    pub(crate) fn store(&self) -> &S {
-        &self.store
     }
 
     /// Handles a raw request payload: parses it, registers, and gives the reply to send
@@ -590,7 +585,6 @@ mod tests {
     use super::*;
     use crate::conformance::{Fixture, product};
     use crate::memory::MemoryStore;
-    use crate::sharing::{CredentialUse, Sharing};
     use std::io::Write;
 
     /// A store whose disk is full.
@@ -621,13 +615,6 @@ mod tests {
         ) -> impl Future<Output = Result<Option<crate::ExpectedDevice>, StoreError>> + Send
         {
             self.0.expected_device(pid, unique)
-        }
-        fn record_credential(
-            &self,
-            c: &CredentialUse<'_>,
-            now: u64,
-        ) -> impl Future<Output = Result<Sharing, StoreError>> + Send {
-            self.0.record_credential(c, now)
         }
     }
     use std::future::Future;

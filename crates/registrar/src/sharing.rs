@@ -10,10 +10,12 @@
 //! credentials (`hmacSha1u`, `hmacSha256u`) name their unique, cannot be shared and are
 //! not recorded.
 //!
-//! [`SharedCredentials`] is the in-process memory that a store embeds when one process
-//! serves its database (SQLite, the in-memory store); a store shared by several
-//! processes keeps the same facts in the database instead. Both are reached through
-//! [`crate::Store::record_credential`].
+//! [`SharedCredentials`] lives in the registrar, in each process's memory, whatever the
+//! store: since it decides nothing, it needs no database round trip on the CONNECT
+//! path. (Kept in PostgreSQL at first, one statement per CONNECT cost the database
+//! 230 µs of CPU per registration when a second's devices share a credential: see
+//! docs/benchmarks.md.) With several instances each counts the uniques it saw: a
+//! credential shared across instances is undercounted by at most one per instance.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};

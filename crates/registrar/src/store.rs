@@ -15,7 +15,6 @@ use std::sync::Arc;
 use crate::model::{
     AuditEntry, ExpectedDevice, NewTriplet, Product, Registration, Triplet, TripletId, TripletState,
 };
-use crate::sharing::{CredentialUse, Sharing};
 
 /// What kind of failure a store reports: what a caller decides on (refuse, retry,
 /// report).
@@ -283,19 +282,6 @@ pub trait Store: Send + Sync + 'static {
     where
         F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static;
-
-    /// The record of shared credentials (PROTOCOL.md section 2, [`crate::sharing`]):
-    /// remembers that `credential` was presented by its unique until it expires, and
-    /// says whether other uniques presented it before. Called on every allowed CONNECT
-    /// with a seed credential, so it must cost about one hash lookup; it decides
-    /// nothing. A store served by one process may keep this in memory
-    /// ([`crate::SharedCredentials`]); a store shared by several instances keeps it
-    /// where all of them see it.
-    fn record_credential(
-        &self,
-        credential: &CredentialUse<'_>,
-        now: u64,
-    ) -> impl Future<Output = Result<Sharing, StoreError>> + Send;
 }
 
 impl<S: Store> Store for Arc<S> {
@@ -328,13 +314,5 @@ impl<S: Store> Store for Arc<S> {
         T: Send + 'static,
     {
         (**self).transact(intent, work)
-    }
-
-    fn record_credential(
-        &self,
-        credential: &CredentialUse<'_>,
-        now: u64,
-    ) -> impl Future<Output = Result<Sharing, StoreError>> + Send {
-        (**self).record_credential(credential, now)
     }
 }

@@ -12,9 +12,7 @@
 //!   same triplet, and a device registered by another instance an instant earlier is
 //!   found when the batch runs again (the insert of its registration says `ON CONFLICT
 //!   DO NOTHING`).
-//! - **Product lookups and the record of shared credentials** run on two reader
-//!   threads. The record is an unlogged table, so that every instance sees each
-//!   credential and the uniques that presented it.
+//! - **Product and expected-device lookups** run on two reader threads.
 //! - **Operator operations** run on the caller's thread over a connection of their own.
 //! - **Product changes** made through this store reach its cache at once; changes by
 //!   another instance are seen when the registrar's product cache expires its entry
@@ -28,20 +26,18 @@ mod schema;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use dynreg_registrar::sharing::MAX_UNIQUES_PER_CREDENTIAL;
 use dynreg_registrar::{
-    AuditEntry, CredentialUse, ExpectedDevice, Intent, Product, ProductListener, Sharing, Store,
-    StoreError, StoreErrorKind, Tx,
+    AuditEntry, ExpectedDevice, Intent, Product, ProductListener, Store, StoreError,
+    StoreErrorKind, Tx,
 };
 use postgres::error::SqlState;
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use sha2::Digest;
 
 use crate::Error;
 use crate::crypto::{KeySource, MasterKey};
@@ -959,8 +955,6 @@ struct Inner {
     threads: Threads,
     counters: Arc<Counters>,
     listeners: crate::sql::Listeners,
-    /// When expired credentials were last removed from the shared-credential table.
-    swept_at: AtomicU64,
 }
 
 /// The PostgreSQL store. Cheap to clone (clones share the threads and connections).
@@ -977,11 +971,8 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-/// The number of reader threads (product lookups and the shared-credential record).
+/// The number of reader threads (product and expected-device lookups).
 const READERS: usize = 2;
-
-/// How often expired credentials are removed from the shared-credential table.
-const SWEEP_EVERY_SECS: u64 = 60;
 
 impl PgStore {
     /// Connects, applies the missing migrations (under the migration lock), checks the
@@ -1059,7 +1050,6 @@ impl PgStore {
                 },
                 counters,
                 listeners: crate::sql::Listeners::default(),
-                swept_at: AtomicU64::new(0),
             }),
         })
     }
@@ -1294,15 +1284,6 @@ fn serve_reads(jobs: &Mutex<Receiver<ReadJob>>, session: &mut Session, key: &Mas
     }
 }
 
-/// The shared-credential record's key: a SHA-256 of the credential's identity, truncated to 16
-/// bytes (collisions cannot be aimed at without breaking SHA-256; the same on every
-/// instance).
-fn credential_key(c: &CredentialUse<'_>) -> Vec<u8> {
-    let mut h = sha2::Sha256::new();
-    c.identify(|bytes| h.update(bytes));
-    h.finalize()[..16].to_vec()
-}
-
 impl Store for PgStore {
     fn product(
         &self,
@@ -1365,56 +1346,6 @@ impl Store for PgStore {
             rx.await
                 .map_err(|_| StoreError::unavailable("the store's writer stopped"))?
         }
-    }
-
-    fn record_credential(
-        &self,
-        credential: &CredentialUse<'_>,
-        now: u64,
-    ) -> impl Future<Output = Result<Sharing, StoreError>> + Send {
-        let expires_at = credential.expires_at;
-        let (key, unique) = (credential_key(credential), credential.unique.to_owned());
-        // One record a minute (the one that wins the exchange) also removes the expired.
-        let sweep = {
-            let last = self.inner.swept_at.load(Ordering::Relaxed);
-            now >= last + SWEEP_EVERY_SECS
-                && self
-                    .inner
-                    .swept_at
-                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-        };
-        self.read_job(move |session, _| {
-            let conn: &mut dyn Conn = session;
-            if sweep {
-                let _ = conn.execute(
-                    "DELETE FROM credential_uses WHERE expires_at <= ?1",
-                    params![i64_of(now)],
-                );
-            }
-            if expires_at <= now {
-                return Ok(Sharing::Alone);
-            }
-            // One statement: insert this unique's row, and count the uniques that
-            // presented the credential before it (the insert is not visible to the
-            // count of the same statement), at most MAX_UNIQUES_PER_CREDENTIAL of them
-            // so that one presentation reads a bounded number of index entries.
-            let (inserted, before) = conn
-                .query_opt(
-                    "WITH added AS (INSERT INTO credential_uses (key, unique_id, expires_at) VALUES (?1, ?2, ?3) ON CONFLICT (key, unique_id) DO NOTHING RETURNING 1) SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM (SELECT 1 FROM credential_uses WHERE key = ?1 AND expires_at > ?4 LIMIT ?5) AS b)",
-                    params![&key, &unique, i64_of(expires_at), i64_of(now), i64_of(MAX_UNIQUES_PER_CREDENTIAL as u64)],
-                    |r| Ok((r.int(0)?, r.int(1)?)),
-                )
-                .map_err(StoreError::from)?
-                .ok_or_else(|| StoreError::backend("the shared-credential insert returned no row"))?;
-            Ok(match (inserted, before) {
-                (0, _) => Sharing::Repeat,
-                (_, 0) => Sharing::Alone,
-                (_, n) => Sharing::Shared {
-                    uniques: u32::try_from(n + 1).unwrap_or(u32::MAX),
-                },
-            })
-        })
     }
 }
 

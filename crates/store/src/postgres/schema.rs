@@ -1,7 +1,7 @@
 //! The PostgreSQL schema, as an ordered list of migrations embedded in the binary.
 //!
 //! The same tables as SQLite's (every integer a `BIGINT`, so that one set of statements
-//! serves both), plus the table of shared credentials. `dynreg_schema` records how many
+//! serves both), (the replay guard's table of migration 1 was dropped by migration 5). `dynreg_schema` records how many
 //! migrations the database has had. They are applied in one transaction that first
 //! takes a transaction-level advisory lock, so that instances starting together wait
 //! for one another instead of racing; a database written by a newer dynreg is refused.
@@ -124,9 +124,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         REFERENCING NEW TABLE AS added
         FOR EACH STATEMENT EXECUTE FUNCTION dynreg_audit_outbox();",
     // 5: a product's signatures and admission settings and its expected devices
-    // (SQLite's migration 7); the record of shared credentials replaces the replay
-    // guard: one row per credential and unique that presented it (PROTOCOL.md section
-    // 2), still UNLOGGED.
+    // (SQLite's migration 7); the replay guard's table goes: shared credentials are
+    // recorded in each instance's memory (PROTOCOL.md section 2).
     "ALTER TABLE products ADD COLUMN signatures TEXT NOT NULL DEFAULT 'any' CHECK (signatures IN ('any', 'bound'));
     ALTER TABLE products ADD COLUMN admission TEXT NOT NULL DEFAULT 'open' CHECK (admission IN ('open', 'listed'));
     CREATE TABLE expected_devices (
@@ -137,13 +136,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         added_at  BIGINT NOT NULL,
         PRIMARY KEY (pid, unique_id)
     );
-    DROP TABLE credential_uses;
-    CREATE UNLOGGED TABLE credential_uses (
-        key        BYTEA NOT NULL,
-        unique_id  TEXT NOT NULL,
-        expires_at BIGINT NOT NULL,
-        PRIMARY KEY (key, unique_id)
-    );",
+    DROP TABLE credential_uses;",
 ];
 
 /// SQLite's migration 5 with PostgreSQL's types.

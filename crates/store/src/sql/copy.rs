@@ -50,8 +50,7 @@ impl Owned {
     }
 }
 
-/// The tables a store holds (the record of shared credentials is not copied), parents
-/// first.
+/// The tables a store holds, parents first.
 const TABLES: &[(&str, &[(&str, Kind)])] = &[
     (
         "products",

@@ -22,8 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use dynreg_registrar::{
-    CredentialUse, ExpectedDevice, Intent, Product, ProductListener, SharedCredentials, Sharing,
-    Store, StoreError, StoreErrorKind, Tx,
+    ExpectedDevice, Intent, Product, ProductListener, Store, StoreError, StoreErrorKind, Tx,
 };
 use rusqlite::{Connection, OpenFlags};
 
@@ -45,9 +44,6 @@ pub struct SqliteConfig {
     pub key: KeySource,
     /// The most jobs committed together in one transaction.
     pub max_batch: usize,
-    /// The most (credential, unique) pairs the record of shared credentials remembers
-    /// at once.
-    pub shared_capacity: usize,
     /// Create the data dir, master key and database when they are missing. When
     /// `false`, a missing data dir or database is an error that names the path
     /// (commands that only read or change an existing store must not create an empty
@@ -62,7 +58,6 @@ impl SqliteConfig {
             data_dir: data_dir.into(),
             key: KeySource::DataDir,
             max_batch: 512,
-            shared_capacity: dynreg_registrar::sharing::DEFAULT_CAPACITY,
             create: true,
         }
     }
@@ -86,9 +81,6 @@ pub(crate) struct Inner {
     /// Told of every product this store changes (the registrar's cache).
     listeners: crate::sql::Listeners,
     path: PathBuf,
-    /// One process serves a SQLite database, so the record of shared credentials lives
-    /// in its memory.
-    shared: SharedCredentials,
 }
 
 /// The embedded SQLite store. Cheap to clone (all clones share one database).
@@ -241,7 +233,6 @@ impl SqliteStore {
                 writer,
                 listeners: crate::sql::Listeners::default(),
                 path,
-                shared: SharedCredentials::with_capacity(config.shared_capacity),
             }),
         })
     }
@@ -388,14 +379,6 @@ impl Store for SqliteStore {
             rx.await
                 .map_err(|_| StoreError::unavailable("the store's writer stopped"))?
         }
-    }
-
-    fn record_credential(
-        &self,
-        credential: &CredentialUse<'_>,
-        now: u64,
-    ) -> impl Future<Output = Result<Sharing, StoreError>> + Send {
-        std::future::ready(Ok(self.inner.shared.record(credential, now)))
     }
 }
 

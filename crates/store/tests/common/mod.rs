@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use dynreg_registrar::conformance::Fixture;
-use dynreg_registrar::{CredentialUse, NewTriplet, Product, Sharing, Store, StoreError, Tx};
+use dynreg_registrar::{NewTriplet, Product, Store, StoreError, Tx};
 use dynreg_store::{KeySource, PgConfig, PgStore, SqliteConfig, SqliteStore};
 
 #[path = "../../../../support/pgtest.rs"]
@@ -127,14 +127,6 @@ impl<S: Store + Operator + Sync> Store for TempStore<S> {
         T: Send + 'static,
     {
         self.store.transact(intent, work)
-    }
-
-    fn record_credential(
-        &self,
-        c: &CredentialUse<'_>,
-        now: u64,
-    ) -> impl Future<Output = Result<Sharing, StoreError>> + Send {
-        self.store.record_credential(c, now)
     }
 }
 

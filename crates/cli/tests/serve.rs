@@ -258,3 +258,52 @@ fn json_logs_and_the_admin_api_metrics_and_health_on_the_http_server() {
     assert!(common::sigterm(&child));
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn a_low_pool_is_reported_with_no_event_destination() {
+    // Before, only the outbox's deliverer checked the pools: with no webhook and no
+    // broker events, `pool.low` never fired.
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let run = |args: &[&str]| {
+        let o = common::bin()
+            .args(["--data-dir", "data"])
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    run(&[
+        "product",
+        "create",
+        "--name",
+        "Low",
+        "--pid",
+        "low",
+        "--low-water",
+        "5",
+    ]);
+    run(&[
+        "pool", "generate", "--pid", "low", "--count", "3", "--out", "pool.csv",
+    ]);
+    let mut child = serve(d, &["--data-dir", "data", "--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = common::stderr_lines(&mut child);
+    let lines = common::wait_for(&rx, "pool running low");
+    assert!(lines.iter().any(|l| l.contains("low")), "{lines:?}");
+    let audit = run(&["--json", "audit", "list", "--pid", "low"]);
+    assert!(
+        audit.contains("pool.low") && audit.contains(r#"\"free\":3"#),
+        "{audit}"
+    );
+    common::sigterm(&child);
+    let _ = child.wait();
+}

@@ -9,6 +9,7 @@
 //!   endpoint makes, and every topic by [`dynreg_proto::Topic::is_own`].
 //! - [`api`]: the admin API under `/api/v1`, for operators and the platform.
 //! - [`webhook`]: delivery of the event outbox to the platform's webhook.
+//! - [`pools`]: the watch of the pools' low-water marks (`pool.low`).
 //! - `/healthz`: the process is up; `/readyz`: the store answers; `/metrics`:
 //!   Prometheus metrics ([`dynreg_registrar::metrics`]).
 //!
@@ -18,6 +19,7 @@
 pub mod api;
 pub mod console;
 pub mod hooks;
+pub mod pools;
 pub mod webhook;
 
 mod fields;

@@ -55,8 +55,6 @@ const IDLE: Duration = Duration::from_millis(200);
 /// The longest pause between two tries of one device's event: a destination that
 /// comes back is found within this.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// How often the pools' low-water marks are checked (by the lease holder).
-const POOL_CHECK: Duration = Duration::from_secs(30);
 
 /// Where and how events are delivered.
 #[derive(Clone)]
@@ -396,7 +394,6 @@ pub async fn run(ops: Ops, delivery: Delivery, stop: CancellationToken) {
     // Until when this instance holds the lease (renewed when a third of it is left:
     // each renewal is a write).
     let mut lease_until = 0;
-    let mut pools_checked: Option<Instant> = None;
     while !stop.is_cancelled() {
         let now = unix_now();
         if now + LEASE_SECS / 3 >= lease_until {
@@ -410,19 +407,6 @@ pub async fn run(ops: Ops, delivery: Delivery, stop: CancellationToken) {
                 continue;
             }
             lease_until = now + LEASE_SECS;
-        }
-        if pools_checked.is_none_or(|t| t.elapsed() >= POOL_CHECK) {
-            pools_checked = Some(Instant::now());
-            let ops2 = ops.clone();
-            if let Ok(Ok(fired)) = tokio::task::spawn_blocking(move || ops2.check_pools(now)).await
-            {
-                for pid in fired {
-                    tracing::warn!(
-                        pid,
-                        "pool running low: fewer free triplets than its low-water mark"
-                    );
-                }
-            }
         }
         let ops2 = ops.clone();
         let read = tokio::task::spawn_blocking(move || {

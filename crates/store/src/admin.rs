@@ -243,6 +243,19 @@ pub struct Expected {
     pub registered_at: Option<u64>,
 }
 
+/// The low-water rule, the one place it is written: a pool with `free` triplets is low
+/// when it has a mark and holds fewer than it (`pool.low` fires then).
+pub fn below_low_water(free: u64, low_water: Option<u64>) -> bool {
+    low_water.is_some_and(|mark| free < mark)
+}
+
+impl PoolStats {
+    /// Whether the pool is below its low-water mark ([`below_low_water`]).
+    pub fn is_low(&self) -> bool {
+        below_low_water(self.free, self.low_water)
+    }
+}
+
 /// Which devices to list.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceFilter {

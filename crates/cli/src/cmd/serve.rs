@@ -666,6 +666,14 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
             }
             None => "off".to_owned(),
         };
+        // The pools' low-water marks are watched whether or not events go anywhere.
+        {
+            let (ops, stop) = (store.ops(), stop.clone());
+            tasks.spawn(async move {
+                dynreg_http::pools::watch(ops, dynreg_http::pools::EVERY, stop).await;
+                anyhow::Ok(())
+            });
+        }
         let events_to = if events.is_empty() {
             let ops = store.ops();
             let waiting = ops

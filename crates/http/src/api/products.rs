@@ -120,6 +120,8 @@ pub(crate) struct PoolView {
     pub(crate) reregistrations_refused: u64,
     /// Free triplets below which `pool.low` fires.
     pub(crate) low_water: Option<u64>,
+    /// Whether the pool is below its low-water mark.
+    pub(crate) low: bool,
     /// Devices listed in advance (`admission = listed`).
     pub(crate) expected: u64,
     /// Of those, the ones not registered yet.
@@ -138,6 +140,7 @@ impl From<PoolStats> for PoolView {
             reregistrations: s.reregistrations,
             reregistrations_refused: s.reregistrations_refused,
             low_water: s.low_water,
+            low: s.is_low(),
             expected: s.expected,
             expected_waiting: s.expected_waiting,
         }

@@ -217,10 +217,7 @@ pub(crate) async fn dashboard(s: Session, State(api): State<Api>) -> Result<Resp
         .await,
     )?
     .0;
-    let low: Vec<&ProductView> = products
-        .iter()
-        .filter(|p| p.pool.low_water.is_some_and(|w| p.pool.free < w))
-        .collect();
+    let low: Vec<&ProductView> = products.iter().filter(|p| p.pool.low).collect();
     let waiting: Vec<&ProductView> = products
         .iter()
         .filter(|p| p.pool.expected_waiting > 0)

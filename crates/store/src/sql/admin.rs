@@ -486,7 +486,17 @@ impl<B: SqlBackend> Operator for B {
             )?;
             let mut fired = Vec::new();
             for (pid, low_water, was_fired, free) in marked {
-                if free < low_water && !was_fired {
+                let low = crate::admin::below_low_water(free, Some(low_water));
+                // Marked fired first, and only where it was not: instances checking at
+                // once fire it once (the second waits for the first's row and finds it
+                // marked).
+                if low
+                    && !was_fired
+                    && conn.execute(
+                        "UPDATE products SET low_fired = 1 WHERE pid = ?1 AND low_fired = 0",
+                        params![&pid],
+                    )? == 1
+                {
                     let entry = AuditEntry {
                         at: now,
                         actor: "dynreg".into(),
@@ -496,9 +506,8 @@ impl<B: SqlBackend> Operator for B {
                         ..AuditEntry::default()
                     };
                     insert_audit(conn, &entry)?;
-                    conn.execute("UPDATE products SET low_fired = 1 WHERE pid = ?1", params![&pid])?;
                     fired.push(pid);
-                } else if free >= low_water && was_fired {
+                } else if !low && was_fired {
                     conn.execute("UPDATE products SET low_fired = 0 WHERE pid = ?1", params![&pid])?;
                 }
             }

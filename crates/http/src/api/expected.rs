@@ -147,15 +147,7 @@ pub(crate) async fn upload_expected(
     match done {
         Ok((listed_now, listed)) => Ok(Json(Uploaded { listed_now, listed })),
         Err(UploadError::Store(e)) => Err(e.into()),
-        Err(e @ UploadError::Csv(_)) => Err(match e.line() {
-            Some(line) => Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_item",
-                e.to_string(),
-            )
-            .at_line(line),
-            None => Problem::invalid(e.to_string()),
-        }),
+        Err(e @ UploadError::Csv(_)) => Err(Problem::csv(e.to_string(), e.line())),
     }
 }
 

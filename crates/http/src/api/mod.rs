@@ -258,6 +258,17 @@ impl Problem {
         self.line = Some(line);
         self
     }
+
+    /// A refused uploaded CSV: `422 invalid_item` naming its `line` when the problem is
+    /// on one, else `400 invalid`.
+    pub(crate) fn csv(detail: String, line: Option<u64>) -> Self {
+        match line {
+            Some(line) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_item", detail).at_line(line)
+            }
+            None => Self::invalid(detail),
+        }
+    }
 }
 
 impl From<dynreg_store::Error> for Problem {

@@ -636,17 +636,7 @@ pub(crate) async fn import_pool(
             let (triplets, lines) =
                 match dynreg_store::factory_csv::read_triplets(&body[..], "the CSV") {
                     Ok(t) => t,
-                    Err(e) => {
-                        return Ok(Err(match e.line() {
-                            Some(line) => Problem::new(
-                                StatusCode::UNPROCESSABLE_ENTITY,
-                                "invalid_item",
-                                e.to_string(),
-                            )
-                            .at_line(line),
-                            None => Problem::invalid(e.to_string()),
-                        }));
-                    }
+                    Err(e) => return Ok(Err(Problem::csv(e.to_string(), e.line()))),
                 };
             match dynreg_store::audited(ops, entry, |ops, entry| {
                 entry.detail = format!(r#"{{"count":{}}}"#, triplets.len());
@@ -655,12 +645,10 @@ pub(crate) async fn import_pool(
                 Ok(n) => Ok(Ok(n)),
                 Err(dynreg_store::Error::Item { index, message }) => {
                     let line = lines.get(index).copied().unwrap_or(0);
-                    Ok(Err(Problem::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "invalid_item",
+                    Ok(Err(Problem::csv(
                         format!("line {line}: {message}"),
-                    )
-                    .at_line(line)))
+                        Some(line),
+                    )))
                 }
                 Err(e) => Err(e),
             }

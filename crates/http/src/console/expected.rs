@@ -7,7 +7,7 @@ use axum::Form;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use maud::html;
 use serde::Deserialize;
 
@@ -122,8 +122,8 @@ pub(crate) async fn page(
     )))
 }
 
-/// The CSV uploaded by the page's script (`x-csrf-token`); JSON back: the API's
-/// `{"listed_now", "listed"}`, or its problem document (with the refused `line`).
+/// The CSV uploaded by the page's script (the API's `{"listed_now", "listed"}` back);
+/// see [`super::pages::csv_upload`].
 pub(crate) async fn upload(
     s: Session,
     State(api): State<Api>,
@@ -131,17 +131,8 @@ pub(crate) async fn upload(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let csrf = headers
-        .get("x-csrf-token")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if let Err(r) = s.check(csrf) {
-        return r.into_response();
-    }
-    match exp::upload_expected(State(api), s.caller.clone(), Path(pid), body).await {
-        Ok(j) => j.into_response(),
-        Err(p) => p.into_response(),
-    }
+    let upload = exp::upload_expected(State(api), s.caller.clone(), Path(pid), body);
+    super::pages::csv_upload(&s, &headers, upload).await
 }
 
 pub(crate) async fn remove(

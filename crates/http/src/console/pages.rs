@@ -734,14 +734,14 @@ pub(crate) async fn generate_pool(
     }
 }
 
-/// A factory CSV uploaded by the page's script (`x-csrf-token`); JSON back: the API's
-/// `{"imported"}`, or its problem document (with the refused `line`).
-pub(crate) async fn import_pool(
-    s: Session,
-    State(api): State<Api>,
-    axum::extract::Path(pid): axum::extract::Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+/// A CSV uploaded by a page's script (`data-upload` in app.js): checks the session's
+/// CSRF token from its `x-csrf-token` header, then answers with what the API's
+/// handler `upload` answers (its JSON, or its problem document with the refused
+/// `line`). The one way every console upload is taken.
+pub(super) async fn csv_upload<T: axum::response::IntoResponse>(
+    s: &Session,
+    headers: &HeaderMap,
+    upload: impl std::future::Future<Output = Result<T, Problem>>,
 ) -> Response {
     let csrf = headers
         .get("x-csrf-token")
@@ -750,10 +750,22 @@ pub(crate) async fn import_pool(
     if let Err(r) = s.check(csrf) {
         return r.into_response();
     }
-    match prod::import_pool(State(api), s.caller.clone(), Path(pid), body).await {
+    match upload.await {
         Ok(j) => j.into_response(),
         Err(p) => p.into_response(),
     }
+}
+
+/// A factory CSV uploaded by the page's script; see [`csv_upload`].
+pub(crate) async fn import_pool(
+    s: Session,
+    State(api): State<Api>,
+    axum::extract::Path(pid): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let upload = prod::import_pool(State(api), s.caller.clone(), Path(pid), body);
+    csv_upload(&s, &headers, upload).await
 }
 
 #[derive(Debug, Deserialize)]

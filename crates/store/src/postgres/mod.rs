@@ -765,12 +765,19 @@ impl Conn for Session {
     ) -> Result<bool, Error> {
         // Triplets that others hold are mostly about to be bound by them, but some are
         // handed back (a batch rolled back, or claimed ahead and not needed): wait a
-        // little for them before calling the pool empty.
+        // little for them. A pool whose free triplets are all still held after the wait
+        // is busy, not empty: the device is told to try again (5031), not that the pool
+        // is exhausted (5030), which only a pool with no free triplet at all answers.
         let mut wait = Duration::from_millis(1);
         loop {
             let claim = self.claim_free(pid, 1, read)?;
-            if claim.found == 1 || !claim.held || self.held_wait_left.is_zero() {
+            if claim.found == 1 || !claim.held {
                 return Ok(claim.found == 1);
+            }
+            if self.held_wait_left.is_zero() {
+                return Err(Error::Unavailable(format!(
+                    "every free triplet of product `{pid}` is held by registrations in flight"
+                )));
             }
             wait = wait.min(self.held_wait_left);
             std::thread::sleep(wait);

@@ -164,18 +164,16 @@ pub(crate) async fn remove_expected(
 ) -> Result<StatusCode, Problem> {
     caller.need(Scope::Write)?;
     let entry = caller.entry(expected_csv::REMOVED, &pid, &unique);
-    let removed = api
-        .audited(entry, move |ops, e| {
-            let n = ops.remove_expected(&pid, std::slice::from_ref(&unique))?;
-            if n == 0 {
-                return Err(dynreg_store::Error::NotFound(format!(
-                    "`{unique}` is not listed for product `{pid}`"
-                )));
-            }
-            e.detail = format!(r#"{{"count":{n}}}"#);
-            Ok(n)
-        })
-        .await?;
-    debug_assert!(removed > 0);
+    api.audited(entry, move |ops, e| {
+        let n = ops.remove_expected(&pid, std::slice::from_ref(&unique))?;
+        if n == 0 {
+            return Err(dynreg_store::Error::NotFound(format!(
+                "`{unique}` is not listed for product `{pid}`"
+            )));
+        }
+        e.detail = format!(r#"{{"count":{n}}}"#);
+        Ok(n)
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -8,6 +8,10 @@
 //!   [`dynreg_registrar::Registrar::authenticate`], the same decision the embedded
 //!   endpoint makes, and every topic by [`dynreg_proto::Topic::is_own`].
 //! - [`api`]: the admin API under `/api/v1`, for operators and the platform.
+//! - [`console`]: the web console's pages at `/`, over the API's handlers.
+//! - `auth`: which credentials authenticate a request (API token, session cookie,
+//!   CSRF token), for the API and the console alike; they do not import each other's
+//!   rules (the console calls the API's handlers, never the other way).
 //! - [`webhook`]: delivery of the event outbox to the platform's webhook.
 //! - [`pools`]: the watch of the pools' low-water marks (`pool.low`).
 //! - `/healthz`: the process is up; `/readyz`: the store answers; `/metrics`:
@@ -17,6 +21,7 @@
 //! bind address, loopback by default ([`parse_listen`]).
 
 pub mod api;
+mod auth;
 pub mod console;
 pub mod hooks;
 pub mod pools;

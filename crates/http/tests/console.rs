@@ -255,3 +255,47 @@ async fn secrets_are_shown_once_and_not_cached() {
     .await;
     assert_eq!(status, 200, "the new token signs in: {made}");
 }
+
+/// Every request of the console that changes something is refused with the CSRF page
+/// when it lacks the session's token, whatever else its form holds or lacks: the
+/// check comes before the form is read (a form with missing fields is not a 422 that
+/// skips it), and an upload without the header is refused the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_needs_the_csrf_token() {
+    let s = start().await;
+    s.store.product("lamp", SourceMode::Generate);
+    let admin = token(&s.store, "ops", Scope::Admin);
+    s.store
+        .store
+        .create_token("robot", Scope::Read, "test", common::now())
+        .unwrap();
+    let with_form = format!("cookie: dynreg_session={admin}\r\n{FORM}");
+    let routes = [
+        "/sign-out",
+        "/products",
+        "/products/lamp",
+        "/products/lamp/enable",
+        "/products/lamp/disable",
+        "/products/lamp/rotate",
+        "/products/lamp/retire",
+        "/products/lamp/generate",
+        "/products/lamp/import",
+        "/products/lamp/withdraw",
+        "/products/lamp/expected",
+        "/products/lamp/expected/d1/remove",
+        "/devices/lamp/d1/revoke",
+        "/devices/lamp/d1/reset",
+        "/tokens",
+        "/tokens/robot/revoke",
+    ];
+    for route in routes {
+        for body in ["", "csrf=0000", "name=x&mode=pool&count=5&csrf="] {
+            let (status, _, page) = call(s.addr, "POST", route, &with_form, body).await;
+            assert_eq!(status, 403, "POST {route} with `{body}`: {page}");
+            assert!(page.contains("CSRF token"), "POST {route}: {page}");
+        }
+    }
+    let p = s.store.store.load_product("lamp").unwrap().unwrap();
+    assert!(p.enabled && p.previous_secret.is_none());
+    assert_eq!(s.store.store.tokens().unwrap().len(), 2);
+}

@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::records::AuditView;
-use super::{Api, Caller, Path, Problem, Query, page_size};
+use super::{Api, ApiPath, ApiQuery, Caller, Problem, page_size};
 
 pub(super) fn routes() -> OpenApiRouter<Api> {
     OpenApiRouter::new()
@@ -133,7 +133,7 @@ fn decode_cursor(text: &str) -> Result<DeviceCursor, Problem> {
 pub(crate) async fn list_devices(
     State(api): State<Api>,
     caller: Caller,
-    Query(q): Query<DeviceQuery>,
+    ApiQuery(q): ApiQuery<DeviceQuery>,
 ) -> Result<Json<DevicePage>, Problem> {
     caller.need(Scope::Read)?;
     let limit = page_size(q.limit, 100)?;
@@ -248,7 +248,7 @@ pub(crate) struct DeviceDetail {
 pub(crate) async fn show_device(
     State(api): State<Api>,
     caller: Caller,
-    Path((pid, unique)): Path<(String, String)>,
+    ApiPath((pid, unique)): ApiPath<(String, String)>,
 ) -> Result<Json<DeviceDetail>, Problem> {
     caller.need(Scope::Read)?;
     let detail = api
@@ -287,7 +287,7 @@ pub(crate) async fn show_device(
 pub(crate) async fn revoke_device(
     State(api): State<Api>,
     caller: Caller,
-    Path((pid, unique)): Path<(String, String)>,
+    ApiPath((pid, unique)): ApiPath<(String, String)>,
 ) -> Result<Json<DeviceView>, Problem> {
     caller.need(Scope::Write)?;
     device_action(api, caller, pid, unique, DeviceAction::Revoke).await
@@ -302,7 +302,7 @@ pub(crate) async fn revoke_device(
 pub(crate) async fn reset_device(
     State(api): State<Api>,
     caller: Caller,
-    Path((pid, unique)): Path<(String, String)>,
+    ApiPath((pid, unique)): ApiPath<(String, String)>,
 ) -> Result<Json<DeviceView>, Problem> {
     caller.need(Scope::Write)?;
     device_action(api, caller, pid, unique, DeviceAction::Reset).await
@@ -343,7 +343,7 @@ pub(crate) struct DeviceExportQuery {
 pub(crate) async fn export_devices(
     State(api): State<Api>,
     caller: Caller,
-    Query(q): Query<DeviceExportQuery>,
+    ApiQuery(q): ApiQuery<DeviceExportQuery>,
 ) -> Result<axum::response::Response, Problem> {
     let DeviceExportQuery { pid, with_secrets } = q;
     caller.need(if with_secrets {

@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{Api, Caller, Path, Problem, Query, page_size};
+use super::{Api, ApiPath, ApiQuery, Caller, Problem, page_size};
 
 /// The largest CSV an upload takes (a million devices with barcodes and MACs is about
 /// 60 MB).
@@ -82,8 +82,8 @@ pub(crate) struct Uploaded {
 pub(crate) async fn list_expected(
     State(api): State<Api>,
     caller: Caller,
-    Path(pid): Path<String>,
-    Query(q): Query<ExpectedQuery>,
+    ApiPath(pid): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ExpectedQuery>,
 ) -> Result<Json<ExpectedPage>, Problem> {
     caller.need(Scope::Read)?;
     let limit = page_size(q.limit, 100)?;
@@ -125,7 +125,7 @@ pub(crate) async fn list_expected(
 pub(crate) async fn upload_expected(
     State(api): State<Api>,
     caller: Caller,
-    Path(pid): Path<String>,
+    ApiPath(pid): ApiPath<String>,
     body: Bytes,
 ) -> Result<Json<Uploaded>, Problem> {
     caller.need(Scope::Write)?;
@@ -160,7 +160,7 @@ pub(crate) async fn upload_expected(
 pub(crate) async fn remove_expected(
     State(api): State<Api>,
     caller: Caller,
-    Path((pid, unique)): Path<(String, String)>,
+    ApiPath((pid, unique)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, Problem> {
     caller.need(Scope::Write)?;
     let entry = caller.entry(expected_csv::REMOVED, &pid, &unique);

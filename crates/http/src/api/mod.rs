@@ -14,28 +14,29 @@
 
 pub(crate) mod devices;
 pub(crate) mod expected;
+pub(crate) mod pools;
+mod problem;
 pub(crate) mod products;
 pub(crate) mod records;
 
-use std::net::SocketAddr;
+pub use crate::auth::Caller;
+pub use problem::Problem;
+pub(crate) use problem::{ApiJson, ApiPath, ApiQuery};
+
 use std::sync::Arc;
 
 use axum::Router;
-
-use crate::unix_now;
 use axum::body::Bytes;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
-use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{FromRequestParts, Request};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dynreg_registrar::AuditEntry;
-use dynreg_store::{Actor, Operator, Scope, TokenInfo};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use dynreg_store::{Operator, Scope};
+use utoipa::Modify;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi, Server};
-use utoipa::{Modify, ToSchema};
+
+use problem::ProblemDoc;
 use utoipa_axum::router::OpenApiRouter;
 
 /// The store the API works on: any backend, as the operator's operations.
@@ -74,7 +75,7 @@ impl Api {
     }
 
     /// Runs blocking store work on a blocking thread.
-    async fn run<T: Send + 'static>(
+    pub(crate) async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&dyn Operator) -> Result<T, dynreg_store::Error> + Send + 'static,
     ) -> Result<T, Problem> {
@@ -103,6 +104,7 @@ impl Api {
 pub fn router(api: Api) -> Router {
     let (routes, mut doc) = OpenApiRouter::<Api>::with_openapi(ApiDoc::openapi_base())
         .merge(products::routes())
+        .merge(pools::routes())
         .merge(devices::routes())
         .merge(expected::routes())
         .merge(records::routes())
@@ -196,272 +198,6 @@ impl Modify for ApiDoc {
                     .or_insert_with(problem);
             }
         }
-    }
-}
-
-/// An error answered as an RFC 9457 problem document
-/// (`application/problem+json`): `type`, `title`, `status`, `detail`, and a stable
-/// `code`; for a refused item of an import, its `line`.
-#[derive(Debug)]
-pub struct Problem {
-    pub(crate) status: StatusCode,
-    pub(crate) code: &'static str,
-    pub(crate) detail: String,
-    pub(crate) line: Option<u64>,
-}
-
-/// The problem document's schema.
-#[derive(Serialize, ToSchema)]
-#[schema(as = Problem)]
-struct ProblemDoc {
-    /// `urn:dynreg:problem:<code>`.
-    r#type: String,
-    /// The HTTP status's reason phrase.
-    title: String,
-    /// The HTTP status.
-    status: u16,
-    /// What went wrong, for a person.
-    detail: String,
-    /// A stable code for programs: `unauthorized`, `forbidden`, `not_found`,
-    /// `bad_request`, `invalid`, `conflict`, `invalid_item`, `unavailable`,
-    /// `method_not_allowed`, `internal`.
-    code: String,
-    /// For `invalid_item` from an import: the CSV line refused.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    line: Option<u64>,
-}
-
-impl Problem {
-    /// A problem with `status`, stable `code` and `detail`.
-    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            detail: detail.into(),
-            line: None,
-        }
-    }
-
-    fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", detail)
-    }
-
-    pub(crate) fn invalid(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid", detail)
-    }
-
-    fn internal(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
-    }
-
-    pub(crate) fn at_line(mut self, line: u64) -> Self {
-        self.line = Some(line);
-        self
-    }
-
-    /// A refused uploaded CSV: `422 invalid_item` naming its `line` when the problem is
-    /// on one, else `400 invalid`.
-    pub(crate) fn csv(detail: String, line: Option<u64>) -> Self {
-        match line {
-            Some(line) => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_item", detail).at_line(line)
-            }
-            None => Self::invalid(detail),
-        }
-    }
-}
-
-impl From<dynreg_store::Error> for Problem {
-    fn from(e: dynreg_store::Error) -> Self {
-        use dynreg_store::Error as E;
-        match &e {
-            E::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "not_found", m.clone()),
-            E::Invalid(m) => Self::invalid(m.clone()),
-            E::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m.clone()),
-            E::Item { .. } => Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_item",
-                e.to_string(),
-            ),
-            // Also a database that cannot answer now (locked, unreachable, restarting).
-            _ if e.kind() == dynreg_registrar::StoreErrorKind::Unavailable => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
-            ),
-            _ => {
-                tracing::error!("admin API: {e}");
-                Self::internal(e.to_string())
-            }
-        }
-    }
-}
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let doc = ProblemDoc {
-            r#type: format!("urn:dynreg:problem:{}", self.code),
-            title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
-            status: self.status.as_u16(),
-            detail: self.detail,
-            code: self.code.to_owned(),
-            line: self.line,
-        };
-        let mut r = (self.status, axum::Json(doc)).into_response();
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if self.status == StatusCode::UNAUTHORIZED {
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"dynreg\""),
-            );
-        }
-        r
-    }
-}
-
-/// The caller of a request: the token it presented, and its address.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub(crate) token: TokenInfo,
-    pub(crate) origin: String,
-}
-
-impl Caller {
-    /// Refuses (403) unless the token's scope allows `needed`.
-    pub(crate) fn need(&self, needed: Scope) -> Result<(), Problem> {
-        if self.token.scope.allows(needed) {
-            Ok(())
-        } else {
-            Err(Problem::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!(
-                    "token `{}` has scope {}; this needs {needed}",
-                    self.token.name, self.token.scope
-                ),
-            ))
-        }
-    }
-
-    /// Who the caller is in the audit log.
-    fn actor(&self) -> Actor {
-        Actor {
-            name: self.token.name.clone(),
-            origin: self.origin.clone(),
-        }
-    }
-
-    /// The audit line of this caller doing `action` on `pid`'s `target` now.
-    pub(crate) fn entry(&self, action: &str, pid: &str, target: &str) -> AuditEntry {
-        self.actor().entry(unix_now(), action, pid, target)
-    }
-}
-
-impl Caller {
-    /// The caller holding `token`, from `origin` (401 when the token is unknown or
-    /// revoked).
-    pub(crate) async fn of_token(api: &Api, token: &str, origin: String) -> Result<Self, Problem> {
-        let hash = dynreg_store::admin::token_hash(token);
-        let info = api
-            .run(move |ops| ops.token_by_hash(&hash))
-            .await?
-            .ok_or_else(|| {
-                Problem::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "the token is unknown or revoked",
-                )
-            })?;
-        Ok(Self {
-            token: info,
-            origin,
-        })
-    }
-}
-
-/// The client's address, as the server accepted it.
-pub(crate) fn origin(parts: &Parts) -> String {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_default()
-}
-
-/// The token of `Authorization: Bearer <token>`; for reading requests (GET, HEAD)
-/// without that header, the web console's session cookie (so that the console's
-/// pages can read the API and its event stream; changes go through the console's
-/// forms, which check a CSRF token).
-impl FromRequestParts<Api> for Caller {
-    type Rejection = Problem;
-
-    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, Problem> {
-        let unauthorized = |m: &str| Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-        let token = match parts.headers.get(header::AUTHORIZATION) {
-            Some(value) => value
-                .to_str()
-                .ok()
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim)
-                .ok_or_else(|| unauthorized("the Authorization header is not `Bearer <token>`"))?
-                .to_owned(),
-            None => parts
-                .method
-                .is_safe()
-                .then(|| crate::console::session_token(&parts.headers))
-                .flatten()
-                .ok_or_else(|| {
-                    unauthorized(
-                        "send an API token as `Authorization: Bearer <token>` (`dynreg token create`)",
-                    )
-                })?,
-        };
-        Self::of_token(api, &token, origin(parts)).await
-    }
-}
-
-/// A JSON body; a body that does not parse is a 400 problem.
-pub(crate) struct Body<T>(pub(crate) T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
-    type Rejection = Problem;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        axum::Json::<T>::from_request(req, state)
-            .await
-            .map(|j| Self(j.0))
-            .map_err(|e: JsonRejection| Problem::bad_request(e.body_text()))
-    }
-}
-
-/// Query parameters; ones that do not parse are a 400 problem.
-pub(crate) struct Query<T>(pub(crate) T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
-    type Rejection = Problem;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| Self(q.0))
-            .map_err(|e: QueryRejection| Problem::bad_request(e.body_text()))
-    }
-}
-
-/// Path parameters; ones that do not parse are a 400 problem.
-pub(crate) struct Path<T>(pub(crate) T);
-
-impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
-    type Rejection = Problem;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
-        axum::extract::Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|p| Self(p.0))
-            .map_err(|e: PathRejection| Problem::bad_request(e.body_text()))
     }
 }
 

@@ -1,29 +1,20 @@
-//! Products and their triplet pools.
-
-use std::sync::Arc;
+//! Products: create, read, update, delete, enable, rotate and retire secrets, and
+//! their definitions' export and import. Their pools are in [`super::pools`].
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::Response;
 use dynreg_registrar::model::parse_duration;
-use dynreg_registrar::{
-    Admission, MacRange, NewTriplet, ReregPolicy, Signatures, SourceMode, TripletState,
-};
+use dynreg_registrar::{Admission, MacRange, ReregPolicy, Signatures, SourceMode};
 use dynreg_store::admin::DEFAULT_GRACE;
-use dynreg_store::{
-    NewProduct, PoolStats, ProductDefinition, ProductSummary, ProductUpdate, Scope, TripletRef,
-};
+use dynreg_store::{NewProduct, ProductDefinition, ProductSummary, ProductUpdate, Scope};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{Api, Body, Caller, Path, Problem, Query};
-
-/// The largest CSV `pool/import` takes.
-const MAX_IMPORT_BYTES: usize = 512 * 1024 * 1024;
+use super::pools::PoolView;
+use super::{Api, ApiJson, ApiPath, ApiQuery, Caller, Problem};
 
 pub(super) fn routes() -> OpenApiRouter<Api> {
     OpenApiRouter::new()
@@ -33,15 +24,6 @@ pub(super) fn routes() -> OpenApiRouter<Api> {
         .routes(routes!(disable_product))
         .routes(routes!(rotate_secret))
         .routes(routes!(retire_secret))
-        .routes(routes!(pool_stats))
-        .routes(routes!(generate_pool))
-        .merge(
-            OpenApiRouter::new()
-                .routes(routes!(import_pool))
-                .layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
-        )
-        .routes(routes!(export_pool))
-        .routes(routes!(withdraw))
         .routes(routes!(export_product))
         .routes(routes!(import_product))
 }
@@ -95,54 +77,6 @@ impl From<ProductSummary> for ProductView {
             previous_secret_until: p.previous_secret_until,
             created_at: p.created_at,
             pool: p.stats.into(),
-        }
-    }
-}
-
-/// Counts of a product's triplets and devices.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct PoolView {
-    /// Triplets not handed out yet.
-    pub(crate) free: u64,
-    /// Triplets bound to a device.
-    pub(crate) bound: u64,
-    /// Triplets of revoked devices.
-    pub(crate) revoked: u64,
-    /// Free triplets withdrawn by an operator.
-    pub(crate) withdrawn: u64,
-    /// Devices registered under the product.
-    pub(crate) devices: u64,
-    /// MAC addresses left in the product's range.
-    pub(crate) mac_left: Option<u64>,
-    /// Re-registrations served.
-    pub(crate) reregistrations: u64,
-    /// Re-registrations refused by the product's policy.
-    pub(crate) reregistrations_refused: u64,
-    /// Free triplets below which `pool.low` fires.
-    pub(crate) low_water: Option<u64>,
-    /// Whether the pool is below its low-water mark.
-    pub(crate) low: bool,
-    /// Devices listed in advance (`admission = listed`).
-    pub(crate) expected: u64,
-    /// Of those, the ones not registered yet.
-    pub(crate) expected_waiting: u64,
-}
-
-impl From<PoolStats> for PoolView {
-    fn from(s: PoolStats) -> Self {
-        Self {
-            free: s.free,
-            bound: s.bound,
-            revoked: s.revoked,
-            withdrawn: s.withdrawn,
-            devices: s.devices,
-            mac_left: s.mac_left,
-            reregistrations: s.reregistrations,
-            reregistrations_refused: s.reregistrations_refused,
-            low_water: s.low_water,
-            low: s.is_low(),
-            expected: s.expected,
-            expected_waiting: s.expected_waiting,
         }
     }
 }
@@ -239,7 +173,7 @@ fn some<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<T
     T::deserialize(d).map(Some)
 }
 
-fn parse<T: std::str::FromStr>(field: &str, value: &str) -> Result<T, Problem>
+pub(super) fn parse<T: std::str::FromStr>(field: &str, value: &str) -> Result<T, Problem>
 where
     T::Err: std::fmt::Display,
 {
@@ -286,7 +220,7 @@ pub(crate) async fn list_products(
 pub(crate) async fn create_product(
     State(api): State<Api>,
     caller: Caller,
-    Body(body): Body<NewProductBody>,
+    ApiJson(body): ApiJson<NewProductBody>,
 ) -> Result<(StatusCode, Json<CreatedProduct>), Problem> {
     caller.need(Scope::Write)?;
     let new = NewProduct {
@@ -340,7 +274,7 @@ pub(crate) async fn created(
 pub(crate) async fn show_product(
     State(api): State<Api>,
     caller: Caller,
-    Path(pid): Path<String>,
+    ApiPath(pid): ApiPath<String>,
 ) -> Result<Json<ProductView>, Problem> {
     caller.need(Scope::Read)?;
     let p = api.run(move |ops| ops.product_summary(&pid)).await?;
@@ -355,8 +289,8 @@ pub(crate) async fn show_product(
 pub(crate) async fn update_product(
     State(api): State<Api>,
     caller: Caller,
-    Path(pid): Path<String>,
-    Body(patch): Body<ProductPatch>,
+    ApiPath(pid): ApiPath<String>,
+    ApiJson(patch): ApiJson<ProductPatch>,
 ) -> Result<Json<ProductView>, Problem> {
     caller.need(Scope::Write)?;
     let update = ProductUpdate {
@@ -417,8 +351,8 @@ pub(crate) struct DeletedView {
 pub(crate) async fn delete_product(
     State(api): State<Api>,
     caller: Caller,
-    Path(pid): Path<String>,
-    Query(q): Query<DeleteQuery>,
+    ApiPath(pid): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> Result<Json<DeletedView>, Problem> {
     caller.need(Scope::Write)?;
     let mut entry = caller.entry("product.deleted", &pid, "");
@@ -458,7 +392,7 @@ pub(crate) async fn set_enabled(
 pub(crate) async fn enable_product(
     State(api): State<Api>,
     caller: Caller,
-    Path(pid): Path<String>,
+    ApiPath(pid): ApiPath<String>,
 ) -> Result<Json<ProductView>, Problem> {
     set_enabled(api, caller, pid, true).await
 }
@@ -470,7 +404,7 @@ pub(crate) async fn enable_product(
 pub(crate) async fn disable_product(
     State(api): State<Api>,
     caller: Caller,
-    Path(pid): Path<String>,
+    ApiPath(pid): ApiPath<String>,
 ) -> Result<Json<ProductView>, Problem> {
     set_enabled(api, caller, pid, false).await
 }
@@ -501,8 +435,8 @@ pub(crate) struct Rotated {
 pub(crate) async fn rotate_secret(
     State(api): State<Api>,
     caller: Caller,
-    Path(pid): Path<String>,
-    Body(body): Body<RotateBody>,
+    ApiPath(pid): ApiPath<String>,
+    ApiJson(body): ApiJson<RotateBody>,
 ) -> Result<Json<Rotated>, Problem> {
     caller.need(Scope::Write)?;
     let grace = body.grace.as_deref().unwrap_or(DEFAULT_GRACE);
@@ -526,7 +460,7 @@ pub(crate) async fn rotate_secret(
 pub(crate) async fn retire_secret(
     State(api): State<Api>,
     caller: Caller,
-    Path(pid): Path<String>,
+    ApiPath(pid): ApiPath<String>,
 ) -> Result<Json<ProductView>, Problem> {
     caller.need(Scope::Write)?;
     let now = crate::unix_now();
@@ -540,240 +474,6 @@ pub(crate) async fn retire_secret(
         )
         .await?;
     Ok(Json(p.into()))
-}
-
-/// Count the product's pool and devices.
-#[utoipa::path(get, path = "/products/{pid}/pool", tag = "pools",
-    params(("pid" = String, Path, description = "The product id")),
-    responses((status = 200, description = "The counts", body = PoolView)))]
-pub(crate) async fn pool_stats(
-    State(api): State<Api>,
-    caller: Caller,
-    Path(pid): Path<String>,
-) -> Result<Json<PoolView>, Problem> {
-    caller.need(Scope::Read)?;
-    let s = api.run(move |ops| ops.pool_stats(&pid)).await?;
-    Ok(Json(s.into()))
-}
-
-/// A pool generation.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct GenerateBody {
-    /// How many triplets (1 to 10,000,000).
-    #[schema(minimum = 1, maximum = 10_000_000)]
-    pub(crate) count: u64,
-    /// Text put before every barcode's 12-digit serial (at most 32 printable
-    /// characters, no comma).
-    #[serde(default)]
-    #[schema(max_length = 32, pattern = "^[^,\\x00-\\x1f]*$")]
-    pub(crate) barcode_prefix: String,
-}
-
-/// Generate free triplets and return their factory CSV, secrets included. The CSV is
-/// returned once: keep it (`pool/export` writes it again from the store).
-#[utoipa::path(post, path = "/products/{pid}/pool/generate", tag = "pools",
-    request_body = GenerateBody,
-    params(("pid" = String, Path, description = "The product id")),
-    responses((status = 200, description = "The factory CSV", content_type = "text/csv", body = String)))]
-pub(crate) async fn generate_pool(
-    State(api): State<Api>,
-    caller: Caller,
-    Path(pid): Path<String>,
-    Body(body): Body<GenerateBody>,
-) -> Result<Response, Problem> {
-    caller.need(Scope::Write)?;
-    let now = crate::unix_now();
-    let mut entry = caller.entry("pool.generated", &pid, "");
-    entry.detail = format!(r#"{{"count":{}}}"#, body.count);
-    let filename = format!("{pid}-pool.csv");
-    let triplets = api
-        .audited(entry, move |ops, _| {
-            ops.generate_pool(
-                &pid,
-                body.count,
-                &body.barcode_prefix,
-                now,
-                Arc::new(|_| {}),
-            )
-        })
-        .await?;
-    Ok(super::csv_response(
-        &dynreg_store::factory_csv::HEADER,
-        triplets,
-        |t| {
-            dynreg_store::factory_csv::record(t)
-                .map(str::to_owned)
-                .to_vec()
-        },
-        &filename,
-    ))
-}
-
-/// What an import did.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct Imported {
-    /// Triplets imported.
-    pub(crate) imported: u64,
-}
-
-/// Import a factory CSV (`uuid,secret[,mac][,barcode]`) as free triplets: all or
-/// nothing. A refused line is a 422 problem naming it (`line`).
-#[utoipa::path(post, path = "/products/{pid}/pool/import", tag = "pools",
-    request_body(content = String, content_type = "text/csv", description = "The factory CSV"),
-    params(("pid" = String, Path, description = "The product id")),
-    responses((status = 200, description = "Imported", body = Imported)))]
-pub(crate) async fn import_pool(
-    State(api): State<Api>,
-    caller: Caller,
-    Path(pid): Path<String>,
-    body: Bytes,
-) -> Result<Json<Imported>, Problem> {
-    caller.need(Scope::Write)?;
-    let entry = caller.entry("pool.imported", &pid, "");
-    let imported = api
-        .run(move |ops| {
-            let (triplets, lines) =
-                match dynreg_store::factory_csv::read_triplets(&body[..], "the CSV") {
-                    Ok(t) => t,
-                    Err(e) => return Ok(Err(Problem::csv(e.to_string(), e.line()))),
-                };
-            match dynreg_store::audited(ops, entry, |ops, entry| {
-                entry.detail = format!(r#"{{"count":{}}}"#, triplets.len());
-                ops.import_pool(&pid, triplets, Arc::new(|_| {}))
-            }) {
-                Ok(n) => Ok(Ok(n)),
-                Err(dynreg_store::Error::Item { index, message }) => {
-                    let line = lines.get(index).copied().unwrap_or(0);
-                    Ok(Err(Problem::csv(
-                        format!("line {line}: {message}"),
-                        Some(line),
-                    )))
-                }
-                Err(e) => Err(e),
-            }
-        })
-        .await??;
-    Ok(Json(Imported { imported }))
-}
-
-/// The query of an export.
-#[derive(Debug, Deserialize, IntoParams)]
-pub(crate) struct ExportQuery {
-    /// Only triplets in this state: `free`, `bound` or `revoked`.
-    #[param(pattern = "^(free|bound|revoked)$")]
-    pub(crate) state: Option<String>,
-}
-
-/// Write the pool's triplets (secrets included) as a factory CSV again.
-#[utoipa::path(get, path = "/products/{pid}/pool/export", tag = "pools",
-    params(("pid" = String, Path, description = "The product id"), ExportQuery),
-    responses((status = 200, description = "The factory CSV", content_type = "text/csv", body = String)))]
-pub(crate) async fn export_pool(
-    State(api): State<Api>,
-    caller: Caller,
-    Path(pid): Path<String>,
-    Query(q): Query<ExportQuery>,
-) -> Result<Response, Problem> {
-    caller.need(Scope::Write)?;
-    let state: Option<TripletState> = q.state.as_deref().map(|s| parse("state", s)).transpose()?;
-    let filename = format!("{pid}-export.csv");
-    let entry = caller.entry("pool.exported", &pid, "");
-    let triplets = api
-        .audited(entry, move |ops, _| {
-            let mut out = Vec::new();
-            ops.for_each_triplet(&pid, state, &mut |t| {
-                out.push(NewTriplet {
-                    uuid: t.uuid,
-                    secret: t.secret,
-                    mac: t.mac,
-                    barcode: t.barcode,
-                });
-                Ok(())
-            })?;
-            Ok(out)
-        })
-        .await?;
-    Ok(super::csv_response(
-        &dynreg_store::factory_csv::HEADER,
-        triplets,
-        |t| {
-            dynreg_store::factory_csv::record(t)
-                .map(str::to_owned)
-                .to_vec()
-        },
-        &filename,
-    ))
-}
-
-/// Free triplets to withdraw, by uuid or barcode.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct WithdrawBody {
-    /// Triplets by uuid.
-    #[serde(default)]
-    pub(crate) uuids: Vec<String>,
-    /// Triplets by barcode.
-    #[serde(default)]
-    pub(crate) barcodes: Vec<String>,
-}
-
-/// A withdrawn triplet.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct WithdrawnView {
-    /// Its uuid.
-    pub(crate) uuid: String,
-    /// Its barcode.
-    pub(crate) barcode: String,
-    /// Its MAC.
-    pub(crate) mac: String,
-}
-
-/// Withdraw leaked or damaged free triplets: they are never handed out. All or
-/// nothing; a triplet that is not a free one of the product is refused (422).
-#[utoipa::path(post, path = "/products/{pid}/pool/withdraw", tag = "pools",
-    request_body = WithdrawBody,
-    params(("pid" = String, Path, description = "The product id")),
-    responses((status = 200, description = "The withdrawn triplets", body = Vec<WithdrawnView>)))]
-pub(crate) async fn withdraw(
-    State(api): State<Api>,
-    caller: Caller,
-    Path(pid): Path<String>,
-    Body(body): Body<WithdrawBody>,
-) -> Result<Json<Vec<WithdrawnView>>, Problem> {
-    caller.need(Scope::Write)?;
-    let refs: Vec<TripletRef> = body
-        .uuids
-        .into_iter()
-        .map(TripletRef::Uuid)
-        .chain(body.barcodes.into_iter().map(TripletRef::Barcode))
-        .collect();
-    if refs.is_empty() {
-        return Err(Problem::invalid(
-            "name triplets to withdraw in uuids or barcodes",
-        ));
-    }
-    let now = crate::unix_now();
-    let list = api
-        .audited(
-            caller.entry("pool.withdrawn", &pid, ""),
-            move |ops, entry| {
-                let found = ops.withdrawal_candidates(&pid, &refs)?;
-                entry.detail = format!(r#"{{"count":{}}}"#, found.len());
-                ops.withdraw(&pid, found.iter().map(|w| w.uuid.clone()).collect(), now)?;
-                Ok(found)
-            },
-        )
-        .await?;
-    Ok(Json(
-        list.into_iter()
-            .map(|w| WithdrawnView {
-                uuid: w.uuid,
-                barcode: w.barcode,
-                mac: w.mac,
-            })
-            .collect(),
-    ))
 }
 
 /// The query of a product export.
@@ -794,8 +494,8 @@ pub(crate) struct ProductExportQuery {
 pub(crate) async fn export_product(
     State(api): State<Api>,
     caller: Caller,
-    Path(pid): Path<String>,
-    Query(q): Query<ProductExportQuery>,
+    ApiPath(pid): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ProductExportQuery>,
 ) -> Result<Json<ProductDefinition>, Problem> {
     let with_secret = q.with_secret;
     let definition = if with_secret {
@@ -823,8 +523,8 @@ pub(crate) async fn export_product(
 pub(crate) async fn import_product(
     State(api): State<Api>,
     caller: Caller,
-    Path(pid): Path<String>,
-    Body(definition): Body<ProductDefinition>,
+    ApiPath(pid): ApiPath<String>,
+    ApiJson(definition): ApiJson<ProductDefinition>,
 ) -> Result<(StatusCode, Json<CreatedProduct>), Problem> {
     caller.need(Scope::Write)?;
     let now = crate::unix_now();

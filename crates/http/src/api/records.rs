@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{Api, Body, Caller, Path, Problem, Query, page_size};
+use super::{Api, ApiJson, ApiPath, ApiQuery, Caller, Problem, page_size};
 
 pub(super) fn routes() -> OpenApiRouter<Api> {
     OpenApiRouter::new()
@@ -125,7 +125,7 @@ pub(crate) async fn page(
 pub(crate) async fn list_audit(
     State(api): State<Api>,
     caller: Caller,
-    Query(q): Query<AuditQuery>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<AuditPage>, Problem> {
     caller.need(Scope::Read)?;
     let limit = page_size(q.limit, 100)?;
@@ -163,7 +163,7 @@ pub(crate) struct RegistrationQuery {
 pub(crate) async fn recent_registrations(
     State(api): State<Api>,
     caller: Caller,
-    Query(q): Query<RegistrationQuery>,
+    ApiQuery(q): ApiQuery<RegistrationQuery>,
 ) -> Result<Json<AuditPage>, Problem> {
     caller.need(Scope::Read)?;
     let limit = page_size(q.limit, 100)?;
@@ -251,7 +251,7 @@ pub(crate) async fn registration_stream(
     State(api): State<Api>,
     caller: Caller,
     headers: HeaderMap,
-    Query(q): Query<StreamQuery>,
+    ApiQuery(q): ApiQuery<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
     caller.need(Scope::Read)?;
     let resume = headers
@@ -375,7 +375,7 @@ pub(crate) async fn list_tokens(
 pub(crate) async fn create_token(
     State(api): State<Api>,
     caller: Caller,
-    Body(body): Body<NewTokenBody>,
+    ApiJson(body): ApiJson<NewTokenBody>,
 ) -> Result<(StatusCode, Json<CreatedToken>), Problem> {
     caller.need(Scope::Admin)?;
     let scope: Scope = body.scope.parse().map_err(Problem::from)?;
@@ -404,7 +404,7 @@ pub(crate) async fn create_token(
 pub(crate) async fn revoke_token(
     State(api): State<Api>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<TokenView>, Problem> {
     caller.need(Scope::Admin)?;
     let now = crate::unix_now();

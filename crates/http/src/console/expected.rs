@@ -3,19 +3,17 @@
 //! list (all, or those not registered yet) and removal. Over the admin API's handlers,
 //! like every page.
 
-use axum::Form;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use maud::html;
 use serde::Deserialize;
 
-use super::pages::{Flash, act, flash, html, or_page};
-use super::{Refused, Session, enc, time_el};
+use super::forms::{Flash, csv_upload, flash, form_action, html, or_page};
+use super::{Posted, Refused, SignedIn, enc, time_el};
 use crate::api::expected::{self as exp, ExpectedQuery};
 use crate::api::products as prod;
-use crate::api::{Api, Path};
+use crate::api::{Api, ApiPath, ApiQuery};
 use dynreg_store::Scope;
 
 /// The page's query: the flash message and which devices to list.
@@ -30,14 +28,14 @@ pub(crate) struct ExpectedPageQuery {
 }
 
 pub(crate) async fn page(
-    s: Session,
+    s: SignedIn,
     State(api): State<Api>,
-    axum::extract::Path(pid): axum::extract::Path<String>,
+    Path(pid): Path<String>,
     Query(q): Query<ExpectedPageQuery>,
 ) -> Result<Response, Refused> {
     let p = or_page(
         &s,
-        prod::show_product(State(api.clone()), s.caller.clone(), Path(pid.clone())).await,
+        prod::show_product(State(api.clone()), s.caller.clone(), ApiPath(pid.clone())).await,
     )?
     .0;
     let waiting = q.waiting.unwrap_or(false);
@@ -46,8 +44,8 @@ pub(crate) async fn page(
         exp::list_expected(
             State(api),
             s.caller.clone(),
-            Path(pid.clone()),
-            crate::api::Query(ExpectedQuery {
+            ApiPath(pid.clone()),
+            ApiQuery(ExpectedQuery {
                 waiting: Some(waiting),
                 after: q.after.clone(),
                 limit: Some(100),
@@ -123,32 +121,27 @@ pub(crate) async fn page(
 }
 
 /// The CSV uploaded by the page's script (the API's `{"listed_now", "listed"}` back);
-/// see [`super::pages::csv_upload`].
+/// see [`super::forms::csv_upload`].
 pub(crate) async fn upload(
-    s: Session,
     State(api): State<Api>,
-    axum::extract::Path(pid): axum::extract::Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    Path(pid): Path<String>,
+    Posted(s, body): Posted<Bytes>,
 ) -> Response {
-    let upload = exp::upload_expected(State(api), s.caller.clone(), Path(pid), body);
-    super::pages::csv_upload(&s, &headers, upload).await
+    let upload = exp::upload_expected(State(api), s.caller.clone(), ApiPath(pid), body);
+    csv_upload(upload).await
 }
 
 pub(crate) async fn remove(
-    s: Session,
     State(api): State<Api>,
-    axum::extract::Path((pid, unique)): axum::extract::Path<(String, String)>,
-    Form(f): Form<super::pages::CsrfForm>,
+    Path((pid, unique)): Path<(String, String)>,
+    Posted(s, _): Posted<Bytes>,
 ) -> Response {
     let to = format!("/products/{}/expected", enc(&pid));
     let done = format!("{unique} removed from the list.");
-    act(
-        &s,
-        &f.csrf,
+    form_action(
         &to,
         &done,
-        exp::remove_expected(State(api), s.caller.clone(), Path((pid, unique))),
+        exp::remove_expected(State(api), s.caller.clone(), ApiPath((pid, unique))),
     )
     .await
 }

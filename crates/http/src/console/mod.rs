@@ -6,40 +6,39 @@
 //! - **Every action is the admin API's**: a page calls the API's handler for it (the
 //!   same scope check, validation, store operation and audit line), and renders its
 //!   answer; the console decides nothing of its own.
-//! - **Signing in** takes an API token. The session cookie (`dynreg_session`) holds
-//!   the token itself, `HttpOnly`, `SameSite=Strict`, `Path=/`, for 12 hours, and
-//!   `Secure` when the request came over TLS (a proxy's `X-Forwarded-Proto: https`).
-//!   The token is checked against the store on every request, so a revoked token ends
-//!   its sessions at once.
-//! - **CSRF**: every form carries `HMAC-SHA256(token, "dynreg console csrf")`, checked
-//!   on every POST (on top of `SameSite=Strict`); a session without the token cannot
-//!   compute it.
-//! - The API accepts the session cookie for reading requests only (GET, HEAD): the
-//!   dashboard's live registrations come from `GET /api/v1/registrations/stream`.
+//! - **Signing in** takes an API token, which the session cookie then holds; which
+//!   credentials authenticate a request (token, cookie, CSRF token) is
+//!   [`crate::auth`]'s, shared with the API.
+//! - **CSRF**: every request that changes something is taken as [`Posted`], which
+//!   refuses it (403) unless it carries the session's CSRF token, before its form is
+//!   read; a handler that takes only [`SignedIn`] refuses anything but GET and HEAD.
+//!   So a new form cannot forget the check.
+//! - **Pages** mirror the API's modules: `products`, `pools`, `devices`, `expected`,
+//!   `audit`, `tokens`, plus `sign_in`, `dashboard`, and `forms` (what they share).
 //! - A read token sees no button it cannot use.
 
+mod audit;
+mod dashboard;
+mod devices;
 mod expected;
-mod pages;
-
-use std::fmt::Write as _;
+mod forms;
+mod pools;
+mod products;
+mod sign_in;
+mod tokens;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hmac::{Hmac, Mac};
 use maud::{DOCTYPE, Markup, html};
-use sha2::Sha256;
 
 use crate::api::{Api, Caller, Problem};
+use crate::auth;
 use dynreg_store::Scope;
-
-/// The session cookie's name.
-pub(crate) const COOKIE: &str = "dynreg_session";
-/// How long a session cookie lasts, seconds.
-const SESSION_SECS: u64 = 12 * 3600;
 /// The largest CSV the console's uploads take (the API's limit: a pool or a list of
 /// millions).
 const MAX_UPLOAD_BYTES: usize = 512 * 1024 * 1024;
@@ -47,27 +46,30 @@ const MAX_UPLOAD_BYTES: usize = 512 * 1024 * 1024;
 /// The console's routes (at `/`).
 pub fn router(api: Api) -> Router {
     Router::new()
-        .route("/", get(pages::dashboard))
-        .route("/sign-in", get(pages::sign_in_form).post(pages::sign_in))
-        .route("/sign-out", post(pages::sign_out))
+        .route("/", get(dashboard::dashboard))
+        .route(
+            "/sign-in",
+            get(sign_in::sign_in_form).post(sign_in::sign_in),
+        )
+        .route("/sign-out", post(sign_in::sign_out))
         .route(
             "/products",
-            get(pages::products).post(pages::create_product),
+            get(products::products).post(products::create_product),
         )
         .route(
             "/products/{pid}",
-            get(pages::product).post(pages::update_product),
+            get(products::product).post(products::update_product),
         )
-        .route("/products/{pid}/enable", post(pages::enable_product))
-        .route("/products/{pid}/disable", post(pages::disable_product))
-        .route("/products/{pid}/rotate", post(pages::rotate_secret))
-        .route("/products/{pid}/retire", post(pages::retire_secret))
-        .route("/products/{pid}/generate", post(pages::generate_pool))
+        .route("/products/{pid}/enable", post(products::enable_product))
+        .route("/products/{pid}/disable", post(products::disable_product))
+        .route("/products/{pid}/rotate", post(products::rotate_secret))
+        .route("/products/{pid}/retire", post(products::retire_secret))
+        .route("/products/{pid}/generate", post(pools::generate_pool))
         .route(
             "/products/{pid}/import",
-            post(pages::import_pool).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
+            post(pools::import_pool).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
         )
-        .route("/products/{pid}/withdraw", post(pages::withdraw))
+        .route("/products/{pid}/withdraw", post(pools::withdraw))
         .route(
             "/products/{pid}/expected",
             get(expected::page)
@@ -78,14 +80,17 @@ pub fn router(api: Api) -> Router {
             "/products/{pid}/expected/{unique}/remove",
             post(expected::remove),
         )
-        .route("/products/{pid}/pool.csv", get(pages::export_pool))
-        .route("/devices", get(pages::devices))
-        .route("/devices/{pid}/{unique}", get(pages::device))
-        .route("/devices/{pid}/{unique}/revoke", post(pages::revoke_device))
-        .route("/devices/{pid}/{unique}/reset", post(pages::reset_device))
-        .route("/audit", get(pages::audit))
-        .route("/tokens", get(pages::tokens).post(pages::create_token))
-        .route("/tokens/{name}/revoke", post(pages::revoke_token))
+        .route("/products/{pid}/pool.csv", get(pools::export_pool))
+        .route("/devices", get(devices::devices))
+        .route("/devices/{pid}/{unique}", get(devices::device))
+        .route(
+            "/devices/{pid}/{unique}/revoke",
+            post(devices::revoke_device),
+        )
+        .route("/devices/{pid}/{unique}/reset", post(devices::reset_device))
+        .route("/audit", get(audit::audit))
+        .route("/tokens", get(tokens::tokens).post(tokens::create_token))
+        .route("/tokens/{name}/revoke", post(tokens::revoke_token))
         .route("/console/app.css", get(css))
         .route("/console/app.js", get(js))
         .layer(axum::middleware::map_response(secure_headers))
@@ -133,29 +138,11 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// The token of the session cookie, if the request has one.
-pub(crate) fn session_token(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| {
-            let (name, value) = c.trim().split_once('=')?;
-            (name == COOKIE && !value.is_empty()).then(|| value.to_owned())
-        })
-}
-
-/// The CSRF token of a session: HMAC-SHA256 of a fixed text keyed by its API token.
-fn csrf_of(token: &str) -> String {
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(token.as_bytes()).expect("HMAC takes any key");
-    mac.update(b"dynreg console csrf");
-    dynreg_store::admin::hex(&mac.finalize().into_bytes())
-}
-
-/// A signed-in operator.
-pub(crate) struct Session {
+/// A signed-in operator: the session cookie's token, valid now. Taken by the pages
+/// that only read (GET, HEAD); a request that changes something is taken as
+/// [`Posted`], which checks its CSRF token first, and a handler that takes
+/// `SignedIn` for any other method refuses every request.
+pub(crate) struct SignedIn {
     /// The API caller its token makes.
     pub(crate) caller: Caller,
     /// The CSRF token its forms carry.
@@ -164,22 +151,34 @@ pub(crate) struct Session {
     pub(crate) tls: bool,
 }
 
-impl Session {
+impl SignedIn {
     /// Whether the token's scope allows `scope` (buttons it does not are not shown).
     pub(crate) fn can(&self, scope: Scope) -> bool {
         self.caller.token.scope.allows(scope)
     }
 
-    /// Refuses a form whose CSRF token is not this session's.
-    pub(crate) fn check(&self, csrf: &str) -> Result<(), Refused> {
-        if subtle::ConstantTimeEq::ct_eq(csrf.as_bytes(), self.csrf.as_bytes()).into() {
-            Ok(())
-        } else {
-            Err(Refused::from(self.page_problem(&Problem::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "the form's CSRF token is not this session's: reload the page and try again",
-            ))))
+    /// The page refusing a request without this session's CSRF token.
+    fn csrf_refused(&self) -> Response {
+        self.page_problem(&Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the form's CSRF token is not this session's: reload the page and try again",
+        ))
+    }
+
+    /// The signed-in operator of `parts`, or the sign-in page.
+    async fn authenticate(parts: &Parts, api: &Api) -> Result<Self, Response> {
+        let Some(token) = auth::session_token(&parts.headers) else {
+            return Err(to_sign_in(&parts.uri, false));
+        };
+        match Caller::of_token(api, &token, auth::origin(parts)).await {
+            Ok(caller) => Ok(Self {
+                caller,
+                csrf: auth::csrf_of(&token),
+                tls: auth::came_over_tls(&parts.headers),
+            }),
+            Err(p) if p.status == StatusCode::UNAUTHORIZED => Err(to_sign_in(&parts.uri, true)),
+            Err(p) => Err(p.into_response()),
         }
     }
 
@@ -275,31 +274,63 @@ impl IntoResponse for Refused {
     }
 }
 
-/// Whether the request came over TLS: the server itself speaks plain HTTP, so only
-/// a TLS proxy's `X-Forwarded-Proto: https` says so.
-pub(crate) fn came_over_tls(headers: &HeaderMap) -> bool {
-    headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("https"))
-}
-
-impl FromRequestParts<Api> for Session {
+impl FromRequestParts<Api> for SignedIn {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, Response> {
-        let Some(token) = session_token(&parts.headers) else {
-            return Err(to_sign_in(&parts.uri, false));
-        };
-        match Caller::of_token(api, &token, crate::api::origin(parts)).await {
-            Ok(caller) => Ok(Self {
-                caller,
-                csrf: csrf_of(&token),
-                tls: came_over_tls(&parts.headers),
-            }),
-            Err(p) if p.status == StatusCode::UNAUTHORIZED => Err(to_sign_in(&parts.uri, true)),
-            Err(p) => Err(p.into_response()),
+        let s = Self::authenticate(parts, api).await?;
+        if parts.method.is_safe() {
+            Ok(s)
+        } else {
+            Err(s.csrf_refused())
         }
+    }
+}
+
+/// The header in which a page's script sends the CSRF token with an upload.
+const CSRF_HEADER: &str = "x-csrf-token";
+
+/// A request that changes something, from a signed-in operator's own page: taken only
+/// when it carries the session's CSRF token, in the form's `csrf` field or, for an
+/// upload by a page's script (`data-upload` in app.js), in the `x-csrf-token` header.
+/// `B` is the rest of the request: a `Form<F>` or the uploaded `Bytes`. A console
+/// handler that changes something takes this, so it cannot forget the check.
+pub(crate) struct Posted<B>(pub(crate) SignedIn, pub(crate) B);
+
+impl<B> FromRequest<Api> for Posted<B>
+where
+    B: FromRequest<Api, Rejection: IntoResponse>,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: Request, api: &Api) -> Result<Self, Response> {
+        let (parts, body) = req.into_parts();
+        let s = SignedIn::authenticate(&parts, api).await?;
+        let header = parts
+            .headers
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let (req, presented) = match header {
+            Some(h) => (Request::from_parts(parts, body), h),
+            None => {
+                let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), api)
+                    .await
+                    .map_err(IntoResponse::into_response)?;
+                let field = form_urlencoded::parse(&bytes)
+                    .find(|(k, _)| k == "csrf")
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default();
+                (Request::from_parts(parts, bytes.into()), field)
+            }
+        };
+        if !auth::csrf_matches(&presented, &s.csrf) {
+            return Err(s.csrf_refused());
+        }
+        let b = B::from_request(req, api)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self(s, b))
     }
 }
 
@@ -310,18 +341,9 @@ fn to_sign_in(uri: &Uri, clear: bool) -> Response {
     let mut r = see_other(&format!("/sign-in?next={}", enc(back)));
     if clear {
         r.headers_mut()
-            .insert(header::SET_COOKIE, cookie("", 0, false));
+            .insert(header::SET_COOKIE, auth::session_cookie("", false));
     }
     r
-}
-
-/// The `Set-Cookie` value of a session cookie holding `token` for `secs`.
-fn cookie(token: &str, secs: u64, secure: bool) -> HeaderValue {
-    let secure = if secure { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!(
-        "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={secs}{secure}"
-    ))
-    .unwrap_or_else(|_| HeaderValue::from_static("dynreg_session=; Path=/; Max-Age=0"))
 }
 
 /// `303 See Other` to `to`.
@@ -344,17 +366,16 @@ pub(crate) fn back_to(to: &str, result: Result<String, Problem>) -> Response {
     }
 }
 
+/// The bytes [`enc`] leaves as they are: RFC 3986's unreserved characters.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Percent-encodes a query value or a path segment.
 pub(crate) fn enc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(text, UNRESERVED).to_string()
 }
 
 /// Unix seconds as RFC 3339 UTC.
@@ -375,13 +396,4 @@ pub(crate) fn no_store(markup: Markup) -> Response {
         axum::response::Html(markup.into_string()),
     )
         .into_response()
-}
-
-/// The session cookie's `Set-Cookie` after signing in or out.
-pub(crate) fn session_cookie(token: &str, tls: bool) -> HeaderValue {
-    if token.is_empty() {
-        cookie("", 0, tls)
-    } else {
-        cookie(token, SESSION_SECS, tls)
-    }
 }

@@ -27,7 +27,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{Answer, Backoff, WorkerConfig, pause, random_tag};
+use crate::{Answer, WorkerConfig, pause, random_tag};
+use dynreg_registrar::pace::Backoff;
 
 /// The exchange RabbitMQ's MQTT plugin uses.
 pub const EXCHANGE: &str = "amq.topic";

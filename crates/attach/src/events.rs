@@ -1,6 +1,6 @@
 //! Device events published to the broker (attached mode, `serve --broker-events`).
 //!
-//! The outbox's deliverer (`dynreg-http`'s `webhook::run`) hands each event to
+//! The outbox's deliverer (`dynreg-http`'s `outbox::run`) hands each event to
 //! [`BrokerEvents`] as to the webhook: in order per device, at least once, retried
 //! with backoff. Each event is published as its JSON document (the webhook's body) on
 //! the topic `{prefix}/{pid}/{kind}` with the kind's `.` written as `/`, e.g.

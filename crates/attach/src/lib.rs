@@ -18,7 +18,7 @@
 //! Delivery is at least once: a request is acked only after its reply went out, so a
 //! worker that dies first leaves it to be redelivered (registration is idempotent; the
 //! device gets the same triplet). A lost broker connection is retried with backoff
-//! ([`Backoff`]), and the queue or subscription is set up again on every connection.
+//! ([`dynreg_registrar::pace::Backoff`]), and the queue or subscription is set up again on every connection.
 
 pub mod amqp;
 pub mod events;
@@ -26,7 +26,7 @@ pub mod mqtt;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use dynreg_registrar::{Device, Registrar, Store};
 use tokio_util::sync::CancellationToken;
@@ -268,10 +268,9 @@ impl<S: Store> Answer for Registrar<S> {
         device: Device<'_>,
         payload: &[u8],
     ) -> Option<Vec<u8>> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let handled = self.register_payload(now, device, payload).await;
+        let handled = self
+            .register_payload(dynreg_proto::unix_now(), device, payload)
+            .await;
         handled.log(&via, device);
         handled.reply.map(|r| r.to_json())
     }
@@ -289,41 +288,6 @@ pub async fn run<A: Answer>(
     match target {
         Target::Amqp(url) => amqp::run(&url, answer, &config, stop).await,
         Target::Mqtt(m) => mqtt::run(&m, answer, &config, stop).await,
-    }
-}
-
-/// Exponential backoff between reconnects: 100 ms doubling to 10 s, reset after a
-/// connection that worked.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const CAP: Duration = Duration::from_secs(10);
-
-    /// Starts at the first step.
-    pub fn new() -> Self {
-        Self { next: Self::FIRST }
-    }
-
-    /// The next delay, and doubles the one after (up to the cap).
-    pub fn step(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(Self::CAP);
-        d
-    }
-
-    /// Back to the first step.
-    pub fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -378,17 +342,5 @@ mod tests {
         assert!(e.contains("http") && !e.contains("secret"), "{e}");
         let e = Target::parse("mqtt://u:secret@x:port").unwrap_err();
         assert!(e.contains("port") && !e.contains("secret"), "{e}");
-    }
-
-    #[test]
-    fn backoff_doubles_to_the_cap() {
-        let mut b = Backoff::new();
-        let steps: Vec<_> = (0..9).map(|_| b.step().as_millis()).collect();
-        assert_eq!(
-            steps,
-            [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]
-        );
-        b.reset();
-        assert_eq!(b.step().as_millis(), 100);
     }
 }

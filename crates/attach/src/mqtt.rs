@@ -22,7 +22,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{Answer, Backoff, MqttTarget, SHARE_GROUP, WorkerConfig, pause, random_tag};
+use crate::{Answer, MqttTarget, SHARE_GROUP, WorkerConfig, pause, random_tag};
+use dynreg_registrar::pace::Backoff;
 
 /// The shared subscription every worker joins.
 pub fn share_filter() -> String {

@@ -16,7 +16,9 @@ mod mqtt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use dynreg_proto::unix_now;
 
 use bytes::Bytes;
 use dynreg_proto::credentials::{Credentials, SignMethod, sign};
@@ -134,12 +136,6 @@ impl Report {
     pub fn throughput(&self) -> f64 {
         self.completed as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// This process's CPU time (user + system), from /proc (Linux); `None` elsewhere.

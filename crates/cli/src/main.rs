@@ -14,9 +14,9 @@ mod output;
 mod progress;
 mod store;
 
+pub(crate) use dynreg_proto::unix_now;
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use dynreg_store::{KeySource, PgConfig, PgStore, SqliteConfig, SqliteStore};
@@ -284,15 +284,8 @@ pub(crate) fn audited<T>(
         &mut dynreg_registrar::AuditEntry,
     ) -> Result<T, dynreg_store::Error>,
 ) -> Result<T, dynreg_store::Error> {
-    let entry = actor().entry(now(), action, pid, target);
+    let entry = actor().entry(unix_now(), action, pid, target);
     dynreg_store::audited(&**store, entry, |o, e| work(o, e))
-}
-
-/// The current Unix time in seconds.
-pub(crate) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn main() {

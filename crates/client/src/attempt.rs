@@ -2,7 +2,7 @@
 //! topic, publish the request, wait for the reply, disconnect.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use dynreg_proto::credentials::{Credentials, sign};
 use dynreg_proto::{RegisterReply, RegisterRequest, Topic};
@@ -222,13 +222,6 @@ impl Registration {
             response_topic: Topic::response(&self.pid, unique).to_string(),
             request: request.to_json(),
         }
-    }
-
-    /// The ts to sign with: the current second, as the protocol says.
-    pub(crate) fn now() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
     }
 
     /// One attempt, bounded by the timeout, signed at `ts`.

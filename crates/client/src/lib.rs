@@ -417,7 +417,7 @@ impl Registration {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let result = me.attempt(Self::now()).await;
+            let result = me.attempt(dynreg_proto::unix_now()).await;
             let retry = match &result {
                 Ok(_) => None,
                 Err(e) => e.retry_after(),

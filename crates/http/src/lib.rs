@@ -12,7 +12,9 @@
 //! - `auth`: which credentials authenticate a request (API token, session cookie,
 //!   CSRF token), for the API and the console alike; they do not import each other's
 //!   rules (the console calls the API's handlers, never the other way).
-//! - [`webhook`]: delivery of the event outbox to the platform's webhook.
+//! - [`outbox`]: the deliverer of the event outbox to every destination, and the
+//!   events' format ([`outbox::event`]).
+//! - [`webhook`]: the platform's webhook, one destination of the outbox.
 //! - [`pools`]: the watch of the pools' low-water marks (`pool.low`).
 //! - `/healthz`: the process is up; `/readyz`: the store answers; `/metrics`:
 //!   Prometheus metrics ([`dynreg_registrar::metrics`]).
@@ -24,10 +26,13 @@ pub mod api;
 mod auth;
 pub mod console;
 pub mod hooks;
+pub mod outbox;
 pub mod pools;
 pub mod webhook;
 
 mod fields;
+
+pub(crate) use dynreg_proto::unix_now;
 
 use std::future::Future;
 use std::io;
@@ -70,10 +75,12 @@ pub fn router<S: Store>(
     auth: HookAuth,
     admin: Option<api::Api>,
 ) -> Router {
+    let metrics = registrar.metrics().clone();
     let mut router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .nest("/hooks", hooks::router(registrar, auth));
     if let Some(admin) = admin {
+        let admin = admin.with_metrics(metrics);
         router = router
             .route("/readyz", get(api::ready).with_state(admin.clone()))
             .route("/metrics", get(api::metrics).with_state(admin.clone()))
@@ -81,13 +88,6 @@ pub fn router<S: Store>(
             .merge(console::router(admin));
     }
     router
-}
-
-/// Unix seconds now (the hooks, the API and the webhook share it).
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// A bound HTTP server, not yet serving.

@@ -54,6 +54,16 @@ pub use message::{MessageError, RegisterReply, RegisterRequest, ReplyData, Reque
 pub use status::Status;
 pub use topic::{Topic, TopicError, TopicKind};
 
+/// The current Unix second: the `ts` a device signs, and the `now` every decision of
+/// dynreg's is given (the wire contract itself never reads a clock; with `std`, this is
+/// the one place the rest of dynreg reads it). 0 before 1970.
+#[cfg(feature = "std")]
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// The longest pid or unique accepted, in bytes (PROTOCOL.md section 2).
 pub const MAX_ID_LEN: usize = 64;
 

@@ -1,6 +1,6 @@
 //! Where device events go: the seam between the outbox's deliverer (`dynreg-http`'s
-//! `webhook` module) and its destinations (the webhook; in attached mode, the
-//! broker, in `dynreg-attach`).
+//! `outbox` module) and its destinations (the webhook; in attached mode, the broker,
+//! in `dynreg-attach`).
 //!
 //! The deliverer reads events from the store's outbox, keeps each device's in order,
 //! and hands every event to each [`Sink`] in turn; an event leaves the outbox when all

@@ -32,12 +32,13 @@ pub mod generate;
 pub mod memory;
 pub mod metrics;
 pub mod model;
+pub mod pace;
 pub mod rate;
 pub mod registrar;
 pub mod sharing;
 pub mod store;
 
-pub use auth::{AuthError, AuthPolicy, AuthStats, Authenticated, Connect};
+pub use auth::{AuthError, AuthPolicy, Authenticated, Connect};
 pub use ban::BanPolicy;
 pub use model::{
     Admission, AuditEntry, ExpectedDevice, MacRange, NewTriplet, PreviousSecret, Product,

@@ -1,11 +1,14 @@
-//! The process's Prometheus metrics: one registry every part of dynreg records into
-//! (the registrar, the store's writers, the MQTT endpoint, the broker hooks), read by
-//! `/metrics` ([`Metrics::encode`]).
+//! The Prometheus metrics of one registrar: one registry that every part of a
+//! `dynreg serve` records into (the registrar, the store's writers, the MQTT
+//! endpoint, the broker hooks, the outbox), read by `/metrics` ([`Metrics::encode`]).
+//! Each [`crate::Registrar`] owns one ([`crate::Registrar::metrics`]) and hands it to
+//! its store ([`crate::Store::record_into`]) and to whatever serves it, so a test
+//! reads the counts of its own registrar.
 //!
 //! Recording costs a few atomic operations (a label lookup under a read lock for the
 //! families), so it stays on the registration path.
 
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -63,6 +66,8 @@ pub struct Metrics {
     pub registration_seconds: Histogram,
     /// `dynreg_connect_refusals_total{cause}`.
     pub connect_refusals: Family<CauseLabel, Counter>,
+    /// `dynreg_bans_total`: addresses banned after too many refused CONNECTs.
+    pub bans: Counter,
     /// `dynreg_shared_credentials_total{pid}`: CONNECTs served whose seed credential
     /// another unique of the product presented before (PROTOCOL.md section 2).
     pub shared_credentials: Family<PidLabel, Counter>,
@@ -95,18 +100,20 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-/// The process's metrics.
-pub fn metrics() -> &'static Metrics {
-    static METRICS: OnceLock<Metrics> = OnceLock::new();
-    METRICS.get_or_init(Metrics::new)
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
-    fn new() -> Self {
+    /// Every metric at zero, registered.
+    pub fn new() -> Self {
         let m = Self {
             registrations: Family::default(),
             registration_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 14)),
             connect_refusals: Family::default(),
+            bans: Counter::default(),
             shared_credentials: Family::default(),
             hook_calls: Family::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
@@ -134,6 +141,11 @@ impl Metrics {
                 "connect_refusals",
                 "CONNECTs refused, by cause",
                 m.connect_refusals.clone(),
+            );
+            r.register(
+                "bans",
+                "Addresses banned after too many refused CONNECTs (their failing CONNECTs are answered banned)",
+                m.bans.clone(),
             );
             r.register(
                 "shared_credentials",

@@ -20,26 +20,26 @@
 //!
 //! The reply is produced only after the transaction is durably committed. A storage
 //! failure is answered with `InternalError` or `TemporarilyUnavailable` and logged with
-//! its cause, once per burst ([`ErrorLog`]).
+//! its cause, once per burst ([`LogThrottle`]).
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::future::Future;
+use std::sync::Arc;
 
 use dynreg_proto::{RegisterReply, RegisterRequest, ReplyData, Status};
 use tracing::{error, info};
 
-use crate::auth::{AuthCounters, AuthPolicy};
-use crate::ban::Bans;
+use crate::auth::{AuthError, AuthPolicy, Authenticated, Connect, ConnectGate, Directory};
 use crate::cache::{ExpectedCache, ProductCache};
 use crate::generate;
+use crate::metrics::Metrics;
 use crate::model::SecretMatch;
 use crate::model::{
     Admission, AuditEntry, ExpectedDevice, NewTriplet, Product, ReregPolicy, SourceMode, Triplet,
     TripletId, TripletState,
 };
+use crate::pace::LogThrottle;
 use crate::rate::RateLimiter;
-use crate::sharing::SharedCredentials;
 use crate::store::{Intent, Store, StoreError, StoreErrorKind, Tx};
 
 /// An authenticated device identity: the pid and unique of its clientId.
@@ -99,40 +99,10 @@ impl Handled {
     }
 }
 
-/// Storage failures are logged with their cause once per burst: the first one, then at
-/// most one line per [`ErrorLog::QUIET_SECS`] saying how many more there were. A disk
-/// that fills up under load would otherwise write a line per registration.
-#[derive(Debug, Default)]
-pub struct ErrorLog {
-    /// (Unix second of the last line, failures not logged since).
-    state: Mutex<(u64, u64)>,
-    total: AtomicU64,
-}
-
-impl ErrorLog {
-    /// Seconds between two log lines of one burst.
-    pub const QUIET_SECS: u64 = 10;
-
-    /// Records a failure at `now`; returns `Some(suppressed)` when it should be logged
-    /// (with how many went unlogged since the last line).
-    pub fn record(&self, now: u64) -> Option<u64> {
-        self.total.fetch_add(1, Ordering::Relaxed);
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let (last, suppressed) = *s;
-        if last == 0 || now >= last + Self::QUIET_SECS {
-            *s = (now, 0);
-            Some(suppressed)
-        } else {
-            s.1 += 1;
-            None
-        }
-    }
-
-    /// Storage failures seen since start.
-    pub fn total(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
-    }
-}
+/// At most one log line per this of storage failures, saying how many more there
+/// were: a disk that fills up under load would otherwise write a line per
+/// registration.
+const STORE_ERROR_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The most products the per-product rate limiter tracks at once.
 const MAX_RATE_KEYS: usize = 100_000;
@@ -150,11 +120,12 @@ pub struct Registrar<S> {
     products: Arc<ProductCache>,
     /// Expected-device lookups of products that admit listed devices only.
     expected: Arc<ExpectedCache>,
-    pub(crate) bans: Bans,
-    pub(crate) auth_counters: AuthCounters,
-    store_errors: ErrorLog,
-    /// The record of seed credentials and the uniques that presented them.
-    pub(crate) shared: SharedCredentials,
+    /// The CONNECT decision, with its bans and record of seed credentials.
+    gate: ConnectGate,
+    /// Storage failures, logged once per burst.
+    store_errors: LogThrottle,
+    /// What this registrar, its store and its servers count.
+    metrics: Arc<Metrics>,
 }
 
 impl<S: Store> Registrar<S> {
@@ -182,16 +153,17 @@ impl<S: Store> Registrar<S> {
                 cache.clear();
             }
         }));
+        let metrics = Arc::new(Metrics::new());
+        store.record_into(metrics.clone());
         Self {
             products,
             expected,
             store,
             per_pid: RateLimiter::new(0, MAX_RATE_KEYS),
             epoch: std::time::Instant::now(),
-            bans: Bans::new(policy.ban),
-            auth_counters: AuthCounters::default(),
-            store_errors: ErrorLog::default(),
-            shared: SharedCredentials::default(),
+            gate: ConnectGate::new(policy, metrics.clone()),
+            store_errors: LogThrottle::new(STORE_ERROR_LOG_EVERY),
+            metrics,
         }
     }
 
@@ -224,7 +196,7 @@ impl<S: Store> Registrar<S> {
                 }
             }
             Err(e) => {
-                crate::metrics::metrics()
+                self.metrics
                     .registration(Status::MalformedRequest.code(), started.elapsed());
                 Handled {
                     reply: Some(RegisterReply::failure(
@@ -258,7 +230,7 @@ impl<S: Store> Registrar<S> {
         let started = std::time::Instant::now();
         let decided = self.decide(now, device, request).await;
         let code = decided.as_ref().map_or_else(|s| s.code(), |_| 0);
-        crate::metrics::metrics().registration(code, started.elapsed());
+        self.metrics.registration(code, started.elapsed());
         match decided {
             Ok(r) => (
                 RegisterReply::success(
@@ -287,6 +259,29 @@ impl<S: Store> Registrar<S> {
             .map_err(|e| self.store_failure(now, &e))
     }
 
+    /// Decides whether a CONNECT is allowed at `now` (Unix seconds): see
+    /// [`crate::auth`].
+    pub async fn authenticate(&self, now: u64, c: Connect<'_>) -> Result<Authenticated, AuthError> {
+        self.gate.authenticate(self, now, c).await
+    }
+
+    /// Whether `ip` is banned at `now` (its failing CONNECTs are answered "banned";
+    /// its valid ones are served all the same).
+    pub fn is_banned(&self, ip: std::net::IpAddr, now: u64) -> bool {
+        self.gate.is_banned(ip, now)
+    }
+
+    /// The CONNECT policy in force.
+    pub fn auth_policy(&self) -> AuthPolicy {
+        self.gate.policy()
+    }
+
+    /// The metrics this registrar, its store and the servers in front of it record
+    /// into (`/metrics`).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The product `pid` through the cache.
     pub(crate) async fn lookup(&self, pid: &str) -> Result<Option<Arc<Product>>, StoreError> {
         self.products.get(pid, || self.store.product(pid)).await
@@ -312,7 +307,7 @@ impl<S: Store> Registrar<S> {
             e if e.kind() == StoreErrorKind::Unavailable => Status::TemporarilyUnavailable,
             _ => Status::InternalError,
         };
-        if let Some(suppressed) = self.store_errors.record(now) {
+        if let Some(suppressed) = self.store_errors.hit(now.saturating_mul(1000)) {
             error!(
                 error = %e,
                 res = status.code(),
@@ -580,12 +575,30 @@ fn claim_barcode(
     Ok(Ok(()))
 }
 
+impl<S: Store> Directory for Registrar<S> {
+    fn product(
+        &self,
+        pid: &str,
+    ) -> impl Future<Output = Result<Option<Arc<Product>>, StoreError>> + Send {
+        self.lookup(pid)
+    }
+
+    fn expected(
+        &self,
+        pid: &str,
+        unique: &str,
+    ) -> impl Future<Output = Result<Option<Arc<ExpectedDevice>>, StoreError>> + Send {
+        Registrar::expected(self, pid, unique)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::conformance::{Fixture, product};
     use crate::memory::MemoryStore;
     use std::io::Write;
+    use std::sync::Mutex;
 
     /// A store whose disk is full.
     struct Full(MemoryStore);

@@ -269,6 +269,13 @@ pub trait Store: Send + Sync + 'static {
         let _ = listener;
     }
 
+    /// Records the store's own measures (its group commits' sizes and durations) into
+    /// `metrics`, the registrar's ([`crate::Registrar::metrics`]); the first registrar
+    /// over a store gives them. By default a store records nothing.
+    fn record_into(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = metrics;
+    }
+
     /// Runs `work` as one atomic unit and resolves once it is durably committed (or
     /// rolled back, when `work` returns `Err`). `work` may be called more than once,
     /// its writes rolled back in between; the result of the last call is returned.
@@ -302,6 +309,10 @@ impl<S: Store> Store for Arc<S> {
 
     fn on_product_change(&self, listener: ProductListener) {
         (**self).on_product_change(listener);
+    }
+
+    fn record_into(&self, metrics: Arc<crate::metrics::Metrics>) {
+        (**self).record_into(metrics);
     }
 
     fn transact<T, F>(

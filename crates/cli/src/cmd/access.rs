@@ -4,7 +4,7 @@ use clap::Subcommand;
 use dynreg_store::{AuditFilter, Scope, TokenInfo};
 use serde_json::{Value, json};
 
-use crate::{Global, Open, Usage, actor, audited, now, output};
+use crate::{Global, Open, Usage, actor, audited, output, unix_now};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TokenCmd {
@@ -51,7 +51,7 @@ pub(crate) fn token(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
             let by = actor().name;
             let (info, token) = audited(&store, "token.created", "", &name, |ops, e| {
                 e.detail = format!(r#"{{"scope":"{scope}"}}"#);
-                ops.create_token(&name, scope, &by, now())
+                ops.create_token(&name, scope, &by, unix_now())
             })?;
             if g.json {
                 let mut v = token_json(&info);
@@ -87,7 +87,7 @@ pub(crate) fn token(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
         }
         TokenCmd::Revoke { name } => {
             let info = audited(&store, "token.revoked", "", &name, |ops, _| {
-                ops.revoke_token(&name, now())
+                ops.revoke_token(&name, unix_now())
             })?;
             if g.json {
                 output::json(&token_json(&info))?;
@@ -142,7 +142,7 @@ pub(crate) fn audit(g: &Global, cmd: AuditCmd) -> anyhow::Result<()> {
     } = cmd;
     let since = since
         .as_deref()
-        .map(|s| output::parse_time(s, now()))
+        .map(|s| output::parse_time(s, unix_now()))
         .transpose()
         .map_err(|e| Usage(format!("--since: {e}")))?;
     let store = g.open(Open::Existing)?;

@@ -16,7 +16,7 @@ use crate::cmd::pool::{CsvOut, report_written};
 use crate::progress::Bar;
 use dynreg_store::admin::{DeviceAction, act_on_device};
 
-use crate::{Global, Open, Usage, actor, audited, now, output};
+use crate::{Global, Open, Usage, actor, audited, output, unix_now};
 use dynreg_store::HistoryEntry;
 
 #[derive(Debug, Subcommand)]
@@ -200,7 +200,7 @@ pub(crate) fn run(g: &Global, cmd: DeviceCmd) -> anyhow::Result<()> {
         } => {
             let since = since
                 .as_deref()
-                .map(|s| output::parse_time(s, now()))
+                .map(|s| output::parse_time(s, unix_now()))
                 .transpose()
                 .map_err(|e| Usage(format!("--since: {e}")))?;
             let list = store.list_devices(&DeviceFilter {
@@ -324,7 +324,7 @@ pub(crate) fn run(g: &Global, cmd: DeviceCmd) -> anyhow::Result<()> {
                 DeviceAction::Revoke,
                 &pid,
                 &unique,
-                now(),
+                unix_now(),
             )?;
             if g.json {
                 output::json(&json!({ "pid": pid, "unique": unique, "revoked": true }))?;
@@ -333,7 +333,14 @@ pub(crate) fn run(g: &Global, cmd: DeviceCmd) -> anyhow::Result<()> {
             }
         }
         DeviceCmd::Reset { pid, unique } => {
-            act_on_device(&*store, &actor(), DeviceAction::Reset, &pid, &unique, now())?;
+            act_on_device(
+                &*store,
+                &actor(),
+                DeviceAction::Reset,
+                &pid,
+                &unique,
+                unix_now(),
+            )?;
             if g.json {
                 output::json(&json!({ "pid": pid, "unique": unique, "reset": true }))?;
             } else {
@@ -344,7 +351,7 @@ pub(crate) fn run(g: &Global, cmd: DeviceCmd) -> anyhow::Result<()> {
         }
         DeviceCmd::BulkLoad { pid, count, start } => {
             let bar = Bar::new("loading", count);
-            let n = store.bulk_load(&pid, start, count, now(), &|n| bar.set(n))?;
+            let n = store.bulk_load(&pid, start, count, unix_now(), &|n| bar.set(n))?;
             bar.finish();
             if g.json {
                 output::json(&json!({ "pid": pid, "loaded": n }))?;

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::progress::Bar;
 use crate::store::Backend;
-use crate::{Global, actor, audited, now, output};
+use crate::{Global, actor, audited, output, unix_now};
 
 /// `device expect`: lists the devices of `file` for `pid`.
 pub(crate) fn expect(g: &Global, store: &Backend, pid: &str, file: &Path) -> anyhow::Result<()> {
@@ -19,13 +19,13 @@ pub(crate) fn expect(g: &Global, store: &Backend, pid: &str, file: &Path) -> any
     let reader = std::fs::File::open(file).with_context(|| format!("cannot read {name}"))?;
     let bar = Arc::new(Bar::new("listing", 0));
     let b = bar.clone();
-    let entry = actor().entry(now(), expected_csv::UPLOADED, pid, "");
+    let entry = actor().entry(unix_now(), expected_csv::UPLOADED, pid, "");
     let (n, listed) = expected_csv::upload(
         &**store,
         pid,
         std::io::BufReader::new(reader),
         &name,
-        now(),
+        unix_now(),
         entry,
         move |done, total| {
             b.set_total(total);

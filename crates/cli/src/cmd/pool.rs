@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::outfile::OutFile;
 use crate::progress::Bar;
-use crate::{Global, Open, Usage, audited, now, output};
+use crate::{Global, Open, Usage, audited, output, unix_now};
 
 /// The factory CSV header.
 pub(crate) const CSV_HEADER: [&str; 4] = dynreg_store::factory_csv::HEADER;
@@ -242,7 +242,7 @@ pub(crate) fn run(g: &Global, cmd: PoolCmd) -> anyhow::Result<()> {
                     &pid,
                     count,
                     &barcode_prefix,
-                    now(),
+                    unix_now(),
                     Arc::new(move |n| b.set(n)),
                 )
             })?;
@@ -356,7 +356,11 @@ pub(crate) fn run(g: &Global, cmd: PoolCmd) -> anyhow::Result<()> {
             }
             let withdrawn = audited(&store, "pool.withdrawn", &pid, "", |ops, e| {
                 e.detail = format!(r#"{{"count":{}}}"#, found.len());
-                ops.withdraw(&pid, found.iter().map(|w| w.uuid.clone()).collect(), now())
+                ops.withdraw(
+                    &pid,
+                    found.iter().map(|w| w.uuid.clone()).collect(),
+                    unix_now(),
+                )
             })?;
             if g.json {
                 output::json(&json!({

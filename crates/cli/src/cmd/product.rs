@@ -11,7 +11,7 @@ use dynreg_store::{NewProduct, PoolStats, ProductDefinition, ProductSummary, Pro
 use serde_json::{Value, json};
 
 use crate::outfile::OutFile;
-use crate::{Global, Open, Usage, audited, now, output};
+use crate::{Global, Open, Usage, audited, output, unix_now};
 
 /// The grace period of `rotate-secret` when `--grace` is not given: 90 days.
 ///
@@ -250,7 +250,7 @@ fn summary_fields(p: &ProductSummary) -> Vec<(&'static str, String)> {
             "previous secret",
             match p.previous_secret_until {
                 None => "-".into(),
-                Some(t) if t > now() => format!("works until {}", output::time(t)),
+                Some(t) if t > unix_now() => format!("works until {}", output::time(t)),
                 Some(t) => format!("retired {}", output::time(t)),
             },
         ),
@@ -305,7 +305,7 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
                 low_water,
             };
             let p = audited(&store, "product.created", "", "", |ops, e| {
-                let p = ops.create_product(new, now())?;
+                let p = ops.create_product(new, unix_now())?;
                 e.pid.clone_from(&p.pid);
                 Ok(p)
             })?;
@@ -419,7 +419,7 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
         ProductCmd::Enable { pid } => set_enabled(g, &store, &pid, true)?,
         ProductCmd::Disable { pid } => set_enabled(g, &store, &pid, false)?,
         ProductCmd::RotateSecret { pid, grace } => {
-            let at = now();
+            let at = unix_now();
             let secret = audited(&store, "product.secret_rotated", &pid, "", |ops, e| {
                 e.detail = format!(r#"{{"grace":{grace}}}"#);
                 ops.rotate_secret(&pid, grace, at)
@@ -451,7 +451,7 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
         }
         ProductCmd::RetireSecret { pid } => {
             audited(&store, "product.secret_retired", &pid, "", |ops, _| {
-                ops.retire_secret(&pid, now())
+                ops.retire_secret(&pid, unix_now())
             })?;
             if g.json {
                 output::json(&json!({ "pid": pid, "previous_secret_retired": true }))?;
@@ -538,7 +538,7 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
                 .with_context(|| format!("{name} is not a `dynreg product export` file"))?;
             let pid = pid.unwrap_or_else(|| def.pid.clone());
             let (p, generated) = audited(&store, "product.imported", &pid, "", |ops, _| {
-                def.import(ops, Some(pid.clone()), now())
+                def.import(ops, Some(pid.clone()), unix_now())
             })
             .with_context(|| format!("{name}"))?;
             print_created(g, &p, generated)?;

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::cmd::pool::CsvOut;
 use crate::progress::Bar;
-use crate::{Global, Usage, now, output};
+use crate::{Global, Usage, output, unix_now};
 
 /// Exit codes of `dynreg register`.
 pub(crate) mod exit {
@@ -337,7 +337,7 @@ pub(crate) fn run(g: &Global, args: &RegisterArgs) -> anyhow::Result<i32> {
                         secret: t.secret.clone(),
                         mac: t.mac.clone(),
                         host: r.host_value().to_owned(),
-                        registered_at: now(),
+                        registered_at: unix_now(),
                     },
                 )?;
             }

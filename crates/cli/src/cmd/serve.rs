@@ -23,7 +23,7 @@ use tracing::info;
 use crate::logging::LogGuard;
 
 use crate::config::{self, Setting};
-use crate::{Global, Open, now};
+use crate::{Global, Open, unix_now};
 
 /// Options of `dynreg serve`. Each also comes from `dynreg.toml` (see
 /// `dynreg.example.toml`); defaults are given there and in docs/configuration.md.
@@ -535,7 +535,7 @@ fn demo(store: &Backend, listen: SocketAddr) -> anyhow::Result<()> {
                     quota: None,
                     low_water: None,
                 },
-                now(),
+                unix_now(),
             )?;
             p.pid
         }
@@ -546,7 +546,7 @@ fn demo(store: &Backend, listen: SocketAddr) -> anyhow::Result<()> {
             "demo product {pid} is disabled: the command below is refused (CONNECT not authorized) until `dynreg product enable {pid}`\n"
         );
     }
-    let ts = now();
+    let ts = unix_now();
     let unique = format!("demo{}", ts % 100_000);
     let creds = Credentials {
         pid: &pid,
@@ -689,14 +689,15 @@ pub(crate) fn run(g: &Global, args: &ServeArgs) -> anyhow::Result<()> {
             // Blocking calls are fine here: this future runs on the thread that
             // called `block_on`, not on a worker.
             ops.set_outbox(true)?;
-            let delivery = dynreg_http::webhook::Delivery {
+            let delivery = dynreg_http::outbox::Delivery {
                 destinations: events,
                 holder: format!("{}:{}", crate::actor().origin, std::process::id()),
                 include_secrets,
+                metrics: registrar.metrics().clone(),
             };
             let stop = stop.clone();
             tasks.spawn(async move {
-                dynreg_http::webhook::run(ops, delivery, stop).await;
+                dynreg_http::outbox::run(ops, delivery, stop).await;
                 anyhow::Ok(())
             });
             to

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use dynreg_proto::RegisterReply;
+use dynreg_proto::unix_now;
+use dynreg_registrar::metrics::Metrics;
 use dynreg_registrar::{AuthError, Connect, Device, Registrar, Store};
 use rmqtt_codec::error::DecodeError;
 use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
@@ -20,7 +22,7 @@ use tokio::sync::watch;
 use tokio_util::codec::{Decoder, Encoder};
 use tracing::{debug, info, warn};
 
-use super::{EndpointConfig, OUT_HIGH_WATER, elapsed_ms, unix_now};
+use super::{EndpointConfig, OUT_HIGH_WATER, elapsed_ms};
 use crate::limit::PendingSlot;
 use crate::session::{Action, CloseReason, RefusalCause, Session, SessionConfig};
 use crate::wire::{self, Advertised, Out, Version};
@@ -59,18 +61,18 @@ enum Flushed {
 }
 
 /// Counts an open connection in `dynreg_open_connections` while it lives.
-struct OpenConnection;
+struct OpenConnection<'a>(&'a Metrics);
 
-impl OpenConnection {
-    fn count() -> Self {
-        dynreg_registrar::metrics::metrics().open_connections.inc();
-        Self
+impl<'a> OpenConnection<'a> {
+    fn count(metrics: &'a Metrics) -> Self {
+        metrics.open_connections.inc();
+        Self(metrics)
     }
 }
 
-impl Drop for OpenConnection {
+impl Drop for OpenConnection<'_> {
     fn drop(&mut self) {
-        dynreg_registrar::metrics::metrics().open_connections.dec();
+        self.0.open_connections.dec();
     }
 }
 
@@ -97,7 +99,7 @@ impl<S: Store> Conn<'_, S> {
         slot: PendingSlot,
     ) {
         let mut slot = Some(slot);
-        let _open = OpenConnection::count();
+        let _open = OpenConnection::count(self.shared.registrar.metrics());
         let config = &*self.shared.config;
         let epoch = self.shared.epoch;
         let peer = self.peer;

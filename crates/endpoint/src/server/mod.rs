@@ -34,9 +34,10 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::time::{Duration, Instant};
+
+use dynreg_registrar::pace::LogThrottle;
 use dynreg_registrar::rate::RateLimiter;
 use dynreg_registrar::{Registrar, Store};
 use tokio::net::TcpListener;
@@ -140,41 +141,9 @@ pub const RESERVED_FILES: u64 = REFUSAL_SLOTS as u64 + 128;
 /// written to it: a client that sends without reading cannot grow its output buffer.
 pub const OUT_HIGH_WATER: usize = 64 * 1024;
 
-/// Logs a warning at most once per `every` ms, counting the events in between.
-#[derive(Debug, Default)]
-struct Throttle {
-    last_ms: AtomicU64,
-    since: AtomicU64,
-}
-
-impl Throttle {
-    /// Counts an event at `now_ms`; `Some(events since the last line)` when it is time
-    /// for a line.
-    fn hit(&self, now_ms: u64, every: u64) -> Option<u64> {
-        let n = self.since.fetch_add(1, Ordering::Relaxed) + 1;
-        let last = self.last_ms.load(Ordering::Relaxed);
-        if (last == 0 || now_ms >= last + every)
-            && self
-                .last_ms
-                .compare_exchange(last, now_ms.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.since.store(0, Ordering::Relaxed);
-            return Some(n);
-        }
-        None
-    }
-}
-
 /// Whether an accept error means the process or the system is out of descriptors.
 fn out_of_files(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(23 | 24)) // ENFILE, EMFILE
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl<S: Store> Endpoint<S> {
@@ -223,8 +192,8 @@ impl<S: Store> Endpoint<S> {
         let connections = Connections::new(self.config.max_connections, REFUSAL_SLOTS);
         let per_ip = RateLimiter::new(self.config.connections_per_ip_per_sec, 100_000);
         let pending = PendingPerIp::new(self.config.pending_per_ip_cap());
-        let pending_refused = Throttle::default();
-        let fd_exhausted = Throttle::default();
+        let pending_refused = LogThrottle::new(Duration::from_secs(5));
+        let fd_exhausted = LogThrottle::new(Duration::from_secs(5));
         // Freed when accept fails for want of descriptors, to accept and close the
         // connection waiting in the backlog; taken again afterwards.
         let mut reserve = std::fs::File::open("/dev/null").ok();
@@ -251,8 +220,8 @@ impl<S: Store> Endpoint<S> {
             let (stream, peer) = match accepted {
                 Ok(a) => a,
                 Err(e) if out_of_files(&e) => {
-                    if let Some(n) = fd_exhausted.hit(elapsed_ms(shared.epoch), 5_000) {
-                        warn!(error = %e, times = n, "accept failed: out of file descriptors; shedding waiting connections (lower max_connections or raise the open-file limit)");
+                    if let Some(n) = fd_exhausted.hit(elapsed_ms(shared.epoch)) {
+                        warn!(error = %e, times = n + 1, "accept failed: out of file descriptors; shedding waiting connections (lower max_connections or raise the open-file limit)");
                     }
                     let listener = match &tls {
                         Some(_) => self.tls.as_ref().map(|(l, _)| l),
@@ -280,8 +249,8 @@ impl<S: Store> Endpoint<S> {
                 }
             };
             let Some(slot) = pending.enter(peer.ip()) else {
-                if let Some(n) = pending_refused.hit(elapsed_ms(shared.epoch), 5_000) {
-                    warn!(%peer, limit = self.config.pending_per_ip_cap(), closed = n, "connections closed at accept: too many from this address that have not sent their CONNECT yet");
+                if let Some(n) = pending_refused.hit(elapsed_ms(shared.epoch)) {
+                    warn!(%peer, limit = self.config.pending_per_ip_cap(), closed = n + 1, "connections closed at accept: too many from this address that have not sent their CONNECT yet");
                 }
                 drop(stream);
                 continue;

@@ -31,6 +31,7 @@ use axum::extract::{FromRequestParts, Request};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dynreg_registrar::AuditEntry;
+use dynreg_registrar::metrics::Metrics;
 use dynreg_store::{Operator, Scope};
 use utoipa::Modify;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -47,6 +48,8 @@ pub type Ops = Arc<dyn Operator + Send + Sync>;
 pub struct Api {
     pub(crate) ops: Ops,
     pub(crate) public_metrics: bool,
+    /// What `/metrics` and the dashboard read: the registrar's.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Api {
@@ -63,7 +66,16 @@ impl Api {
         Self {
             ops,
             public_metrics: false,
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Reads `metrics` (the registrar's, [`dynreg_registrar::Registrar::metrics`]) at
+    /// `/metrics` and on the dashboard; [`crate::router`] gives the registrar's.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Serves `/metrics` to anyone who reaches the address (a Prometheus without a
@@ -233,7 +245,7 @@ pub async fn metrics(
         }
     }
     let pools = api.run(|ops| ops.free_triplets()).await;
-    let m = dynreg_registrar::metrics::metrics();
+    let m = &api.metrics;
     match pools {
         Ok(pools) => m.set_pools(pools),
         Err(p) => return p.into_response(),

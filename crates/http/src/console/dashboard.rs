@@ -42,7 +42,7 @@ pub(crate) async fn dashboard(s: SignedIn, State(api): State<Api>) -> Result<Res
         .iter()
         .filter(|p| p.pool.expected_waiting > 0)
         .collect();
-    let refusals = dynreg_registrar::metrics::metrics().refusals();
+    let refusals = api.metrics.refusals();
     let body = html! {
         h1 { "Dashboard" }
         section aria-labelledby="rate-h" {

@@ -77,7 +77,7 @@ async fn authn<S: Store>(State(registrar): State<Arc<Registrar<S>>>, f: Fields) 
     }
 }
 
-async fn authz<S: Store>(State(_): State<Arc<Registrar<S>>>, f: Fields) -> Response {
+async fn authz<S: Store>(State(registrar): State<Arc<Registrar<S>>>, f: Fields) -> Response {
     let client_id = f.get("clientid").unwrap_or_default();
     let topic = f.get("topic").unwrap_or_default();
     let action = match f.get("action") {
@@ -101,6 +101,7 @@ async fn authz<S: Store>(State(_): State<Arc<Registrar<S>>>, f: Fields) -> Respo
         .get("retain")
         .is_some_and(|r| matches!(r.trim(), "true" | "1"));
     match topic_access(
+        registrar.metrics(),
         "emqx",
         client_id,
         f.get("username"),

@@ -35,6 +35,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use dynreg_proto::credentials::{CLIENT_ID_PREFIX, ClientId, Username};
 use dynreg_proto::{Topic, TopicKind};
+use dynreg_registrar::metrics::Metrics;
 use dynreg_registrar::{AuthError, Authenticated, Connect, Registrar, Store};
 use subtle::ConstantTimeEq;
 
@@ -218,7 +219,9 @@ pub fn access(
 }
 
 /// [`access`] for `broker`'s topic hook, counted in `dynreg_hook_calls_total`.
+#[allow(clippy::too_many_arguments)] // the hook's fields, and where to count it
 pub(crate) fn topic_access(
+    metrics: &Metrics,
     broker: &'static str,
     client_id: &str,
     username: Option<&str>,
@@ -233,7 +236,7 @@ pub(crate) fn topic_access(
         Verdict::Deny(_) => "deny",
         Verdict::Ignore => "ignore",
     };
-    dynreg_registrar::metrics::metrics().hook_call(broker, "topic", result);
+    metrics.hook_call(broker, "topic", result);
     verdict
 }
 
@@ -263,7 +266,7 @@ async fn authenticate<S: Store>(
         Err(AuthError::Store(_)) => "error",
         Err(_) => "deny",
     };
-    dynreg_registrar::metrics::metrics().hook_call(hook, "connect", result);
+    registrar.metrics().hook_call(hook, "connect", result);
     match &decided {
         Ok(_) => tracing::debug!(hook, client_id, "CONNECT allowed"),
         Err(AuthError::Store(e)) => {

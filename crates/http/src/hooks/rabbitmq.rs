@@ -46,7 +46,7 @@ pub(super) fn router<S: Store>() -> Router<Arc<Registrar<S>>> {
         .route("/rabbitmq/user", get(user::<S>).post(user::<S>))
         .route("/rabbitmq/vhost", get(vhost).post(vhost))
         .route("/rabbitmq/resource", get(resource).post(resource))
-        .route("/rabbitmq/topic", get(topic).post(topic))
+        .route("/rabbitmq/topic", get(topic::<S>).post(topic::<S>))
 }
 
 fn allow() -> Response {
@@ -142,7 +142,7 @@ async fn resource(f: Fields) -> Response {
     }
 }
 
-async fn topic(f: Fields) -> Response {
+async fn topic<S: Store>(State(registrar): State<Arc<Registrar<S>>>, f: Fields) -> Response {
     let client_id = f
         .get("variable_map.client_id")
         .or_else(|| f.get("client_id"))
@@ -163,6 +163,7 @@ async fn topic(f: Fields) -> Response {
     // a topic of the device's own, and `Topic::is_own` refuses both.
     let mqtt_topic = key.replace('.', "/").replace('*', "+");
     match topic_access(
+        registrar.metrics(),
         "rabbitmq",
         client_id,
         f.get("username"),

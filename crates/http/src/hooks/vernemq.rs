@@ -60,7 +60,16 @@ async fn hook<S: Store>(
     }
     let username = text(&body, "username");
     let verdict = |action: Action, topic: &str, q: u8, retain: bool| {
-        topic_access("vernemq", client_id, username, action, topic, q, retain)
+        topic_access(
+            registrar.metrics(),
+            "vernemq",
+            client_id,
+            username,
+            action,
+            topic,
+            q,
+            retain,
+        )
     };
     match hook.strip_suffix("_m5").unwrap_or(&hook) {
         "auth_on_register" => {

@@ -1319,6 +1319,10 @@ impl Store for PgStore {
         self.inner.listeners.add(listener);
     }
 
+    fn record_into(&self, metrics: Arc<dynreg_registrar::metrics::Metrics>) {
+        let _ = self.inner.counters.metrics.set(metrics);
+    }
+
     fn transact<T, F>(
         &self,
         intent: Option<Intent>,

@@ -121,6 +121,9 @@ pub(crate) struct Counters {
     pub(crate) jobs: AtomicU64,
     /// Batches that had to run again with savepoints because a job failed.
     pub(crate) reruns: AtomicU64,
+    /// Where each batch's size and duration are recorded: the first registrar's
+    /// metrics ([`dynreg_registrar::Store::record_into`]).
+    pub(crate) metrics: std::sync::OnceLock<std::sync::Arc<dynreg_registrar::metrics::Metrics>>,
 }
 
 /// Runs batches from a job source on one connection.
@@ -193,7 +196,9 @@ impl Batcher<'_> {
             if let Some(d) = deferred.as_mut() {
                 d.settle(ok && outcome.is_ok());
             }
-            dynreg_registrar::metrics::metrics().batch(batch.len(), started.elapsed());
+            if let Some(m) = self.counters.metrics.get() {
+                m.batch(batch.len(), started.elapsed());
+            }
             self.finish(&mut batch, outcome);
         }
     }

@@ -358,6 +358,10 @@ impl Store for SqliteStore {
         self.inner.listeners.add(listener);
     }
 
+    fn record_into(&self, metrics: Arc<dynreg_registrar::metrics::Metrics>) {
+        let _ = self.inner.writer.counters().metrics.set(metrics);
+    }
+
     fn transact<T, F>(
         &self,
         intent: Option<Intent>,

@@ -287,8 +287,7 @@ fn mqtt_connection(m: &MqttTarget) -> Result<Conn, String> {
         options.set_credentials(user.clone(), m.password.clone().unwrap_or_default());
     }
     if m.tls {
-        let transport = dynreg_client::tls_transport(&dynreg_client::Tls::SystemRoots)
-            .map_err(|e| format!("TLS: {e}"))?;
+        let transport = crate::tls_transport().map_err(|e| format!("TLS: {e}"))?;
         options.set_transport(transport);
     }
     let (client, events) = AsyncClient::new(options, 8);

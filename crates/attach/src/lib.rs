@@ -28,6 +28,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dynreg_net::url::{Url, redact};
 use dynreg_registrar::{Device, Registrar, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -85,107 +86,34 @@ impl fmt::Display for Target {
     }
 }
 
-/// `url` with the password of its user info replaced by `***`.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let hidden = if userinfo.contains(':') { ":***" } else { "" };
-            format!("{scheme}://{user}{hidden}@{host}{path}")
-        }
-        None => url.to_owned(),
-    }
-}
-
-/// Decodes `%XX` escapes (user names and passwords in URLs).
-fn percent_decode(s: &str) -> Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad %-escape at byte {i}"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "not UTF-8 once %-decoded".to_owned())
-}
-
 impl Target {
     /// Parses an `--attach` URL; the error names the URL (without its password).
     pub fn parse(url: &str) -> Result<Self, String> {
         let shown = redact(url);
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
-            format!("--attach {shown}: not a URL (amqp://, amqps://, mqtt:// or mqtts://)")
+        let bad = |why: &dyn fmt::Display| format!("--attach {shown}: {why}");
+        let parsed = Url::parse(url).map_err(|e| {
+            bad(&format_args!(
+                "not a URL (amqp://, amqps://, mqtt:// or mqtts://): {e}"
+            ))
         })?;
-        match scheme.to_ascii_lowercase().as_str() {
+        match parsed.scheme() {
             "amqp" | "amqps" => Ok(Self::Amqp(url.to_owned())),
             s @ ("mqtt" | "mqtts") => {
                 let tls = s == "mqtts";
-                let authority = rest.split('/').next().unwrap_or_default();
-                let (userinfo, hostport) = match authority.rsplit_once('@') {
-                    Some((u, h)) => (Some(u), h),
-                    None => (None, authority),
-                };
-                let (username, password) = match userinfo {
-                    Some(u) => {
-                        let (user, pass) = match u.split_once(':') {
-                            Some((a, b)) => (a, Some(b)),
-                            None => (u, None),
-                        };
-                        let dec = |x: &str| {
-                            percent_decode(x)
-                                .map_err(|e| format!("--attach {shown}: user info: {e}"))
-                        };
-                        (Some(dec(user)?), pass.map(dec).transpose()?)
-                    }
-                    None => (None, None),
-                };
-                let default_port = if tls { 8883 } else { 1883 };
-                let (host, port_text) = match hostport.strip_prefix('[') {
-                    Some(v6) => {
-                        let (h, rest) = v6.split_once(']').ok_or_else(|| {
-                            format!("--attach {shown}: no `]` after the IPv6 host")
-                        })?;
-                        (h, rest.strip_prefix(':'))
-                    }
-                    None => match hostport.rsplit_once(':') {
-                        Some((h, p)) => (h, Some(p)),
-                        None => (hostport, None),
-                    },
-                };
-                let port = match port_text {
-                    Some(p) => p
-                        .parse::<u16>()
-                        .map_err(|_| format!("--attach {shown}: port \"{p}\" is not a number"))?,
-                    None => default_port,
-                };
-                if host.is_empty() {
-                    return Err(format!("--attach {shown}: no host"));
-                }
+                let host = dynreg_net::url::host(&parsed).ok_or_else(|| bad(&"no host"))?;
+                let (username, password) =
+                    dynreg_net::url::userinfo(&parsed).map_err(|e| bad(&e))?;
                 Ok(Self::Mqtt(MqttTarget {
-                    host: host.to_owned(),
-                    port,
+                    host,
+                    port: parsed.port().unwrap_or(if tls { 8883 } else { 1883 }),
                     tls,
                     username,
                     password,
                 }))
             }
-            other => Err(format!(
-                "--attach {shown}: scheme \"{other}\" is not amqp, amqps, mqtt or mqtts"
-            )),
+            other => Err(bad(&format_args!(
+                "scheme \"{other}\" is not amqp, amqps, mqtt or mqtts"
+            ))),
         }
     }
 }
@@ -291,6 +219,14 @@ pub async fn run<A: Answer>(
     }
 }
 
+/// The rumqttc transport of an `mqtts://` broker: TLS trusting the system's roots.
+fn tls_transport() -> Result<rumqttc::Transport, dynreg_net::tls::TlsError> {
+    let config = dynreg_net::tls::client_config(dynreg_net::tls::Roots::System)?;
+    Ok(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)),
+    ))
+}
+
 /// Sleeps `d` unless `stop` comes first; false when stopped.
 async fn pause(d: Duration, stop: &CancellationToken) -> bool {
     tokio::select! {
@@ -303,7 +239,7 @@ async fn pause(d: Duration, stop: &CancellationToken) -> bool {
 fn random_tag() -> String {
     let mut b = [0u8; 6];
     let _ = getrandom::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(b)
 }
 
 #[cfg(test)]

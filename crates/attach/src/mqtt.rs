@@ -52,7 +52,7 @@ pub(crate) async fn run<A: Answer>(
         options.set_credentials(user.clone(), target.password.clone().unwrap_or_default());
     }
     if target.tls {
-        match dynreg_client::tls_transport(&dynreg_client::Tls::SystemRoots) {
+        match crate::tls_transport() {
             Ok(t) => {
                 options.set_transport(t);
             }

@@ -86,19 +86,8 @@ impl TlsClient {
     /// The error (kind `InvalidInput`) says which of the two is unusable.
     pub fn new(ca_pem: &[u8], host: &str) -> std::io::Result<Self> {
         let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
-        use rustls_pki_types::pem::PemObject;
-        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
-            roots
-                .add(cert.map_err(|e| bad(format!("CA: {e}")))?)
-                .map_err(|e| bad(format!("CA: {e}")))?;
-        }
-        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| bad(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config = dynreg_net::tls::client_config(dynreg_net::tls::Roots::Pem(ca_pem))
+            .map_err(|e| bad(format!("CA: {e}")))?;
         let server_name = ServerName::try_from(host.to_owned())
             .map_err(|e| bad(format!("server name {host}: {e}")))?;
         Ok(Self {

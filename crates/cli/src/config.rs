@@ -172,7 +172,10 @@ pub(crate) fn address(
         .map_err(|e| anyhow::anyhow!("{key} = \"{text}\" is not an address like 0.0.0.0:1883: {e}"))
 }
 
-/// Parses an address setting that may be `off`, naming the key otherwise.
+/// Parses a listening address setting, the one grammar of every such key
+/// (`mqtt.listen`, `http_listen`): `off`, an address (`0.0.0.0:1883`, `[::1]:1883`),
+/// or a bare port, which binds loopback (`8080` is `127.0.0.1:8080`). The flag's value
+/// wins over the file's; neither gives `default`. The error names the key.
 pub(crate) fn address_or_off(
     key: &str,
     cli: Option<&str>,
@@ -182,11 +185,20 @@ pub(crate) fn address_or_off(
     let Some(text) = cli.or(file) else {
         return Ok(default);
     };
-    if text.trim().eq_ignore_ascii_case("off") {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
-    text.trim().parse().map(Some).map_err(|e| {
-        anyhow::anyhow!("{key} = \"{text}\" is neither `off` nor an address like 0.0.0.0:1883: {e}")
+    if let Ok(port) = t.parse::<u16>() {
+        return Ok(Some(SocketAddr::from((
+            std::net::Ipv4Addr::LOCALHOST,
+            port,
+        ))));
+    }
+    t.parse().map(Some).map_err(|e| {
+        anyhow::anyhow!(
+            "{key} = \"{text}\" is not `off`, a port, or an address like 0.0.0.0:1883: {e}"
+        )
     })
 }
 
@@ -273,6 +285,14 @@ mod tests {
         assert_eq!(
             address_or_off("mqtt.listen", Some("off"), Some("1.2.3.4:5"), None).unwrap(),
             None
+        );
+        assert_eq!(
+            address_or_off("http_listen", None, Some("8080"), None).unwrap(),
+            Some("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(
+            address_or_off("http_listen", Some(" [::1]:9000 "), None, None).unwrap(),
+            Some("[::1]:9000".parse().unwrap())
         );
         assert!(
             address_or_off("mqtt.listen", None, Some("x"), None)

@@ -20,39 +20,25 @@ struct Wire {
     request: Vec<u8>,
 }
 
-/// The rumqttc transport for `tls`: the given CA, or the system's roots. Public as
-/// [`crate::tls_transport`] for dynreg's other MQTT clients (the attach worker).
-pub fn transport(tls: &Tls) -> Result<Transport, Error> {
-    // rustls needs a process-wide provider; installing it twice is harmless.
-    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
-    let ca = match tls {
-        Tls::CaPem(pem) => pem.clone(),
-        Tls::CaFile(path) => std::fs::read(path)
-            .map_err(|e| Error::Invalid(format!("cannot read CA file {}: {e}", path.display())))?,
-        Tls::SystemRoots => {
-            let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-            let found = rustls_native_certs::load_native_certs();
-            for cert in found.certs {
-                let _ = roots.add(cert);
-            }
-            if roots.is_empty() {
-                return Err(Error::Invalid(
-                    "no system root certificates found; give a CA file".into(),
-                ));
-            }
-            let config = tokio_rustls::rustls::ClientConfig::builder()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            return Ok(Transport::tls_with_config(TlsConfiguration::Rustls(
-                Arc::new(config),
-            )));
+/// The rumqttc transport for `tls`: the given CA, or the system's roots
+/// ([`dynreg_net::tls`]).
+pub(crate) fn transport(tls: &Tls) -> Result<Transport, Error> {
+    let pem;
+    let roots = match tls {
+        Tls::SystemRoots => dynreg_net::tls::Roots::System,
+        Tls::CaPem(p) => dynreg_net::tls::Roots::Pem(p),
+        Tls::CaFile(path) => {
+            pem = std::fs::read(path).map_err(|e| {
+                Error::Invalid(format!("cannot read CA file {}: {e}", path.display()))
+            })?;
+            dynreg_net::tls::Roots::Pem(&pem)
         }
     };
-    Ok(Transport::tls_with_config(TlsConfiguration::Simple {
-        ca,
-        alpn: None,
-        client_auth: None,
-    }))
+    let config =
+        dynreg_net::tls::client_config(roots).map_err(|e| Error::Invalid(e.to_string()))?;
+    Ok(Transport::tls_with_config(TlsConfiguration::Rustls(
+        Arc::new(config),
+    )))
 }
 
 /// Runs one exchange with a rumqttc client of either version (their APIs have the same

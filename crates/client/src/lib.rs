@@ -33,7 +33,6 @@
 //! set to `signatures = bound` takes only those.
 
 mod attempt;
-pub use attempt::transport as tls_transport;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -465,7 +464,7 @@ pub fn random_uuid() -> String {
     let _ = getrandom::fill(&mut b);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let h = hex::encode(b);
     format!(
         "{}-{}-{}-{}-{}",
         &h[..8],

@@ -20,7 +20,7 @@
 //!   Prometheus metrics ([`dynreg_registrar::metrics`]).
 //!
 //! The hooks may be protected by a token ([`HookAuth`]); without one they rely on the
-//! bind address, loopback by default ([`parse_listen`]).
+//! bind address (`dynreg serve --http-listen`: a bare port binds loopback).
 
 pub mod api;
 mod auth;
@@ -36,7 +36,7 @@ pub(crate) use dynreg_proto::unix_now;
 
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -45,27 +45,6 @@ use dynreg_registrar::{Registrar, Store};
 use tokio::net::TcpListener;
 
 pub use hooks::HookAuth;
-
-/// The port of the documented example address, `127.0.0.1:8080` (the server itself is
-/// off unless `--http-listen` is given).
-pub const DEFAULT_HTTP_PORT: u16 = 8080;
-
-/// Parses an `--http-listen` value: `off`, an address (`0.0.0.0:8080`, `[::1]:8080`),
-/// or a bare port, which binds loopback (`8080` is `127.0.0.1:8080`). `None` is off.
-pub fn parse_listen(text: &str) -> Result<Option<SocketAddr>, String> {
-    let t = text.trim();
-    if t.eq_ignore_ascii_case("off") {
-        return Ok(None);
-    }
-    if let Ok(port) = t.parse::<u16>() {
-        return Ok(Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)));
-    }
-    t.parse::<SocketAddr>().map(Some).map_err(|e| {
-        format!(
-            "\"{text}\" is not `off`, a port, or an address like 127.0.0.1:{DEFAULT_HTTP_PORT}: {e}"
-        )
-    })
-}
 
 /// The whole HTTP service: the hooks under `/hooks` (behind `auth`), the admin API
 /// under `/api/v1` when given, `/healthz` (the process is up) and `/readyz` (the store
@@ -122,28 +101,5 @@ impl HttpServer {
         )
         .with_graceful_shutdown(shutdown)
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn listen_values() {
-        assert_eq!(parse_listen("off").unwrap(), None);
-        assert_eq!(
-            parse_listen("8080").unwrap(),
-            Some("127.0.0.1:8080".parse().unwrap())
-        );
-        assert_eq!(
-            parse_listen("0.0.0.0:9000").unwrap(),
-            Some("0.0.0.0:9000".parse().unwrap())
-        );
-        let e = parse_listen("localhost").unwrap_err();
-        assert!(
-            e.contains("localhost") && e.contains("127.0.0.1:8080"),
-            "{e}"
-        );
     }
 }

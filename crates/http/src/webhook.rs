@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use dynreg_net::url::Url;
 use dynreg_registrar::events::{Event, SendFuture, Sink, SinkError, SinkFactory};
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
@@ -75,43 +76,32 @@ impl std::str::FromStr for WebhookUrl {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let bad = |why: &str| format!("\"{text}\" is not a webhook URL: {why}");
-        let (tls, rest) = if let Some(r) = text.strip_prefix("https://") {
-            (true, r)
-        } else if let Some(r) = text.strip_prefix("http://") {
-            (false, r)
-        } else {
-            return Err(bad("use http:// or https://"));
+        let bad = |why: &dyn fmt::Display| {
+            format!(
+                "\"{}\" is not a webhook URL: {why}",
+                dynreg_net::url::redact(text)
+            )
         };
-        let (authority, path) = match rest.find(['/', '?']) {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
+        let url = Url::parse(text).map_err(|e| bad(&e))?;
+        let tls = match url.scheme() {
+            "https" => true,
+            "http" => false,
+            _ => return Err(bad(&"use http:// or https://")),
         };
-        if authority.contains('@') {
+        if !url.username().is_empty() || url.password().is_some() {
             return Err(bad(
-                "no credentials in the URL: the webhook secret signs each request",
+                &"no credentials in the URL: the webhook secret signs each request",
             ));
         }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| bad("the port is not a number"))?,
-            ),
-            _ => (authority, if tls { 443 } else { 80 }),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(bad("no host"));
-        }
-        let path = if path.starts_with('?') {
-            format!("/{path}")
-        } else {
-            path.to_owned()
+        let host = dynreg_net::url::host(&url).ok_or_else(|| bad(&"no host"))?;
+        let port = url.port_or_known_default().ok_or_else(|| bad(&"no port"))?;
+        let path = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_owned(),
         };
         Ok(Self {
             tls,
-            host: host.to_owned(),
+            host,
             port,
             path,
         })
@@ -122,10 +112,7 @@ impl std::str::FromStr for WebhookUrl {
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key");
     mac.update(body);
-    format!(
-        "sha256={}",
-        dynreg_store::admin::hex(&mac.finalize().into_bytes())
-    )
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// The webhook as a destination of events: [`run`] keeps [`PARTITIONS`] keep-alive
@@ -247,19 +234,17 @@ impl Sink for Client {
 
 /// TLS to the webhook, checked against the system's roots.
 fn tls_connector() -> tokio_rustls::TlsConnector {
-    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
-        tokio_rustls::rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map(|b| b.with_root_certificates(roots).with_no_client_auth());
-    match config {
-        Ok(c) => tokio_rustls::TlsConnector::from(Arc::new(c)),
-        Err(e) => panic!("the ring provider supports the default TLS versions: {e}"),
-    }
+    // With no system roots, every https webhook fails its handshake, and says so.
+    let config =
+        dynreg_net::tls::client_config(dynreg_net::tls::Roots::System).unwrap_or_else(|e| {
+            tracing::warn!("webhook TLS: {e}");
+            tokio_rustls::rustls::ClientConfig::builder_with_provider(dynreg_net::tls::provider())
+                .with_safe_default_protocol_versions()
+                .expect("the ring provider supports the default TLS versions")
+                .with_root_certificates(tokio_rustls::rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        });
+    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use sha2::Sha256;
 
-use crate::{MAX_ID_LEN, hex, is_valid_id};
+use crate::{MAX_ID_LEN, is_valid_id};
 
 /// The fixed start of every registration clientId.
 pub const CLIENT_ID_PREFIX: &str = "register_";
@@ -494,7 +494,8 @@ pub fn sign(method: SignMethod, secret: &[u8], pid: &str, unique: &str, ts: u64)
         buf: [0; 64],
         len: 0,
     };
-    hex::encode_into(&raw[..n], &mut out.buf[..2 * n]);
+    // Twice the MAC's length, as given: cannot fail.
+    let _ = hex::encode_to_slice(&raw[..n], &mut out.buf[..2 * n]);
     // 2 * 32 at most: fits a u8.
     out.len = (2 * n) as u8;
     out
@@ -515,7 +516,7 @@ pub fn verify_password(
     let raw = &mut raw[..method.mac_len()];
     // The length and alphabet of the password are public; only its value is compared
     // in constant time, by `verify_slice`.
-    hex::decode_into(password, raw).ok_or(CredentialError::BadSignature)?;
+    hex::decode_to_slice(password, raw).map_err(|_| CredentialError::BadSignature)?;
     let unique = method.is_bound().then_some(unique);
     let ok = match method {
         SignMethod::HmacSha1 | SignMethod::HmacSha1Bound => {

@@ -42,7 +42,6 @@ extern crate alloc;
 extern crate std;
 
 pub mod credentials;
-mod hex;
 #[cfg(feature = "serde")]
 pub mod message;
 pub mod status;

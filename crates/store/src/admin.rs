@@ -737,7 +737,7 @@ pub trait Operator {
         now: u64,
     ) -> Result<(TokenInfo, String), Error> {
         validate_token_name(name)?;
-        let token = format!("{TOKEN_PREFIX}{}", hex(&generate::bytes::<32>()));
+        let token = format!("{TOKEN_PREFIX}{}", hex::encode(generate::bytes::<32>()));
         let info = self.insert_token(name, scope, &token_hash(&token), created_by, now)?;
         Ok((info, token))
     }
@@ -940,15 +940,6 @@ pub fn validate_import_batch(triplets: &mut [NewTriplet]) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-/// Lower-case hex of `bytes` (tokens, signatures).
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 fn printable(s: &str) -> bool {

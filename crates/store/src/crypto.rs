@@ -63,13 +63,8 @@ fn parse_hex_key(text: &str, origin: &str) -> Result<[u8; 32], Error> {
             "master key from {origin} is not 64 hex digits (32 bytes)"
         ))
     };
-    if t.len() != 64 {
-        return Err(bad());
-    }
     let mut key = [0u8; 32];
-    for (i, k) in key.iter_mut().enumerate() {
-        *k = u8::from_str_radix(t.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
-    }
+    hex::decode_to_slice(t, &mut key).map_err(|_| bad())?;
     Ok(key)
 }
 
@@ -172,11 +167,7 @@ impl MasterKey {
 
 /// Writes a new key file with mode 0600, refusing to overwrite one.
 fn write_key_file(path: &Path, key: &[u8; 32]) -> Result<(), Error> {
-    let mut hex = String::with_capacity(65);
-    for b in key {
-        hex.push_str(&format!("{b:02x}"));
-    }
-    hex.push('\n');
+    let hex = hex::encode(key) + "\n";
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]

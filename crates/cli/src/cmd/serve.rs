@@ -29,8 +29,8 @@ use crate::{Global, Open, unix_now};
 /// `dynreg.example.toml`); defaults are given there and in docs/configuration.md.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// The TCP address for MQTT, or `off` for no embedded endpoint (attached mode)
-    /// [default: 0.0.0.0:1883].
+    /// The TCP address for MQTT, a port (on 127.0.0.1), or `off` for no embedded
+    /// endpoint (attached mode) [default: 0.0.0.0:1883].
     #[arg(long, env = "DYNREG_LISTEN")]
     listen: Option<String>,
     /// The HTTP server (the web console at `/`, the admin API under `/api/v1`, the
@@ -183,12 +183,13 @@ fn resolve(g: &Global, args: &ServeArgs) -> anyhow::Result<Resolved> {
         file.mqtt.listen.as_deref(),
         Some(d.listen),
     )?;
-    let http = match args.http_listen.as_deref().or(file.http_listen.as_deref()) {
-        Some(text) => dynreg_http::parse_listen(text).map_err(|e| {
-            anyhow::anyhow!("http_listen: {e} (flag --http-listen, env DYNREG_HTTP_LISTEN)")
-        })?,
-        None => None,
-    };
+    let http = config::address_or_off(
+        "http_listen",
+        args.http_listen.as_deref(),
+        file.http_listen.as_deref(),
+        None,
+    )
+    .map_err(|e| anyhow::anyhow!("{e} (flag --http-listen, env DYNREG_HTTP_LISTEN)"))?;
     let hooks = match args.hook_token.as_deref().or(file.hook_token.as_deref()) {
         Some("") => bail!("hook_token is empty (flag --hook-token, env DYNREG_HOOK_TOKEN)"),
         Some(t) => HookAuth::token(t),

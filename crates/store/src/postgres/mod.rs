@@ -103,23 +103,8 @@ impl PgConfig {
 
 /// `url` without its password, for messages and logs.
 pub fn redact(url: &str) -> String {
-    // postgres://user:password@host/... -> postgres://user:***@host/...
-    if let Some(scheme_end) = url.find("://") {
-        let rest = &url[scheme_end + 3..];
-        let auth_end = rest.find('@');
-        let path_start = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = auth_end.filter(|&at| at < path_start) {
-            let auth = &rest[..at];
-            if let Some(colon) = auth.find(':') {
-                return format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &auth[..colon],
-                    &rest[at..]
-                );
-            }
-        }
-        return url.to_owned();
+    if url.contains("://") {
+        return dynreg_net::url::redact(url);
     }
     // key=value form: hide password=...
     url.split_whitespace()
@@ -361,8 +346,8 @@ fn tls_connector(
     ca_file: Option<&Path>,
 ) -> Result<tokio_postgres_rustls::MakeRustlsConnect, Error> {
     use tokio_rustls::rustls;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     if !verify {
+        let provider = dynreg_net::tls::provider();
         let config = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Config(format!("TLS for the database: {e}")))?
@@ -371,34 +356,16 @@ fn tls_connector(
             .with_no_client_auth();
         return Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config));
     }
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| Error::Config(format!("database CA file {}: {e}", path.display())))?;
-        let mut added = 0;
-        for cert in tokio_rustls::rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
-            let cert: tokio_rustls::rustls::pki_types::CertificateDer<'static> = cert
+    let config = match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
                 .map_err(|e| Error::Config(format!("database CA file {}: {e}", path.display())))?;
-            roots
-                .add(cert)
-                .map_err(|e| Error::Config(format!("database CA file {}: {e}", path.display())))?;
-            added += 1;
+            dynreg_net::tls::client_config(dynreg_net::tls::Roots::SystemAnd(&pem))
+                .map_err(|e| Error::Config(format!("database CA file {}: {e}", path.display())))?
         }
-        if added == 0 {
-            return Err(Error::Config(format!(
-                "database CA file {} holds no PEM certificate",
-                path.display()
-            )));
-        }
-    }
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Config(format!("TLS for the database: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        None => dynreg_net::tls::client_config(dynreg_net::tls::Roots::System)
+            .map_err(|e| Error::Config(format!("TLS for the database: {e}")))?,
+    };
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 

@@ -233,16 +233,16 @@ impl Global {
     /// Opens the store at `loc`.
     pub(crate) fn open_location(&self, loc: &StoreLocation, mode: Open) -> anyhow::Result<Backend> {
         if let Some(url) = &loc.database_url {
-            if loc.key == KeySource::DataDir {
-                return Err(anyhow::anyhow!(
-                    "a PostgreSQL store needs its master key from --master-key-file (master_key_file in the config file) or DYNREG_MASTER_KEY: there is no data dir to keep it in, and every instance on the database needs the same key"
-                ));
-            }
             let mut config = PgConfig::new(url.clone(), loc.key.clone());
             config.create = mode == Open::Create;
             config.ca_file.clone_from(&loc.database_ca_file);
             config.writers = loc.database_writers;
-            let store = PgStore::open(&config)?;
+            let store = PgStore::open(&config).map_err(|e| match e {
+                dynreg_store::Error::KeyNeeded => anyhow::anyhow!(
+                    "{e}: give --master-key-file (master_key_file in the config file) or DYNREG_MASTER_KEY"
+                ),
+                e => e.into(),
+            })?;
             let _ = OPENED.set(store.url().to_owned());
             return Ok(Backend::Postgres(store));
         }

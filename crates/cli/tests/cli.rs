@@ -119,7 +119,7 @@ fn reregistration_policy_and_quota() {
         (u["reregistration"].as_str(), u["quota"].as_u64()),
         (Some("window:90m"), Some(5))
     );
-    assert_eq!(u["reregistrations"], 0);
+    assert_eq!(u["pool"]["reregistrations"], 0);
     let u = json(d, &["product", "update", "lamp", "--no-quota"]);
     assert_eq!(u["quota"], Value::Null);
     let shown = ok(d, &["product", "show", "lamp"]);

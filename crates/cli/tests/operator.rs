@@ -916,8 +916,8 @@ fn expected_devices_are_listed_from_a_csv_shown_counted_and_removed() {
     let shown = json(&run(d, &["--json", "product", "show", "lst"]));
     assert_eq!(
         (
-            shown["expected"].as_u64(),
-            shown["expected_waiting"].as_u64()
+            shown["pool"]["expected"].as_u64(),
+            shown["pool"]["expected_waiting"].as_u64()
         ),
         (Some(2), Some(2)),
         "{shown}"

@@ -445,7 +445,10 @@ fn five_hundred_devices_signing_one_second_register_and_reregister_at_the_defaul
         ],
     ));
     assert_eq!(
-        (stats["devices"].as_u64(), stats["reregistrations"].as_u64()),
+        (
+            stats["pool"]["devices"].as_u64(),
+            stats["pool"]["reregistrations"].as_u64()
+        ),
         (Some(500), Some(500)),
         "{stats}"
     );

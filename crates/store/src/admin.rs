@@ -144,35 +144,66 @@ pub struct HistoryEntry {
     pub reset_at: u64,
 }
 
-/// A product without its secret, with its pool and device counts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A product without its secret, with its pool and device counts. Its JSON (the
+/// admin API's, the CLI's `--json`) is its fields, the settings in their text form
+/// and the counts under `pool`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = ProductView))]
 pub struct ProductSummary {
-    /// The pid.
+    /// The product id.
     pub pid: String,
-    /// The name.
+    /// Its name.
     pub name: String,
-    /// Whether registration is enabled.
+    /// Whether its devices may register.
     pub enabled: bool,
-    /// Where triplets come from.
+    /// Where triplets come from: `pool`, `generate` or `pool-then-generate`.
+    #[serde(serialize_with = "as_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub mode: SourceMode,
-    /// The MAC range, if any.
+    /// MAC addresses for generated triplets, `START-END`.
+    #[serde(serialize_with = "as_text_opt")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub mac_range: Option<MacRange>,
-    /// The ts window in seconds.
+    /// The CONNECT ts window, seconds.
     pub ts_window: u64,
-    /// The re-registration policy.
+    /// The re-registration policy: `always`, `never` or `window:DURATION`.
+    #[serde(rename = "reregistration", serialize_with = "as_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub rereg: ReregPolicy,
-    /// Which sign methods its devices may use.
+    /// Which sign methods its devices may use: `any`, or `bound` (the device-bound
+    /// `hmacSha1u` and `hmacSha256u` only).
+    #[serde(serialize_with = "as_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub signatures: Signatures,
-    /// Which uniques may CONNECT.
+    /// Which uniques may CONNECT: `open`, or `listed` (only the expected devices).
+    #[serde(serialize_with = "as_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub admission: Admission,
-    /// The most devices the product may bind, if limited.
+    /// The most devices it may bind.
     pub quota: Option<u64>,
-    /// When the previous secret's grace period ends (or ended), if a rotation left one.
+    /// When the previous secret's grace period ends (or ended), Unix seconds.
     pub previous_secret_until: Option<u64>,
-    /// Creation time, Unix seconds.
+    /// When it was created, Unix seconds.
     pub created_at: u64,
-    /// Triplet and device counts.
+    /// Its pool's and devices' counts.
+    #[serde(rename = "pool")]
     pub stats: PoolStats,
+}
+
+/// A setting in its text form (`Display`), as the config and the API write it.
+fn as_text<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// An optional setting in its text form.
+fn as_text_opt<T: std::fmt::Display, S: serde::Serializer>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
 }
 
 impl ProductSummary {
@@ -196,8 +227,10 @@ impl ProductSummary {
     }
 }
 
-/// Counts of a product's triplets and devices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Counts of a product's triplets and devices. Its JSON (the admin API's, the CLI's
+/// `--json`) is its fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = PoolView))]
 pub struct PoolStats {
     /// Triplets not yet handed out.
     pub free: u64,
@@ -217,6 +250,9 @@ pub struct PoolStats {
     pub reregistrations_refused: u64,
     /// The low-water mark of free triplets, if set (`pool.low` fires below it).
     pub low_water: Option<u64>,
+    /// Whether the pool is below its low-water mark ([`PoolStats::is_low`], which the
+    /// store applies when it counts).
+    pub low: bool,
     /// Devices listed in advance for the product ([`Operator::expect_devices`]).
     pub expected: u64,
     /// Of those, the ones not registered yet.

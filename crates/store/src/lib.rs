@@ -52,6 +52,13 @@ pub enum Error {
     /// The data dir or master key cannot be used (the message names which and why).
     #[error("{0}")]
     Config(String),
+    /// A PostgreSQL store was given no master key ([`KeySource::DataDir`]): it has no
+    /// data dir to keep a key file in, and every instance on the database needs the
+    /// same key. The one statement of that rule; a front end adds how to give one.
+    #[error(
+        "a PostgreSQL store needs its master key given (a key file, or the key itself): it has no data dir to keep one in, and every instance on the database needs the same key"
+    )]
+    KeyNeeded,
     /// Stored secrets do not decrypt: the master key is not the one they were sealed with.
     #[error(
         "stored secrets do not decrypt with the master key from {0}: wrong key, or corrupt data"
@@ -98,7 +105,9 @@ impl Error {
         match self {
             Self::Conflict(_) => StoreErrorKind::Conflict,
             Self::NotFound(_) => StoreErrorKind::NotFound,
-            Self::Invalid(_) | Self::Config(_) | Self::Item { .. } => StoreErrorKind::Invalid,
+            Self::Invalid(_) | Self::Config(_) | Self::KeyNeeded | Self::Item { .. } => {
+                StoreErrorKind::Invalid
+            }
             Self::Unavailable(_) => StoreErrorKind::Unavailable,
             Self::WrongKey(_) => StoreErrorKind::Corrupt,
             Self::Sqlite(e) => sqlite::kind_of(e),

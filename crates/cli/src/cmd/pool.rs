@@ -291,10 +291,10 @@ pub(crate) fn run(g: &Global, cmd: PoolCmd) -> anyhow::Result<()> {
         PoolCmd::Stats { pid } => {
             let s = store.pool_stats(&pid)?;
             if g.json {
-                output::json(&json!({
-                    "pid": pid, "free": s.free, "bound": s.bound, "revoked": s.revoked,
-                    "withdrawn": s.withdrawn, "devices": s.devices, "mac_left": s.mac_left,
-                }))?;
+                // The admin API's shape (the store's type), with the pid.
+                let mut v = serde_json::to_value(s)?;
+                v["pid"] = json!(pid);
+                output::json(&v)?;
             } else {
                 let mut f = vec![
                     ("pid", pid),

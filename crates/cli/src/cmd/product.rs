@@ -186,34 +186,9 @@ pub(crate) enum ProductCmd {
     },
 }
 
+/// A product as JSON: the admin API's shape (the store's type serialized).
 fn summary_json(p: &ProductSummary) -> Value {
-    json!({
-        "pid": p.pid,
-        "name": p.name,
-        "enabled": p.enabled,
-        "mode": p.mode.name(),
-        "mac_range": p.mac_range.map(|r| r.to_string()),
-        "ts_window": p.ts_window,
-        "reregistration": p.rereg.to_string(),
-        "signatures": p.signatures.name(),
-        "admission": p.admission.name(),
-        "quota": p.quota,
-        "previous_secret_until": p.previous_secret_until.map(output::time),
-        "created_at": output::time(p.created_at),
-        "pool": {
-            "free": p.stats.free,
-            "bound": p.stats.bound,
-            "revoked": p.stats.revoked,
-            "withdrawn": p.stats.withdrawn,
-        },
-        "devices": p.stats.devices,
-        "mac_left": p.stats.mac_left,
-        "reregistrations": p.stats.reregistrations,
-        "reregistrations_refused": p.stats.reregistrations_refused,
-        "low_water": p.stats.low_water,
-        "expected": p.stats.expected,
-        "expected_waiting": p.stats.expected_waiting,
-    })
+    serde_json::to_value(p).unwrap_or(Value::Null)
 }
 
 fn summary_fields(p: &ProductSummary) -> Vec<(&'static str, String)> {

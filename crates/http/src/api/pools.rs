@@ -32,66 +32,18 @@ pub(super) fn routes() -> OpenApiRouter<Api> {
         .routes(routes!(withdraw))
 }
 
-/// Counts of a product's triplets and devices.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct PoolView {
-    /// Triplets not handed out yet.
-    pub(crate) free: u64,
-    /// Triplets bound to a device.
-    pub(crate) bound: u64,
-    /// Triplets of revoked devices.
-    pub(crate) revoked: u64,
-    /// Free triplets withdrawn by an operator.
-    pub(crate) withdrawn: u64,
-    /// Devices registered under the product.
-    pub(crate) devices: u64,
-    /// MAC addresses left in the product's range.
-    pub(crate) mac_left: Option<u64>,
-    /// Re-registrations served.
-    pub(crate) reregistrations: u64,
-    /// Re-registrations refused by the product's policy.
-    pub(crate) reregistrations_refused: u64,
-    /// Free triplets below which `pool.low` fires.
-    pub(crate) low_water: Option<u64>,
-    /// Whether the pool is below its low-water mark.
-    pub(crate) low: bool,
-    /// Devices listed in advance (`admission = listed`).
-    pub(crate) expected: u64,
-    /// Of those, the ones not registered yet.
-    pub(crate) expected_waiting: u64,
-}
-
-impl From<PoolStats> for PoolView {
-    fn from(s: PoolStats) -> Self {
-        Self {
-            free: s.free,
-            bound: s.bound,
-            revoked: s.revoked,
-            withdrawn: s.withdrawn,
-            devices: s.devices,
-            mac_left: s.mac_left,
-            reregistrations: s.reregistrations,
-            reregistrations_refused: s.reregistrations_refused,
-            low_water: s.low_water,
-            low: s.is_low(),
-            expected: s.expected,
-            expected_waiting: s.expected_waiting,
-        }
-    }
-}
-
 /// Count the product's pool and devices.
 #[utoipa::path(get, path = "/products/{pid}/pool", tag = "pools",
     params(("pid" = String, Path, description = "The product id")),
-    responses((status = 200, description = "The counts", body = PoolView)))]
+    responses((status = 200, description = "The counts", body = PoolStats)))]
 pub(crate) async fn pool_stats(
     State(api): State<Api>,
     caller: Caller,
     ApiPath(pid): ApiPath<String>,
-) -> Result<Json<PoolView>, Problem> {
+) -> Result<Json<PoolStats>, Problem> {
     caller.need(Scope::Read)?;
     let s = api.run(move |ops| ops.pool_stats(&pid)).await?;
-    Ok(Json(s.into()))
+    Ok(Json(s))
 }
 
 /// A pool generation.

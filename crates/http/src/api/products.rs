@@ -13,7 +13,6 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::pools::PoolView;
 use super::{Api, ApiJson, ApiPath, ApiQuery, Caller, Problem};
 
 pub(super) fn routes() -> OpenApiRouter<Api> {
@@ -26,59 +25,6 @@ pub(super) fn routes() -> OpenApiRouter<Api> {
         .routes(routes!(retire_secret))
         .routes(routes!(export_product))
         .routes(routes!(import_product))
-}
-
-/// A product, without its secret, with its pool's counts.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct ProductView {
-    /// The product id.
-    pub(crate) pid: String,
-    /// Its name.
-    pub(crate) name: String,
-    /// Whether its devices may register.
-    pub(crate) enabled: bool,
-    /// Where triplets come from: `pool`, `generate` or `pool-then-generate`.
-    pub(crate) mode: String,
-    /// MAC addresses for generated triplets, `START-END`.
-    pub(crate) mac_range: Option<String>,
-    /// The CONNECT ts window, seconds.
-    pub(crate) ts_window: u64,
-    /// The re-registration policy: `always`, `never` or `window:DURATION`.
-    pub(crate) reregistration: String,
-    /// Which sign methods its devices may use: `any`, or `bound` (the device-bound
-    /// `hmacSha1u` and `hmacSha256u` only).
-    pub(crate) signatures: String,
-    /// Which uniques may CONNECT: `open`, or `listed` (only the expected devices,
-    /// `/products/{pid}/expected`).
-    pub(crate) admission: String,
-    /// The most devices it may bind.
-    pub(crate) quota: Option<u64>,
-    /// When the previous secret's grace period ends (or ended), Unix seconds.
-    pub(crate) previous_secret_until: Option<u64>,
-    /// When it was created, Unix seconds.
-    pub(crate) created_at: u64,
-    /// Its pool's and devices' counts.
-    pub(crate) pool: PoolView,
-}
-
-impl From<ProductSummary> for ProductView {
-    fn from(p: ProductSummary) -> Self {
-        Self {
-            pid: p.pid,
-            name: p.name,
-            enabled: p.enabled,
-            mode: p.mode.to_string(),
-            mac_range: p.mac_range.map(|r| r.to_string()),
-            ts_window: p.ts_window,
-            reregistration: p.rereg.to_string(),
-            signatures: p.signatures.to_string(),
-            admission: p.admission.to_string(),
-            quota: p.quota,
-            previous_secret_until: p.previous_secret_until,
-            created_at: p.created_at,
-            pool: p.stats.into(),
-        }
-    }
 }
 
 /// A new product.
@@ -124,7 +70,7 @@ pub(crate) struct NewProductBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct CreatedProduct {
     /// The product.
-    pub(crate) product: ProductView,
+    pub(crate) product: ProductSummary,
     /// Its registration secret: flash it into the product's devices. It is not shown
     /// again by the API.
     pub(crate) secret: String,
@@ -204,14 +150,14 @@ fn admission_of(v: Option<&str>) -> Result<Option<Admission>, Problem> {
 
 /// List products.
 #[utoipa::path(get, path = "/products", tag = "products",
-    responses((status = 200, description = "Every product, by pid", body = Vec<ProductView>)))]
+    responses((status = 200, description = "Every product, by pid", body = Vec<ProductSummary>)))]
 pub(crate) async fn list_products(
     State(api): State<Api>,
     caller: Caller,
-) -> Result<Json<Vec<ProductView>>, Problem> {
+) -> Result<Json<Vec<ProductSummary>>, Problem> {
     caller.need(Scope::Read)?;
     let list = api.run(|ops| ops.list_products()).await?;
-    Ok(Json(list.into_iter().map(ProductView::from).collect()))
+    Ok(Json(list.into_iter().collect()))
 }
 
 /// Create a product.
@@ -261,7 +207,7 @@ pub(crate) async fn created(
     Ok((
         StatusCode::CREATED,
         Json(CreatedProduct {
-            product: summary.into(),
+            product: summary,
             secret: product.secret.expose().to_owned(),
         }),
     ))
@@ -270,28 +216,28 @@ pub(crate) async fn created(
 /// Show a product.
 #[utoipa::path(get, path = "/products/{pid}", tag = "products",
     params(("pid" = String, Path, description = "The product id")),
-    responses((status = 200, description = "The product", body = ProductView)))]
+    responses((status = 200, description = "The product", body = ProductSummary)))]
 pub(crate) async fn show_product(
     State(api): State<Api>,
     caller: Caller,
     ApiPath(pid): ApiPath<String>,
-) -> Result<Json<ProductView>, Problem> {
+) -> Result<Json<ProductSummary>, Problem> {
     caller.need(Scope::Read)?;
     let p = api.run(move |ops| ops.product_summary(&pid)).await?;
-    Ok(Json(p.into()))
+    Ok(Json(p))
 }
 
 /// Change a product: name, mode, MAC range, ts window, re-registration policy,
 /// signatures, admission, quota, enabled.
 #[utoipa::path(patch, path = "/products/{pid}", tag = "products", request_body = ProductPatch,
     params(("pid" = String, Path, description = "The product id")),
-    responses((status = 200, description = "The product as changed", body = ProductView)))]
+    responses((status = 200, description = "The product as changed", body = ProductSummary)))]
 pub(crate) async fn update_product(
     State(api): State<Api>,
     caller: Caller,
     ApiPath(pid): ApiPath<String>,
     ApiJson(patch): ApiJson<ProductPatch>,
-) -> Result<Json<ProductView>, Problem> {
+) -> Result<Json<ProductSummary>, Problem> {
     caller.need(Scope::Write)?;
     let update = ProductUpdate {
         name: patch.name,
@@ -323,7 +269,7 @@ pub(crate) async fn update_product(
             ops.product_summary(&pid)
         })
         .await?;
-    Ok(Json(p.into()))
+    Ok(Json(p))
 }
 
 /// The query of a product's deletion.
@@ -373,7 +319,7 @@ pub(crate) async fn set_enabled(
     caller: Caller,
     pid: String,
     on: bool,
-) -> Result<Json<ProductView>, Problem> {
+) -> Result<Json<ProductSummary>, Problem> {
     caller.need(Scope::Write)?;
     let action = dynreg_store::admin::enabled_action(on);
     let p = api
@@ -382,30 +328,30 @@ pub(crate) async fn set_enabled(
             ops.product_summary(&pid)
         })
         .await?;
-    Ok(Json(p.into()))
+    Ok(Json(p))
 }
 
 /// Let the product's devices register.
 #[utoipa::path(post, path = "/products/{pid}/enable", tag = "products",
     params(("pid" = String, Path, description = "The product id")),
-    responses((status = 200, description = "The product", body = ProductView)))]
+    responses((status = 200, description = "The product", body = ProductSummary)))]
 pub(crate) async fn enable_product(
     State(api): State<Api>,
     caller: Caller,
     ApiPath(pid): ApiPath<String>,
-) -> Result<Json<ProductView>, Problem> {
+) -> Result<Json<ProductSummary>, Problem> {
     set_enabled(api, caller, pid, true).await
 }
 
 /// Refuse the product's registrations.
 #[utoipa::path(post, path = "/products/{pid}/disable", tag = "products",
     params(("pid" = String, Path, description = "The product id")),
-    responses((status = 200, description = "The product", body = ProductView)))]
+    responses((status = 200, description = "The product", body = ProductSummary)))]
 pub(crate) async fn disable_product(
     State(api): State<Api>,
     caller: Caller,
     ApiPath(pid): ApiPath<String>,
-) -> Result<Json<ProductView>, Problem> {
+) -> Result<Json<ProductSummary>, Problem> {
     set_enabled(api, caller, pid, false).await
 }
 
@@ -456,12 +402,12 @@ pub(crate) async fn rotate_secret(
 /// End the grace period of the product's previous secret now.
 #[utoipa::path(post, path = "/products/{pid}/retire-secret", tag = "products",
     params(("pid" = String, Path, description = "The product id")),
-    responses((status = 200, description = "The product", body = ProductView)))]
+    responses((status = 200, description = "The product", body = ProductSummary)))]
 pub(crate) async fn retire_secret(
     State(api): State<Api>,
     caller: Caller,
     ApiPath(pid): ApiPath<String>,
-) -> Result<Json<ProductView>, Problem> {
+) -> Result<Json<ProductSummary>, Problem> {
     caller.need(Scope::Write)?;
     let now = crate::unix_now();
     let p = api
@@ -473,7 +419,7 @@ pub(crate) async fn retire_secret(
             },
         )
         .await?;
-    Ok(Json(p.into()))
+    Ok(Json(p))
 }
 
 /// The query of a product export.

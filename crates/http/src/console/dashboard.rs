@@ -7,9 +7,10 @@ use maud::{Markup, html};
 
 use super::forms::*;
 use super::{Refused, SignedIn, enc, time_el};
-use crate::api::products::{self as prod, ProductView};
+use crate::api::products as prod;
 use crate::api::records::{self as rec, AuditView, RegistrationQuery};
 use crate::api::{Api, ApiQuery};
+use dynreg_store::ProductSummary;
 
 pub(crate) async fn dashboard(s: SignedIn, State(api): State<Api>) -> Result<Response, Refused> {
     let products = or_page(
@@ -37,10 +38,10 @@ pub(crate) async fn dashboard(s: SignedIn, State(api): State<Api>) -> Result<Res
         .await,
     )?
     .0;
-    let low: Vec<&ProductView> = products.iter().filter(|p| p.pool.low).collect();
-    let waiting: Vec<&ProductView> = products
+    let low: Vec<&ProductSummary> = products.iter().filter(|p| p.stats.low).collect();
+    let waiting: Vec<&ProductSummary> = products
         .iter()
-        .filter(|p| p.pool.expected_waiting > 0)
+        .filter(|p| p.stats.expected_waiting > 0)
         .collect();
     let refusals = api.metrics.refusals();
     let body = html! {
@@ -76,12 +77,12 @@ pub(crate) async fn dashboard(s: SignedIn, State(api): State<Api>) -> Result<Res
                 h3 { "Pools running low" }
                 @if low.is_empty() { p.muted { "None below its low-water mark." } }
                 @else {
-                    ul { @for p in &low { li { a href={"/products/" (enc(&p.pid))} { (p.pid) } ": " (p.pool.free) " free, mark " (p.pool.low_water.unwrap_or(0)) } } }
+                    ul { @for p in &low { li { a href={"/products/" (enc(&p.pid))} { (p.pid) } ": " (p.stats.free) " free, mark " (p.stats.low_water.unwrap_or(0)) } } }
                 }
                 h3 { "Expected devices not registered yet" }
                 @if waiting.is_empty() { p.muted { "None: every listed device has registered." } }
                 @else {
-                    ul { @for p in &waiting { li { a href={"/products/" (enc(&p.pid)) "/expected?waiting=true"} { (p.pid) } ": " (p.pool.expected_waiting) " of " (p.pool.expected) " listed" } } }
+                    ul { @for p in &waiting { li { a href={"/products/" (enc(&p.pid)) "/expected?waiting=true"} { (p.pid) } ": " (p.stats.expected_waiting) " of " (p.stats.expected) " listed" } } }
                 }
                 h3 { "Event outbox" }
                 p { @if outbox.on { (outbox.backlog) " events waiting for delivery" } @else { "Off (no webhook or broker events)." } }

@@ -60,12 +60,12 @@ pub(crate) async fn page(
         h1 { "Expected devices of " a href={"/products/" (enc(&p.pid))} { (p.pid) } }
         (flash(&q.flash))
         p {
-            @if p.admission == "listed" { "Only these devices may register: any other unique is refused at CONNECT." }
+            @if p.admission == dynreg_registrar::Admission::Listed { "Only these devices may register: any other unique is refused at CONNECT." }
             @else { strong { "The product admits any device (admission open): " } "the list takes effect when the product's admission is set to listed (its Edit form)." }
         }
         dl.facts.counts {
-            dt { "Listed" } dd #expected-count { (p.pool.expected) }
-            dt { "Not registered yet" } dd { (p.pool.expected_waiting) }
+            dt { "Listed" } dd #expected-count { (p.stats.expected) }
+            dt { "Not registered yet" } dd { (p.stats.expected_waiting) }
         }
         @if write {
             h2 { "Upload" }

@@ -12,6 +12,7 @@ use super::forms::*;
 use super::{Posted, Refused, SignedIn, back_to, enc, time_el};
 use crate::api::products::{self as prod, NewProductBody, ProductPatch, RotateBody};
 use crate::api::{Api, ApiJson, ApiPath, Problem};
+use dynreg_registrar::{Admission, Signatures};
 use dynreg_store::Scope;
 
 pub(crate) async fn products(
@@ -34,8 +35,8 @@ pub(crate) async fn products(
                             td data-label="Name" { (p.name) }
                             td data-label="State" { @if p.enabled { "enabled" } @else { strong { "disabled" } } }
                             td data-label="Mode" { (p.mode) }
-                            td data-label="Free" .num { (p.pool.free) }
-                            td data-label="Devices" .num { (p.pool.devices) }
+                            td data-label="Free" .num { (p.stats.free) }
+                            td data-label="Devices" .num { (p.stats.devices) }
                         }
                     }
                 }
@@ -185,11 +186,11 @@ pub(crate) async fn product(
             dt { "Name" } dd { (p.name) }
             dt { "State" } dd { @if p.enabled { "enabled: devices may register" } @else { strong { "disabled: registrations are refused" } } }
             dt { "Mode" } dd { (p.mode) }
-            dt { "MAC range" } dd { (p.mac_range.as_deref().unwrap_or("none")) }
+            dt { "MAC range" } dd { (p.mac_range.map_or_else(|| "none".to_owned(), |r| r.to_string())) }
             dt { "ts window" } dd { (p.ts_window) " s" }
-            dt { "Re-registration" } dd { (p.reregistration) }
-            dt { "Admission" } dd { @if p.admission == "listed" { "listed devices only (" (p.pool.expected) " listed, " (p.pool.expected_waiting) " not registered yet)" } @else { "open: any device whose credentials verify" } }
-            dt { "Signatures" } dd { @if p.signatures == "bound" { "device-bound only (hmacSha1u, hmacSha256u)" } @else { "any (the seed's methods and device-bound ones)" } }
+            dt { "Re-registration" } dd { (p.rereg) }
+            dt { "Admission" } dd { @if p.admission == Admission::Listed { "listed devices only (" (p.stats.expected) " listed, " (p.stats.expected_waiting) " not registered yet)" } @else { "open: any device whose credentials verify" } }
+            dt { "Signatures" } dd { @if p.signatures == Signatures::Bound { "device-bound only (hmacSha1u, hmacSha256u)" } @else { "any (the seed's methods and device-bound ones)" } }
             dt { "Quota" } dd { (p.quota.map_or("no limit".to_owned(), |q| q.to_string())) }
             dt { "Created" } dd { (time_el(p.created_at)) }
             @if let Some(until) = p.previous_secret_until { dt { "Previous secret" } dd { "works until " (time_el(until)) } }
@@ -197,19 +198,19 @@ pub(crate) async fn product(
         section aria-labelledby="pool-h" {
             h2 #pool-h { "Pool" }
             dl.facts.counts {
-                dt { "Free" } dd #pool-free { (p.pool.free) }
-                dt { "Bound" } dd { (p.pool.bound) }
-                dt { "Revoked" } dd { (p.pool.revoked) }
-                dt { "Withdrawn" } dd { (p.pool.withdrawn) }
-                dt { "Devices" } dd { (p.pool.devices) }
-                dt { "MACs left" } dd { (p.pool.mac_left.map_or("-".to_owned(), |m| m.to_string())) }
-                dt { "Low-water mark" } dd { (p.pool.low_water.map_or("none".to_owned(), |m| m.to_string())) }
+                dt { "Free" } dd #pool-free { (p.stats.free) }
+                dt { "Bound" } dd { (p.stats.bound) }
+                dt { "Revoked" } dd { (p.stats.revoked) }
+                dt { "Withdrawn" } dd { (p.stats.withdrawn) }
+                dt { "Devices" } dd { (p.stats.devices) }
+                dt { "MACs left" } dd { (p.stats.mac_left.map_or("-".to_owned(), |m| m.to_string())) }
+                dt { "Low-water mark" } dd { (p.stats.low_water.map_or("none".to_owned(), |m| m.to_string())) }
             }
             p {
                 a href={"/devices?pid=" (enc(&p.pid))} { "Devices of " (p.pid) }
                 " · "
                 a href={(base) "/expected"} { "Expected devices" }
-                " (" (p.pool.expected) " listed, " (p.pool.expected_waiting) " not registered yet)"
+                " (" (p.stats.expected) " listed, " (p.stats.expected_waiting) " not registered yet)"
             }
         }
         @if write {
@@ -265,14 +266,14 @@ pub(crate) async fn product(
                 form.stack method="post" action=(base) {
                     (s.csrf_field())
                     (field("name", "Name", "text", &p.name, true, ""))
-                    (mode_select(Some(&p.mode)))
-                    (field("mac_range", "MAC range", "text", p.mac_range.as_deref().unwrap_or(""), false, "empty: none"))
+                    (mode_select(Some(&p.mode.to_string())))
+                    (field("mac_range", "MAC range", "text", &p.mac_range.map(|r| r.to_string()).unwrap_or_default(), false, "empty: none"))
                     (field("ts_window", "ts window, seconds", "number", &p.ts_window.to_string(), true, ""))
-                    (field("reregistration", "Re-registration", "text", &p.reregistration, true, "always, never or window:24h"))
-                    (signatures_select(Some(&p.signatures)))
-                    (admission_select(Some(&p.admission)))
+                    (field("reregistration", "Re-registration", "text", &p.rereg.to_string(), true, "always, never or window:24h"))
+                    (signatures_select(Some(&p.signatures.to_string())))
+                    (admission_select(Some(&p.admission.to_string())))
                     (field("quota", "Most devices", "number", &opt_num(p.quota), false, "empty: no limit"))
-                    (field("low_water", "Low-water mark", "number", &opt_num(p.pool.low_water), false, "empty: none"))
+                    (field("low_water", "Low-water mark", "number", &opt_num(p.stats.low_water), false, "empty: none"))
                     button type="submit" { "Save" }
                 }
             }

@@ -956,6 +956,9 @@ impl PgStore {
     /// Blocking, like every operator operation of the store; it may be called from an
     /// async task all the same (it runs on a thread of its own, outside the runtime).
     pub fn open(config: &PgConfig) -> Result<Self, Error> {
+        if config.key == KeySource::DataDir {
+            return Err(Error::KeyNeeded);
+        }
         std::thread::scope(|s| {
             s.spawn(|| Self::open_here(config))
                 .join()
@@ -1034,11 +1037,6 @@ impl PgStore {
             Error::Postgres(e) => Error::Config(format!("database {display}: {}", describe(&e))),
             other => other,
         };
-        if config.key == KeySource::DataDir {
-            return Err(Error::Config(
-                "a PostgreSQL store takes its master key from --master-key-file (master_key_file in the config file) or DYNREG_MASTER_KEY; every instance needs the same key".into(),
-            ));
-        }
         admin.begin().map_err(named)?;
         let result = (|| {
             let migrated = schema::migrate(admin, config.create, display)?;

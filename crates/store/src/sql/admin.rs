@@ -152,6 +152,7 @@ fn pool_stats(conn: &mut dyn Conn, pid: &str) -> Result<PoolStats, Error> {
         stats.reregistrations_refused = u64_of(refused);
     }
     (stats.expected, stats.expected_waiting) = super::expected::counts(conn, pid)?;
+    stats.low = stats.is_low();
     Ok(stats)
 }
 

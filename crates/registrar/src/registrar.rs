@@ -522,7 +522,7 @@ impl Plan {
             detail: if self.key_pid == pid {
                 String::new()
             } else {
-                format!("{{\"key_pid\":\"{}\"}}", self.key_pid)
+                serde_json::json!({"key_pid": self.key_pid}).to_string()
             },
         }
     }

@@ -1243,6 +1243,6 @@ pub fn enabled_action(enabled: bool) -> &'static str {
 /// `entry`'s detail records how many were dropped, which this returns.
 pub fn outbox_off<O: Operator + ?Sized>(ops: &O, entry: &mut AuditEntry) -> Result<u64, Error> {
     let n = ops.set_outbox(false)?;
-    entry.detail = format!(r#"{{"dropped":{n}}}"#);
+    entry.detail = serde_json::json!({"dropped": n}).to_string();
     Ok(n)
 }

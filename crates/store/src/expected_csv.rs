@@ -128,7 +128,7 @@ pub fn upload<O: crate::Operator + ?Sized, R: Read>(
     let n = devices.len() as u64;
     progress(0, n);
     let listed = crate::audited(ops, entry, |ops, e| {
-        e.detail = format!(r#"{{"count":{n}}}"#);
+        e.detail = serde_json::json!({"count": n}).to_string();
         ops.expect_devices(
             pid,
             devices,

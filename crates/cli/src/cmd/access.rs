@@ -50,7 +50,7 @@ pub(crate) fn token(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
         TokenCmd::Create { name, scope } => {
             let by = actor().name;
             let (info, token) = audited(&store, "token.created", "", &name, |ops, e| {
-                e.detail = format!(r#"{{"scope":"{scope}"}}"#);
+                e.detail = serde_json::json!({"scope": scope.to_string()}).to_string();
                 ops.create_token(&name, scope, &by, unix_now())
             })?;
             if g.json {

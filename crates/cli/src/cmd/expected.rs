@@ -111,7 +111,7 @@ pub(crate) fn remove(
     let n = uniques.len();
     let removed = audited(store, expected_csv::REMOVED, pid, "", |ops, e| {
         let removed = ops.remove_expected(pid, uniques)?;
-        e.detail = format!(r#"{{"count":{removed}}}"#);
+        e.detail = serde_json::json!({"count": removed}).to_string();
         Ok(removed)
     })?;
     if g.json {

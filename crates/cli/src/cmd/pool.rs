@@ -237,7 +237,7 @@ pub(crate) fn run(g: &Global, cmd: PoolCmd) -> anyhow::Result<()> {
             let bar = Arc::new(Bar::new("generating", count));
             let b = bar.clone();
             let triplets = audited(&store, "pool.generated", &pid, "", |ops, e| {
-                e.detail = format!(r#"{{"count":{count}}}"#);
+                e.detail = serde_json::json!({"count": count}).to_string();
                 ops.generate_pool(
                     &pid,
                     count,
@@ -270,7 +270,7 @@ pub(crate) fn run(g: &Global, cmd: PoolCmd) -> anyhow::Result<()> {
             let bar = Arc::new(Bar::new("importing", n));
             let b = bar.clone();
             let imported = audited(&store, "pool.imported", &pid, "", |ops, e| {
-                e.detail = format!(r#"{{"count":{n}}}"#);
+                e.detail = serde_json::json!({"count": n}).to_string();
                 ops.import_pool(&pid, triplets, Arc::new(move |n| b.set(n)))
             })
             .map_err(|e| match e {
@@ -355,7 +355,7 @@ pub(crate) fn run(g: &Global, cmd: PoolCmd) -> anyhow::Result<()> {
                 bail!("not confirmed: nothing was withdrawn");
             }
             let withdrawn = audited(&store, "pool.withdrawn", &pid, "", |ops, e| {
-                e.detail = format!(r#"{{"count":{}}}"#, found.len());
+                e.detail = serde_json::json!({"count": found.len()}).to_string();
                 ops.withdraw(
                     &pid,
                     found.iter().map(|w| w.uuid.clone()).collect(),

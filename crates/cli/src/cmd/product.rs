@@ -396,7 +396,7 @@ pub(crate) fn run(g: &Global, cmd: ProductCmd) -> anyhow::Result<()> {
         ProductCmd::RotateSecret { pid, grace } => {
             let at = unix_now();
             let secret = audited(&store, "product.secret_rotated", &pid, "", |ops, e| {
-                e.detail = format!(r#"{{"grace":{grace}}}"#);
+                e.detail = serde_json::json!({"grace": grace}).to_string();
                 ops.rotate_secret(&pid, grace, at)
             })?;
             let until = at.saturating_add(grace);

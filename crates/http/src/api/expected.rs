@@ -171,7 +171,7 @@ pub(crate) async fn remove_expected(
                 "`{unique}` is not listed for product `{pid}`"
             )));
         }
-        e.detail = format!(r#"{{"count":{n}}}"#);
+        e.detail = serde_json::json!({"count": n}).to_string();
         Ok(n)
     })
     .await?;

@@ -75,7 +75,7 @@ pub(crate) async fn generate_pool(
     caller.need(Scope::Write)?;
     let now = crate::unix_now();
     let mut entry = caller.entry("pool.generated", &pid, "");
-    entry.detail = format!(r#"{{"count":{}}}"#, body.count);
+    entry.detail = serde_json::json!({"count": body.count}).to_string();
     let filename = format!("{pid}-pool.csv");
     let triplets = api
         .audited(entry, move |ops, _| {
@@ -129,7 +129,7 @@ pub(crate) async fn import_pool(
                     Err(e) => return Ok(Err(Problem::csv(e.to_string(), e.line()))),
                 };
             match dynreg_store::audited(ops, entry, |ops, entry| {
-                entry.detail = format!(r#"{{"count":{}}}"#, triplets.len());
+                entry.detail = serde_json::json!({"count": triplets.len()}).to_string();
                 ops.import_pool(&pid, triplets, Arc::new(|_| {}))
             }) {
                 Ok(n) => Ok(Ok(n)),
@@ -249,7 +249,7 @@ pub(crate) async fn withdraw(
             caller.entry("pool.withdrawn", &pid, ""),
             move |ops, entry| {
                 let found = ops.withdrawal_candidates(&pid, &refs)?;
-                entry.detail = format!(r#"{{"count":{}}}"#, found.len());
+                entry.detail = serde_json::json!({"count": found.len()}).to_string();
                 ops.withdraw(&pid, found.iter().map(|w| w.uuid.clone()).collect(), now)?;
                 Ok(found)
             },

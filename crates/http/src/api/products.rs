@@ -389,7 +389,7 @@ pub(crate) async fn rotate_secret(
     let grace = parse_duration(grace).map_err(|e| Problem::invalid(format!("grace: {e}")))?;
     let now = crate::unix_now();
     let mut entry = caller.entry("product.secret_rotated", &pid, "");
-    entry.detail = format!(r#"{{"grace":{grace}}}"#);
+    entry.detail = serde_json::json!({"grace": grace}).to_string();
     let secret = api
         .audited(entry, move |ops, _| ops.rotate_secret(&pid, grace, now))
         .await?;

@@ -382,7 +382,7 @@ pub(crate) async fn create_token(
     let now = crate::unix_now();
     let by = caller.actor().name;
     let mut entry = caller.entry("token.created", "", &body.name);
-    entry.detail = format!(r#"{{"scope":"{scope}"}}"#);
+    entry.detail = serde_json::json!({"scope": scope.to_string()}).to_string();
     let (info, token) = api
         .audited(entry, move |ops, _| {
             ops.create_token(&body.name, scope, &by, now)

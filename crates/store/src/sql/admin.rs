@@ -503,7 +503,7 @@ impl<B: SqlBackend> Operator for B {
                         actor: "dynreg".into(),
                         action: "pool.low".into(),
                         pid: pid.clone(),
-                        detail: format!(r#"{{"free":{free},"low_water":{low_water}}}"#),
+                        detail: serde_json::json!({"free": free, "low_water": low_water}).to_string(),
                         ..AuditEntry::default()
                     };
                     insert_audit(conn, &entry)?;

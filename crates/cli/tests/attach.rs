@@ -173,6 +173,10 @@ fn devices(dir: &Path, name: &str, range: std::ops::Range<usize>) {
 }
 
 #[test]
+#[cfg_attr(
+    no_rabbitmq_cluster,
+    ignore = "no RabbitMQ cluster: run .ci/run, or support/rabbitmq-cluster.sh and export what it prints"
+)]
 fn two_instances_behind_a_rabbitmq_cluster_register_every_device_once() {
     let test = "two_instances_behind_a_rabbitmq_cluster";
     let Some(c) = cluster(test) else {

@@ -106,6 +106,10 @@ fn register(d: &Path, port: u16, secret: &str, args: &[&str]) {
 }
 
 #[test]
+#[cfg_attr(
+    no_mosquitto,
+    ignore = "mosquitto is not installed (apt-get install mosquitto; .ci/run installs it)"
+)]
 fn events_reach_mqtt_subscribers_and_wait_for_them() {
     let test = "events_reach_mqtt_subscribers_and_wait_for_them";
     if !(found("mosquitto") && found("mosquitto_sub")) {

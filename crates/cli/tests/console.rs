@@ -48,6 +48,10 @@ fn tools(script_dir: &Path) -> Result<PathBuf, String> {
 }
 
 #[test]
+#[cfg_attr(
+    no_chromium,
+    ignore = "no Chromium, node or playwright-core (apt-get install chromium; npm ci in crates/cli/tests/console)"
+)]
 fn the_console_signs_in_manages_products_and_devices_and_shows_registrations_live() {
     let test = "the_console_end_to_end";
     let script_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console");

@@ -694,6 +694,7 @@ fn demo_with_the_product_disabled_says_so() {
 }
 
 #[test]
+#[cfg_attr(no_python3, ignore = "python3 is not installed")]
 fn bench_run_py_runs_the_binary_cargo_builds() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let root = root.canonicalize().unwrap();

@@ -53,6 +53,10 @@ fn err(o: &Output) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    no_postgres,
+    ignore = "no PostgreSQL server at DYNREG_TEST_DATABASE_URL (default 127.0.0.1:5432); .ci/run starts one"
+)]
 fn operator_commands_run_on_postgres_and_name_its_mistakes() {
     let Some(db) = pgtest::TestDb::create("operator_commands_run_on_postgres") else {
         return;
@@ -156,6 +160,10 @@ fn serve_store(store: &[&str], dir: &std::path::Path) -> Server {
 }
 
 #[test]
+#[cfg_attr(
+    no_postgres,
+    ignore = "no PostgreSQL server at DYNREG_TEST_DATABASE_URL (default 127.0.0.1:5432); .ci/run starts one"
+)]
 fn two_serve_processes_on_one_database_take_the_same_devices_at_once() {
     let Some(db) = pgtest::TestDb::create("two_serve_processes_on_one_database") else {
         return;
@@ -294,6 +302,10 @@ fn register_batch(
 }
 
 #[test]
+#[cfg_attr(
+    no_postgres,
+    ignore = "no PostgreSQL server at DYNREG_TEST_DATABASE_URL (default 127.0.0.1:5432); .ci/run starts one"
+)]
 fn store_copy_moves_a_sqlite_store_to_an_empty_database() {
     let Some(db) = pgtest::TestDb::create("store_copy_moves_a_sqlite_store") else {
         return;
@@ -395,6 +407,10 @@ fn bench_one_second(s: &Server, secret: &str, pid: &str, n: u64, ts: u64) -> Val
 }
 
 #[test]
+#[cfg_attr(
+    no_postgres,
+    ignore = "no PostgreSQL server at DYNREG_TEST_DATABASE_URL (default 127.0.0.1:5432); .ci/run starts one"
+)]
 fn five_hundred_devices_signing_one_second_register_and_reregister_at_the_defaults() {
     let Some(db) = pgtest::TestDb::create("five_hundred_devices_one_second") else {
         return;

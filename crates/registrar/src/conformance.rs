@@ -845,14 +845,14 @@ pub async fn listed_devices_bring_their_barcode_and_mac<F: Fixture>(store: F) {
 /// lack, which says SKIPPED and gives `None` then.
 #[macro_export]
 macro_rules! conformance_tests {
-    (optional $make:expr) => {
-        $crate::conformance_tests!(@names optional $make);
+    ($(#[$attr:meta])* optional $make:expr) => {
+        $crate::conformance_tests!(@names optional [$(#[$attr])*] $make);
     };
     ($make:expr) => {
-        $crate::conformance_tests!(@names plain $make);
+        $crate::conformance_tests!(@names plain [] $make);
     };
-    (@names $how:ident $make:expr) => {
-        $crate::conformance_tests!(@each $how $make;
+    (@names $how:ident [$($attr:tt)*] $make:expr) => {
+        $crate::conformance_tests!(@each $how [$($attr)*] $make;
             pool_binds_free_triplets_and_is_idempotent,
             empty_pool_is_exhausted,
             reply_carries_triplet_and_echoes,
@@ -870,7 +870,7 @@ macro_rules! conformance_tests {
             listed_devices_bring_their_barcode_and_mac
         );
     };
-    (@each plain $make:expr; $($name:ident),* $(,)?) => {
+    (@each plain [$($attr:tt)*] $make:expr; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
@@ -878,15 +878,19 @@ macro_rules! conformance_tests {
             }
         )*
     };
-    (@each optional $make:expr; $($name:ident),* $(,)?) => {
+    (@each optional $attrs:tt $make:expr; $($name:ident),* $(,)?) => {
         $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                // Making the store may block (connecting to its server).
-                if let Some(store) = tokio::task::block_in_place(|| ($make)(stringify!($name))) {
-                    $crate::conformance::$name(store).await;
-                }
-            }
+            $crate::conformance_tests!(@one $attrs $make; $name);
         )*
+    };
+    (@one [$($attr:tt)*] $make:expr; $name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $($attr)*
+        async fn $name() {
+            // Making the store may block (connecting to its server).
+            if let Some(store) = tokio::task::block_in_place(|| ($make)(stringify!($name))) {
+                $crate::conformance::$name(store).await;
+            }
+        }
     };
 }

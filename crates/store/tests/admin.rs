@@ -1004,6 +1004,7 @@ macro_rules! on_both_stores {
         mod postgres {
             $(
                 #[test]
+                #[cfg_attr(no_postgres, ignore = "no PostgreSQL server at DYNREG_TEST_DATABASE_URL (default 127.0.0.1:5432); .ci/run starts one")]
                 fn $name() {
                     if let Some(t) = super::TempStore::postgres(stringify!($name)) {
                         super::$name(t);
@@ -1012,6 +1013,7 @@ macro_rules! on_both_stores {
             )*
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(no_postgres, ignore = "no PostgreSQL server at DYNREG_TEST_DATABASE_URL (default 127.0.0.1:5432); .ci/run starts one")]
                 async fn $aname() {
                     let made = tokio::task::block_in_place(|| {
                         super::TempStore::postgres(stringify!($aname))

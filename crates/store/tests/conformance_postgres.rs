@@ -3,4 +3,7 @@
 
 mod common;
 
-dynreg_registrar::conformance_tests!(optional common::TempStore::postgres);
+dynreg_registrar::conformance_tests!(
+    #[cfg_attr(no_postgres, ignore = "no PostgreSQL server at DYNREG_TEST_DATABASE_URL (default 127.0.0.1:5432); .ci/run starts one")]
+    optional common::TempStore::postgres
+);

@@ -58,6 +58,10 @@ async fn through_both(t: &Two, pid: &str, uniques: &[String]) -> Vec<Result<Regi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    no_postgres,
+    ignore = "no PostgreSQL server at DYNREG_TEST_DATABASE_URL (default 127.0.0.1:5432); .ci/run starts one"
+)]
 async fn two_instances_claim_one_pool_and_never_bind_a_triplet_twice() {
     let Some(t) = two("two_instances_claim_one_pool", |s| {
         s.insert_product(&product("P", SourceMode::Pool)).unwrap();
@@ -115,6 +119,10 @@ async fn decide_retrying<S: Store>(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    no_postgres,
+    ignore = "no PostgreSQL server at DYNREG_TEST_DATABASE_URL (default 127.0.0.1:5432); .ci/run starts one"
+)]
 async fn the_same_device_through_both_at_once_gets_one_triplet() {
     let Some(t) = two("the_same_device_through_both", |s| {
         s.insert_product(&product("P", SourceMode::Pool)).unwrap();
@@ -148,6 +156,10 @@ async fn the_same_device_through_both_at_once_gets_one_triplet() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    no_postgres,
+    ignore = "no PostgreSQL server at DYNREG_TEST_DATABASE_URL (default 127.0.0.1:5432); .ci/run starts one"
+)]
 async fn one_mac_range_is_shared_without_duplicates() {
     let range: MacRange = "02:00:00:00:00:00-02:00:00:00:01:f3".parse().unwrap(); // 500
     let Some(t) = two("one_mac_range_is_shared", |s| {
@@ -182,6 +194,10 @@ async fn one_mac_range_is_shared_without_duplicates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    no_postgres,
+    ignore = "no PostgreSQL server at DYNREG_TEST_DATABASE_URL (default 127.0.0.1:5432); .ci/run starts one"
+)]
 async fn a_barcode_goes_to_one_device_only() {
     let Some(t) = two("a_barcode_goes_to_one_device_only", |s| {
         s.insert_product(&product("G", SourceMode::Generate))
@@ -207,6 +223,10 @@ async fn a_barcode_goes_to_one_device_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    no_postgres,
+    ignore = "no PostgreSQL server at DYNREG_TEST_DATABASE_URL (default 127.0.0.1:5432); .ci/run starts one"
+)]
 async fn the_reregistration_policy_holds_across_instances() {
     let Some(t) = two("rereg_across_instances", |s| {
         let mut p = product("R", SourceMode::Generate);
@@ -227,6 +247,10 @@ async fn the_reregistration_policy_holds_across_instances() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    no_postgres,
+    ignore = "no PostgreSQL server at DYNREG_TEST_DATABASE_URL (default 127.0.0.1:5432); .ci/run starts one"
+)]
 async fn a_product_change_on_one_instance_reaches_the_other_within_2_s() {
     let Some(t) = two("a_product_change_reaches_the_other", |s| {
         s.insert_product(&product("C", SourceMode::Generate))

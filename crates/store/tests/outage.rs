@@ -183,6 +183,10 @@ impl Drop for Server {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    no_pg_programs,
+    ignore = "initdb and pg_ctl not found (apt-get install postgresql, or set DYNREG_PG_BIN)"
+)]
 async fn a_killed_database_costs_retries_and_no_acknowledged_registration() {
     let Some(bin) = pg_bin() else {
         assert!(

@@ -200,7 +200,7 @@ impl Drop for TestServer {
 
 /// A Mosquitto broker on a free loopback port (killed when the child is dropped), and
 /// its port, once it accepts connections. Panics when `mosquitto` cannot be run: mark
-/// such tests ignored with the `no_mosquitto` cfg of `support/find-mosquitto.rs`.
+/// such tests ignored with the `no_mosquitto` cfg of `support/prerequisites.rs`.
 pub async fn mosquitto() -> (tokio::process::Child, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("a free port")

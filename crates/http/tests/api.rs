@@ -302,7 +302,7 @@ async fn products_pools_and_devices_through_the_api() {
     for i in 0..25 {
         let unique = format!("dev-{i:02}");
         s.registrar
-            .decide(
+            .commit_registration(
                 1_700_000_000 + i,
                 Device {
                     pid: "P1",
@@ -517,7 +517,7 @@ async fn registrations_stream_live_as_server_sent_events() {
     let register = |unique: &'static str| {
         let r = s.registrar.clone();
         async move {
-            r.decide(
+            r.commit_registration(
                 1_700_000_000,
                 Device { pid: "S", unique },
                 &RegisterRequest::new("1", 1_700_000_000),
@@ -628,7 +628,7 @@ async fn products_move_between_stores_and_devices_export_as_csv() {
     // Devices as CSV, with their secrets only for a write token.
     let reg = s
         .registrar
-        .decide(
+        .commit_registration(
             now(),
             Device {
                 pid: "E",
@@ -719,7 +719,7 @@ async fn the_outbox_is_turned_off_by_an_admin_only() {
     s.store.store.set_outbox(true).unwrap();
     s.store.product("O", dynreg_registrar::SourceMode::Generate);
     s.registrar
-        .decide(
+        .commit_registration(
             now(),
             Device {
                 pid: "O",
@@ -795,7 +795,7 @@ async fn expected_devices_are_uploaded_listed_counted_and_removed() {
     // One registers (through the registrar, as a device would after its CONNECT).
     let r = dynreg_registrar::Registrar::new(s.store.store.clone());
     let got = r
-        .decide(
+        .commit_registration(
             now(),
             Device {
                 pid: "LS",

@@ -167,15 +167,18 @@ fn with(f: impl FnOnce(&mut RegisterRequest)) -> RegisterRequest {
 /// Rule test.
 pub async fn pool_binds_free_triplets_and_is_idempotent<F: Fixture>(store: F) {
     let (r, s) = setup(store);
-    let a = r.decide(NOW, dev("a"), &req()).await.unwrap();
+    let a = r.commit_registration(NOW, dev("a"), &req()).await.unwrap();
     assert!(a.fresh);
     assert_eq!(a.pid, "P");
     assert_eq!(a.triplet.uuid, "P-u0");
     assert_eq!(a.triplet.state, TripletState::Bound);
-    let again = r.decide(NOW + 5, dev("a"), &req()).await.unwrap();
+    let again = r
+        .commit_registration(NOW + 5, dev("a"), &req())
+        .await
+        .unwrap();
     assert!(!again.fresh);
     assert_eq!(again.triplet.uuid, "P-u0");
-    let b = r.decide(NOW, dev("b"), &req()).await.unwrap();
+    let b = r.commit_registration(NOW, dev("b"), &req()).await.unwrap();
     assert_eq!(b.triplet.uuid, "P-u1");
     assert_eq!(s.pool_counts("P"), (1, 2, 0));
 }
@@ -184,15 +187,19 @@ pub async fn pool_binds_free_triplets_and_is_idempotent<F: Fixture>(store: F) {
 pub async fn empty_pool_is_exhausted<F: Fixture>(store: F) {
     let (r, _) = setup(store);
     for u in ["a", "b", "c"] {
-        r.decide(NOW, dev(u), &req()).await.unwrap();
+        r.commit_registration(NOW, dev(u), &req()).await.unwrap();
     }
     assert_eq!(
-        r.decide(NOW, dev("d"), &req()).await,
+        r.commit_registration(NOW, dev("d"), &req()).await,
         Err(Status::PoolExhausted)
     );
     // A registered device still gets its triplet back.
     assert_eq!(
-        r.decide(NOW, dev("a"), &req()).await.unwrap().triplet.uuid,
+        r.commit_registration(NOW, dev("a"), &req())
+            .await
+            .unwrap()
+            .triplet
+            .uuid,
         "P-u0"
     );
 }
@@ -233,7 +240,12 @@ pub async fn payload_handling_ack_and_malformed<F: Fixture>(store: F) {
     assert!(none.reply.is_none(), "ack=0 gets no reply");
     assert_eq!(none.outcome, Ok(true));
     // ...but the registration happened.
-    assert!(!r.decide(NOW, dev("a"), &req()).await.unwrap().fresh);
+    assert!(
+        !r.commit_registration(NOW, dev("a"), &req())
+            .await
+            .unwrap()
+            .fresh
+    );
     let bad = r
         .register_payload(NOW, dev("b"), b"{not json")
         .await
@@ -273,7 +285,7 @@ pub async fn generate_mode_with_and_without_mac_range<F: Fixture>(store: F) {
     store.put_product(m);
     let (r, _) = registrar(store);
     let g = r
-        .decide(
+        .commit_registration(
             NOW,
             Device {
                 pid: "G",
@@ -287,7 +299,7 @@ pub async fn generate_mode_with_and_without_mac_range<F: Fixture>(store: F) {
     assert_eq!(g.triplet.secret.expose().len(), 32);
     assert!(g.triplet.uuid.starts_with('d') && !g.triplet.uuid.contains('_'));
     let g2 = r
-        .decide(
+        .commit_registration(
             NOW,
             Device {
                 pid: "G",
@@ -300,7 +312,7 @@ pub async fn generate_mode_with_and_without_mac_range<F: Fixture>(store: F) {
     assert_ne!(g.triplet.uuid, g2.triplet.uuid);
     assert_ne!(g.triplet.secret, g2.triplet.secret);
     let same = r
-        .decide(
+        .commit_registration(
             NOW,
             Device {
                 pid: "G",
@@ -313,7 +325,7 @@ pub async fn generate_mode_with_and_without_mac_range<F: Fixture>(store: F) {
     assert_eq!(same.triplet, g.triplet);
 
     let m1 = r
-        .decide(
+        .commit_registration(
             NOW,
             Device {
                 pid: "M",
@@ -324,7 +336,7 @@ pub async fn generate_mode_with_and_without_mac_range<F: Fixture>(store: F) {
         .await
         .unwrap();
     let m2 = r
-        .decide(
+        .commit_registration(
             NOW,
             Device {
                 pid: "M",
@@ -339,7 +351,7 @@ pub async fn generate_mode_with_and_without_mac_range<F: Fixture>(store: F) {
         ("02:00:00:00:00:FE", "02:00:00:00:00:FF")
     );
     assert_eq!(
-        r.decide(
+        r.commit_registration(
             NOW,
             Device {
                 pid: "M",
@@ -359,7 +371,7 @@ pub async fn pool_then_generate<F: Fixture>(store: F) {
     store.add_pool("T", pool("T", 1));
     let (r, s) = registrar(store);
     let a = r
-        .decide(
+        .commit_registration(
             NOW,
             Device {
                 pid: "T",
@@ -371,7 +383,7 @@ pub async fn pool_then_generate<F: Fixture>(store: F) {
         .unwrap();
     assert_eq!(a.triplet.uuid, "T-u0");
     let b = r
-        .decide(
+        .commit_registration(
             NOW,
             Device {
                 pid: "T",
@@ -390,7 +402,7 @@ pub async fn barcode_overwrites_moves_and_refuses<F: Fixture>(store: F) {
     let (r, s) = setup(store);
     // New device with a new barcode: the pool triplet's barcode is overwritten.
     let a = r
-        .decide(NOW, dev("a"), &with(|q| q.data.barcode = "BC-A".into()))
+        .commit_registration(NOW, dev("a"), &with(|q| q.data.barcode = "BC-A".into()))
         .await
         .unwrap();
     assert_eq!(
@@ -399,7 +411,7 @@ pub async fn barcode_overwrites_moves_and_refuses<F: Fixture>(store: F) {
     );
     // Re-registration applies a new barcode too.
     let a2 = r
-        .decide(NOW, dev("a"), &with(|q| q.data.barcode = "BC-A2".into()))
+        .commit_registration(NOW, dev("a"), &with(|q| q.data.barcode = "BC-A2".into()))
         .await
         .unwrap();
     assert_eq!(
@@ -408,25 +420,25 @@ pub async fn barcode_overwrites_moves_and_refuses<F: Fixture>(store: F) {
     );
     // A barcode bound to another device is refused, for new and for known devices.
     assert_eq!(
-        r.decide(NOW, dev("b"), &with(|q| q.data.barcode = "BC-A2".into()))
+        r.commit_registration(NOW, dev("b"), &with(|q| q.data.barcode = "BC-A2".into()))
             .await,
         Err(Status::BarcodeTaken)
     );
-    r.decide(NOW, dev("b"), &req()).await.unwrap();
+    r.commit_registration(NOW, dev("b"), &req()).await.unwrap();
     assert_eq!(
-        r.decide(NOW, dev("b"), &with(|q| q.data.barcode = "BC-A2".into()))
+        r.commit_registration(NOW, dev("b"), &with(|q| q.data.barcode = "BC-A2".into()))
             .await,
         Err(Status::BarcodeTaken)
     );
     // A barcode printed on a free pool triplet moves to the registering device's triplet.
     let c = r
-        .decide(NOW, dev("c"), &with(|q| q.data.barcode = "P-b2".into()))
+        .commit_registration(NOW, dev("c"), &with(|q| q.data.barcode = "P-b2".into()))
         .await
         .unwrap();
     assert_eq!(c.triplet.barcode, "P-b2");
     // Same barcode again by the same device: fine.
     assert!(
-        r.decide(NOW, dev("c"), &with(|q| q.data.barcode = "P-b2".into()))
+        r.commit_registration(NOW, dev("c"), &with(|q| q.data.barcode = "P-b2".into()))
             .await
             .is_ok()
     );
@@ -449,27 +461,30 @@ pub async fn replace_pid_rules<F: Fixture>(store: F) {
         })
     };
     assert_eq!(
-        r.decide(NOW, dev("a"), &rp("Q", "")).await,
+        r.commit_registration(NOW, dev("a"), &rp("Q", "")).await,
         Err(Status::ReplacePidSecretMissing)
     );
     assert_eq!(
-        r.decide(NOW, dev("a"), &rp("Z", "x")).await,
+        r.commit_registration(NOW, dev("a"), &rp("Z", "x")).await,
         Err(Status::ReplacePidUnknown)
     );
     assert_eq!(
-        r.decide(NOW, dev("a"), &rp("Q", "secret-of-P")).await,
+        r.commit_registration(NOW, dev("a"), &rp("Q", "secret-of-P"))
+            .await,
         Err(Status::ReplacePidSecretWrong)
     );
     assert_eq!(
-        r.decide(NOW, dev("a"), &rp("Q", "secret-of-Q ")).await,
+        r.commit_registration(NOW, dev("a"), &rp("Q", "secret-of-Q "))
+            .await,
         Err(Status::ReplacePidSecretWrong)
     );
     assert_eq!(
-        r.decide(NOW, dev("a"), &rp("OFF", "secret-of-OFF")).await,
+        r.commit_registration(NOW, dev("a"), &rp("OFF", "secret-of-OFF"))
+            .await,
         Err(Status::ReplacePidDisabled)
     );
     let moved = r
-        .decide(NOW, dev("a"), &rp("Q", "secret-of-Q"))
+        .commit_registration(NOW, dev("a"), &rp("Q", "secret-of-Q"))
         .await
         .unwrap();
     assert_eq!(moved.pid, "Q");
@@ -493,7 +508,13 @@ pub async fn replace_pid_rules<F: Fixture>(store: F) {
         .unwrap();
     assert_eq!((reg.pid.as_str(), reg.from_pid()), ("Q", Some("P")));
     // A retry without replacePid still finds it (keyed by the authenticated identity).
-    assert_eq!(r.decide(NOW, dev("a"), &req()).await.unwrap().pid, "Q");
+    assert_eq!(
+        r.commit_registration(NOW, dev("a"), &req())
+            .await
+            .unwrap()
+            .pid,
+        "Q"
+    );
 }
 
 /// Rule test.
@@ -501,14 +522,14 @@ pub async fn disabled_revoked_and_reset<F: Fixture>(store: F) {
     let mut p = product("P", SourceMode::Generate);
     store.put_product(p.clone());
     let (r, s) = registrar(store);
-    let first = r.decide(NOW, dev("a"), &req()).await.unwrap();
+    let first = r.commit_registration(NOW, dev("a"), &req()).await.unwrap();
     s.revoke("P", "a", NOW + 1);
     assert_eq!(
-        r.decide(NOW, dev("a"), &req()).await,
+        r.commit_registration(NOW, dev("a"), &req()).await,
         Err(Status::DeviceRevoked)
     );
     s.reset("P", "a");
-    let fresh = r.decide(NOW, dev("a"), &req()).await.unwrap();
+    let fresh = r.commit_registration(NOW, dev("a"), &req()).await.unwrap();
     assert!(fresh.fresh);
     assert_ne!(
         fresh.triplet.uuid, first.triplet.uuid,
@@ -517,11 +538,11 @@ pub async fn disabled_revoked_and_reset<F: Fixture>(store: F) {
     p.enabled = false;
     s.put_product(p);
     assert_eq!(
-        r.decide(NOW, dev("a"), &req()).await,
+        r.commit_registration(NOW, dev("a"), &req()).await,
         Err(Status::RegistrationDisabled)
     );
     assert_eq!(
-        r.decide(NOW, dev("new"), &req()).await,
+        r.commit_registration(NOW, dev("new"), &req()).await,
         Err(Status::RegistrationDisabled)
     );
 }
@@ -529,10 +550,10 @@ pub async fn disabled_revoked_and_reset<F: Fixture>(store: F) {
 /// Rule test.
 pub async fn reset_pool_triplet_is_never_reused<F: Fixture>(store: F) {
     let (r, s) = setup(store);
-    let a = r.decide(NOW, dev("a"), &req()).await.unwrap();
+    let a = r.commit_registration(NOW, dev("a"), &req()).await.unwrap();
     s.revoke("P", "a", NOW);
     s.reset("P", "a");
-    let again = r.decide(NOW, dev("a"), &req()).await.unwrap();
+    let again = r.commit_registration(NOW, dev("a"), &req()).await.unwrap();
     assert_ne!(again.triplet.uuid, a.triplet.uuid);
     assert_eq!(s.pool_counts("P"), (1, 1, 1));
 }
@@ -547,7 +568,7 @@ pub async fn many_devices_never_share_a_triplet<F: Fixture>(store: F) {
         async move {
             let u = format!("u{i}");
             let t = r
-                .decide(
+                .commit_registration(
                     NOW,
                     Device {
                         pid: "P",
@@ -558,7 +579,7 @@ pub async fn many_devices_never_share_a_triplet<F: Fixture>(store: F) {
                 .await
                 .unwrap();
             let again = r
-                .decide(
+                .commit_registration(
                     NOW,
                     Device {
                         pid: "P",
@@ -592,43 +613,54 @@ pub async fn reregistration_policies<F: Fixture>(store: F) {
     let (r, s) = registrar(store);
     let at = |pid: &'static str| Device { pid, unique: "d" };
 
-    let first = r.decide(NOW, at("W"), &req()).await.unwrap();
-    let again = r.decide(NOW + 100, at("W"), &req()).await.unwrap();
+    let first = r.commit_registration(NOW, at("W"), &req()).await.unwrap();
+    let again = r
+        .commit_registration(NOW + 100, at("W"), &req())
+        .await
+        .unwrap();
     assert!(!again.fresh);
     assert_eq!(
         again.triplet, first.triplet,
         "within the window: the same triplet"
     );
     assert_eq!(
-        r.decide(NOW + 101, at("W"), &req()).await,
+        r.commit_registration(NOW + 101, at("W"), &req()).await,
         Err(Status::ReregistrationRefused),
         "past the window: refused"
     );
     // The window runs from the first binding, not from the last visit.
     assert_eq!(
-        r.decide(NOW + 101, at("W"), &req()).await,
+        r.commit_registration(NOW + 101, at("W"), &req()).await,
         Err(Status::ReregistrationRefused)
     );
     assert_eq!(s.reregistrations("W"), (1, 2));
     // An operator's reset lets the device register afresh.
     s.revoke("W", "d", NOW + 200);
     s.reset("W", "d");
-    let fresh = r.decide(NOW + 300, at("W"), &req()).await.unwrap();
+    let fresh = r
+        .commit_registration(NOW + 300, at("W"), &req())
+        .await
+        .unwrap();
     assert!(fresh.fresh);
     assert_ne!(fresh.triplet.uuid, first.triplet.uuid);
 
-    r.decide(NOW, at("A"), &req()).await.unwrap();
+    r.commit_registration(NOW, at("A"), &req()).await.unwrap();
     assert!(
-        !r.decide(NOW + 10 * 365 * 86_400, at("A"), &req())
+        !r.commit_registration(NOW + 10 * 365 * 86_400, at("A"), &req())
             .await
             .unwrap()
             .fresh
     );
     assert_eq!(s.reregistrations("A"), (1, 0));
 
-    assert!(r.decide(NOW, at("N"), &req()).await.unwrap().fresh);
+    assert!(
+        r.commit_registration(NOW, at("N"), &req())
+            .await
+            .unwrap()
+            .fresh
+    );
     assert_eq!(
-        r.decide(NOW, at("N"), &req()).await,
+        r.commit_registration(NOW, at("N"), &req()).await,
         Err(Status::ReregistrationRefused),
         "never: not even at once"
     );
@@ -636,7 +668,7 @@ pub async fn reregistration_policies<F: Fixture>(store: F) {
     // A revoked device says so whatever the policy.
     s.revoke("N", "d", NOW);
     assert_eq!(
-        r.decide(NOW, at("N"), &req()).await,
+        r.commit_registration(NOW, at("N"), &req()).await,
         Err(Status::DeviceRevoked)
     );
 }
@@ -648,26 +680,34 @@ pub async fn quota_limits_bound_devices<F: Fixture>(store: F) {
     store.put_product(q);
     let (r, s) = registrar(store);
     let d = |unique| Device { pid: "Q", unique };
-    r.decide(NOW, d("a"), &req()).await.unwrap();
-    r.decide(NOW, d("b"), &req()).await.unwrap();
+    r.commit_registration(NOW, d("a"), &req()).await.unwrap();
+    r.commit_registration(NOW, d("b"), &req()).await.unwrap();
     assert_eq!(
-        r.decide(NOW, d("c"), &req()).await,
+        r.commit_registration(NOW, d("c"), &req()).await,
         Err(Status::QuotaReached)
     );
     assert!(
-        !r.decide(NOW, d("a"), &req()).await.unwrap().fresh,
+        !r.commit_registration(NOW, d("a"), &req())
+            .await
+            .unwrap()
+            .fresh,
         "devices already bound still get their triplet"
     );
     // A revoked device still holds its triplet; a reset one frees its place.
     s.revoke("Q", "a", NOW);
     assert_eq!(
-        r.decide(NOW, d("c"), &req()).await,
+        r.commit_registration(NOW, d("c"), &req()).await,
         Err(Status::QuotaReached)
     );
     s.reset("Q", "a");
-    assert!(r.decide(NOW, d("c"), &req()).await.unwrap().fresh);
+    assert!(
+        r.commit_registration(NOW, d("c"), &req())
+            .await
+            .unwrap()
+            .fresh
+    );
     assert_eq!(
-        r.decide(NOW, d("a"), &req()).await,
+        r.commit_registration(NOW, d("a"), &req()).await,
         Err(Status::QuotaReached)
     );
 }
@@ -677,10 +717,12 @@ pub async fn quota_limits_bound_devices<F: Fixture>(store: F) {
 pub async fn registrations_are_audited<F: Fixture>(store: F) {
     store.put_product(product("Q", SourceMode::Generate));
     let (r, s) = setup(store);
-    let a = r.decide(NOW, dev("a"), &req()).await.unwrap();
-    r.decide(NOW + 5, dev("a"), &req()).await.unwrap();
+    let a = r.commit_registration(NOW, dev("a"), &req()).await.unwrap();
+    r.commit_registration(NOW + 5, dev("a"), &req())
+        .await
+        .unwrap();
     let moved = r
-        .decide(
+        .commit_registration(
             NOW + 6,
             dev("m"),
             &with(|q| {
@@ -692,7 +734,7 @@ pub async fn registrations_are_audited<F: Fixture>(store: F) {
         .unwrap();
     s.revoke("P", "a", NOW + 7);
     assert_eq!(
-        r.decide(NOW + 8, dev("a"), &req()).await,
+        r.commit_registration(NOW + 8, dev("a"), &req()).await,
         Err(Status::DeviceRevoked)
     );
     let line = |at, action: &str, pid: &str, target: &str, uuid: &str, detail: &str| AuditEntry {
@@ -799,20 +841,26 @@ pub async fn listed_devices_bring_their_barcode_and_mac<F: Fixture>(store: F) {
     assert!(connect("LP", "pooled").await.is_ok());
     // The listed barcode and MAC, on a generated triplet (the range is not used).
     let d = |pid, unique| Device { pid, unique };
-    let one = r.decide(NOW, d("L", "dev1"), &req()).await.unwrap();
+    let one = r
+        .commit_registration(NOW, d("L", "dev1"), &req())
+        .await
+        .unwrap();
     assert_eq!(
         (one.triplet.barcode.as_str(), one.triplet.mac.as_str()),
         ("BC-1", "0A:00:00:00:00:01")
     );
     // Listed without either: the range's first address, no barcode.
-    let two = r.decide(NOW, d("L", "dev2"), &req()).await.unwrap();
+    let two = r
+        .commit_registration(NOW, d("L", "dev2"), &req())
+        .await
+        .unwrap();
     assert_eq!(
         (two.triplet.barcode.as_str(), two.triplet.mac.as_str()),
         ("", "02:00:00:00:00:00")
     );
     // The request's barcode wins over the listed one.
     let three = r
-        .decide(
+        .commit_registration(
             NOW,
             d("L", "dev3"),
             &with(|q| q.data.barcode = "FROM-DEVICE".into()),
@@ -821,7 +869,10 @@ pub async fn listed_devices_bring_their_barcode_and_mac<F: Fixture>(store: F) {
         .unwrap();
     assert_eq!(three.triplet.barcode, "FROM-DEVICE");
     // A pool triplet takes the listed barcode and MAC.
-    let pooled = r.decide(NOW, d("LP", "pooled"), &req()).await.unwrap();
+    let pooled = r
+        .commit_registration(NOW, d("LP", "pooled"), &req())
+        .await
+        .unwrap();
     assert_eq!(
         (
             pooled.triplet.uuid.as_str(),
@@ -831,9 +882,15 @@ pub async fn listed_devices_bring_their_barcode_and_mac<F: Fixture>(store: F) {
         ("LP-u0", "BC-P", "0A:00:00:00:00:09")
     );
     // Again: the same triplet, as stored.
-    let again = r.decide(NOW + 5, d("LP", "pooled"), &req()).await.unwrap();
+    let again = r
+        .commit_registration(NOW + 5, d("LP", "pooled"), &req())
+        .await
+        .unwrap();
     assert_eq!(again.triplet, pooled.triplet);
-    let again = r.decide(NOW + 5, d("L", "dev1"), &req()).await.unwrap();
+    let again = r
+        .commit_registration(NOW + 5, d("L", "dev1"), &req())
+        .await
+        .unwrap();
     assert_eq!(again.triplet, one.triplet);
 }
 

@@ -228,7 +228,7 @@ impl<S: Store> Registrar<S> {
         request: &RegisterRequest,
     ) -> (RegisterReply, Result<bool, Status>) {
         let started = std::time::Instant::now();
-        let decided = self.decide(now, device, request).await;
+        let decided = self.commit_registration(now, device, request).await;
         let code = decided.as_ref().map_or_else(|s| s.code(), |_| 0);
         self.metrics.registration(code, started.elapsed());
         match decided {
@@ -319,7 +319,7 @@ impl<S: Store> Registrar<S> {
     }
 
     /// Applies the rules and, on success, returns the committed registration.
-    pub async fn decide(
+    pub async fn commit_registration(
         &self,
         now: u64,
         device: Device<'_>,
@@ -376,7 +376,7 @@ impl<S: Store> Registrar<S> {
                 target
             }
         };
-        let plan = Plan {
+        let plan = RegistrationTx {
             key_pid: device.pid.to_owned(),
             unique: device.unique.to_owned(),
             pid: target.pid.clone(),
@@ -413,7 +413,7 @@ impl<S: Store> Registrar<S> {
 }
 
 /// Everything the transaction needs, owned so it can run on the store's writer.
-struct Plan {
+struct RegistrationTx {
     key_pid: String,
     unique: String,
     pid: String,
@@ -431,7 +431,7 @@ struct Plan {
     candidate: Option<NewTriplet>,
 }
 
-impl Plan {
+impl RegistrationTx {
     /// The transaction body. Domain refusals come before any write, so that returning
     /// `Ok(Err(status))` commits nothing.
     fn run(&self, tx: &mut dyn Tx) -> Result<Result<Registered, Status>, StoreError> {

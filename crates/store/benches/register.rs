@@ -88,7 +88,7 @@ async fn measure<S: Bench>(
             let mut i = c;
             while i < n {
                 let unique = format!("{tag}-{i}");
-                r.decide(
+                r.commit_registration(
                     NOW,
                     Device {
                         pid: &pid,

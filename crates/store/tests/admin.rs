@@ -164,7 +164,7 @@ async fn devices_revoke_reset_and_listing<S: Backend>(t: TempStore<S>) {
     });
     let r = Registrar::new(s.clone());
     for u in ["a", "b", "c"] {
-        r.decide(
+        r.commit_registration(
             100,
             Device {
                 pid: &p.pid,
@@ -870,7 +870,7 @@ async fn the_outbox_keeps_device_events_while_on<S: Backend>(t: TempStore<S>) {
     let register = |unique: &'static str| {
         let r = &r;
         async move {
-            r.decide(
+            r.commit_registration(
                 100,
                 Device { pid: "o", unique },
                 &RegisterRequest::new("1", 100),

@@ -36,10 +36,16 @@ async fn sixty_four_tasks_one_pool() {
                     pid: "P",
                     unique: &unique,
                 };
-                let res = r.decide(NOW, dev, &req).await.map(|x| x.triplet.uuid);
+                let res = r
+                    .commit_registration(NOW, dev, &req)
+                    .await
+                    .map(|x| x.triplet.uuid);
                 // Every 7th device retries at once, as after a lost reply: same answer.
                 if i % 7 == 0 {
-                    let again = r.decide(NOW + 1, dev, &req).await.map(|x| x.triplet.uuid);
+                    let again = r
+                        .commit_registration(NOW + 1, dev, &req)
+                        .await
+                        .map(|x| x.triplet.uuid);
                     if res.is_ok() {
                         assert_eq!(again, res, "a retry of {unique} got another answer");
                     }

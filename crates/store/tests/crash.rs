@@ -41,7 +41,7 @@ async fn crash_child() {
                 let unique = format!("r{run}-t{task}-{i}");
                 let req = RegisterRequest::new("1", NOW);
                 let out = r
-                    .decide(
+                    .commit_registration(
                         NOW,
                         Device {
                             pid: "P",

@@ -93,7 +93,7 @@ async fn two_instances_claim_one_pool_and_never_bind_a_triplet_twice() {
     assert_eq!((stats.free, stats.bound, stats.devices), (0, 1_000, 1_000));
 }
 
-/// `decide`, tried again after "temporarily unavailable" (5031, which devices retry) a
+/// `commit_registration`, tried again after "temporarily unavailable" (5031, which devices retry) a
 /// few times, saying so on stderr. A loaded machine sees it: a pool whose free triplets
 /// are all held by the other instance's registrations in flight answers 5031 (busy), not
 /// 5030 (exhausted). What these tests guard is that no triplet is handed out twice.
@@ -104,7 +104,7 @@ async fn decide_retrying<S: Store>(
 ) -> Result<Registered, Status> {
     let mut tries = 1;
     loop {
-        match r.decide(NOW, d, req).await {
+        match r.commit_registration(NOW, d, req).await {
             Err(Status::TemporarilyUnavailable) if tries < 5 => {
                 eprintln!(
                     "{}/{}: temporarily unavailable (try {tries}); trying again as a device would",
@@ -212,7 +212,11 @@ async fn a_barcode_goes_to_one_device_only() {
             dev("G", &format!("x{round}")),
             dev("G", &format!("y{round}")),
         );
-        let both = join_all([t.a.decide(NOW, a, &req), t.b.decide(NOW, b, &req)]).await;
+        let both = join_all([
+            t.a.commit_registration(NOW, a, &req),
+            t.b.commit_registration(NOW, b, &req),
+        ])
+        .await;
         let won = both.iter().filter(|r| r.is_ok()).count();
         let taken = both
             .iter()
@@ -237,9 +241,13 @@ async fn the_reregistration_policy_holds_across_instances() {
     };
     // Registered through one instance, refused a re-registration by the other.
     let req = RegisterRequest::new("1", NOW);
-    t.a.decide(NOW, dev("R", "once"), &req).await.unwrap();
+    t.a.commit_registration(NOW, dev("R", "once"), &req)
+        .await
+        .unwrap();
     assert_eq!(
-        t.b.decide(NOW + 5, dev("R", "once"), &req).await.err(),
+        t.b.commit_registration(NOW + 5, dev("R", "once"), &req)
+            .await
+            .err(),
         Some(Status::ReregistrationRefused)
     );
     let stats = tokio::task::block_in_place(|| t.first.store.pool_stats("R").unwrap());
@@ -260,18 +268,22 @@ async fn a_product_change_on_one_instance_reaches_the_other_within_2_s() {
     };
     let req = RegisterRequest::new("1", NOW);
     // The other instance has the product in its cache.
-    t.b.decide(NOW, dev("C", "before"), &req).await.unwrap();
+    t.b.commit_registration(NOW, dev("C", "before"), &req)
+        .await
+        .unwrap();
     let changed = std::time::Instant::now();
     tokio::task::block_in_place(|| t.first.store.set_enabled("C", false).unwrap());
     // Through the instance that made the change: at once.
     assert_eq!(
-        t.a.decide(NOW, dev("C", "a"), &req).await.err(),
+        t.a.commit_registration(NOW, dev("C", "a"), &req)
+            .await
+            .err(),
         Some(Status::RegistrationDisabled)
     );
     // Through the other: once its cached copy expires (2 s TTL; the bound checked here
     // is looser, so that a slow machine does not fail it).
     loop {
-        match t.b.decide(NOW, dev("C", "b"), &req).await {
+        match t.b.commit_registration(NOW, dev("C", "b"), &req).await {
             Err(Status::RegistrationDisabled) => break,
             Ok(_) => assert!(
                 changed.elapsed() < std::time::Duration::from_secs(4),

@@ -225,7 +225,7 @@ async fn a_killed_database_costs_retries_and_no_acknowledged_registration() {
                 let unique = format!("c{caller}-{i}");
                 i += 1;
                 match r
-                    .decide(
+                    .commit_registration(
                         NOW,
                         Device {
                             pid: "G",

@@ -24,7 +24,7 @@ use std::time::Instant;
 use dynreg_registrar::{Intent, StoreError, Tx};
 
 use super::Conn;
-use super::deferred::Deferred;
+use super::deferred::SetBatch;
 use super::tx::SqlTx;
 use crate::Error;
 use crate::crypto::MasterKey;
@@ -141,7 +141,7 @@ impl Batcher<'_> {
         let mut next: Option<Box<dyn Job>> = None;
         // Set-based reads and writes where the connection offers them (see
         // [`super::deferred`]).
-        let mut deferred = self.conn.bulk().is_some().then(Deferred::default);
+        let mut deferred = self.conn.bulk().is_some().then(SetBatch::default);
         loop {
             let Some(first) = next.take().or_else(|| jobs.next()) else {
                 return;
@@ -194,7 +194,7 @@ impl Batcher<'_> {
                 self.isolated(&mut batch, deferred.is_some())
             };
             if let Some(d) = deferred.as_mut() {
-                d.settle(ok && outcome.is_ok());
+                d.end_batch(ok && outcome.is_ok());
             }
             if let Some(m) = self.counters.metrics.get() {
                 m.batch(batch.len(), started.elapsed());
@@ -205,7 +205,7 @@ impl Batcher<'_> {
 
     /// Runs jobs one after another in the open transaction, after reading ahead what
     /// they need where the connection can; false at the first that fails.
-    fn run_jobs(&mut self, jobs: &mut [Box<dyn Job>], deferred: Option<&mut Deferred>) -> bool {
+    fn run_jobs(&mut self, jobs: &mut [Box<dyn Job>], deferred: Option<&mut SetBatch>) -> bool {
         let Some(d) = deferred else {
             return jobs
                 .iter_mut()

@@ -4,8 +4,8 @@
 //! instead of three or four statements per registration.
 //!
 //! The decisions stay in the registrar's transaction body, which runs unchanged against
-//! [`DeferredTx`]. That `Tx` answers from what was read ahead where it can and keeps
-//! the registration path's writes until [`Deferred::flush`]:
+//! [`SetBatchTx`]. That `Tx` answers from what was read ahead where it can and keeps
+//! the registration path's writes until [`SetBatch::flush`]:
 //! - [`Tx::registration`] is read ahead for the batch's devices ([`Intent`]s), and
 //!   [`Tx::free_triplet`] takes from triplets claimed (locked) ahead for each pool;
 //! - [`Tx::insert_triplet`], the binding of a pool triplet,
@@ -93,7 +93,7 @@ pub(crate) struct Written {
     pub(crate) registrations: u64,
 }
 
-/// The set-based statements a backend offers for [`Deferred`].
+/// The set-based statements a backend offers for [`SetBatch`].
 pub(crate) trait Bulk {
     /// The registrations of these devices (`(key_pid, unique)`), as
     /// [`super::tx::registration_select`] columns.
@@ -124,7 +124,7 @@ pub(crate) trait Bulk {
 /// Triplet ids reserved at once when a batch needs some ([`Conn::reserve_triplet_ids`]),
 /// at least. Ids left over stay with the writer for its next batches, so that most
 /// batches need no round trip for them, but only once the batch that drew them has
-/// committed ([`Deferred::settle`]): a sequence's advance is made durable by the commit
+/// committed ([`SetBatch::end_batch`]): a sequence's advance is made durable by the commit
 /// of a transaction that drew from it, and a server that crashes before any such commit
 /// hands the same values out again after its restart.
 const RESERVE_IDS: usize = 64;
@@ -132,7 +132,7 @@ const RESERVE_IDS: usize = 64;
 /// What a batch read ahead and the writes it keeps (one per writer, cleared between
 /// batches, except the triplet ids drawn ahead: see [`RESERVE_IDS`]).
 #[derive(Default)]
-pub(crate) struct Deferred {
+pub(crate) struct SetBatch {
     /// Registrations read ahead, by device; `None`: the device has none.
     registrations: HashMap<(String, String), Option<Registration>>,
     /// Free triplets claimed ahead, by pool.
@@ -159,14 +159,14 @@ fn sql(e: Error) -> StoreError {
     StoreError::from(e)
 }
 
-/// The connection's set-based statements ([`Deferred`] is made only for a connection
+/// The connection's set-based statements ([`SetBatch`] is made only for a connection
 /// that has them).
 fn bulk(conn: &mut dyn Conn) -> Result<&mut dyn Bulk, StoreError> {
     conn.bulk()
         .ok_or_else(|| StoreError::backend("set-based batches on a store without them"))
 }
 
-impl Deferred {
+impl SetBatch {
     /// Reads ahead what the jobs about to run will ask for.
     pub(crate) fn prepare(
         &mut self,
@@ -238,9 +238,9 @@ impl Deferred {
         &'a mut self,
         conn: &'a mut dyn Conn,
         key: &'a MasterKey,
-    ) -> DeferredTx<'a> {
+    ) -> SetBatchTx<'a> {
         self.to_run = self.to_run.saturating_sub(1);
-        DeferredTx { conn, key, d: self }
+        SetBatchTx { conn, key, d: self }
     }
 
     /// Writes the kept rows. A row that could not be written (taken by a concurrent
@@ -283,7 +283,7 @@ impl Deferred {
 
     /// After the batch's transaction ended: the triplet ids left over are kept for the
     /// next batches only if it committed (see [`RESERVE_IDS`]).
-    pub(crate) fn settle(&mut self, committed: bool) {
+    pub(crate) fn end_batch(&mut self, committed: bool) {
         if !committed {
             self.ids.clear();
         }
@@ -305,13 +305,13 @@ impl Deferred {
 }
 
 /// The [`Tx`] of one job of a batch (see the module's docs).
-pub(crate) struct DeferredTx<'a> {
+pub(crate) struct SetBatchTx<'a> {
     conn: &'a mut dyn Conn,
     key: &'a MasterKey,
-    d: &'a mut Deferred,
+    d: &'a mut SetBatch,
 }
 
-impl DeferredTx<'_> {
+impl SetBatchTx<'_> {
     /// The kept writes written, for an operation that reads or writes what they touch.
     fn flushed(&mut self) -> Result<SqlTx<'_>, StoreError> {
         self.d.flush(self.conn)?;
@@ -326,12 +326,12 @@ impl DeferredTx<'_> {
     }
 
     /// For an operation that touches only the products table: nothing kept can matter.
-    fn now(&mut self) -> SqlTx<'_> {
+    fn immediate(&mut self) -> SqlTx<'_> {
         SqlTx::new(self.conn, self.key)
     }
 }
 
-impl Tx for DeferredTx<'_> {
+impl Tx for SetBatchTx<'_> {
     fn registration(
         &mut self,
         key_pid: &str,
@@ -362,7 +362,7 @@ impl Tx for DeferredTx<'_> {
     }
 
     fn next_mac(&mut self, pid: &str) -> Result<Option<String>, StoreError> {
-        self.now().next_mac(pid)
+        self.immediate().next_mac(pid)
     }
 
     fn insert_triplet(
@@ -449,15 +449,15 @@ impl Tx for DeferredTx<'_> {
     }
 
     fn count_refused_reregistration(&mut self, key_pid: &str) -> Result<(), StoreError> {
-        self.now().count_refused_reregistration(key_pid)
+        self.immediate().count_refused_reregistration(key_pid)
     }
 
     fn count_bound_device(&mut self, pid: &str) -> Result<(), StoreError> {
-        self.now().count_bound_device(pid)
+        self.immediate().count_bound_device(pid)
     }
 
     fn bound_devices(&mut self, pid: &str) -> Result<u64, StoreError> {
-        self.now().bound_devices(pid)
+        self.immediate().bound_devices(pid)
     }
 
     fn record(&mut self, entry: &AuditEntry) -> Result<(), StoreError> {

@@ -187,6 +187,41 @@ pub(crate) fn flush_on_panic(log: &BufferedLog) {
     }));
 }
 
+/// Logs to stderr through the buffered log thread (this module): lines of
+/// text, in colour only on a terminal, or one JSON object per line. The guard writes
+/// out what is buffered when dropped.
+pub(crate) fn init_tracing(json: bool) -> Option<LogGuard> {
+    match buffered(std::io::stderr()) {
+        Ok((writer, guard)) => {
+            flush_on_panic(&writer);
+            install_log(writer, json);
+            Some(guard)
+        }
+        Err(e) => {
+            eprintln!("dynreg: cannot start the log thread ({e}); logging unbuffered");
+            install_log(std::io::stderr, json);
+            None
+        }
+    }
+}
+
+fn install_log<W>(writer: W, json: bool)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    let _ = if json {
+        fmt.json().flatten_event(true).try_init()
+    } else {
+        fmt.with_ansi(std::io::stderr().is_terminal()).try_init()
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,11 @@
 //! worker that dies first leaves it to be redelivered (registration is idempotent; the
 //! device gets the same triplet). A lost broker connection is retried with backoff
 //! ([`dynreg_registrar::pace::Backoff`]), and the queue or subscription is set up again on every connection.
+//!
+//! ## Layout
+//! - [`amqp`], [`mqtt`]: the two kinds of worker; `lib.rs`: [`Target`] (the `--attach`
+//!   URL, parsed with `dynreg_net::url`), [`WorkerConfig`], [`run`].
+//! - [`events`]: the outbox's broker destination (`serve --broker-events`).
 
 pub mod amqp;
 pub mod events;

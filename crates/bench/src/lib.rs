@@ -10,6 +10,11 @@
 //! [`responder`] is the other half of measuring a bare broker: it subscribes to every
 //! device's request topic on an external broker (Mosquitto) and answers every request
 //! with a fixed success reply, with no authentication and no storage.
+//!
+//! ## Layout
+//! - `lib.rs`: the run ([`BenchConfig`], [`run`]), its report, and [`responder`].
+//! - `mqtt.rs`: one connection's packets over raw `rmqtt-codec`, TLS through
+//!   `dynreg_net::tls`.
 
 mod mqtt;
 

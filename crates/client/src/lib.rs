@@ -31,6 +31,11 @@
 //! ([`Registration::sign_method`]): the device-bound `hmacSha256u` and `hmacSha1u` sign
 //! the unique too, so that a captured CONNECT cannot register another device; a product
 //! set to `signatures = bound` takes only those.
+//!
+//! ## Layout
+//! - `lib.rs`: [`Registration`] and its retry policy, [`Triplet`], [`Error`].
+//! - `attempt.rs`: one attempt over rumqttc (MQTT 3.1.1 or 5), TLS through
+//!   `dynreg_net::tls`.
 
 mod attempt;
 

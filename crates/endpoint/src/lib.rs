@@ -6,10 +6,11 @@
 //! ## Layout
 //! - [`wire`]: version-independent packets ([`wire::In`], [`wire::Out`]) and their
 //!   translation from and to the `rmqtt-codec` MQTT 3.1.1 / 5 packets.
-//! - [`session`]: the per-connection state machine, with no IO and no clock.
+//! - [`session`]: the per-connection state machine, with no IO and no clock (its
+//!   unit tests in `session/tests.rs`).
 //! - [`server`]: the tokio accept loop and the IO task that drives a session.
-//! - [`limit`]: token-bucket rate limits (new connections per source IP, registrations
-//!   per pid).
+//! - [`limit`]: the limit on connections per source address that have not sent their
+//!   CONNECT yet (`PendingPerIp`).
 
 pub mod limit;
 pub mod server;

@@ -21,6 +21,17 @@
 //!
 //! The hooks may be protected by a token ([`HookAuth`]); without one they rely on the
 //! bind address (`dynreg serve --http-listen`: a bare port binds loopback).
+//!
+//! ## Layout
+//! - `hooks/`: the broker hooks (`emqx.rs`, `rabbitmq.rs`, `vernemq.rs`), and `fields.rs`
+//!   the form and JSON fields they read.
+//! - `auth.rs`: the credentials of a request (token, session cookie, CSRF token).
+//! - `api/`: the admin API, a module per noun (`products`, `pools`, `devices`,
+//!   `expected`, `records`), and `problem.rs`: its errors and input extractors.
+//! - `console/`: the console's pages, a module per noun mirroring `api/`, `forms.rs`
+//!   what they share, and the `SignedIn` and `Posted` extractors in `mod.rs`.
+//! - `outbox/`: the deliverer and the events' format (`event.rs`); `webhook.rs`: the
+//!   webhook destination; `pools.rs`: the low-water watch.
 
 pub mod api;
 mod auth;

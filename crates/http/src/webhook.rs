@@ -115,7 +115,8 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// The webhook as a destination of events: [`run`] keeps [`PARTITIONS`] keep-alive
+/// The webhook as a destination of events: [`crate::outbox::run`] keeps
+/// [`crate::outbox::PARTITIONS`] keep-alive
 /// connections to it.
 pub struct Webhook {
     config: WebhookConfig,

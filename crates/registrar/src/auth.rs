@@ -1,5 +1,5 @@
 //! Whether a CONNECT is allowed (PROTOCOL.md section 2), decided once for every front
-//! door: the embedded endpoint calls [`Registrar::authenticate`], and so does every
+//! door: the embedded endpoint calls [`crate::Registrar::authenticate`], and so does every
 //! broker hook.
 //!
 //! In order: the clientId and username must parse and agree on the pid; the product
@@ -9,9 +9,9 @@
 //! ([`crate::sharing`]): another unique that presented the same credential is counted
 //! and, past [`SHARING_LOG_THRESHOLD`], logged, but never refused.
 //!
-//! The decision is a [`ConnectGate`]'s, which the registrar holds and asks through
+//! The decision is a `ConnectGate`'s, which the registrar holds and asks through
 //! [`crate::Registrar::authenticate`]; the gate reads products and listed devices
-//! through a [`Directory`] (the registrar's caches), and counts what it decides in the
+//! through a `Directory` (the registrar's caches), and counts what it decides in the
 //! registrar's [`Metrics`].
 //!
 //! A refusal counts towards the address's ban ([`crate::ban`]) unless it is the

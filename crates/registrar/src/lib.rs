@@ -12,7 +12,9 @@
 //! - [`model`]: products, triplets, registrations and their values.
 //! - [`store`]: the [`Store`] and [`Tx`] traits a storage backend implements.
 //! - [`registrar`]: [`Registrar`], the registration rules.
-//! - [`auth`]: [`Registrar::authenticate`], the CONNECT decision.
+//! - [`auth`]: the CONNECT decision ([`Registrar::authenticate`] asks its
+//!   `ConnectGate`, which reads products through the registrar's caches); its unit
+//!   tests in `auth/tests.rs`.
 //! - [`sharing`]: the in-process record of seed credentials shared by several uniques.
 //! - [`ban`]: the failed-authentication ban per source address.
 //! - [`cache`]: the caches of products and expected devices in front of any store.
@@ -20,7 +22,8 @@
 //! - [`events`]: where device events go (the outbox's destinations).
 //! - [`generate`]: random secrets, uuids and pids from the OS CSPRNG.
 //! - [`memory`]: an in-memory store for tests and examples.
-//! - [`metrics`]: the process's Prometheus metrics.
+//! - [`metrics`]: the Prometheus metrics each registrar owns ([`Registrar::metrics`]).
+//! - [`pace`]: backoff and "log once per burst", for every part of dynreg.
 //! - [`conformance`]: the rules as a test suite any [`Store`] must pass.
 
 pub mod auth;

@@ -24,7 +24,14 @@
 //! - [`factory_csv`]: reading the factory CSV of triplets that `pool import` takes.
 //! - [`expected_csv`]: reading the CSV of expected devices, and the one upload of it
 //!   that every front door calls.
-//! - [`sqlite`]: [`SqliteStore`]; [`postgres`]: [`PgStore`].
+//! - `sql/`: the SQL both backends run: the registration transaction (`tx.rs`), group
+//!   commit (`batch.rs`), the set-based batch (`deferred.rs`, [`SqliteStore`] and
+//!   [`PgStore`] alike), the operator's operations (`admin.rs`, `expected.rs`) and
+//!   `store copy` (`copy.rs`).
+//! - [`sqlite`]: [`SqliteStore`] (its writer thread and schema).
+//! - [`postgres`]: [`PgStore`]: `config.rs` (URL, TLS parameters), `tls.rs`,
+//!   `error.rs` (errors in words and kinds), `conn.rs` (a thread's connection),
+//!   `bulk.rs` (the set-based statements), `schema.rs` (migrations).
 
 pub mod admin;
 pub mod crypto;

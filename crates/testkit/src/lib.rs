@@ -8,6 +8,9 @@
 //!
 //! Products come from [`dynreg_registrar::conformance::product`] (secret
 //! `secret-of-<pid>`), so that a test signs credentials without asking the store.
+//!
+//! ## Layout
+//! One file: [`TempStore`], [`TestServer`], and Mosquitto for the tests that drive it.
 
 use dynreg_store::Operator;
 use std::io;

@@ -8,10 +8,10 @@
 //!   answer; the console decides nothing of its own.
 //! - **Signing in** takes an API token, which the session cookie then holds; which
 //!   credentials authenticate a request (token, cookie, CSRF token) is
-//!   [`crate::auth`]'s, shared with the API.
-//! - **CSRF**: every request that changes something is taken as [`Posted`], which
+//!   `crate::auth`'s, shared with the API.
+//! - **CSRF**: every request that changes something is taken as `Posted`, which
 //!   refuses it (403) unless it carries the session's CSRF token, before its form is
-//!   read; a handler that takes only [`SignedIn`] refuses anything but GET and HEAD.
+//!   read; a handler that takes only `SignedIn` refuses anything but GET and HEAD.
 //!   So a new form cannot forget the check.
 //! - **Pages** mirror the API's modules: `products`, `pools`, `devices`, `expected`,
 //!   `audit`, `tokens`, plus `sign_in`, `dashboard`, and `forms` (what they share).

@@ -8,7 +8,7 @@ use dynreg_registrar::events::Event;
 use dynreg_store::OutboxEvent;
 
 /// The JSON body of an event; `secret` is the device's secret, when it is sent
-/// ([`Delivery::include_secrets`]).
+/// ([`super::Delivery::include_secrets`]).
 pub fn body(event: &OutboxEvent, secret: Option<&str>) -> Vec<u8> {
     let detail = serde_json::from_str::<serde_json::Value>(&event.detail).ok();
     if event.kind == "pool.low" {

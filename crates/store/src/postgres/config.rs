@@ -17,7 +17,7 @@ use super::tls::tls_connector;
 /// (`database_writers`).
 pub const DEFAULT_WRITERS: usize = 2;
 
-/// How to open a [`PgStore`].
+/// How to open a [`super::PgStore`].
 #[derive(Debug, Clone)]
 pub struct PgConfig {
     /// `postgres://user:password@host:port/database?sslmode=...` (or the key=value

@@ -19,7 +19,7 @@
 //!   (2 s).
 //! - **Outages**: a connection that breaks is opened again when next needed, at most
 //!   every 250 ms per thread; meanwhile work fails with
-//!   [`StoreErrorKind::Unavailable`], which devices see as the retryable status.
+//!   [`dynreg_registrar::StoreErrorKind::Unavailable`], which devices see as the retryable status.
 
 mod bulk;
 mod config;

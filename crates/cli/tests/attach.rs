@@ -15,8 +15,7 @@ use std::process::{Child, Output, Stdio};
 use serde_json::Value;
 
 mod common;
-#[path = "../../../support/pgtest.rs"]
-mod pgtest;
+use dynreg_testkit::pg as pgtest;
 
 struct Cluster {
     amqp: [String; 2],

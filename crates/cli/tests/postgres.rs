@@ -1,6 +1,6 @@
 //! Every command on a PostgreSQL store (`--database-url`), and two `dynreg serve`
 //! processes on one database taking the same devices at once. SKIPPED without a
-//! server (see `support/pgtest.rs`).
+//! server (see `dynreg_testkit::pg`).
 
 use std::collections::HashSet;
 use std::process::{Child, Output, Stdio};
@@ -8,8 +8,7 @@ use std::process::{Child, Output, Stdio};
 use serde_json::Value;
 
 mod common;
-#[path = "../../../support/pgtest.rs"]
-mod pgtest;
+use dynreg_testkit::pg as pgtest;
 
 fn run(url: &str, dir: &std::path::Path, args: &[&str]) -> Output {
     common::bin()

@@ -25,8 +25,7 @@ use dynreg_registrar::conformance::product;
 use dynreg_registrar::{Device, Registrar, SourceMode, Store};
 use dynreg_store::{KeySource, PgConfig, PgStore, SqliteConfig, SqliteStore, WriterStats};
 
-#[path = "../../../support/pgtest.rs"]
-mod pgtest;
+use dynreg_testkit::pg as pgtest;
 
 /// What the benchmark needs of a store besides registering.
 trait Bench: Store + Operator + Clone {

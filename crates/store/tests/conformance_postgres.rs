@@ -1,5 +1,5 @@
 //! The registrar's rule suite, against the PostgreSQL store (each rule in a database of
-//! its own; SKIPPED without a server, see `support/pgtest.rs`).
+//! its own; SKIPPED without a server, see `dynreg_testkit::pg`).
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! Several dynreg instances on one PostgreSQL database: two stores (two sets of
 //! connections, two writers' queues) and two registrars, as two `dynreg serve`
 //! processes would have them, racing for the same pool, the same devices, the same MAC
-//! range and the same barcodes. SKIPPED without a server (see `support/pgtest.rs`).
+//! range and the same barcodes. SKIPPED without a server (see `dynreg_testkit::pg`).
 
 mod common;
 

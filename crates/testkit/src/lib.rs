@@ -10,7 +10,10 @@
 //! `secret-of-<pid>`), so that a test signs credentials without asking the store.
 //!
 //! ## Layout
-//! One file: [`TempStore`], [`TestServer`], and Mosquitto for the tests that drive it.
+//! - `lib.rs`: [`TempStore`], [`TestServer`], and Mosquitto for the tests that drive it.
+//! - [`pg`]: a PostgreSQL database of its own for one test.
+
+pub mod pg;
 
 use dynreg_store::Operator;
 use std::io;

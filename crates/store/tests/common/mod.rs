@@ -11,8 +11,7 @@ use dynreg_registrar::conformance::Fixture;
 use dynreg_registrar::{NewTriplet, Product, Store, StoreError, Tx};
 use dynreg_store::{KeySource, PgConfig, PgStore, SqliteConfig, SqliteStore};
 
-#[path = "../../../../support/pgtest.rs"]
-pub mod pgtest;
+pub use dynreg_testkit::pg as pgtest;
 
 /// What must outlive the store: its directory or its database.
 pub enum Keep {

@@ -1,13 +1,10 @@
-//! A PostgreSQL database of its own for one test (shared by the test code of
-//! dynreg-store and dynreg-testkit through `#[path]`).
+//! A PostgreSQL database of its own for one test, for every crate's PostgreSQL tests.
 //!
 //! The server is the one `DYNREG_TEST_DATABASE_URL` names (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`, a role allowed to create
 //! databases); each test gets a new database there, dropped when the test ends. Without
 //! a reachable server the test says `SKIPPED` on stderr (which `cargo test` shows and
 //! `.ci/run` counts) and does nothing; under `CI=true` it fails instead.
-
-#![allow(dead_code, unreachable_pub)]
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};

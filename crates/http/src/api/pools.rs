@@ -88,16 +88,7 @@ pub(crate) async fn generate_pool(
             )
         })
         .await?;
-    Ok(super::csv_response(
-        &dynreg_store::factory_csv::HEADER,
-        triplets,
-        |t| {
-            dynreg_store::factory_csv::record(t)
-                .map(str::to_owned)
-                .to_vec()
-        },
-        &filename,
-    ))
+    Ok(factory_csv(triplets, &filename))
 }
 
 /// What an import did.
@@ -184,16 +175,7 @@ pub(crate) async fn export_pool(
             Ok(out)
         })
         .await?;
-    Ok(super::csv_response(
-        &dynreg_store::factory_csv::HEADER,
-        triplets,
-        |t| {
-            dynreg_store::factory_csv::record(t)
-                .map(str::to_owned)
-                .to_vec()
-        },
-        &filename,
-    ))
+    Ok(factory_csv(triplets, &filename))
 }
 
 /// Free triplets to withdraw, by uuid or barcode.
@@ -264,4 +246,18 @@ pub(crate) async fn withdraw(
             })
             .collect(),
     ))
+}
+
+/// Triplets as the factory CSV download (the format `pool import` takes).
+fn factory_csv(triplets: Vec<NewTriplet>, filename: &str) -> Response {
+    super::csv_response(
+        &dynreg_store::factory_csv::HEADER,
+        triplets,
+        |t| {
+            dynreg_store::factory_csv::record(t)
+                .map(str::to_owned)
+                .to_vec()
+        },
+        filename,
+    )
 }

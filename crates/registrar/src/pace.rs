@@ -40,11 +40,6 @@ impl Backoff {
         Self::after(self.attempts)
     }
 
-    /// Failures counted since the last [`Backoff::reset`].
-    pub fn failures(&self) -> u32 {
-        self.attempts
-    }
-
     /// Back to the first step (after a try that worked).
     pub fn reset(&mut self) {
         self.attempts = 0;
@@ -117,7 +112,6 @@ mod tests {
             steps,
             [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]
         );
-        assert_eq!(b.failures(), 9);
         b.reset();
         assert_eq!(b.step().as_millis(), 100);
         assert_eq!(Backoff::after(0), Duration::ZERO);
